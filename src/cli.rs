@@ -1,0 +1,161 @@
+//! The command line: one definition shared by the CLI flags and the GitHub Action's inputs
+//! (each flag that is also an action input reads `INPUT_…` from the environment).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Builds every Docker image of a multi-service repository reliably, even on networks
+/// where registries fail: base images are prefetched with retries and mirror fall-back,
+/// services are built in parallel along their dependency graph, and every service's
+/// result is reported.
+#[derive(Debug, Parser)]
+#[command(name = "ai-infra-build", version, propagate_version = true)]
+#[command(after_help = "Exit codes: 0 success, 1 a service failed to build, 2 bad usage or input, \
+3 Docker daemon unreachable or environment unusable, 4 base images missing, 130/143 interrupted.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted by every subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file listing the services (default: ai-infra-build.yml, else a compose file,
+    /// else */Dockerfile discovery).
+    #[arg(long, global = true, value_name = "FILE", env = "INPUT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// How results are printed: `human` (tables, progress) or `json` (machine-readable).
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+    /// More detail (repeat for even more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors and the final result.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// When to use colours. `auto` uses them on a terminal unless NO_COLOR is set.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Prefetch every base image, then build all services in dependency order, in parallel
+    /// where the graph allows, and report each service's result.
+    BuildAll(BuildArgs),
+    /// Build only the named services (and nothing that depends on them).
+    Build(BuildServicesArgs),
+    /// Pull every base image the services' Dockerfiles name, concurrently, retrying transient
+    /// registry errors and falling back to mirrors.
+    Prefetch,
+    /// Show the resolved services, their images, dependency order and base images, without
+    /// pulling or building anything.
+    Plan,
+    /// Check the environment: the Docker daemon (version, storage, image store, mirrors),
+    /// buildx, and later the registries. Run this first when something does not work.
+    Doctor(DoctorArgs),
+    /// Re-render a saved JSON report as a step summary, annotations or JSON.
+    Report,
+}
+
+impl Command {
+    /// The subcommand's name as typed on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::BuildAll(_) => "build-all",
+            Command::Build(_) => "build",
+            Command::Prefetch => "prefetch",
+            Command::Plan => "plan",
+            Command::Doctor(_) => "doctor",
+            Command::Report => "report",
+        }
+    }
+
+    /// The issue that brings this capability (shown while it is not available).
+    pub fn tracking_issue(&self) -> u32 {
+        match self {
+            Command::Prefetch | Command::Plan => 3,
+            Command::BuildAll(_) | Command::Build(_) => 4,
+            Command::Report => 5,
+            Command::Doctor(_) => 8,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build without the layer cache and pull base images again.
+    #[arg(long, env = "INPUT_FORCE")]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildServicesArgs {
+    /// The services to build, by name.
+    #[arg(required = true, value_name = "SERVICE")]
+    pub services: Vec<String>,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// How long to wait for the Docker daemon to answer, in seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["ai-infra-build", "doctor", "--output", "json", "-vv"])
+            .expect("parses");
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.verbose, 2);
+        assert!(matches!(cli.command, Command::Doctor(_)));
+    }
+
+    #[test]
+    fn build_needs_at_least_one_service() {
+        let err = Cli::try_parse_from(["ai-infra-build", "build"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn quiet_and_verbose_conflict() {
+        let err = Cli::try_parse_from(["ai-infra-build", "-q", "-v", "doctor"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn color_accepts_only_known_values() {
+        assert!(Cli::try_parse_from(["ai-infra-build", "--color", "never", "plan"]).is_ok());
+        let err = Cli::try_parse_from(["ai-infra-build", "--color", "sometimes", "plan"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+}

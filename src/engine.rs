@@ -1,0 +1,179 @@
+//! Everything that talks to the Docker daemon (and to the `docker buildx` plugin).
+//!
+//! The client is built once here ([`Engine::connect`]) and passed to whoever needs it.
+
+use std::time::Duration;
+
+use bollard::Docker;
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// A connected Docker daemon.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub docker: Docker,
+    /// The address we connected to, as the user would write it in DOCKER_HOST.
+    pub host: String,
+}
+
+/// What the daemon says about itself: the facts `doctor` prints and later steps decide on.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineFacts {
+    pub host: String,
+    pub engine_version: String,
+    pub api_version: String,
+    pub min_api_version: Option<String>,
+    pub os: String,
+    pub arch: String,
+    pub kernel: String,
+    pub storage_driver: String,
+    /// True when images live in containerd's store (the `containerd-snapshotter` feature):
+    /// such engines accept buildx `--cache-to type=local` with the docker driver.
+    pub containerd_image_store: bool,
+    pub registry_mirrors: Vec<String>,
+    pub insecure_registries: Vec<String>,
+    pub http_proxy: Option<String>,
+    pub https_proxy: Option<String>,
+    pub no_proxy: Option<String>,
+}
+
+impl Engine {
+    /// Connects to DOCKER_HOST (or the default socket), negotiates the API version and
+    /// checks that the daemon answers within `timeout`.
+    pub async fn connect(timeout: Duration) -> Result<Engine, Error> {
+        let host = docker_host();
+        let unreachable = |reason: String| Error::DockerUnreachable { host: host.clone(), reason };
+        let docker = Docker::connect_with_defaults()
+            .map_err(|err| unreachable(err.to_string()))?
+            .with_timeout(timeout);
+        let docker = tokio::time::timeout(timeout, docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable(format!("no answer within {}s", timeout.as_secs())))?
+            .map_err(|err| unreachable(short_reason(&err)))?;
+        Ok(Engine { docker, host })
+    }
+
+    /// Reads the daemon's version and info.
+    pub async fn facts(&self) -> Result<EngineFacts, Error> {
+        let docker_err = |source| Error::Docker { host: self.host.clone(), source };
+        let version = self.docker.version().await.map_err(docker_err)?;
+        let info = self.docker.info().await.map_err(docker_err)?;
+        let driver_status = info.driver_status.unwrap_or_default();
+        let registry = info.registry_config.unwrap_or_default();
+        Ok(EngineFacts {
+            host: self.host.clone(),
+            engine_version: version.version.unwrap_or_else(|| "unknown".into()),
+            api_version: version.api_version.unwrap_or_else(|| "unknown".into()),
+            min_api_version: version.min_api_version,
+            os: info.operating_system.unwrap_or_else(|| "unknown".into()),
+            arch: info.architecture.unwrap_or_else(|| "unknown".into()),
+            kernel: info.kernel_version.unwrap_or_else(|| "unknown".into()),
+            storage_driver: info.driver.unwrap_or_else(|| "unknown".into()),
+            containerd_image_store: uses_containerd_store(&driver_status),
+            registry_mirrors: registry.mirrors.unwrap_or_default(),
+            insecure_registries: registry.insecure_registry_cidrs.unwrap_or_default(),
+            http_proxy: info.http_proxy.filter(|s| !s.is_empty()),
+            https_proxy: info.https_proxy.filter(|s| !s.is_empty()),
+            no_proxy: info.no_proxy.filter(|s| !s.is_empty()),
+        })
+    }
+}
+
+/// The daemon address in use: DOCKER_HOST, else the platform default.
+pub fn docker_host() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+}
+
+/// With the containerd image store, `docker info` reports the driver status
+/// `["driver-type", "io.containerd.snapshotter.v1"]` (moby daemon/info.go).
+fn uses_containerd_store(driver_status: &[Vec<String>]) -> bool {
+    driver_status.iter().any(|pair| {
+        pair.first().is_some_and(|k| k == "driver-type")
+            && pair.get(1).is_some_and(|v| v.starts_with("io.containerd.snapshotter"))
+    })
+}
+
+/// The innermost cause of a connection error, which is the part that tells the user what
+/// happened ("No such file or directory", "Connection refused").
+fn short_reason(err: &bollard::errors::Error) -> String {
+    let mut last = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        last = inner.to_string();
+        source = inner.source();
+    }
+    if last == err.to_string() { last } else { format!("{err} ({last})") }
+}
+
+/// The buildx plugin, as seen through the docker CLI.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Buildx {
+    Available { version: String, detail: String },
+    Unavailable { reason: String },
+}
+
+/// Asks `docker buildx version` (bounded by `timeout`).
+pub async fn buildx(timeout: Duration) -> Buildx {
+    let child = tokio::process::Command::new("docker")
+        .args(["buildx", "version"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(timeout, child).await {
+        Err(_) => Buildx::Unavailable {
+            reason: format!("`docker buildx version` did not answer within {}s", timeout.as_secs()),
+        },
+        Ok(Err(err)) => Buildx::Unavailable { reason: format!("cannot run `docker`: {err}") },
+        Ok(Ok(out)) if !out.status.success() => Buildx::Unavailable {
+            reason: first_line(&String::from_utf8_lossy(&out.stderr))
+                .unwrap_or("`docker buildx version` failed")
+                .to_string(),
+        },
+        Ok(Ok(out)) => {
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Buildx::Available { version: parse_buildx_version(&text), detail: text }
+        }
+    }
+}
+
+fn first_line(text: &str) -> Option<&str> {
+    text.lines().map(str::trim).find(|l| !l.is_empty())
+}
+
+/// `github.com/docker/buildx 0.13.1 0.13.1+ds1-3` -> `0.13.1`; `v0.24.0 abc` -> `0.24.0`.
+fn parse_buildx_version(text: &str) -> String {
+    text.split_whitespace()
+        .map(|w| w.trim_start_matches('v'))
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_store_is_detected_from_driver_status() {
+        let store = vec![vec!["driver-type".to_string(), "io.containerd.snapshotter.v1".to_string()]];
+        assert!(uses_containerd_store(&store));
+        let overlay = vec![
+            vec!["Backing Filesystem".to_string(), "extfs".to_string()],
+            vec!["Supports d_type".to_string(), "true".to_string()],
+        ];
+        assert!(!uses_containerd_store(&overlay));
+        assert!(!uses_containerd_store(&[vec!["driver-type".to_string()]]));
+    }
+
+    #[test]
+    fn buildx_version_is_read_from_each_known_format() {
+        assert_eq!(parse_buildx_version("github.com/docker/buildx 0.13.1 0.13.1+ds1-3"), "0.13.1");
+        assert_eq!(parse_buildx_version("github.com/docker/buildx v0.24.0 d0e5e86"), "0.24.0");
+        assert_eq!(parse_buildx_version("something else"), "unknown");
+    }
+}

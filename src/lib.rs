@@ -1,0 +1,38 @@
+//! ai-infra-build: builds every Docker image of a multi-service repository reliably, even on
+//! networks where registries fail.
+//!
+//! The library never prints: everything a user sees goes through [`ui`].
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod cli;
+pub mod doctor;
+pub mod engine;
+pub mod error;
+pub mod ui;
+
+pub use error::{Error, Exit};
+
+use cli::{Cli, Command};
+
+/// Runs one invocation of the command line and returns the exit status to use.
+pub async fn run(cli: Cli) -> Exit {
+    let ui = ui::Ui::from_cli(&cli.global);
+    let outcome = dispatch(&cli, &ui).await;
+    match outcome {
+        Ok(exit) => exit,
+        Err(err) => {
+            ui.error(&err);
+            err.exit()
+        }
+    }
+}
+
+async fn dispatch(cli: &Cli, ui: &ui::Ui) -> Result<Exit, Error> {
+    match &cli.command {
+        Command::Doctor(args) => doctor::run(args, ui).await,
+        other => Err(Error::NotAvailable {
+            command: other.name(),
+            issue: other.tracking_issue(),
+        }),
+    }
+}

@@ -11,8 +11,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// result is reported.
 #[derive(Debug, Parser)]
 #[command(name = "ai-infra-build", version, propagate_version = true)]
-#[command(after_help = "Exit codes: 0 success, 1 a service failed to build, 2 bad usage or input, \
-3 Docker daemon unreachable or environment unusable, 4 base images missing, 130/143 interrupted.")]
+#[command(
+    after_help = "Exit codes: 0 success, 1 a service failed to build, 2 bad usage or input, \
+3 Docker daemon unreachable or environment unusable, 4 base images missing, 130/143 interrupted."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -63,10 +65,10 @@ pub enum Command {
     Build(BuildServicesArgs),
     /// Pull every base image the services' Dockerfiles name, concurrently, retrying transient
     /// registry errors and falling back to mirrors.
-    Prefetch,
+    Prefetch(PrefetchArgs),
     /// Show the resolved services, their images, dependency order and base images, without
     /// pulling or building anything.
-    Plan,
+    Plan(PlanArgs),
     /// Check the environment: the Docker daemon (version, storage, image store, mirrors),
     /// buildx, and later the registries. Run this first when something does not work.
     Doctor(DoctorArgs),
@@ -80,8 +82,8 @@ impl Command {
         match self {
             Command::BuildAll(_) => "build-all",
             Command::Build(_) => "build",
-            Command::Prefetch => "prefetch",
-            Command::Plan => "plan",
+            Command::Prefetch(_) => "prefetch",
+            Command::Plan(_) => "plan",
             Command::Doctor(_) => "doctor",
             Command::Report => "report",
         }
@@ -90,7 +92,7 @@ impl Command {
     /// The issue that brings this capability (shown while it is not available).
     pub fn tracking_issue(&self) -> u32 {
         match self {
-            Command::Prefetch | Command::Plan => 3,
+            Command::Prefetch(_) | Command::Plan(_) => 3,
             Command::BuildAll(_) | Command::Build(_) => 4,
             Command::Report => 5,
             Command::Doctor(_) => 8,
@@ -112,6 +114,62 @@ pub struct BuildServicesArgs {
     pub services: Vec<String>,
     #[command(flatten)]
     pub build: BuildArgs,
+}
+
+/// What the services' Dockerfiles are read with.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// A build argument for every service, used to expand `ARG`s in FROM lines (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+}
+
+/// How base images are pulled.
+#[derive(Debug, Clone, Args)]
+pub struct PrefetchArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Fall-back sources for a registry, tried after it (repeatable; newline-separated in the
+    /// environment): `docker.io=mirror.example.com,harbor.example.com/dockerhub`.
+    #[arg(
+        long = "mirror",
+        value_name = "REGISTRY=HOST[,HOST...]",
+        env = "INPUT_MIRRORS",
+        value_delimiter = '\n'
+    )]
+    pub mirrors: Vec<String>,
+    /// Try the mirrors before the registry itself.
+    #[arg(long, env = "INPUT_MIRROR_FIRST")]
+    pub mirror_first: bool,
+    /// Retries of a failed request or pull after the first try (transient errors only).
+    #[arg(long, default_value_t = 5, value_name = "N", env = "INPUT_MAX_RETRIES")]
+    pub max_retries: u32,
+    /// How many images are pulled at once.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub pull_concurrency: u16,
+    /// A pull or registry request with no progress for this long is cut and retried.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout: u64,
+    /// No retry starts later than this after an image's first try.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub retry_deadline: u64,
+    /// `missing`: pull only images not present locally; `always`: pull every image.
+    #[arg(long, value_enum, default_value_t = crate::prefetch::PullPolicy::Missing, env = "INPUT_PULL")]
+    pub pull: crate::prefetch::PullPolicy,
+    /// What a base image that cannot be had does to the run: `warn` and go on (a build may
+    /// still succeed from a local copy), or `fail` at once.
+    #[arg(long, value_enum, default_value_t = PrefetchFailure::Warn, env = "INPUT_PREFETCH_FAILURE")]
+    pub prefetch_failure: PrefetchFailure,
+    /// `relay`: through our per-request retrying relay on 127.0.0.1 (needs a local daemon);
+    /// `direct`: the daemon pulls itself; `auto`: relay for a local daemon.
+    #[arg(long, value_enum, default_value_t = crate::prefetch::PullVia::Auto)]
+    pub pull_via: crate::prefetch::PullVia,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrefetchFailure {
+    Warn,
+    Fail,
 }
 
 #[derive(Debug, Args)]
@@ -155,7 +213,8 @@ mod tests {
     #[test]
     fn color_accepts_only_known_values() {
         assert!(Cli::try_parse_from(["ai-infra-build", "--color", "never", "plan"]).is_ok());
-        let err = Cli::try_parse_from(["ai-infra-build", "--color", "sometimes", "plan"]).unwrap_err();
+        let err =
+            Cli::try_parse_from(["ai-infra-build", "--color", "sometimes", "plan"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
     }
 }

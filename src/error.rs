@@ -41,10 +41,7 @@ impl Exit {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("`{command}` is not available yet in this version of ai-infra-build")]
-    NotAvailable {
-        command: &'static str,
-        issue: u32,
-    },
+    NotAvailable { command: &'static str, issue: u32 },
     #[error(
         "cannot reach the Docker daemon at {host} ({reason}): start dockerd or set DOCKER_HOST to a running daemon"
     )]
@@ -57,12 +54,15 @@ pub enum Error {
     },
     #[error("{what}: {reason}")]
     Usage { what: String, reason: String },
+    /// Bad input: a config file, a Dockerfile, a reference. Names the input and the fix.
+    #[error("{input}: {reason}")]
+    Input { input: String, reason: String },
 }
 
 impl Error {
     pub fn exit(&self) -> Exit {
         match self {
-            Error::NotAvailable { .. } | Error::Usage { .. } => Exit::Usage,
+            Error::NotAvailable { .. } | Error::Usage { .. } | Error::Input { .. } => Exit::Usage,
             Error::DockerUnreachable { .. } | Error::Docker { .. } => Exit::Environment,
         }
     }
@@ -75,6 +75,7 @@ impl Error {
             )),
             Error::DockerUnreachable { .. } | Error::Docker { .. } => None,
             Error::Usage { .. } => Some("see `ai-infra-build --help`".to_string()),
+            Error::Input { .. } => None,
         }
     }
 }

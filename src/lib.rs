@@ -5,9 +5,18 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod cli;
+pub mod commands;
+pub mod dockerfile;
 pub mod doctor;
 pub mod engine;
 pub mod error;
+pub mod plan;
+pub mod prefetch;
+pub mod project;
+pub mod reference;
+pub mod registry;
+pub mod relay;
+pub mod retry;
 pub mod ui;
 
 pub use error::{Error, Exit};
@@ -30,6 +39,8 @@ pub async fn run(cli: Cli) -> Exit {
 async fn dispatch(cli: &Cli, ui: &ui::Ui) -> Result<Exit, Error> {
     match &cli.command {
         Command::Doctor(args) => doctor::run(args, ui).await,
+        Command::Plan(args) => commands::run_plan(&cli.global, args, ui).await,
+        Command::Prefetch(args) => commands::run_prefetch(&cli.global, args, ui).await,
         other => Err(Error::NotAvailable {
             command: other.name(),
             issue: other.tracking_issue(),

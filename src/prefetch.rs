@@ -1,0 +1,683 @@
+//! Prefetch: make every base image the services need present in the daemon before any build,
+//! concurrently, retrying transient failures, falling back to mirrors, and recording every
+//! attempt for the report.
+//!
+//! Pulls go through the Engine API (`create_image`). When the daemon is local, they go through
+//! the [`relay`](crate::relay), which retries each registry request where it failed; the pull
+//! as a whole is retried too, and a pull with no progress for the idle timeout is cut and
+//! retried. After a pull from a mirror (or the relay) the image is re-tagged to its canonical
+//! name, so Dockerfiles need no change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{
+    CreateImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::reference::Reference;
+use crate::registry::{Endpoint, RegistryClient, Timeouts};
+use crate::relay::{Relay, RequestEvent, Source};
+use crate::retry::{ErrorClass, RetryHint, RetryPolicy, classify_message, classify_status};
+
+/// When to pull an image that is already present locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Only images that are not present locally.
+    Missing,
+    /// Every image, to get the registry's current version.
+    Always,
+}
+
+/// How the daemon reaches the registries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullVia {
+    /// The relay when the daemon is on this machine, else direct.
+    Auto,
+    /// Through our per-request retrying relay on 127.0.0.1.
+    Relay,
+    /// The daemon pulls from the registry itself; only whole pulls are retried.
+    Direct,
+}
+
+/// Mirrors per registry: `docker.io=mirror.gcr.io,harbor.example.com/dockerhub`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Mirrors(pub BTreeMap<String, Vec<Source>>);
+
+impl Mirrors {
+    /// Parses one `REGISTRY=HOST[,HOST...]` entry (as given to `--mirror`) into `self`.
+    pub fn add(&mut self, spec: &str) -> Result<(), String> {
+        let (registry, hosts) = spec.split_once('=').ok_or_else(|| {
+            format!(
+                "mirror {spec:?} is not REGISTRY=HOST[,HOST...] (e.g. docker.io=mirror.example.com)"
+            )
+        })?;
+        let registry = normalize_registry(registry.trim());
+        if registry.is_empty() || registry.contains(char::is_whitespace) {
+            return Err(format!("mirror {spec:?} names no registry before '='"));
+        }
+        let hosts: Vec<Source> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(Source::parse)
+            .collect();
+        if hosts.is_empty() {
+            return Err(format!("mirror {spec:?} names no host after '='"));
+        }
+        if let Some(bad) = hosts
+            .iter()
+            .find(|s| s.endpoint.host.is_empty() || s.endpoint.host.contains(char::is_whitespace))
+        {
+            return Err(format!(
+                "mirror {spec:?} has an invalid host {:?}",
+                bad.label()
+            ));
+        }
+        self.0.entry(registry).or_default().extend(hosts);
+        Ok(())
+    }
+
+    pub fn for_registry(&self, domain: &str) -> &[Source] {
+        self.0.get(domain).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// `index.docker.io`, `registry-1.docker.io` and `docker.io` all mean Docker Hub.
+fn normalize_registry(name: &str) -> String {
+    match name.to_ascii_lowercase().as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PrefetchOptions {
+    pub concurrency: usize,
+    pub policy: RetryPolicy,
+    pub idle_timeout: Duration,
+    pub mirrors: Mirrors,
+    pub mirror_first: bool,
+    pub pull: PullPolicy,
+    pub via: PullVia,
+}
+
+/// Where an image is referenced (for annotations).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Use {
+    pub dockerfile: PathBuf,
+    pub line: usize,
+}
+
+/// One image to prefetch and everywhere it is referenced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageNeed {
+    pub reference: Reference,
+    pub uses: Vec<Use>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageStatus {
+    /// Pulled in this run.
+    Pulled,
+    /// Already present locally; not pulled.
+    Present,
+    /// Could not be had from any source.
+    Failed,
+}
+
+/// One try of one pull.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub at_ms: u64,
+    pub source: String,
+    pub attempt: u32,
+    /// `None` for the successful attempt.
+    pub class: Option<ErrorClass>,
+    pub message: Option<String>,
+    /// Whether the same source was tried again after this failure.
+    pub retried: bool,
+    /// The wait before the next attempt (when there was one).
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageFailure {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageResult {
+    pub reference: String,
+    pub uses: Vec<Use>,
+    pub status: ImageStatus,
+    /// The source that served it (registry host, or mirror `host[/prefix]`).
+    pub source: Option<String>,
+    pub digest: Option<String>,
+    /// The order the sources were tried in, and why.
+    pub source_order: Vec<String>,
+    pub attempts: Vec<Attempt>,
+    /// Time spent waiting between attempts of this image.
+    pub wait_ms: u64,
+    pub duration_ms: u64,
+    pub error: Option<ImageFailure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PrefetchReport {
+    /// `relay` or `direct`.
+    pub via: &'static str,
+    pub images: Vec<ImageResult>,
+    /// Every registry request the relay sent (empty when pulling direct).
+    pub requests: Vec<RequestEvent>,
+    pub duration_ms: u64,
+}
+
+impl PrefetchReport {
+    pub fn failed(&self) -> impl Iterator<Item = &ImageResult> {
+        self.images
+            .iter()
+            .filter(|i| i.status == ImageStatus::Failed)
+    }
+
+    /// Retries of whole pulls plus retries of single requests inside the relay.
+    pub fn total_retries(&self) -> usize {
+        let pulls: usize = self
+            .images
+            .iter()
+            .map(|i| i.attempts.iter().filter(|a| a.retried).count())
+            .sum();
+        let requests = self
+            .requests
+            .iter()
+            .filter(|r| r.retry_wait_ms.is_some())
+            .count();
+        pulls + requests
+    }
+
+    pub fn total_wait_ms(&self) -> u64 {
+        let pulls: u64 = self.images.iter().map(|i| i.wait_ms).sum();
+        let requests: u64 = self.requests.iter().filter_map(|r| r.retry_wait_ms).sum();
+        pulls + requests
+    }
+}
+
+/// A failed pull attempt, as the daemon (or our idle timer) reported it.
+#[derive(Debug, Clone)]
+struct PullError {
+    class: ErrorClass,
+    message: String,
+}
+
+impl RetryHint for PullError {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Pulls every image in `needs`; never fails as a whole: each image's result says what happened.
+pub async fn prefetch(
+    engine: &Engine,
+    needs: Vec<ImageNeed>,
+    options: &PrefetchOptions,
+) -> anyhow::Result<PrefetchReport> {
+    let started = Instant::now();
+    let use_relay = match options.via {
+        PullVia::Relay => true,
+        PullVia::Direct => false,
+        PullVia::Auto => daemon_is_local(&engine.host),
+    };
+    let relay = if use_relay {
+        let client = RegistryClient::new(Timeouts {
+            connect: Duration::from_secs(10),
+            idle: options.idle_timeout,
+        })?;
+        Some(Relay::start(client, options.policy).await?)
+    } else {
+        None
+    };
+    let ctx = Arc::new(Context {
+        engine: engine.clone(),
+        options: options.clone(),
+        relay,
+        last_good: Mutex::new(HashMap::new()),
+    });
+    let images: Vec<ImageResult> = futures_util::stream::iter(needs)
+        .map(|need| {
+            let ctx = ctx.clone();
+            async move { ctx.fetch(need).await }
+        })
+        .buffered(options.concurrency.max(1))
+        .collect()
+        .await;
+    let requests = ctx.relay.as_ref().map(Relay::events).unwrap_or_default();
+    Ok(PrefetchReport {
+        via: if use_relay { "relay" } else { "direct" },
+        images,
+        requests,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// A daemon on a Unix socket or on loopback TCP shares our 127.0.0.1 and can reach the relay.
+pub fn daemon_is_local(host: &str) -> bool {
+    if host.starts_with("unix://") || host.starts_with("npipe://") {
+        return true;
+    }
+    let rest = host
+        .strip_prefix("tcp://")
+        .or_else(|| host.strip_prefix("http://"))
+        .unwrap_or(host);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    crate::registry::is_loopback_host(authority)
+}
+
+struct Context {
+    engine: Engine,
+    options: PrefetchOptions,
+    relay: Option<Relay>,
+    /// Per registry: the source that served the last success in this run (tried first).
+    last_good: Mutex<HashMap<String, String>>,
+}
+
+impl Context {
+    async fn fetch(&self, need: ImageNeed) -> ImageResult {
+        let started = Instant::now();
+        let reference = need.reference.clone();
+        let mut result = ImageResult {
+            reference: reference.to_string(),
+            uses: need.uses,
+            status: ImageStatus::Failed,
+            source: None,
+            digest: None,
+            source_order: Vec::new(),
+            attempts: Vec::new(),
+            wait_ms: 0,
+            duration_ms: 0,
+            error: None,
+        };
+        if self.options.pull == PullPolicy::Missing {
+            if let Some(digest) = self.local_digest(&reference).await {
+                result.status = ImageStatus::Present;
+                result.digest = digest;
+                result.source = Some("local".to_string());
+                result.duration_ms = started.elapsed().as_millis() as u64;
+                return result;
+            }
+        }
+        let sources = self.source_order(&reference);
+        result.source_order = sources.iter().map(Source::label).collect();
+        let mut last_error = None;
+        for source in &sources {
+            match self.pull_from(&reference, source, &mut result).await {
+                Ok(digest) => {
+                    result.status = ImageStatus::Pulled;
+                    result.source = Some(source.label());
+                    result.digest = digest;
+                    result.error = None;
+                    if let Ok(mut good) = self.last_good.lock() {
+                        good.insert(reference.domain.clone(), source.label());
+                    }
+                    break;
+                }
+                Err(err) => last_error = Some(err),
+            }
+        }
+        if result.status == ImageStatus::Failed {
+            let err = last_error.unwrap_or(PullError {
+                class: ErrorClass::Other,
+                message: "no source to pull from".into(),
+            });
+            result.error = Some(ImageFailure {
+                class: err.class,
+                message: err.message,
+            });
+        }
+        result.duration_ms = started.elapsed().as_millis() as u64;
+        result
+    }
+
+    /// Origin then mirrors (or mirrors first); the source of this run's last success for the
+    /// same registry goes to the front.
+    fn source_order(&self, reference: &Reference) -> Vec<Source> {
+        let origin = Source {
+            endpoint: Endpoint::new(&reference.registry_host()),
+            prefix: String::new(),
+        };
+        let mirrors = self.options.mirrors.for_registry(&reference.domain);
+        let mut order: Vec<Source> = if self.options.mirror_first {
+            mirrors
+                .iter()
+                .cloned()
+                .chain(std::iter::once(origin))
+                .collect()
+        } else {
+            std::iter::once(origin)
+                .chain(mirrors.iter().cloned())
+                .collect()
+        };
+        order.dedup();
+        let good = self
+            .last_good
+            .lock()
+            .ok()
+            .and_then(|g| g.get(&reference.domain).cloned());
+        if let Some(pos) = good.and_then(|label| order.iter().position(|s| s.label() == label)) {
+            let best = order.remove(pos);
+            order.insert(0, best);
+        }
+        order
+    }
+
+    /// The local image's digest (`Some(None)` when present without a repo digest).
+    async fn local_digest(&self, reference: &Reference) -> Option<Option<String>> {
+        let image = self
+            .engine
+            .docker
+            .inspect_image(&reference.familiar())
+            .await
+            .ok()?;
+        let digest = image
+            .repo_digests
+            .unwrap_or_default()
+            .iter()
+            .find_map(|d| d.split_once('@').map(|(_, d)| d.to_string()));
+        Some(digest.or_else(|| reference.digest.clone()))
+    }
+
+    /// Tries one source with the retry policy; on success the image carries its canonical name.
+    async fn pull_from(
+        &self,
+        reference: &Reference,
+        source: &Source,
+        result: &mut ImageResult,
+    ) -> Result<Option<String>, PullError> {
+        // A digest reference must be pulled under its own name, or the daemon will not find it
+        // by digest later (a re-tag cannot add a repo digest): the relay cannot serve it.
+        let via_relay = self.relay.as_ref().filter(|_| reference.digest.is_none());
+        let repository = match via_relay {
+            Some(relay) => relay.repository(source, &reference.path),
+            None if source.endpoint.host == reference.registry_host()
+                && source.prefix.is_empty() =>
+            {
+                reference.name()
+            }
+            None => format!(
+                "{}/{}",
+                source.endpoint.host,
+                source.path_for(&reference.path)
+            ),
+        };
+        let tag = reference
+            .digest
+            .clone()
+            .or_else(|| reference.tag.clone())
+            .unwrap_or_else(|| "latest".into());
+        let label = source.label();
+        let mut attempt_no = 0u32;
+        let attempts = Mutex::new(Vec::new());
+        let outcome = self
+            .options
+            .policy
+            .run(
+                || {
+                    attempt_no += 1;
+                    self.pull_once(
+                        repository.clone(),
+                        tag.clone(),
+                        via_relay.map(|r| (r, source)),
+                        &reference.path,
+                    )
+                },
+                |err: &PullError, wait| {
+                    if let Ok(mut a) = attempts.lock() {
+                        a.push(Attempt {
+                            at_ms: now_ms(),
+                            source: label.clone(),
+                            attempt: 0,
+                            class: Some(err.class),
+                            message: Some(err.message.clone()),
+                            retried: true,
+                            wait_ms: wait.as_millis() as u64,
+                        });
+                    }
+                },
+            )
+            .await;
+        let mut attempts = attempts.into_inner().unwrap_or_default();
+        let final_attempt = match &outcome {
+            Ok(_) => Attempt {
+                at_ms: now_ms(),
+                source: label.clone(),
+                attempt: 0,
+                class: None,
+                message: None,
+                retried: false,
+                wait_ms: 0,
+            },
+            Err(err) => Attempt {
+                at_ms: now_ms(),
+                source: label.clone(),
+                attempt: 0,
+                class: Some(err.class),
+                message: Some(err.message.clone()),
+                retried: false,
+                wait_ms: 0,
+            },
+        };
+        attempts.push(final_attempt);
+        let offset = result.attempts.len() as u32;
+        for (i, a) in attempts.iter_mut().enumerate() {
+            a.attempt = offset + i as u32 + 1;
+        }
+        result.wait_ms += attempts.iter().map(|a| a.wait_ms).sum::<u64>();
+        result.attempts.extend(attempts);
+        outcome?;
+        self.finish(reference, &repository, &tag).await
+    }
+
+    /// One `create_image` call, consumed to the end; no progress for the idle timeout aborts it.
+    async fn pull_once(
+        &self,
+        repository: String,
+        tag: String,
+        relay: Option<(&Relay, &Source)>,
+        path: &str,
+    ) -> Result<(), PullError> {
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(&repository)
+            .tag(&tag)
+            .build();
+        let mut stream = self.engine.docker.create_image(Some(options), None, None);
+        let idle = self.options.idle_timeout;
+        loop {
+            match tokio::time::timeout(idle, stream.next()).await {
+                Err(_) => {
+                    return Err(PullError {
+                        class: ErrorClass::Stalled,
+                        message: format!(
+                            "no progress for {}s pulling {repository}:{tag}; the pull was cut",
+                            idle.as_secs()
+                        ),
+                    });
+                }
+                Ok(None) => return Ok(()),
+                Ok(Some(Ok(info))) => {
+                    if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                        return Err(self.explain(detail, relay, path));
+                    }
+                }
+                Ok(Some(Err(err))) => return Err(self.explain_docker(err, relay, path)),
+            }
+        }
+    }
+
+    fn explain_docker(
+        &self,
+        err: DockerError,
+        relay: Option<(&Relay, &Source)>,
+        path: &str,
+    ) -> PullError {
+        match err {
+            DockerError::DockerStreamError { error } => self.explain(error, relay, path),
+            DockerError::DockerResponseServerError {
+                status_code,
+                message,
+            } => {
+                let mut e = self.explain(message, relay, path);
+                if e.class == ErrorClass::Other {
+                    e.class = classify_status(status_code).unwrap_or(ErrorClass::Other);
+                }
+                e
+            }
+            other => {
+                let message = other.to_string();
+                PullError {
+                    class: classify_message(&message),
+                    message,
+                }
+            }
+        }
+    }
+
+    /// Classifies a daemon message. Through the relay, a "502 Bad Gateway" hides the upstream
+    /// failure: the relay's own record names it.
+    fn explain(&self, message: String, relay: Option<(&Relay, &Source)>, path: &str) -> PullError {
+        let mut class = classify_message(&message);
+        let mut message = message;
+        if let Some((relay, source)) = relay {
+            message = message.replace(
+                &relay.repository(source, path),
+                &format!("{}/{}", source.label(), path),
+            );
+            if matches!(class, ErrorClass::ServerError | ErrorClass::Other)
+                && message.contains("502")
+            {
+                if let Some(event) = relay.last_failure(source, path) {
+                    class = event.class.unwrap_or(class);
+                    message = format!("{}: {}", event.source, event.message.unwrap_or_default());
+                }
+            }
+        }
+        PullError { class, message }
+    }
+
+    /// Tags the pulled image with its canonical name and drops the relay's name for it.
+    async fn finish(
+        &self,
+        reference: &Reference,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<String>, PullError> {
+        let pulled = if tag.starts_with("sha256:") {
+            format!("{repository}@{tag}")
+        } else {
+            format!("{repository}:{tag}")
+        };
+        let docker = &self.engine.docker;
+        let inspect = docker.inspect_image(&pulled).await.map_err(|e| PullError {
+            class: ErrorClass::Other,
+            message: format!("pulled {pulled} but cannot inspect it: {e}"),
+        })?;
+        let digest = inspect
+            .repo_digests
+            .unwrap_or_default()
+            .iter()
+            .find_map(|d| d.split_once('@').map(|(_, d)| d.to_string()));
+        if reference.digest.is_none() && pulled != reference.familiar() {
+            let (repo, new_tag) = (
+                reference.familiar_name(),
+                reference.tag.clone().unwrap_or_else(|| "latest".into()),
+            );
+            let options = TagImageOptionsBuilder::default()
+                .repo(&repo)
+                .tag(&new_tag)
+                .build();
+            docker
+                .tag_image(&pulled, Some(options))
+                .await
+                .map_err(|e| PullError {
+                    class: ErrorClass::Other,
+                    message: format!("cannot tag {pulled} as {repo}:{new_tag}: {e}"),
+                })?;
+            if self
+                .relay
+                .as_ref()
+                .is_some_and(|r| repository.starts_with(&r.host()))
+            {
+                let options = RemoveImageOptionsBuilder::default().noprune(true).build();
+                let _ = docker.remove_image(&pulled, Some(options), None).await;
+            }
+        }
+        Ok(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_parse_and_collect_per_registry() {
+        let mut m = Mirrors::default();
+        m.add("docker.io=127.0.0.1:5001, harbor.example.com/hub")
+            .unwrap();
+        m.add("index.docker.io=mirror.example.com").unwrap();
+        m.add("ghcr.io=ghcr-mirror.example.com").unwrap();
+        let hub: Vec<_> = m
+            .for_registry("docker.io")
+            .iter()
+            .map(Source::label)
+            .collect();
+        assert_eq!(
+            hub,
+            [
+                "127.0.0.1:5001",
+                "harbor.example.com/hub",
+                "mirror.example.com"
+            ]
+        );
+        assert_eq!(m.for_registry("ghcr.io").len(), 1);
+        assert!(m.for_registry("quay.io").is_empty());
+    }
+
+    #[test]
+    fn bad_mirror_specs_say_what_is_wrong() {
+        let mut m = Mirrors::default();
+        assert!(m.add("docker.io").unwrap_err().contains("REGISTRY=HOST"));
+        assert!(m.add("=x").unwrap_err().contains("names no registry"));
+        assert!(
+            m.add("docker.io= , ")
+                .unwrap_err()
+                .contains("names no host")
+        );
+        assert!(m.0.is_empty(), "a bad spec adds nothing");
+    }
+
+    #[test]
+    fn local_daemons_can_reach_the_relay() {
+        assert!(daemon_is_local("unix:///var/run/docker.sock"));
+        assert!(daemon_is_local("tcp://127.0.0.1:2375"));
+        assert!(daemon_is_local("tcp://localhost:2375"));
+        assert!(!daemon_is_local("tcp://docker:2375"));
+        assert!(!daemon_is_local("tcp://10.1.2.3:2376"));
+    }
+}

@@ -1,0 +1,567 @@
+//! A small client for the registry HTTP API (distribution spec v2): what the relay and
+//! `doctor` need, with the Bearer token flow and errors that keep what a retry decision needs
+//! (status, registry error code, `Retry-After`, class).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::retry::{ErrorClass, RetryHint, classify_message, classify_status, parse_retry_after};
+
+/// Which step of the protocol a request was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestKind {
+    Ping,
+    Token,
+    Manifest,
+    Blob,
+    Other,
+}
+
+impl RequestKind {
+    /// The kind of a `/v2/...` path.
+    pub fn of_path(path: &str) -> RequestKind {
+        if path == "/v2/" || path == "/v2" {
+            RequestKind::Ping
+        } else if path.contains("/manifests/") {
+            RequestKind::Manifest
+        } else if path.contains("/blobs/") {
+            RequestKind::Blob
+        } else {
+            RequestKind::Other
+        }
+    }
+}
+
+/// The repository of a `/v2/<name>/(manifests|blobs|tags)/...` path.
+pub fn repository_of_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/")?;
+    ["/manifests/", "/blobs/", "/tags/"]
+        .iter()
+        .find_map(|marker| rest.find(marker).map(|i| &rest[..i]))
+}
+
+/// A registry host and how to speak to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Endpoint {
+    /// `registry-1.docker.io`, `127.0.0.1:5000`, `harbor.example.com`.
+    pub host: String,
+    /// Plain HTTP for loopback registries (as the Docker daemon does), HTTPS otherwise.
+    pub insecure: bool,
+}
+
+impl Endpoint {
+    pub fn new(host: &str) -> Endpoint {
+        Endpoint {
+            host: host.to_string(),
+            insecure: is_loopback_host(host),
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.insecure { "http" } else { "https" },
+            self.host
+        )
+    }
+}
+
+/// `localhost`, `127.x.y.z` and `[::1]`, with or without a port: registries the Docker
+/// daemon treats as insecure by default (and so do we).
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A failed registry request.
+#[derive(Debug, Clone, thiserror::Error, Serialize)]
+#[error("{kind:?} request to {host} failed: {message}")]
+pub struct RegistryError {
+    pub host: String,
+    pub kind: RequestKind,
+    pub class: ErrorClass,
+    pub status: Option<u16>,
+    /// The registry's error code (`MANIFEST_UNKNOWN`, `TOOMANYREQUESTS`, …) when it sent one.
+    pub code: Option<String>,
+    pub message: String,
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+impl RetryHint for RegistryError {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+/// The JSON error body of the distribution spec.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// A Bearer challenge from `WWW-Authenticate` (RFC 6750; docker's token auth spec).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Challenge {
+    pub realm: String,
+    pub service: Option<String>,
+    pub scope: Option<String>,
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"`; `None` for other schemes.
+pub fn parse_bearer_challenge(header: &str) -> Option<Challenge> {
+    let rest = header.trim();
+    let (scheme, params) = rest.split_once(char::is_whitespace)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut fields: HashMap<String, String> = HashMap::new();
+    let mut chars = params.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let value = if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut value = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            value
+        } else {
+            chars
+                .by_ref()
+                .take_while(|c| *c != ',')
+                .collect::<String>()
+                .trim()
+                .to_string()
+        };
+        fields.insert(key.trim().to_ascii_lowercase(), value);
+    }
+    Some(Challenge {
+        realm: fields.remove("realm")?,
+        service: fields.remove("service"),
+        scope: fields.remove("scope"),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+/// Timeouts of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// No bytes (headers or body) for this long aborts the request.
+    pub idle: Duration,
+}
+
+/// Speaks the registry API; shared by all requests of a run (connection pool, token cache).
+#[derive(Debug)]
+pub struct RegistryClient {
+    http: reqwest::Client,
+    tokens: Mutex<HashMap<(String, String), String>>,
+    pub timeouts: Timeouts,
+}
+
+impl RegistryClient {
+    pub fn new(timeouts: Timeouts) -> anyhow::Result<RegistryClient> {
+        // reqwest is built without a default crypto provider; ring is ours (no aws-lc, no OpenSSL).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.idle)
+            .user_agent(concat!("ai-infra-build/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(RegistryClient {
+            http,
+            tokens: Mutex::new(HashMap::new()),
+            timeouts,
+        })
+    }
+
+    /// Sends one request (and, on a Bearer challenge, fetches a token and sends it once more).
+    /// Any status that is not a success or redirect becomes a [`RegistryError`].
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Response, RegistryError> {
+        let kind = RequestKind::of_path(path);
+        let url = format!("{}{}", endpoint.base_url(), path);
+        let key = Self::token_key(endpoint, path);
+        let cached = self.cached_token(&key);
+        let first = self
+            .request(
+                &endpoint.host,
+                kind,
+                method.clone(),
+                &url,
+                headers.clone(),
+                cached.as_deref(),
+            )
+            .await?;
+        if first.status() != StatusCode::UNAUTHORIZED {
+            return check(&endpoint.host, kind, first).await;
+        }
+        let challenge = first
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_bearer_challenge);
+        let Some(challenge) = challenge else {
+            return check(&endpoint.host, kind, first).await;
+        };
+        let token = self.fetch_token(&endpoint.host, &challenge).await?;
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(key, token.clone());
+        }
+        let second = self
+            .request(&endpoint.host, kind, method, &url, headers, Some(&token))
+            .await?;
+        check(&endpoint.host, kind, second).await
+    }
+
+    /// Tokens are cached per registry host and repository (the scope they were issued for).
+    fn token_key(endpoint: &Endpoint, path: &str) -> (String, String) {
+        (
+            endpoint.host.clone(),
+            repository_of_path(path).unwrap_or_default().to_string(),
+        )
+    }
+
+    fn cached_token(&self, key: &(String, String)) -> Option<String> {
+        self.tokens.lock().ok()?.get(key).cloned()
+    }
+
+    async fn request(
+        &self,
+        host: &str,
+        kind: RequestKind,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        token: Option<&str>,
+    ) -> Result<Response, RegistryError> {
+        let mut req = self.http.request(method, url).headers(headers);
+        if let Some(token) = token {
+            if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                req = req.header(AUTHORIZATION, value);
+            }
+        }
+        let send = req.send();
+        match tokio::time::timeout(self.timeouts.idle, send).await {
+            Err(_) => Err(transport_error(
+                host,
+                kind,
+                format!(
+                    "no response headers within {}s (timeout)",
+                    self.timeouts.idle.as_secs()
+                ),
+            )),
+            Ok(Err(err)) => Err(transport_error(host, kind, describe_reqwest(&err))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        host: &str,
+        challenge: &Challenge,
+    ) -> Result<String, RegistryError> {
+        let mut url = reqwest::Url::parse(&challenge.realm).map_err(|err| RegistryError {
+            host: host.to_string(),
+            kind: RequestKind::Token,
+            class: ErrorClass::Other,
+            status: None,
+            code: None,
+            message: format!(
+                "the registry's token realm {:?} is not a URL: {err}",
+                challenge.realm
+            ),
+            retry_after: None,
+        })?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = &challenge.service {
+                query.append_pair("service", service);
+            }
+            if let Some(scope) = &challenge.scope {
+                query.append_pair("scope", scope);
+            }
+        }
+        let token_host = url.host_str().unwrap_or(host).to_string();
+        let resp = self
+            .request(
+                &token_host,
+                RequestKind::Token,
+                Method::GET,
+                url.as_str(),
+                HeaderMap::new(),
+                None,
+            )
+            .await;
+        let resp = match resp {
+            Ok(resp) => check(&token_host, RequestKind::Token, resp).await,
+            Err(err) => Err(err),
+        }
+        .map_err(token_failure)?;
+        let body: TokenResponse = resp.json().await.map_err(|err| {
+            token_failure(transport_error(
+                &token_host,
+                RequestKind::Token,
+                describe_reqwest(&err),
+            ))
+        })?;
+        let token = body
+            .token
+            .or(body.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| RegistryError {
+                host: token_host.clone(),
+                kind: RequestKind::Token,
+                class: ErrorClass::Unauthorized,
+                status: None,
+                code: None,
+                message: "the token endpoint answered without a token".to_string(),
+                retry_after: None,
+            })?;
+        Ok(token)
+    }
+}
+
+/// A token failure keeps its cause's class, except that transient causes become
+/// [`ErrorClass::TokenFetch`] ("failed to fetch oauth token" in the report).
+fn token_failure(mut err: RegistryError) -> RegistryError {
+    err.kind = RequestKind::Token;
+    if err.class.is_transient() {
+        err.class = ErrorClass::TokenFetch;
+    }
+    err.message = format!("failed to fetch token: {}", err.message);
+    err
+}
+
+fn transport_error(host: &str, kind: RequestKind, message: String) -> RegistryError {
+    let class = match classify_message(&message) {
+        ErrorClass::Other => ErrorClass::Eof,
+        class => class,
+    };
+    RegistryError {
+        host: host.to_string(),
+        kind,
+        class,
+        status: None,
+        code: None,
+        message,
+        retry_after: None,
+    }
+}
+
+/// The whole cause chain of a reqwest error, which is where "connection refused" or
+/// "unexpected EOF" lives.
+fn describe_reqwest(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = inner.source();
+    }
+    if err.is_timeout() && !text.contains("timed out") {
+        text.push_str(" (timed out)");
+    }
+    text
+}
+
+/// Turns an error status into a [`RegistryError`] (reading the spec's JSON error body).
+async fn check(host: &str, kind: RequestKind, resp: Response) -> Result<Response, RegistryError> {
+    let status = resp.status().as_u16();
+    let Some(mut class) = classify_status(status) else {
+        return Ok(resp);
+    };
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let reason = resp.status().canonical_reason().unwrap_or("");
+    let body = resp.text().await.unwrap_or_default();
+    let entry = serde_json::from_str::<ErrorBody>(&body)
+        .ok()
+        .and_then(|b| b.errors.into_iter().next());
+    let (code, detail) = match entry {
+        Some(e) => (
+            Some(e.code.clone()),
+            format!("{}: {}", e.code.to_ascii_lowercase(), e.message),
+        ),
+        None => (
+            None,
+            body.chars()
+                .take(200)
+                .collect::<String>()
+                .trim()
+                .to_string(),
+        ),
+    };
+    if status == 404 {
+        class = match code.as_deref() {
+            Some("NAME_UNKNOWN") => ErrorClass::NameUnknown,
+            Some("BLOB_UNKNOWN") | Some("MANIFEST_UNKNOWN") | None | Some(_)
+                if kind != RequestKind::Other =>
+            {
+                ErrorClass::ManifestUnknown
+            }
+            _ => ErrorClass::Other,
+        };
+    }
+    let message = if detail.is_empty() {
+        format!("{status} {reason}")
+    } else {
+        format!("{status} {reason}: {detail}")
+    };
+    Err(RegistryError {
+        host: host.to_string(),
+        kind,
+        class,
+        status: Some(status),
+        code,
+        message,
+        retry_after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_insecure() {
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.1.2.3:80",
+            "[::1]:5000",
+            "LOCALHOST:1",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "registry-1.docker.io",
+            "10.0.0.1:5000",
+            "harbor.example.com",
+            "localhost.example.com",
+            "[2001:db8::1]:5000",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+        assert_eq!(
+            Endpoint::new("127.0.0.1:5000").base_url(),
+            "http://127.0.0.1:5000"
+        );
+        assert_eq!(
+            Endpoint::new("registry-1.docker.io").base_url(),
+            "https://registry-1.docker.io"
+        );
+    }
+
+    #[test]
+    fn bearer_challenges_are_parsed() {
+        let c = parse_bearer_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull""#,
+        )
+        .unwrap();
+        assert_eq!(c.realm, "https://auth.docker.io/token");
+        assert_eq!(c.service.as_deref(), Some("registry.docker.io"));
+        assert_eq!(c.scope.as_deref(), Some("repository:library/ubuntu:pull"));
+        let c = parse_bearer_challenge(r#"bearer realm="http://127.0.0.1:1/token", service=x"#)
+            .unwrap();
+        assert_eq!(c.service.as_deref(), Some("x"));
+        assert_eq!(c.scope, None);
+        let c = parse_bearer_challenge(r#"Bearer realm="a\"b""#).unwrap();
+        assert_eq!(c.realm, "a\"b");
+        assert_eq!(parse_bearer_challenge(r#"Basic realm="x""#), None);
+        assert_eq!(parse_bearer_challenge("Bearer service=x"), None);
+        assert_eq!(parse_bearer_challenge(""), None);
+        assert_eq!(
+            parse_bearer_challenge("Bearer realm=\"unterminated"),
+            Some(Challenge {
+                realm: "unterminated".into(),
+                service: None,
+                scope: None
+            })
+        );
+    }
+
+    #[test]
+    fn request_kinds_follow_the_path() {
+        assert_eq!(RequestKind::of_path("/v2/"), RequestKind::Ping);
+        assert_eq!(
+            RequestKind::of_path("/v2/library/ubuntu/manifests/22.04"),
+            RequestKind::Manifest
+        );
+        assert_eq!(
+            RequestKind::of_path("/v2/library/ubuntu/blobs/sha256:abc"),
+            RequestKind::Blob
+        );
+        assert_eq!(RequestKind::of_path("/v2/_catalog"), RequestKind::Other);
+        assert_eq!(
+            repository_of_path("/v2/library/ubuntu/manifests/22.04"),
+            Some("library/ubuntu")
+        );
+        assert_eq!(
+            repository_of_path("/v2/a/b/c/blobs/sha256:0"),
+            Some("a/b/c")
+        );
+        assert_eq!(repository_of_path("/v2/"), None);
+    }
+}

@@ -1,0 +1,669 @@
+//! Which failures are worth retrying, and how long to wait before the next try.
+//!
+//! One table ([`MESSAGE_RULES`]) maps what registries and the Docker daemon say to an
+//! [`ErrorClass`]; the class decides transient (retry with backoff) or permanent (give up on
+//! this source at once). The classes follow what mature clients retry: containerd's and
+//! docker's registry clients, skopeo's `retry.IsErrorRetryable`, and HTTP semantics
+//! (RFC 9110: 408, 429, 500, 502, 503, 504 may succeed when repeated).
+//!
+//! Waiting uses exponential backoff with full jitter (AWS Architecture Blog, "Exponential
+//! Backoff And Jitter"): the n-th wait is uniform in `[0, min(cap, base * 2^n)]`, never shorter
+//! than a `Retry-After` hint, and the whole loop is bounded by attempts and by a deadline.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+use serde::{Deserialize, Serialize};
+
+/// What kind of failure happened, in the words of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorClass {
+    /// The connection was closed before a complete answer (`EOF`, `unexpected EOF`).
+    Eof,
+    ConnectionReset,
+    ConnectionRefused,
+    /// Dial, TLS handshake, header or body timeouts.
+    Timeout,
+    /// No progress on a pull for longer than the idle timeout.
+    Stalled,
+    /// A DNS failure that may pass (`temporary failure in name resolution`, `server misbehaving`).
+    DnsTemporary,
+    /// HTTP 429 or `toomanyrequests`.
+    RateLimited,
+    /// HTTP 500, 502, 503, 504.
+    ServerError,
+    /// HTTP 408.
+    RequestTimeout,
+    /// The token endpoint failed for a transient reason (`failed to fetch oauth token: ... EOF`).
+    TokenFetch,
+    /// The tag or digest does not exist (`manifest unknown`, HTTP 404 on a manifest).
+    ManifestUnknown,
+    /// The repository does not exist (`name unknown`, `repository does not exist`).
+    NameUnknown,
+    Unauthorized,
+    Denied,
+    InvalidReference,
+    /// The image has no variant for the requested platform.
+    NoMatchingPlatform,
+    /// The name does not resolve (`no such host`): retrying the same source will not help.
+    DnsNotFound,
+    /// Anything not recognised. Treated as permanent: retrying unknown failures hides bugs.
+    Other,
+}
+
+impl ErrorClass {
+    pub fn is_transient(self) -> bool {
+        use ErrorClass::*;
+        matches!(
+            self,
+            Eof | ConnectionReset
+                | ConnectionRefused
+                | Timeout
+                | Stalled
+                | DnsTemporary
+                | RateLimited
+                | ServerError
+                | RequestTimeout
+                | TokenFetch
+        )
+    }
+
+    /// The class's name as in the JSON report (`eof`, `rate-limited`, …).
+    pub fn label(self) -> &'static str {
+        use ErrorClass::*;
+        match self {
+            Eof => "eof",
+            ConnectionReset => "connection-reset",
+            ConnectionRefused => "connection-refused",
+            Timeout => "timeout",
+            Stalled => "stalled",
+            DnsTemporary => "dns-temporary",
+            RateLimited => "rate-limited",
+            ServerError => "server-error",
+            RequestTimeout => "request-timeout",
+            TokenFetch => "token-fetch",
+            ManifestUnknown => "manifest-unknown",
+            NameUnknown => "name-unknown",
+            Unauthorized => "unauthorized",
+            Denied => "denied",
+            InvalidReference => "invalid-reference",
+            NoMatchingPlatform => "no-matching-platform",
+            DnsNotFound => "dns-not-found",
+            Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// One row of the classification table: a lowercase fragment of an error message.
+#[derive(Debug)]
+pub struct Rule {
+    pub fragment: &'static str,
+    pub class: ErrorClass,
+}
+
+const fn rule(fragment: &'static str, class: ErrorClass) -> Rule {
+    Rule { fragment, class }
+}
+
+/// The classification table, first match wins. Fragments are matched against the lowercased
+/// message. Permanent registry error codes (distribution spec, "Error codes") come first so
+/// that "manifest unknown" inside a longer message is never mistaken for a network failure;
+/// then rate limits and server errors; then network failures.
+pub const MESSAGE_RULES: &[Rule] = {
+    use ErrorClass::*;
+    &[
+        rule("no matching manifest for", NoMatchingPlatform),
+        rule("does not match the specified platform", NoMatchingPlatform),
+        rule("manifest unknown", ManifestUnknown),
+        rule("manifest for ", ManifestUnknown), // "manifest for x:y not found" (no error body)
+        rule("name unknown", NameUnknown),
+        rule("repository does not exist", NameUnknown),
+        rule("invalid reference format", InvalidReference),
+        rule("toomanyrequests", RateLimited),
+        rule("too many requests", RateLimited),
+        rule("rate limit", RateLimited),
+        rule("429", RateLimited),
+        rule("request timeout", RequestTimeout),
+        rule("408", RequestTimeout),
+        rule("service unavailable", ServerError),
+        rule("bad gateway", ServerError),
+        rule("gateway timeout", ServerError),
+        rule("internal server error", ServerError),
+        rule("status: 50", ServerError),
+        rule("status code 50", ServerError),
+        rule("unexpected eof", Eof),
+        rule("connection reset", ConnectionReset),
+        rule("broken pipe", ConnectionReset),
+        rule("connection refused", ConnectionRefused),
+        rule("tls handshake timeout", Timeout),
+        rule("i/o timeout", Timeout),
+        rule("timeout awaiting response headers", Timeout),
+        rule("client.timeout exceeded", Timeout),
+        rule("context deadline exceeded", Timeout),
+        rule("timed out", Timeout),
+        rule("temporary failure in name resolution", DnsTemporary),
+        rule("server misbehaving", DnsTemporary),
+        rule("no such host", DnsNotFound),
+        rule("name or service not known", DnsNotFound),
+        rule("no progress for", Stalled),
+        rule("unauthorized", Unauthorized),
+        rule("authentication required", Unauthorized),
+        rule("denied", Denied),
+        rule("forbidden", Denied),
+        rule(": eof", Eof),
+        rule(" eof", Eof),
+    ]
+};
+
+/// Fragments that say the failure happened while fetching a registry token.
+const TOKEN_FRAGMENTS: &[&str] = &[
+    "oauth token",
+    "anonymous token",
+    "fetching token",
+    "fetch token",
+    "/token?",
+    "token endpoint",
+];
+
+/// Classifies an error message from the daemon or a registry.
+///
+/// A token fetch failure is [`ErrorClass::TokenFetch`] (transient) when its cause is transient
+/// ("failed to fetch oauth token: ... EOF"), and its cause's class otherwise (a token request
+/// answered `401 unauthorized` stays permanent).
+pub fn classify_message(message: &str) -> ErrorClass {
+    let lower = message.to_ascii_lowercase();
+    let class = MESSAGE_RULES
+        .iter()
+        .find(|r| lower.contains(r.fragment))
+        .map_or(ErrorClass::Other, |r| r.class);
+    let about_token = TOKEN_FRAGMENTS.iter().any(|f| lower.contains(f));
+    if about_token && class.is_transient() {
+        ErrorClass::TokenFetch
+    } else {
+        class
+    }
+}
+
+/// Classifies an HTTP status from a registry. `None` for success and redirects.
+pub fn classify_status(status: u16) -> Option<ErrorClass> {
+    use ErrorClass::*;
+    Some(match status {
+        200..=399 => return None,
+        401 => Unauthorized,
+        403 => Denied,
+        404 => ManifestUnknown,
+        408 => RequestTimeout,
+        429 => RateLimited,
+        500 | 502 | 503 | 504 => ServerError,
+        _ => Other,
+    })
+}
+
+/// Reads a `Retry-After` value: delay-seconds, or an HTTP date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let at = std::time::SystemTime::from(at);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// What a retry loop needs to know about an error.
+pub trait RetryHint {
+    fn class(&self) -> ErrorClass;
+    /// A server's `Retry-After` (or rate-limit reset) hint, when it gave one.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// How many times to try, how long to wait between tries, and for how long in total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (so `max_retries + 1` attempts at most).
+    pub max_retries: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// No retry starts later than this after the first attempt began.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 5,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The waits before each retry, without hints: full jitter over an exponential ceiling.
+    pub fn backoff(&self) -> FullJitter {
+        FullJitter {
+            policy: *self,
+            attempt: 0,
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails permanently, or the policy is exhausted.
+    /// `on_retry` sees every error that will be retried and the wait before the retry.
+    pub async fn run<T, E, Fut, Op, Notify>(&self, op: Op, mut on_retry: Notify) -> Result<T, E>
+    where
+        E: RetryHint,
+        Fut: Future<Output = Result<T, E>>,
+        Op: FnMut() -> Fut,
+        Notify: FnMut(&E, Duration),
+    {
+        let started = Instant::now();
+        let deadline = self.deadline;
+        op.retry(self.backoff())
+            .sleep(tokio::time::sleep)
+            .when(|err: &E| err.class().is_transient())
+            .adjust(move |err: &E, wait| {
+                let wait = wait?.max(err.retry_after().unwrap_or(Duration::ZERO));
+                (started.elapsed() + wait <= deadline).then_some(wait)
+            })
+            .notify(|err: &E, wait| on_retry(err, wait))
+            .await
+    }
+}
+
+/// Exponential backoff with full jitter; yields one wait per allowed retry.
+#[derive(Debug, Clone)]
+pub struct FullJitter {
+    policy: RetryPolicy,
+    attempt: u32,
+}
+
+impl Iterator for FullJitter {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.attempt >= self.policy.max_retries {
+            return None;
+        }
+        let ceiling = self
+            .policy
+            .base_delay
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.policy.max_delay);
+        self.attempt += 1;
+        let millis = ceiling.as_millis() as u64;
+        Some(Duration::from_millis(rand::random_range(0..=millis)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ErrorClass::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// One case per table row and per class: (message, expected class).
+    const CASES: &[(&str, ErrorClass)] = &[
+        // Texts of the Docker 20.10 daemon and of registries.
+        (
+            "manifest for 127.0.0.1:5000/library/ubuntu:99 not found: manifest unknown: manifest unknown",
+            ManifestUnknown,
+        ),
+        ("manifest for ubuntu:nope not found", ManifestUnknown),
+        (
+            "pull access denied for nope, repository does not exist or may require 'docker login': denied: requested access to the resource is denied",
+            NameUnknown,
+        ),
+        (
+            "name unknown: repository name not known to registry",
+            NameUnknown,
+        ),
+        (
+            "no matching manifest for linux/arm64/v8 in the manifest list entries",
+            NoMatchingPlatform,
+        ),
+        (
+            "image with reference x was found but does not match the specified platform",
+            NoMatchingPlatform,
+        ),
+        (
+            "invalid reference format: repository name must be lowercase",
+            InvalidReference,
+        ),
+        (
+            "toomanyrequests: You have reached your pull rate limit.",
+            RateLimited,
+        ),
+        (
+            "received unexpected HTTP status: 429 Too Many Requests",
+            RateLimited,
+        ),
+        ("rate limit exceeded", RateLimited),
+        ("error code 429", RateLimited),
+        (
+            "received unexpected HTTP status: 408 Request Timeout",
+            RequestTimeout,
+        ),
+        ("unexpected status 408", RequestTimeout),
+        (
+            "received unexpected HTTP status: 503 Service Unavailable",
+            ServerError,
+        ),
+        (
+            "received unexpected HTTP status: 502 Bad Gateway",
+            ServerError,
+        ),
+        (
+            "received unexpected HTTP status: 504 Gateway Timeout",
+            ServerError,
+        ),
+        (
+            "received unexpected HTTP status: 500 Internal Server Error",
+            ServerError,
+        ),
+        ("unexpected status: 500", ServerError),
+        ("response status code 503", ServerError),
+        (
+            "Get \"http://127.0.0.1:5000/v2/library/ubuntu/manifests/22.04\": EOF",
+            Eof,
+        ),
+        (
+            "failed to copy: httpReadSeeker: failed open: unexpected EOF",
+            Eof,
+        ),
+        (
+            "read tcp 127.0.0.1:1->127.0.0.1:2: read: connection reset by peer",
+            ConnectionReset,
+        ),
+        ("write: broken pipe", ConnectionReset),
+        (
+            "dial tcp 127.0.0.1:1: connect: connection refused",
+            ConnectionRefused,
+        ),
+        ("net/http: TLS handshake timeout", Timeout),
+        ("dial tcp 10.0.0.1:443: i/o timeout", Timeout),
+        ("net/http: timeout awaiting response headers", Timeout),
+        ("(Client.Timeout exceeded while awaiting headers)", Timeout),
+        ("context deadline exceeded", Timeout),
+        ("operation timed out", Timeout),
+        (
+            "dial tcp: lookup registry-1.docker.io on 127.0.0.53:53: temporary failure in name resolution",
+            DnsTemporary,
+        ),
+        (
+            "dial tcp: lookup registry-1.docker.io on 10.0.0.2:53: server misbehaving",
+            DnsTemporary,
+        ),
+        (
+            "dial tcp: lookup registry-1.docker.io on 10.0.0.2:53: no such host",
+            DnsNotFound,
+        ),
+        (
+            "failed to lookup address information: Name or service not known",
+            DnsNotFound,
+        ),
+        ("no progress for 60s: the pull stalled", Stalled),
+        ("unauthorized: authentication required", Unauthorized),
+        ("authentication required", Unauthorized),
+        ("denied: requested access to the resource is denied", Denied),
+        ("403 Forbidden", Denied),
+        ("Get https://registry-1.docker.io/v2/: EOF", Eof),
+        ("something EOF", Eof),
+        // Token failures: transient when their cause is.
+        (
+            "Get \"https://auth.docker.io/token?scope=repository%3Alibrary%2Fubuntu%3Apull&service=registry.docker.io\": EOF",
+            TokenFetch,
+        ),
+        (
+            "failed to fetch oauth token: Post \"https://auth.docker.io/token\": EOF",
+            TokenFetch,
+        ),
+        (
+            "failed to fetch anonymous token: unexpected status: 503 Service Unavailable",
+            TokenFetch,
+        ),
+        ("fetching token: read: connection reset by peer", TokenFetch),
+        (
+            "failed to fetch anonymous token: unexpected status: 401 Unauthorized",
+            Unauthorized,
+        ),
+        // Nothing recognisable.
+        ("the disk is full", Other),
+        ("", Other),
+    ];
+
+    #[test]
+    fn every_table_case_gets_its_class() {
+        for (message, class) in CASES {
+            assert_eq!(classify_message(message), *class, "{message}");
+        }
+    }
+
+    #[test]
+    fn every_rule_is_exercised_by_a_case() {
+        let first_rule = |message: &str| {
+            let lower = message.to_ascii_lowercase();
+            MESSAGE_RULES
+                .iter()
+                .position(|r| lower.contains(r.fragment))
+        };
+        for (i, rule) in MESSAGE_RULES.iter().enumerate() {
+            let hit = CASES
+                .iter()
+                .any(|(m, c)| first_rule(m) == Some(i) && (*c == rule.class || *c == TokenFetch));
+            assert!(hit, "no case for rule {rule:?}");
+        }
+    }
+
+    #[test]
+    fn transient_and_permanent_split_as_documented() {
+        for class in [
+            Eof,
+            ConnectionReset,
+            ConnectionRefused,
+            Timeout,
+            Stalled,
+            DnsTemporary,
+            RateLimited,
+            ServerError,
+            RequestTimeout,
+            TokenFetch,
+        ] {
+            assert!(class.is_transient(), "{class}");
+        }
+        for class in [
+            ManifestUnknown,
+            NameUnknown,
+            Unauthorized,
+            Denied,
+            InvalidReference,
+            NoMatchingPlatform,
+            DnsNotFound,
+            Other,
+        ] {
+            assert!(!class.is_transient(), "{class}");
+        }
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert_eq!(classify_status(200), None);
+        assert_eq!(classify_status(307), None);
+        assert_eq!(classify_status(401), Some(Unauthorized));
+        assert_eq!(classify_status(403), Some(Denied));
+        assert_eq!(classify_status(404), Some(ManifestUnknown));
+        assert_eq!(classify_status(408), Some(RequestTimeout));
+        assert_eq!(classify_status(429), Some(RateLimited));
+        for s in [500, 502, 503, 504] {
+            assert_eq!(classify_status(s), Some(ServerError));
+        }
+        assert_eq!(classify_status(418), Some(Other));
+        assert_eq!(classify_status(501), Some(Other));
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[test]
+    fn full_jitter_stays_under_the_exponential_ceiling_and_stops() {
+        let policy = RetryPolicy {
+            max_retries: 6,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+            deadline: Duration::from_secs(60),
+        };
+        for _ in 0..200 {
+            let waits: Vec<_> = policy.backoff().collect();
+            assert_eq!(waits.len(), 6);
+            for (n, wait) in waits.iter().enumerate() {
+                let ceiling = Duration::from_millis((100u64 << n).min(1000));
+                assert!(*wait <= ceiling, "wait {n} = {wait:?} over {ceiling:?}");
+            }
+        }
+        // Jitter really varies (200 draws of the first 1000 ms-ceiling wait are not all equal).
+        let draws: std::collections::BTreeSet<_> =
+            (0..200).map(|_| policy.backoff().nth(4).unwrap()).collect();
+        assert!(draws.len() > 10);
+    }
+
+    #[derive(Debug)]
+    struct Fail(ErrorClass, Option<Duration>);
+    impl RetryHint for Fail {
+        fn class(&self) -> ErrorClass {
+            self.0
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            self.1
+        }
+    }
+
+    fn quick(max_retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_retries,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            deadline: Duration::from_secs(30),
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_until_success() {
+        let calls = AtomicU32::new(0);
+        let mut retries = 0;
+        let result = quick(5)
+            .run(
+                || async {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    if n < 3 { Err(Fail(Eof, None)) } else { Ok(n) }
+                },
+                |_, _| retries += 1,
+            )
+            .await;
+        assert_eq!(result.unwrap(), 3);
+        assert_eq!(retries, 3);
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_not_retried() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), Fail> = quick(5)
+            .run(
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(Fail(ManifestUnknown, None))
+                },
+                |_, _| {},
+            )
+            .await;
+        assert_eq!(result.unwrap_err().0, ManifestUnknown);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn attempts_are_bounded() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), Fail> = quick(3)
+            .run(
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(Fail(Eof, None))
+                },
+                |_, _| {},
+            )
+            .await;
+        assert!(result.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_a_lower_bound_on_the_wait() {
+        let mut waits = Vec::new();
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let _ = quick(2)
+            .run(
+                || async {
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        Err(Fail(RateLimited, Some(Duration::from_millis(300))))
+                    } else {
+                        Ok(())
+                    }
+                },
+                |_, wait| waits.push(wait),
+            )
+            .await;
+        assert_eq!(waits, vec![Duration::from_millis(300)]);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn the_deadline_stops_retries_that_would_start_too_late() {
+        let policy = RetryPolicy {
+            deadline: Duration::from_millis(100),
+            ..quick(10)
+        };
+        let calls = AtomicU32::new(0);
+        let result: Result<(), Fail> = policy
+            .run(
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(Fail(RateLimited, Some(Duration::from_secs(5))))
+                },
+                |_, _| {},
+            )
+            .await;
+        assert!(result.is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "a 5 s Retry-After does not fit a 100 ms deadline"
+        );
+    }
+}

@@ -72,8 +72,9 @@ pub enum Command {
     /// Check the environment: the Docker daemon (version, storage, image store, mirrors),
     /// buildx, and later the registries. Run this first when something does not work.
     Doctor(DoctorArgs),
-    /// Re-render a saved JSON report as a step summary, annotations or JSON.
-    Report,
+    /// Re-render a saved JSON report as a step summary, annotations, step outputs, JSON or
+    /// the terminal table.
+    Report(ReportArgs),
 }
 
 impl Command {
@@ -85,7 +86,7 @@ impl Command {
             Command::Prefetch(_) => "prefetch",
             Command::Plan(_) => "plan",
             Command::Doctor(_) => "doctor",
-            Command::Report => "report",
+            Command::Report(_) => "report",
         }
     }
 
@@ -94,17 +95,54 @@ impl Command {
         match self {
             Command::Prefetch(_) | Command::Plan(_) => 3,
             Command::BuildAll(_) | Command::Build(_) => 4,
-            Command::Report => 5,
+            Command::Report(_) => 5,
             Command::Doctor(_) => 8,
         }
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BuildArgs {
+    #[command(flatten)]
+    pub prefetch: PrefetchArgs,
     /// Build without the layer cache and pull base images again.
     #[arg(long, env = "INPUT_FORCE")]
     pub force: bool,
+    /// How many services build at once (default: the number of CPUs).
+    #[arg(long, value_name = "N", env = "INPUT_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: Option<u16>,
+    /// Start no new build after the first failure.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Retries of a build that failed for a network reason (never for its own errors).
+    #[arg(long, default_value_t = 2, value_name = "N", env = "INPUT_BUILD_RETRIES")]
+    pub build_retries: u32,
+    /// `buildx` (docker buildx build), `engine` (the Docker Engine API), or `auto`
+    /// (buildx when `docker buildx version` works).
+    #[arg(long, value_enum, default_value_t = BuilderChoice::Auto, env = "INPUT_BUILDER")]
+    pub builder: BuilderChoice,
+    /// An existing buildx builder to use (remote, kubernetes, docker-container driver).
+    #[arg(long, value_name = "NAME")]
+    pub buildx_builder: Option<String>,
+    /// Build only these services (comma-separated or repeated) and what they need.
+    #[arg(long, value_name = "SERVICE", value_delimiter = ',', env = "INPUT_ONLY")]
+    pub only: Vec<String>,
+    /// Do not build these services (comma-separated or repeated).
+    #[arg(long, value_name = "SERVICE", value_delimiter = ',', env = "INPUT_SKIP")]
+    pub skip: Vec<String>,
+    /// Do not add the dependencies of the selected services.
+    #[arg(long)]
+    pub no_deps: bool,
+    /// Where the report and the build logs go.
+    #[arg(long, value_name = "DIR", default_value = ".ai-infra-build", env = "INPUT_OUT_DIR")]
+    pub out_dir: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BuilderChoice {
+    Auto,
+    Buildx,
+    Engine,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +160,12 @@ pub struct PlanArgs {
     /// A build argument for every service, used to expand `ARG`s in FROM lines (repeatable).
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_args: Vec<String>,
+    /// The tag of every service image (default: VERSION file, `git describe`, short commit).
+    #[arg(long, value_name = "TAG", env = "INPUT_TAG")]
+    pub tag: Option<String>,
+    /// Prefix of every service image name (default: the repository name and `-`).
+    #[arg(long, value_name = "PREFIX", env = "INPUT_PREFIX")]
+    pub prefix: Option<String>,
 }
 
 /// How base images are pulled.
@@ -170,6 +214,27 @@ pub struct PrefetchArgs {
 pub enum PrefetchFailure {
     Warn,
     Fail,
+}
+
+/// Which saved report to show, and as what.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The JSON report a run wrote (`ai-infra-build-report.json` in its output directory).
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// The view: `markdown` (the step summary), `json`, `annotations` (workflow commands with
+    /// the log groups), `outputs` (the step outputs) or `terminal` (the final table).
+    #[arg(long, value_enum, default_value_t = ReportFormat::Terminal)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Markdown,
+    Json,
+    Annotations,
+    Outputs,
+    Terminal,
 }
 
 #[derive(Debug, Args)]

@@ -1,13 +1,21 @@
 //! Glue between the command line and the library: load, validate, run, render.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::build::{self, backend::Backend, run::{BuildEvent, BuildOptions}};
+use crate::cli::{BuildArgs, BuilderChoice};
+use crate::engine::Buildx;
+use crate::report::{Report, RunMeta, ServiceResult, ServiceStatus};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{GlobalArgs, OutputFormat, PlanArgs, PrefetchArgs, PrefetchFailure};
 use crate::engine::Engine;
 use crate::error::{Error, Exit};
-use crate::plan::{Plan, plan};
+use crate::plan::{Naming, Plan, plan};
 use crate::prefetch::{self, ImageStatus, Mirrors, PrefetchOptions, PrefetchReport};
 use crate::project::Project;
 use crate::retry::RetryPolicy;
@@ -33,7 +41,12 @@ fn load_plan(global: &GlobalArgs, args: &PlanArgs) -> Result<(Project, Plan), Er
         reason: e.to_string(),
     })?;
     let project = Project::load(&root, global.config.as_deref())?;
-    let plan = plan(&project, &parse_build_args(&args.build_args)?)?;
+    let naming = Naming::resolve(
+        &root,
+        args.prefix.as_deref().or(project.settings.prefix.as_deref()),
+        args.tag.as_deref().or(project.settings.tag.as_deref()),
+    )?;
+    let plan = plan(&project, &naming, &parse_build_args(&args.build_args)?)?;
     Ok((project, plan))
 }
 
@@ -48,15 +61,23 @@ pub async fn run_plan(global: &GlobalArgs, args: &PlanArgs, ui: &Ui) -> Result<E
 
 fn render_plan(plan: &Plan) -> String {
     let mut out = format!(
-        "Services ({}, from {}):\n",
+        "Services ({}, from {}; images {}<service>:{}, tag from {}):\n",
         plan.services.len(),
-        plan.source
+        plan.source,
+        plan.naming.prefix,
+        plan.naming.tag,
+        plan.naming.tag_source
     );
-    for s in &plan.services {
-        out.push_str(&format!(
-            "  {:<20} {}  [{}]\n",
-            s.name, s.dockerfile, s.origin
-        ));
+    for name in &plan.order {
+        let Some(s) = plan.services.iter().find(|s| &s.name == name) else {
+            continue;
+        };
+        let deps = if s.depends_on.is_empty() {
+            String::new()
+        } else {
+            format!("  after {}", s.depends_on.join(", "))
+        };
+        out.push_str(&format!("  {:<20} {}  {}  [{}]{deps}\n", s.name, s.image, s.dockerfile, s.origin));
     }
     out.push_str(&format!(
         "Base images to prefetch ({}):\n",
@@ -107,6 +128,7 @@ pub fn prefetch_options(args: &PrefetchArgs, project: &Project) -> Result<Prefet
         mirror_first: args.mirror_first || project.settings.mirror_first.unwrap_or(false),
         pull: args.pull,
         via: args.pull_via,
+        notify: None,
     })
 }
 
@@ -192,5 +214,232 @@ fn render_prefetch(report: &PrefetchReport, ui: &Ui) -> String {
         failed.len(),
         report.total_wait_ms() as f64 / 1000.0
     ));
+    out
+}
+
+/// Which services to build: `names` (from `build SERVICE...`) or `--only`, minus `--skip`,
+/// plus their dependencies unless `--no-deps`. Unknown names are an input error.
+pub fn select_services(plan: &Plan, names: &[String], only: &[String], skip: &[String], no_deps: bool) -> Result<BTreeSet<usize>, Error> {
+    let index = |name: &String, flag: &str| {
+        plan.services.iter().position(|s| &s.name == name).ok_or_else(|| Error::Usage {
+            what: format!("{flag} {name:?}"),
+            reason: format!(
+                "no such service; the services are: {}",
+                plan.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        })
+    };
+    let wanted: Vec<&String> = names.iter().chain(only.iter()).filter(|n| !n.trim().is_empty()).collect();
+    let roots: Vec<usize> = if wanted.is_empty() {
+        (0..plan.services.len()).collect()
+    } else {
+        wanted.into_iter().map(|n| index(n, if names.contains(n) { "service" } else { "--only" })).collect::<Result<_, _>>()?
+    };
+    let skipped: BTreeSet<usize> =
+        skip.iter().filter(|n| !n.trim().is_empty()).map(|n| index(n, "--skip")).collect::<Result<_, _>>()?;
+    let mut selected = if no_deps { roots.iter().copied().collect() } else { plan.graph.closure(&roots) };
+    selected.retain(|i| !skipped.contains(i));
+    Ok(selected)
+}
+
+async fn choose_backend(args: &BuildArgs, engine: &Engine) -> Result<Backend, Error> {
+    let buildx = || Backend::Buildx { builder: args.buildx_builder.clone() };
+    let engine_backend = || Backend::Engine { engine: engine.clone(), buildkit: AtomicBool::new(true) };
+    Ok(match args.builder {
+        BuilderChoice::Engine => engine_backend(),
+        BuilderChoice::Buildx => match crate::engine::buildx(Duration::from_secs(10)).await {
+            Buildx::Available { .. } => buildx(),
+            Buildx::Unavailable { reason } => {
+                return Err(Error::Environment {
+                    what: "--builder buildx".into(),
+                    reason: format!("buildx is not available ({reason}); install the docker-buildx plugin or use --builder engine"),
+                });
+            }
+        },
+        BuilderChoice::Auto => match crate::engine::buildx(Duration::from_secs(10)).await {
+            Buildx::Available { .. } => buildx(),
+            Buildx::Unavailable { .. } => engine_backend(),
+        },
+    })
+}
+
+/// Waits for SIGINT or SIGTERM and returns the exit status it stands for.
+async fn interrupted() -> Exit {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => Exit::Interrupted,
+        _ = term.recv() => Exit::Terminated,
+    }
+}
+
+/// `build-all` and `build SERVICE...`: prefetch and build, overlapping both: a service builds
+/// as soon as its own base images and its dependencies are ready.
+pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], ui: &Ui) -> Result<Exit, Error> {
+    let started = std::time::Instant::now();
+    let started_at = crate::report::rfc3339_ms(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+    );
+    let (project, plan) = load_plan(global, &args.prefetch.plan)?;
+    let selected = select_services(&plan, names, &args.only, &args.skip, args.no_deps)?;
+    let mut options = prefetch_options(&args.prefetch, &project)?;
+    if args.force {
+        options.pull = crate::prefetch::PullPolicy::Always;
+    }
+    let engine = Engine::connect(Duration::from_secs(10)).await?;
+    let backend = choose_backend(args, &engine).await?;
+    let engine_version = engine.docker.version().await.ok().and_then(|v| v.version);
+
+    let wanted: BTreeSet<&String> = selected.iter().flat_map(|i| plan.services[*i].base_images.iter()).collect();
+    let needs: Vec<_> = plan.base_images.iter().filter(|n| wanted.contains(&n.reference.to_string())).cloned().collect();
+    let build_options = BuildOptions {
+        parallel: args.parallel.map_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()), usize::from),
+        fail_fast: args.fail_fast,
+        no_cache: args.force,
+        build_retries: args.build_retries,
+        idle_timeout: Duration::from_secs(args.prefetch.idle_timeout.max(60) * 10),
+        out_dir: args.out_dir.clone(),
+        inline_cache: false,
+    };
+    let cancel = CancellationToken::new();
+    let mut exit_on_signal = None;
+    let on_event = |event: BuildEvent| match event {
+        BuildEvent::Started { service, attempt } if attempt > 1 => ui.note(&format!("build {service}: attempt {attempt}")),
+        BuildEvent::Started { service, .. } => ui.note(&format!("build {service}: started")),
+        BuildEvent::Finished { service, status, duration } => {
+            ui.note(&format!("build {service}: {status:?} in {:.1}s", duration.as_secs_f64()).to_ascii_lowercase())
+        }
+    };
+
+    let stop_early = args.prefetch.prefetch_failure == PrefetchFailure::Fail;
+    let work = async {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let engine_ref = &engine;
+        let prefetch_run = async move {
+            let mut options = options;
+            options.notify = Some(tx);
+            prefetch::prefetch(engine_ref, needs, &options).await
+        };
+        if stop_early {
+            let report = prefetch_run.await;
+            if report.as_ref().is_ok_and(|r| r.failed().count() > 0) {
+                return (report, None);
+            }
+            let builds = build::run::run(&engine, &backend, &plan, &selected, None, &build_options, cancel.clone(), &on_event).await;
+            (report, Some(builds))
+        } else {
+            let builds = build::run::run(&engine, &backend, &plan, &selected, Some(rx), &build_options, cancel.clone(), &on_event);
+            let (report, builds) = tokio::join!(prefetch_run, builds);
+            (report, Some(builds))
+        }
+    };
+    tokio::pin!(work);
+    let (prefetch_report, builds) = tokio::select! {
+        outcome = &mut work => outcome,
+        signal = interrupted() => {
+            exit_on_signal = Some(signal);
+            ui.note("interrupted: cancelling running builds and writing a partial report");
+            cancel.cancel();
+            match tokio::time::timeout(Duration::from_secs(4), &mut work).await {
+                Ok(outcome) => outcome,
+                Err(_) => (Err(anyhow::anyhow!("interrupted")), None),
+            }
+        }
+    };
+    let prefetch_report = prefetch_report.ok();
+    let builds = builds.unwrap_or_default();
+    let run = RunMeta {
+        started_at,
+        duration_ms: started.elapsed().as_millis() as u64,
+        command: if names.is_empty() { "build-all".into() } else { format!("build {}", names.join(" ")) },
+        builder: backend.label(),
+        engine_version,
+        pull_via: prefetch_report.as_ref().map(|p| p.via.to_string()),
+        repository: std::env::var("GITHUB_REPOSITORY").ok(),
+        commit: std::env::var("GITHUB_SHA").ok(),
+        workflow_run: std::env::var("GITHUB_RUN_ID").ok(),
+        shard: None,
+        interrupted: exit_on_signal.is_some(),
+    };
+    let mut results = builds.results;
+    // Services that never got a result (cut by the signal) are cancelled, never dropped.
+    for i in &selected {
+        let name = &plan.services[*i].name;
+        if !results.iter().any(|r| &r.name == name) {
+            results.push(ServiceResult {
+                name: name.clone(),
+                image: plan.services[*i].image.clone(),
+                tags: plan.services[*i].tags.clone(),
+                status: ServiceStatus::Cancelled,
+                duration_ms: 0,
+                attempts: 0,
+                builder: backend.label(),
+                cached_steps: None,
+                total_steps: None,
+                image_id: None,
+                size: None,
+                log_path: None,
+                dockerfile: plan.services[*i].dockerfile.clone(),
+                failure: None,
+                skipped_reason: Some("cancelled".into()),
+                log_tail: Vec::new(),
+            });
+        }
+    }
+    let report = Report::new(run, prefetch_report.as_ref(), results, builds.failure_log);
+    let path = write_report(&report, &args.out_dir)?;
+    match ui.format {
+        OutputFormat::Json => ui.json(&report),
+        OutputFormat::Human => ui.result(&render_build(&report, &path, ui)),
+    }
+    Ok(if let Some(signal) = exit_on_signal {
+        signal
+    } else if report.totals.failed + report.totals.skipped + report.totals.cancelled > 0 {
+        Exit::BuildFailed
+    } else if stop_early && report.totals.base_images_missing > 0 {
+        Exit::ImagesMissing
+    } else {
+        Exit::Success
+    })
+}
+
+fn write_report(report: &Report, out_dir: &std::path::Path) -> Result<PathBuf, Error> {
+    let path = out_dir.join(crate::report::REPORT_FILE);
+    let fail = |e: std::io::Error| Error::Environment { what: path.display().to_string(), reason: format!("cannot write the report: {e}") };
+    std::fs::create_dir_all(out_dir).map_err(fail)?;
+    let json = serde_json::to_string_pretty(report).map_err(|e| fail(std::io::Error::other(e)))?;
+    std::fs::write(&path, json).map_err(fail)?;
+    Ok(path)
+}
+
+fn render_build(report: &Report, path: &std::path::Path, ui: &Ui) -> String {
+    let mut out = format!("{} ({} failed, {} skipped, {} cancelled) in {:.1}s with {}\n",
+        report.headline(), report.totals.failed, report.totals.skipped, report.totals.cancelled,
+        report.run.duration_ms as f64 / 1000.0, report.run.builder);
+    for s in &report.services {
+        let status = match s.status {
+            ServiceStatus::Success => ui.good("ok     "),
+            ServiceStatus::Failed => ui.bad("FAILED "),
+            ServiceStatus::Skipped => ui.dim("skipped"),
+            ServiceStatus::Cancelled => ui.dim("cancel "),
+        };
+        let detail = match (&s.failure, &s.skipped_reason) {
+            (Some(f), _) if s.status != ServiceStatus::Success => format!(
+                "  {}{}: {}",
+                s.dockerfile,
+                f.line.map(|l| format!(":{l}")).unwrap_or_default(),
+                f.message.lines().next().unwrap_or_default()
+            ),
+            (_, Some(reason)) => format!("  {reason}"),
+            _ => String::new(),
+        };
+        out.push_str(&format!("  {status} {:<20} {:<40} {:>6.1}s  x{}{detail}\n", s.name, s.image, s.duration_ms as f64 / 1000.0, s.attempts));
+    }
+    if report.totals.base_images_missing > 0 {
+        out.push_str(&format!("Base images missing: {}\n", report.totals.base_images_missing));
+    }
+    out.push_str(&format!("Report: {}", path.display()));
     out
 }

@@ -19,7 +19,10 @@ pub struct DoctorReport {
 pub async fn run(args: &DoctorArgs, ui: &Ui) -> Result<Exit, Error> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let engine = Engine::connect(timeout).await?;
-    let report = DoctorReport { engine: engine.facts().await?, buildx: engine::buildx(timeout).await };
+    let report = DoctorReport {
+        engine: engine.facts().await?,
+        buildx: engine::buildx(timeout).await,
+    };
     match ui.format {
         OutputFormat::Json => ui.json(&report),
         OutputFormat::Human => ui.result(&render(&report, ui)),
@@ -30,9 +33,19 @@ pub async fn run(args: &DoctorArgs, ui: &Ui) -> Result<Exit, Error> {
 /// The human view: one fact per line, label column aligned.
 pub fn render(report: &DoctorReport, ui: &Ui) -> String {
     let e = &report.engine;
-    let list = |items: &[String]| if items.is_empty() { ui.dim("none") } else { items.join(", ") };
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            ui.dim("none")
+        } else {
+            items.join(", ")
+        }
+    };
     let opt = |item: &Option<String>| item.clone().unwrap_or_else(|| ui.dim("none"));
-    let min_api = e.min_api_version.as_deref().map(|v| format!(", minimum {v}")).unwrap_or_default();
+    let min_api = e
+        .min_api_version
+        .as_deref()
+        .map(|v| format!(", minimum {v}"))
+        .unwrap_or_default();
     let store = if e.containerd_image_store {
         "containerd (snapshotter): buildx local cache export works".to_string()
     } else {
@@ -41,13 +54,25 @@ pub fn render(report: &DoctorReport, ui: &Ui) -> String {
     let buildx = match &report.buildx {
         Buildx::Available { version, .. } => ui.good(&format!("available, version {version}")),
         Buildx::Unavailable { reason } => {
-            format!("{}; the engine API builder will be used", ui.bad(&format!("not available ({reason})")))
+            format!(
+                "{}; the engine API builder will be used",
+                ui.bad(&format!("not available ({reason})"))
+            )
         }
     };
     let rows = [
-        ("Docker daemon", format!("{} {}", ui.good("reachable at"), e.host)),
-        ("Engine", format!("{} (API {}{min_api})", e.engine_version, e.api_version)),
-        ("System", format!("{}, {}, kernel {}", e.os, e.arch, e.kernel)),
+        (
+            "Docker daemon",
+            format!("{} {}", ui.good("reachable at"), e.host),
+        ),
+        (
+            "Engine",
+            format!("{} (API {}{min_api})", e.engine_version, e.api_version),
+        ),
+        (
+            "System",
+            format!("{}, {}, kernel {}", e.os, e.arch, e.kernel),
+        ),
         ("Storage driver", e.storage_driver.clone()),
         ("Image store", store),
         ("Registry mirrors", list(&e.registry_mirrors)),

@@ -43,7 +43,10 @@ impl Engine {
     /// checks that the daemon answers within `timeout`.
     pub async fn connect(timeout: Duration) -> Result<Engine, Error> {
         let host = docker_host();
-        let unreachable = |reason: String| Error::DockerUnreachable { host: host.clone(), reason };
+        let unreachable = |reason: String| Error::DockerUnreachable {
+            host: host.clone(),
+            reason,
+        };
         let docker = Docker::connect_with_defaults()
             .map_err(|err| unreachable(err.to_string()))?
             .with_timeout(timeout);
@@ -56,7 +59,10 @@ impl Engine {
 
     /// Reads the daemon's version and info.
     pub async fn facts(&self) -> Result<EngineFacts, Error> {
-        let docker_err = |source| Error::Docker { host: self.host.clone(), source };
+        let docker_err = |source| Error::Docker {
+            host: self.host.clone(),
+            source,
+        };
         let version = self.docker.version().await.map_err(docker_err)?;
         let info = self.docker.info().await.map_err(docker_err)?;
         let driver_status = info.driver_status.unwrap_or_default();
@@ -93,7 +99,9 @@ pub fn docker_host() -> String {
 fn uses_containerd_store(driver_status: &[Vec<String>]) -> bool {
     driver_status.iter().any(|pair| {
         pair.first().is_some_and(|k| k == "driver-type")
-            && pair.get(1).is_some_and(|v| v.starts_with("io.containerd.snapshotter"))
+            && pair
+                .get(1)
+                .is_some_and(|v| v.starts_with("io.containerd.snapshotter"))
     })
 }
 
@@ -106,7 +114,11 @@ fn short_reason(err: &bollard::errors::Error) -> String {
         last = inner.to_string();
         source = inner.source();
     }
-    if last == err.to_string() { last } else { format!("{err} ({last})") }
+    if last == err.to_string() {
+        last
+    } else {
+        format!("{err} ({last})")
+    }
 }
 
 /// The buildx plugin, as seen through the docker CLI.
@@ -126,9 +138,14 @@ pub async fn buildx(timeout: Duration) -> Buildx {
         .output();
     match tokio::time::timeout(timeout, child).await {
         Err(_) => Buildx::Unavailable {
-            reason: format!("`docker buildx version` did not answer within {}s", timeout.as_secs()),
+            reason: format!(
+                "`docker buildx version` did not answer within {}s",
+                timeout.as_secs()
+            ),
         },
-        Ok(Err(err)) => Buildx::Unavailable { reason: format!("cannot run `docker`: {err}") },
+        Ok(Err(err)) => Buildx::Unavailable {
+            reason: format!("cannot run `docker`: {err}"),
+        },
         Ok(Ok(out)) if !out.status.success() => Buildx::Unavailable {
             reason: first_line(&String::from_utf8_lossy(&out.stderr))
                 .unwrap_or("`docker buildx version` failed")
@@ -136,7 +153,10 @@ pub async fn buildx(timeout: Duration) -> Buildx {
         },
         Ok(Ok(out)) => {
             let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            Buildx::Available { version: parse_buildx_version(&text), detail: text }
+            Buildx::Available {
+                version: parse_buildx_version(&text),
+                detail: text,
+            }
         }
     }
 }
@@ -160,7 +180,10 @@ mod tests {
 
     #[test]
     fn containerd_store_is_detected_from_driver_status() {
-        let store = vec![vec!["driver-type".to_string(), "io.containerd.snapshotter.v1".to_string()]];
+        let store = vec![vec![
+            "driver-type".to_string(),
+            "io.containerd.snapshotter.v1".to_string(),
+        ]];
         assert!(uses_containerd_store(&store));
         let overlay = vec![
             vec!["Backing Filesystem".to_string(), "extfs".to_string()],
@@ -172,8 +195,14 @@ mod tests {
 
     #[test]
     fn buildx_version_is_read_from_each_known_format() {
-        assert_eq!(parse_buildx_version("github.com/docker/buildx 0.13.1 0.13.1+ds1-3"), "0.13.1");
-        assert_eq!(parse_buildx_version("github.com/docker/buildx v0.24.0 d0e5e86"), "0.24.0");
+        assert_eq!(
+            parse_buildx_version("github.com/docker/buildx 0.13.1 0.13.1+ds1-3"),
+            "0.13.1"
+        );
+        assert_eq!(
+            parse_buildx_version("github.com/docker/buildx v0.24.0 d0e5e86"),
+            "0.24.0"
+        );
         assert_eq!(parse_buildx_version("something else"), "unknown");
     }
 }

@@ -54,6 +54,9 @@ pub enum Error {
     },
     #[error("{what}: {reason}")]
     Usage { what: String, reason: String },
+    /// Something the environment lacks (a tool, a writable directory).
+    #[error("{what}: {reason}")]
+    Environment { what: String, reason: String },
     /// Bad input: a config file, a Dockerfile, a reference. Names the input and the fix.
     #[error("{input}: {reason}")]
     Input { input: String, reason: String },
@@ -63,7 +66,7 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::NotAvailable { .. } | Error::Usage { .. } | Error::Input { .. } => Exit::Usage,
-            Error::DockerUnreachable { .. } | Error::Docker { .. } => Exit::Environment,
+            Error::DockerUnreachable { .. } | Error::Docker { .. } | Error::Environment { .. } => Exit::Environment,
         }
     }
 
@@ -75,7 +78,7 @@ impl Error {
             )),
             Error::DockerUnreachable { .. } | Error::Docker { .. } => None,
             Error::Usage { .. } => Some("see `ai-infra-build --help`".to_string()),
-            Error::Input { .. } => None,
+            Error::Input { .. } | Error::Environment { .. } => None,
         }
     }
 }

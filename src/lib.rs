@@ -4,8 +4,10 @@
 //! The library never prints: everything a user sees goes through [`ui`].
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod build;
 pub mod cli;
 pub mod commands;
+pub mod context;
 pub mod dockerfile;
 pub mod doctor;
 pub mod engine;
@@ -16,6 +18,7 @@ pub mod project;
 pub mod reference;
 pub mod registry;
 pub mod relay;
+pub mod report;
 pub mod retry;
 pub mod ui;
 
@@ -41,6 +44,9 @@ async fn dispatch(cli: &Cli, ui: &ui::Ui) -> Result<Exit, Error> {
         Command::Doctor(args) => doctor::run(args, ui).await,
         Command::Plan(args) => commands::run_plan(&cli.global, args, ui).await,
         Command::Prefetch(args) => commands::run_prefetch(&cli.global, args, ui).await,
+        Command::Report(args) => report::command::run(args, ui),
+        Command::BuildAll(args) => commands::run_build(&cli.global, args, &[], ui).await,
+        Command::Build(args) => commands::run_build(&cli.global, &args.build, &args.services, ui).await,
         other => Err(Error::NotAvailable {
             command: other.name(),
             issue: other.tracking_issue(),

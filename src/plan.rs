@@ -1,75 +1,210 @@
-//! The plan: which base images the services need, and where each is referenced.
-//! Computed before any work, so bad Dockerfiles stop the run with nothing done.
+//! The plan: every service's image name, what it is built FROM, the dependency graph, and
+//! the external base images to prefetch (with every Dockerfile line that references them).
+//! Computed before any work, so bad input stops the run with nothing done.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
 
 use serde::Serialize;
 
+use crate::build::graph::Graph;
 use crate::dockerfile::{self, BuildContextArgs};
 use crate::error::Error;
 use crate::prefetch::{ImageNeed, Use};
-use crate::project::Project;
+use crate::project::{Project, Service};
 use crate::reference::Reference;
+
+/// How service images are named: `{prefix}{service}:{tag}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Naming {
+    pub prefix: String,
+    pub tag: String,
+    /// Where the tag came from (`--tag`, `VERSION file`, `git describe`, `git commit`, `default`).
+    pub tag_source: String,
+}
+
+impl Naming {
+    /// `prefix`/`tag` from flags or config win; else the repository name and `-`, and the
+    /// VERSION file, `git describe --tags`, the short commit, or `latest`.
+    pub fn resolve(root: &Path, prefix: Option<&str>, tag: Option<&str>) -> Result<Naming, Error> {
+        let prefix = match prefix {
+            Some(p) => p.to_string(),
+            None => format!("{}-", sanitize(&repository_name(root))),
+        };
+        let (tag, tag_source) = match tag {
+            Some(t) => (t.to_string(), "--tag".to_string()),
+            None => detect_tag(root),
+        };
+        if !valid_tag(&tag) {
+            return Err(Error::Input {
+                input: format!("tag {tag:?} (from {tag_source})"),
+                reason: "a tag is 1-128 characters of letters, digits, '_', '.', '-', not starting with '.' or '-'; pass --tag".into(),
+            });
+        }
+        if !prefix.is_empty() && Reference::parse(&format!("{prefix}x")).is_err() {
+            return Err(Error::Input { input: format!("prefix {prefix:?}"), reason: "the prefix must make valid image names (lowercase, digits, '.', '_', '-', '/')".into() });
+        }
+        Ok(Naming { prefix, tag, tag_source })
+    }
+
+    pub fn image_for(&self, service: &Service) -> String {
+        service.image.clone().unwrap_or_else(|| format!("{}{}:{}", self.prefix, service.name, self.tag))
+    }
+}
+
+fn repository_name(root: &Path) -> String {
+    if let Ok(repo) = std::env::var("GITHUB_REPOSITORY") {
+        if let Some(name) = repo.rsplit('/').next().filter(|n| !n.is_empty()) {
+            return name.to_string();
+        }
+    }
+    let top = git(root, &["rev-parse", "--show-toplevel"]).map(std::path::PathBuf::from);
+    let dir = top.unwrap_or_else(|| root.to_path_buf());
+    let dir = dir.canonicalize().unwrap_or(dir);
+    dir.file_name().and_then(|n| n.to_str()).unwrap_or("app").to_string()
+}
+
+fn sanitize(name: &str) -> String {
+    let s: String = name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+    let s = s.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    if s.is_empty() { "app".into() } else { s }
+}
+
+fn detect_tag(root: &Path) -> (String, String) {
+    if let Ok(text) = std::fs::read_to_string(root.join("VERSION")) {
+        let v = text.trim();
+        if !v.is_empty() && valid_tag(v) {
+            return (v.to_string(), "VERSION file".into());
+        }
+    }
+    if let Some(d) = git(root, &["describe", "--tags"]).filter(|t| valid_tag(t)) {
+        return (d, "git describe".into());
+    }
+    if let Some(c) = git(root, &["rev-parse", "--short", "HEAD"]) {
+        return (c, "git commit".into());
+    }
+    ("latest".into(), "default".into())
+}
+
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git").arg("-C").arg(root).args(args).stderr(std::process::Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// Docker's tag grammar: `[\w][\w.-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
+    let mut chars = tag.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && tag.len() <= 128
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub source: String,
+    pub naming: Naming,
     pub services: Vec<ServicePlan>,
     /// External images to prefetch, deduplicated across services.
     pub base_images: Vec<ImageNeed>,
+    /// Service names in a dependency order.
+    pub order: Vec<String>,
+    #[serde(skip)]
+    pub graph: Graph,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServicePlan {
     pub name: String,
+    /// The image this service produces, `{prefix}{service}:{tag}`.
+    pub image: String,
+    /// Further references the image gets.
+    pub tags: Vec<String>,
     pub dockerfile: String,
     pub origin: String,
+    /// Services this one needs first (from `depends-on` and FROM lines naming their images).
+    pub depends_on: Vec<String>,
     /// Canonical references of the external images this service's Dockerfile names.
     pub base_images: Vec<String>,
+    /// The build arguments: `--build-arg`s overridden by the service's own.
+    pub build_args: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub service: Service,
 }
 
-/// Parses every service's Dockerfile and collects its external images. `extra_args` are
-/// `--build-arg`s that apply to every service (a service's own build args win).
-pub fn plan(project: &Project, extra_args: &BTreeMap<String, String>) -> Result<Plan, Error> {
+/// Parses every service's Dockerfile and builds the plan. `extra_args` are `--build-arg`s
+/// for every service (a service's own build args win).
+pub fn plan(project: &Project, naming: &Naming, extra_args: &BTreeMap<String, String>) -> Result<Plan, Error> {
+    let mut produced: BTreeMap<Reference, usize> = BTreeMap::new();
+    let mut images = Vec::new();
+    for (i, service) in project.services.iter().enumerate() {
+        let image = naming.image_for(service);
+        let main = Reference::parse(&image).map_err(|e| Error::Input {
+            input: format!("service {:?}", service.name),
+            reason: format!("its image name {image:?} is not a valid reference: {e}"),
+        })?;
+        let mut tags = Vec::new();
+        for extra in &service.tags {
+            let full = if extra.contains(':') || extra.contains('/') { extra.clone() } else { format!("{}:{extra}", main.familiar_name()) };
+            let r = Reference::parse(&full).map_err(|e| Error::Input { input: format!("service {:?} tag {extra:?}", service.name), reason: e.to_string() })?;
+            produced.insert(r.with_default_tag(), i);
+            tags.push(full);
+        }
+        produced.insert(main.with_default_tag(), i);
+        images.push((image, tags));
+    }
+
     let mut needs: BTreeMap<Reference, Vec<Use>> = BTreeMap::new();
     let mut services = Vec::new();
-    for service in &project.services {
+    let mut edges = Vec::new();
+    for (i, service) in project.services.iter().enumerate() {
         let path = &service.dockerfile;
-        let shown = path
-            .strip_prefix(&project.root)
-            .unwrap_or(path)
-            .to_path_buf();
+        let shown = path.strip_prefix(&project.root).unwrap_or(path).to_path_buf();
         let content = std::fs::read_to_string(path).map_err(|e| Error::Input {
             input: shown.display().to_string(),
-            reason: format!(
-                "cannot read the Dockerfile of service {:?}: {e}",
-                service.name
-            ),
+            reason: format!("cannot read the Dockerfile of service {:?}: {e}", service.name),
         })?;
         let mut args = extra_args.clone();
         args.extend(service.build_args.clone());
-        let parsed = dockerfile::parse(&content, &BuildContextArgs::new(&args)).map_err(|e| {
-            Error::Input {
-                input: shown.display().to_string(),
-                reason: format!("{e} (service {:?})", service.name),
-            }
+        let parsed = dockerfile::parse(&content, &BuildContextArgs::new(&args)).map_err(|e| Error::Input {
+            input: shown.display().to_string(),
+            reason: format!("{e} (service {:?}); fix the Dockerfile or pass the missing --build-arg", service.name),
         })?;
+        let mut deps: BTreeSet<String> = service.depends_on.iter().cloned().collect();
         let mut mine = Vec::new();
         for image in parsed.images {
-            mine.push(image.reference.to_string());
-            needs.entry(image.reference).or_default().push(Use {
-                dockerfile: shown.clone(),
-                line: image.line,
-            });
+            if let Some(&producer) = produced.get(&image.reference) {
+                if producer != i {
+                    deps.insert(project.services[producer].name.clone());
+                }
+                continue;
+            }
+            if !mine.contains(&image.reference.to_string()) {
+                mine.push(image.reference.to_string());
+            }
+            needs.entry(image.reference).or_default().push(Use { dockerfile: shown.clone(), line: image.line });
         }
-        mine.dedup();
+        edges.push((service.name.clone(), deps.iter().cloned().collect::<Vec<_>>()));
+        let (image, tags) = images[i].clone();
         services.push(ServicePlan {
             name: service.name.clone(),
+            image,
+            tags,
             dockerfile: shown.display().to_string(),
             origin: service.origin.clone(),
+            depends_on: deps.into_iter().collect(),
             base_images: mine,
+            build_args: args,
+            service: service.clone(),
         });
     }
+    let mut seen = BTreeSet::new();
+    if let Some(dup) = project.services.iter().find(|s| !seen.insert(s.name.as_str())) {
+        return Err(Error::Input { input: project.source.clone(), reason: format!("service {:?} is defined twice; rename one", dup.name) });
+    }
+    let graph = Graph::new(&edges).map_err(|e| Error::Input { input: project.source.clone(), reason: e.to_string() })?;
+    let order = graph.order().into_iter().map(|i| graph.names[i].clone()).collect();
     let base_images = needs
         .into_iter()
         .map(|(reference, mut uses)| {
@@ -78,9 +213,27 @@ pub fn plan(project: &Project, extra_args: &BTreeMap<String, String>) -> Result<
             ImageNeed { reference, uses }
         })
         .collect();
-    Ok(Plan {
-        source: project.source.clone(),
-        services,
-        base_images,
-    })
+    Ok(Plan { source: project.source.clone(), naming: naming.clone(), services, base_images, order, graph })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_follow_dockers_grammar() {
+        for ok in ["v0.3.6-dev", "latest", "1.0", "_x", "a".repeat(128).as_str()] {
+            assert!(valid_tag(ok), "{ok}");
+        }
+        for bad in ["", "-x", ".x", "a b", "a:b", "ä", "a".repeat(129).as_str(), "x\n::error::y"] {
+            assert!(!valid_tag(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn repository_names_become_valid_prefixes() {
+        assert_eq!(sanitize("AI-Infra"), "ai-infra");
+        assert_eq!(sanitize("my repo!"), "my-repo");
+        assert_eq!(sanitize("--"), "app");
+    }
 }

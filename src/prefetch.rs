@@ -110,6 +110,8 @@ pub struct PrefetchOptions {
     pub mirror_first: bool,
     pub pull: PullPolicy,
     pub via: PullVia,
+    /// Told about each image as soon as it is done (so builds can start before the rest).
+    pub notify: Option<tokio::sync::mpsc::UnboundedSender<ImageResult>>,
 }
 
 /// Where an image is referenced (for annotations).
@@ -126,7 +128,7 @@ pub struct ImageNeed {
     pub uses: Vec<Use>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageStatus {
     /// Pulled in this run.
@@ -263,7 +265,13 @@ pub async fn prefetch(
     let images: Vec<ImageResult> = futures_util::stream::iter(needs)
         .map(|need| {
             let ctx = ctx.clone();
-            async move { ctx.fetch(need).await }
+            async move {
+                let result = ctx.fetch(need).await;
+                if let Some(notify) = &ctx.options.notify {
+                    let _ = notify.send(result.clone());
+                }
+                result
+            }
         })
         .buffered(options.concurrency.max(1))
         .collect()
@@ -494,7 +502,9 @@ impl Context {
         self.finish(reference, &repository, &tag).await
     }
 
-    /// One `create_image` call, consumed to the end; no progress for the idle timeout aborts it.
+    /// One `create_image` call, consumed to the end; no progress for the idle timeout aborts it,
+    /// unless the relay is still working on this repository upstream (its own idle timeout
+    /// and retry policy bound that work, and cutting the pull would throw it away).
     async fn pull_once(
         &self,
         repository: String,
@@ -510,6 +520,7 @@ impl Context {
         let idle = self.options.idle_timeout;
         loop {
             match tokio::time::timeout(idle, stream.next()).await {
+                Err(_) if relay.is_some_and(|(relay, source)| relay.busy(source, path)) => {}
                 Err(_) => {
                     return Err(PullError {
                         class: ErrorClass::Stalled,

@@ -102,6 +102,10 @@ pub struct RegistryError {
     /// The registry's error code (`MANIFEST_UNKNOWN`, `TOOMANYREQUESTS`, …) when it sent one.
     pub code: Option<String>,
     pub message: String,
+    /// The registry's own message from its error body (`manifest unknown`), when it sent one:
+    /// what the relay passes on to the daemon.
+    #[serde(skip)]
+    pub detail: Option<String>,
     #[serde(skip)]
     pub retry_after: Option<Duration>,
 }
@@ -324,6 +328,7 @@ impl RegistryClient {
                 "the registry's token realm {:?} is not a URL: {err}",
                 challenge.realm
             ),
+            detail: None,
             retry_after: None,
         })?;
         {
@@ -369,6 +374,7 @@ impl RegistryClient {
                 status: None,
                 code: None,
                 message: "the token endpoint answered without a token".to_string(),
+                detail: None,
                 retry_after: None,
             })?;
         Ok(token)
@@ -398,6 +404,7 @@ fn transport_error(host: &str, kind: RequestKind, message: String) -> RegistryEr
         status: None,
         code: None,
         message,
+        detail: None,
         retry_after: None,
     }
 }
@@ -437,6 +444,7 @@ async fn check(host: &str, kind: RequestKind, resp: Response) -> Result<Response
     let entry = serde_json::from_str::<ErrorBody>(&body)
         .ok()
         .and_then(|b| b.errors.into_iter().next());
+    let registry_message = entry.as_ref().map(|e| e.message.clone());
     let (code, detail) = match entry {
         Some(e) => (
             Some(e.code.clone()),
@@ -474,6 +482,7 @@ async fn check(host: &str, kind: RequestKind, resp: Response) -> Result<Response
         status: Some(status),
         code,
         message,
+        detail: registry_message.filter(|m| !m.is_empty()),
         retry_after,
     })
 }

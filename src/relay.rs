@@ -7,6 +7,13 @@
 //! to its clients), speaks the token flow for the daemon, and records every request for the
 //! report. The daemon treats registries on 127.0.0.0/8 as plain-HTTP, so no TLS is needed here.
 //!
+//! A blob download that breaks or stalls mid-body (no bytes for the idle timeout) is resumed
+//! upstream with a `Range` request and spliced into the same response, so the daemon sees a
+//! slow download instead of a failure (it would wait 5 s and more before resuming itself).
+//! While the relay has an upstream request or body in flight for a repository, it reports
+//! that repository as busy ([`Relay::busy`]): the pull's own idle watchdog defers to the
+//! relay's per-request timers instead of cutting a pull the relay is about to rescue.
+//!
 //! Paths: the daemon pulls `127.0.0.1:PORT/s<N>/<repository>:<tag>`; source N is the upstream
 //! registry (and optional path prefix) that serves it. After the pull, the image is re-tagged
 //! to its canonical name (see `prefetch`).
@@ -23,13 +30,13 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use reqwest::header::HeaderMap;
+use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderValue, RANGE};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::registry::{Endpoint, RegistryClient, RegistryError, RequestKind};
-use crate::retry::{ErrorClass, RetryPolicy};
+use crate::retry::{ErrorClass, RetryPolicy, classify_message};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -99,6 +106,40 @@ struct State {
     /// Per host: no request before this instant (set by `Retry-After`).
     gates: Mutex<HashMap<String, Instant>>,
     events: Mutex<Vec<RequestEvent>>,
+    /// Upstream requests and bodies in flight, per (source label, repository).
+    inflight: Mutex<HashMap<(String, String), usize>>,
+}
+
+/// Counts one upstream exchange as in flight for its repository until dropped.
+struct InFlight {
+    state: Arc<State>,
+    key: (String, String),
+}
+
+impl InFlight {
+    fn new(state: &Arc<State>, label: &str, repository: &str) -> InFlight {
+        let key = (label.to_string(), repository.to_string());
+        if let Ok(mut inflight) = state.inflight.lock() {
+            *inflight.entry(key.clone()).or_default() += 1;
+        }
+        InFlight {
+            state: state.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut inflight) = self.state.inflight.lock() {
+            if let Some(count) = inflight.get_mut(&self.key) {
+                *count -= 1;
+                if *count == 0 {
+                    inflight.remove(&self.key);
+                }
+            }
+        }
+    }
 }
 
 /// A running relay. Dropping it stops the server.
@@ -120,6 +161,7 @@ impl Relay {
             sources: Mutex::new(Vec::new()),
             gates: Mutex::new(HashMap::new()),
             events: Mutex::new(Vec::new()),
+            inflight: Mutex::new(HashMap::new()),
         });
         let (stop, mut stopped) = watch::channel(());
         let serving = state.clone();
@@ -177,6 +219,17 @@ impl Relay {
             .unwrap_or_default()
     }
 
+    /// Whether the relay has an upstream request or body in flight for `repository` on
+    /// `source`. Each of those is bounded by the relay's own idle timeout and retry policy,
+    /// so a pull that shows no progress meanwhile is waiting on the relay, not stalled.
+    pub fn busy(&self, source: &Source, repository: &str) -> bool {
+        let key = (source.label(), repository.to_string());
+        self.state
+            .inflight
+            .lock()
+            .is_ok_and(|inflight| inflight.contains_key(&key))
+    }
+
     /// The last failure recorded for a repository on a source: the real cause behind the
     /// daemon's "502 Bad Gateway".
     pub fn last_failure(&self, source: &Source, repository: &str) -> Option<RequestEvent> {
@@ -231,72 +284,306 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             headers.append(name.clone(), value.clone());
         }
     }
-    let label = source.label();
-    let kind = RequestKind::of_path(&upstream_path);
-    let host = source.endpoint.host.clone();
-    let attempt = || {
-        let state = state.clone();
-        let (method, path, headers, source, host) = (
-            method.clone(),
-            upstream_path.clone(),
-            headers.clone(),
-            source.clone(),
-            host.clone(),
-        );
-        async move {
-            wait_for_gate(&state, &host).await;
-            let result = state
-                .client
-                .send(&source.endpoint, method, &path, headers)
-                .await;
-            if let Err(err) = &result {
-                if let Some(wait) = err.retry_after {
-                    set_gate(&state, &host, wait);
-                }
-            }
-            result
-        }
+    let upstream = Upstream {
+        state,
+        label: source.label(),
+        source,
+        repository,
+        path: upstream_path,
+        headers,
     };
-    let record = |err: Option<&RegistryError>, wait: Option<Duration>| {
+    let inflight = InFlight::new(&upstream.state, &upstream.label, &upstream.repository);
+    match upstream.send(method.clone(), upstream.headers.clone()).await {
+        Ok(resp) => Ok(upstream.forward(method, resp, inflight)),
+        Err(err) => Ok(match err.status {
+            Some(status) => error_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                err.code.as_deref().unwrap_or("UNKNOWN"),
+                err.detail.as_deref().unwrap_or(&err.message),
+            ),
+            None => error_response(
+                StatusCode::BAD_GATEWAY,
+                "UNAVAILABLE",
+                &format!("upstream {}: {} ({})", err.host, err.message, err.class),
+            ),
+        }),
+    }
+}
+
+/// One daemon request and where it goes upstream.
+#[derive(Clone)]
+struct Upstream {
+    state: Arc<State>,
+    source: Source,
+    label: String,
+    repository: String,
+    path: String,
+    /// The daemon's headers that go upstream (`Accept`, `Range`, `If-None-Match`).
+    headers: HeaderMap,
+}
+
+impl Upstream {
+    /// Sends the request upstream with the retry policy (per-host `Retry-After` gate), and
+    /// records every try.
+    async fn send(
+        &self,
+        method: Method,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let state = &self.state;
+        let host = &self.source.endpoint.host;
+        let attempt = || {
+            let (method, headers) = (method.clone(), headers.clone());
+            async move {
+                wait_for_gate(state, host).await;
+                let result = state
+                    .client
+                    .send(&self.source.endpoint, method, &self.path, headers)
+                    .await;
+                if let Err(err) = &result {
+                    if let Some(wait) = err.retry_after {
+                        set_gate(state, host, wait);
+                    }
+                }
+                result
+            }
+        };
+        let result = state
+            .policy
+            .run(attempt, |err, wait| self.record_error(err, Some(wait)))
+            .await;
+        match &result {
+            Ok(_) => self.record(RequestKind::of_path(&self.path), None, None, None, None),
+            Err(err) => self.record_error(err, None),
+        }
+        result
+    }
+
+    fn record_error(&self, err: &RegistryError, wait: Option<Duration>) {
+        self.record(
+            err.kind,
+            Some(err.class),
+            err.status,
+            Some(err.message.clone()),
+            wait,
+        );
+    }
+
+    fn record(
+        &self,
+        kind: RequestKind,
+        class: Option<ErrorClass>,
+        status: Option<u16>,
+        message: Option<String>,
+        wait: Option<Duration>,
+    ) {
         let event = RequestEvent {
             at_ms: now_ms(),
-            source: label.clone(),
-            repository: repository.clone(),
-            kind: err.map_or(kind, |e| e.kind),
-            class: err.map(|e| e.class),
-            status: err.and_then(|e| e.status),
-            message: err.map(|e| e.message.clone()),
+            source: self.label.clone(),
+            repository: self.repository.clone(),
+            kind,
+            class,
+            status,
+            message,
             retry_wait_ms: wait.map(|w| w.as_millis() as u64),
         };
-        if let Ok(mut events) = state.events.lock() {
+        if let Ok(mut events) = self.state.events.lock() {
             events.push(event);
         }
-    };
-    let result = state
-        .policy
-        .run(attempt, |err, wait| record(Some(err), Some(wait)))
-        .await;
-    match result {
-        Ok(resp) => {
-            record(None, None);
-            Ok(forward(resp, state.client.timeouts.idle))
+    }
+
+    /// Streams an upstream response to the daemon. A blob `GET` body that breaks or makes no
+    /// progress for the idle timeout is resumed upstream with a `Range` request (bounded by
+    /// the retry policy); any other body is cut, which the daemon sees as a broken download.
+    fn forward(
+        self,
+        method: Method,
+        resp: reqwest::Response,
+        inflight: InFlight,
+    ) -> Response<Body> {
+        const KEEP: [&str; 8] = [
+            "content-type",
+            "content-length",
+            "docker-content-digest",
+            "etag",
+            "content-range",
+            "accept-ranges",
+            "last-modified",
+            "docker-distribution-api-version",
+        ];
+        let mut builder = Response::builder().status(resp.status().as_u16());
+        for (name, value) in resp.headers() {
+            if KEEP.contains(&name.as_str()) {
+                builder = builder.header(name.as_str(), value.as_bytes());
+            }
         }
-        Err(err) => {
-            record(Some(&err), None);
-            Ok(match err.status {
-                Some(status) => error_response(
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                    err.code.as_deref().unwrap_or("UNKNOWN"),
-                    &err.message,
-                ),
-                None => error_response(
+        let resumable = method == Method::GET
+            && RequestKind::of_path(&self.path) == RequestKind::Blob
+            && span_of(&resp).is_some();
+        // A small buffer: the daemon's reading paces the upstream download.
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            let _inflight = inflight;
+            self.pump(resp, resumable, tx).await;
+        });
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let item = rx.recv().await?;
+            Some((item.map(Frame::data), rx))
+        });
+        builder
+            .body(BodyExt::boxed(StreamBody::new(frames)))
+            .unwrap_or_else(|err| {
+                error_response(
                     StatusCode::BAD_GATEWAY,
-                    "UNAVAILABLE",
-                    &format!("upstream {}: {} ({})", err.host, err.message, err.class),
-                ),
+                    "UNKNOWN",
+                    &format!("cannot relay the response: {err}"),
+                )
             })
+    }
+
+    /// Copies the upstream body into `tx`, resuming a broken blob download when `resumable`.
+    async fn pump(
+        &self,
+        first: reqwest::Response,
+        resumable: bool,
+        tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) {
+        let idle = self.state.client.timeouts.idle;
+        let policy = self.state.policy;
+        let started = Instant::now();
+        let mut backoff = policy.backoff();
+        // Offset of the next byte to send, and the end (exclusive) of what the daemon asked for.
+        let (mut next, end) = span_of(&first).unwrap_or((0, 0));
+        // Bytes of the current upstream body to drop before sending (a server that answered a
+        // resume with the whole blob).
+        let mut skip = 0u64;
+        let mut chunks = first.bytes_stream();
+        loop {
+            let failure = match tokio::time::timeout(idle, chunks.next()).await {
+                Ok(Some(Ok(mut bytes))) => {
+                    if skip > 0 {
+                        let dropped = skip.min(bytes.len() as u64);
+                        skip -= dropped;
+                        bytes = bytes.slice(dropped as usize..);
+                    }
+                    next += bytes.len() as u64;
+                    if !bytes.is_empty() && tx.send(Ok(bytes)).await.is_err() {
+                        return; // the daemon went away
+                    }
+                    continue;
+                }
+                Ok(None) if !resumable || next >= end => return,
+                Ok(None) => (
+                    ErrorClass::Eof,
+                    format!("the body ended after {next} of {end} bytes"),
+                ),
+                Ok(Some(Err(err))) => {
+                    let message = describe(&err);
+                    let class = match classify_message(&message) {
+                        ErrorClass::Other => ErrorClass::Eof,
+                        class => class,
+                    };
+                    (class, message)
+                }
+                Err(_) => (
+                    ErrorClass::Stalled,
+                    format!(
+                        "no progress for {}s after {next} of {end} bytes",
+                        idle.as_secs()
+                    ),
+                ),
+            };
+            let (class, message) = failure;
+            let wait = backoff
+                .next()
+                .filter(|_| resumable)
+                .filter(|wait| started.elapsed() + *wait <= policy.deadline);
+            self.record(
+                RequestKind::Blob,
+                Some(class),
+                None,
+                Some(format!("body: {message}")),
+                wait,
+            );
+            let Some(wait) = wait else {
+                let _ = tx
+                    .send(Err(std::io::Error::other(format!(
+                        "upstream body failed: {message}"
+                    ))))
+                    .await;
+                return;
+            };
+            tokio::time::sleep(wait).await;
+            let mut headers = self.headers.clone();
+            let range = format!("bytes={next}-{}", end - 1);
+            headers.insert(
+                RANGE,
+                HeaderValue::from_str(&range).expect("a byte range is a valid header value"),
+            );
+            let resumed = match self.send(Method::GET, headers).await {
+                Ok(resp) => resp,
+                Err(err) => {
+                    let _ = tx
+                        .send(Err(std::io::Error::other(format!(
+                            "resuming the body failed: {}",
+                            err.message
+                        ))))
+                        .await;
+                    return;
+                }
+            };
+            skip = match span_of(&resumed) {
+                Some((from, _)) if from <= next => next - from,
+                _ => {
+                    let _ = tx
+                        .send(Err(std::io::Error::other(format!(
+                            "the registry answered the resume ({range}) with status {} and no usable range",
+                            resumed.status()
+                        ))))
+                        .await;
+                    return;
+                }
+            };
+            chunks = resumed.bytes_stream();
         }
     }
+}
+
+/// The byte span `[from, to)` a successful response's body covers: `Content-Range` of a
+/// `206`, or `[0, Content-Length)` of a `200`. `None` when unknown.
+fn span_of(resp: &reqwest::Response) -> Option<(u64, u64)> {
+    match resp.status().as_u16() {
+        200 => resp.content_length().map(|len| (0, len)),
+        206 => {
+            let value = resp.headers().get(CONTENT_RANGE)?.to_str().ok()?;
+            parse_content_range(value)
+        }
+        _ => None,
+    }
+}
+
+/// `bytes FROM-TO/TOTAL` (or `/*`) -> `[FROM, TO + 1)`.
+fn parse_content_range(value: &str) -> Option<(u64, u64)> {
+    let range = value.trim().strip_prefix("bytes ")?;
+    let (span, _total) = range.split_once('/')?;
+    let (from, to) = span.split_once('-')?;
+    let (from, to): (u64, u64) = (from.trim().parse().ok()?, to.trim().parse().ok()?);
+    (from <= to).then_some((from, to + 1))
+}
+
+/// A reqwest error with its causes ("error decoding response body: connection reset").
+fn describe(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = inner.source();
+    }
+    text
 }
 
 /// `/v2/s<N>/<repository>/(manifests|blobs)/<ref>` -> (source N, repository, upstream path).
@@ -344,52 +631,6 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Bod
         .expect("error response")
 }
 
-/// Streams an upstream response to the daemon; a body that makes no progress for `idle`
-/// is cut, which the daemon sees as a broken blob download and resumes with a Range request.
-fn forward(resp: reqwest::Response, idle: Duration) -> Response<Body> {
-    const KEEP: [&str; 8] = [
-        "content-type",
-        "content-length",
-        "docker-content-digest",
-        "etag",
-        "content-range",
-        "accept-ranges",
-        "last-modified",
-        "docker-distribution-api-version",
-    ];
-    let mut builder = Response::builder().status(resp.status().as_u16());
-    for (name, value) in resp.headers() {
-        if KEEP.contains(&name.as_str()) {
-            builder = builder.header(name.as_str(), value.as_bytes());
-        }
-    }
-    let chunks = resp.bytes_stream();
-    let frames = futures_util::stream::unfold(Some(chunks), move |chunks| async move {
-        let mut chunks = chunks?;
-        match tokio::time::timeout(idle, chunks.next()).await {
-            Ok(Some(Ok(bytes))) => Some((Ok(Frame::data(bytes)), Some(chunks))),
-            Ok(Some(Err(err))) => Some((Err(std::io::Error::other(err)), None)),
-            Ok(None) => None,
-            Err(_) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no progress for {}s", idle.as_secs()),
-                )),
-                None,
-            )),
-        }
-    });
-    builder
-        .body(BodyExt::boxed(StreamBody::new(frames)))
-        .unwrap_or_else(|err| {
-            error_response(
-                StatusCode::BAD_GATEWAY,
-                "UNKNOWN",
-                &format!("cannot relay the response: {err}"),
-            )
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +649,14 @@ mod tests {
         assert_eq!(s.endpoint.host, "127.0.0.1:5001");
         assert!(s.endpoint.insecure);
         assert_eq!(s.path_for("library/ubuntu"), "library/ubuntu");
+    }
+
+    #[test]
+    fn content_ranges_give_the_byte_span() {
+        assert_eq!(parse_content_range("bytes 0-99/100"), Some((0, 100)));
+        assert_eq!(parse_content_range("bytes 500-999/*"), Some((500, 1000)));
+        assert_eq!(parse_content_range("bytes 5-4/10"), None);
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
     }
 }

@@ -37,6 +37,13 @@ impl Ui {
         println!("{text}");
     }
 
+    /// A progress note on stderr (not with --quiet).
+    pub fn note(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{}", self.dim(text));
+        }
+    }
+
     /// Prints a value as pretty JSON on stdout.
     pub fn json<T: Serialize>(&self, value: &T) {
         match serde_json::to_string_pretty(value) {
@@ -47,9 +54,16 @@ impl Ui {
 
     /// Prints an error, with its causes on the same line and a `help:` line when there is one.
     pub fn error(&self, err: &Error) {
-        eprintln!("{} {}", self.paint(&Style::new().red().bold(), "error:"), Chain(err));
+        eprintln!(
+            "{} {}",
+            self.paint(&Style::new().red().bold(), "error:"),
+            Chain(err)
+        );
         if let Some(help) = err.help() {
-            eprintln!("{} {help}", self.paint(&Style::new().cyan().bold(), "help:"));
+            eprintln!(
+                "{} {help}",
+                self.paint(&Style::new().cyan().bold(), "help:")
+            );
         }
     }
 
@@ -100,7 +114,12 @@ mod tests {
 
     #[test]
     fn paint_is_plain_without_colour() {
-        let ui = Ui { format: OutputFormat::Human, color: false, quiet: false, verbose: 0 };
+        let ui = Ui {
+            format: OutputFormat::Human,
+            color: false,
+            quiet: false,
+            verbose: 0,
+        };
         assert_eq!(ui.bad("x"), "x");
         let ui = Ui { color: true, ..ui };
         assert_ne!(ui.bad("x"), "x");

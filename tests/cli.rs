@@ -26,7 +26,10 @@ fn top_level_help_lists_every_subcommand_and_the_exit_codes() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     for sub in SUBCOMMANDS {
-        assert!(text.contains(&format!("  {sub} ")), "help lacks {sub}:\n{text}");
+        assert!(
+            text.contains(&format!("  {sub} ")),
+            "help lacks {sub}:\n{text}"
+        );
     }
     for flag in ["--config", "--output", "--verbose", "--quiet", "--color"] {
         assert!(text.contains(flag), "help lacks {flag}:\n{text}");
@@ -41,7 +44,10 @@ fn every_subcommand_has_help_that_says_what_it_does() {
         assert!(out.status.success(), "{sub} --help: {}", stderr(&out));
         let text = stdout(&out);
         let first = text.lines().next().unwrap_or_default();
-        assert!(first.split_whitespace().count() >= 5, "{sub} --help starts too thin: {first:?}");
+        assert!(
+            first.split_whitespace().count() >= 5,
+            "{sub} --help starts too thin: {first:?}"
+        );
         assert!(text.contains("Usage: ai-infra-build"), "{sub}: {text}");
     }
 }
@@ -50,12 +56,21 @@ fn every_subcommand_has_help_that_says_what_it_does() {
 fn version_flag_prints_the_crate_version() {
     let out = run(&["--version"]);
     assert!(out.status.success());
-    assert_eq!(stdout(&out).trim(), format!("ai-infra-build {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("ai-infra-build {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
 fn commands_of_later_issues_say_not_available_and_exit_2() {
-    for args in [&["build-all"][..], &["build", "api"], &["prefetch"], &["plan"], &["report"]] {
+    for args in [
+        &["build-all"][..],
+        &["build", "api"],
+        &["prefetch"],
+        &["plan"],
+        &["report"],
+    ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = stderr(&out);

@@ -38,23 +38,51 @@ fn doctor_prints_the_daemons_facts() {
     let version = docker_format("{{.Server.Version}}");
     let api = docker_format("{{.Server.APIVersion}}");
     assert!(text.contains(&format!("{version} (API {api}")), "{text}");
-    for label in ["Storage driver", "Image store", "Registry mirrors", "buildx"] {
-        assert!(text.lines().any(|l| l.starts_with(label)), "no {label} line:\n{text}");
+    for label in [
+        "Storage driver",
+        "Image store",
+        "Registry mirrors",
+        "buildx",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(label)),
+            "no {label} line:\n{text}"
+        );
     }
     // scripts/setup installs the buildx plugin, so doctor must find it.
-    let buildx = text.lines().find(|l| l.starts_with("buildx")).unwrap_or_default();
+    let buildx = text
+        .lines()
+        .find(|l| l.starts_with("buildx"))
+        .unwrap_or_default();
     assert!(buildx.contains("available, version 0."), "{buildx}");
 }
 
 #[test]
 fn doctor_json_has_the_same_facts() {
     let out = doctor(&["--output", "json"], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --output json prints JSON");
-    assert_eq!(json["engine"]["engine_version"], docker_format("{{.Server.Version}}"));
-    assert_eq!(json["engine"]["api_version"], docker_format("{{.Server.APIVersion}}"));
-    let driver = Command::new("docker").args(["info", "--format", "{{.Driver}}"]).output().unwrap();
-    assert_eq!(json["engine"]["storage_driver"], String::from_utf8_lossy(&driver.stdout).trim());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("doctor --output json prints JSON");
+    assert_eq!(
+        json["engine"]["engine_version"],
+        docker_format("{{.Server.Version}}")
+    );
+    assert_eq!(
+        json["engine"]["api_version"],
+        docker_format("{{.Server.APIVersion}}")
+    );
+    let driver = Command::new("docker")
+        .args(["info", "--format", "{{.Driver}}"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        json["engine"]["storage_driver"],
+        String::from_utf8_lossy(&driver.stdout).trim()
+    );
     assert!(json["engine"]["containerd_image_store"].is_boolean());
     assert!(json["engine"]["registry_mirrors"].is_array());
     assert_eq!(json["buildx"]["status"], "available");

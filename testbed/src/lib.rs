@@ -1,1 +1,98 @@
-//! Test bed
+//! Test bed for ai-infra-build: real components on 127.0.0.1 that every later test stands on.
+//!
+//! - [`registry::Registry`]: Debian's `docker-registry` (distribution 2.8) on a free loopback
+//!   port with throw-away storage.
+//! - [`images`]: base images built offline (a busybox rootfs plus random-data layers) and
+//!   uploaded through the registry HTTP API under Docker Hub-like names.
+//! - [`proxy::FaultProxy`]: a deterministic fault-injecting reverse proxy in front of a
+//!   registry (EOF, 503, 429 + `Retry-After`, truncated bodies, stalls, latency, windows,
+//!   an optional Bearer token flow), with counters and a control endpoint.
+//! - [`docker`]: the few daemon operations tests need (pull with the exact error text,
+//!   remove an image by name, run a container).
+//!
+//! Every server binds 127.0.0.1 only, every request goes to 127.0.0.1 only ([`http`] refuses
+//! anything else), and every wait is bounded by a deadline. Missing prerequisites
+//! (`docker-registry`, `busybox-static`, the Docker daemon) are errors that say how to install
+//! or start them, never silent skips.
+//!
+//! The library never prints; the `testbed` binary is the only place that writes output.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod docker;
+pub mod http;
+pub mod images;
+pub mod proxy;
+pub mod registry;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::proxy::{FaultProxy, ProxyOptions};
+use crate::registry::Registry;
+
+/// A registry with a [`FaultProxy`] in front of it: the usual setup of a pull test.
+///
+/// Push through `registry` (no faults), pull through `proxy`.
+#[derive(Debug)]
+pub struct TestBed {
+    pub proxy: FaultProxy,
+    pub registry: Registry,
+}
+
+impl TestBed {
+    /// Starts a registry, then a proxy in front of it with the options `configure` returns
+    /// (it gets [`ProxyOptions::new`] for the registry: free port, seed 0, no faults).
+    pub async fn start(
+        configure: impl FnOnce(ProxyOptions) -> ProxyOptions,
+    ) -> anyhow::Result<TestBed> {
+        let registry = Registry::start().await?;
+        let proxy = FaultProxy::start(configure(ProxyOptions::new(registry.addr())))
+            .await
+            .context("while starting the fault proxy")?;
+        Ok(TestBed { proxy, registry })
+    }
+}
+
+/// Returns `prefix-xxxxxxxx` with 8 random hex digits, for repositories, tags and container
+/// names that must not collide with other tests sharing the daemon.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// Finds a free TCP port on 127.0.0.1 (bind to port 0, read it back, release it).
+///
+/// Another process may take the port before the caller binds it; callers that start a child
+/// process on it retry with a new port when that happens.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("while binding 127.0.0.1:0 to find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Polls `probe` every `interval` until it returns `Ok(Some(value))`, an error, or `timeout`
+/// has passed (then an error naming `what`).
+///
+/// `Ok(None)` means "not yet". The probe is always tried at least once.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut probe: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

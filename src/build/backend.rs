@@ -1,0 +1,394 @@
+//! The two ways we build an image: the Docker Engine API (`engine`: classic builder or
+//! BuildKit through bollard's session, needs only the daemon socket) and `docker buildx build`
+//! as a child process (`buildx`).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bollard::models::BuildInfoAux;
+use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion};
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::context::context_tar;
+use crate::engine::Engine;
+
+/// Everything one build needs.
+#[derive(Debug, Clone)]
+pub struct BuildJob {
+    pub service: String,
+    pub image: String,
+    pub tags: Vec<String>,
+    pub context: PathBuf,
+    pub dockerfile: PathBuf,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub network: Option<String>,
+    pub no_cache: bool,
+    /// Images to use as cache sources (`--cache-from`).
+    pub cache_from: Vec<String>,
+    /// Write inline cache metadata into the image (so it can serve as `cache-from` later).
+    pub inline_cache: bool,
+    pub idle_timeout: Duration,
+}
+
+/// What a successful build produced.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BuildOutput {
+    pub image_id: Option<String>,
+    /// Steps the builder reported as cached, and all steps it reported.
+    pub cached_steps: u32,
+    pub total_steps: u32,
+}
+
+/// A failed build: the builder's error and whatever it printed last.
+#[derive(Debug, Clone)]
+pub struct BuildFailure {
+    pub message: String,
+}
+
+/// A service's build log: written to a file as it comes, last lines kept for the report.
+#[derive(Debug)]
+pub struct Log {
+    file: Option<std::fs::File>,
+    pub path: PathBuf,
+    tail: VecDeque<String>,
+}
+
+pub const TAIL_LINES: usize = 50;
+
+impl Log {
+    pub fn create(path: PathBuf) -> Log {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
+        Log { file, path, tail: VecDeque::with_capacity(TAIL_LINES) }
+    }
+
+    pub fn line(&mut self, text: &str) {
+        for line in text.split('\n') {
+            let line = line.trim_end_matches('\r');
+            if let Some(file) = &mut self.file {
+                let _ = writeln!(file, "{line}");
+            }
+            if self.tail.len() == TAIL_LINES {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(line.to_string());
+        }
+    }
+
+    pub fn tail(&self) -> Vec<String> {
+        self.tail.iter().cloned().collect()
+    }
+}
+
+/// Which backend builds.
+#[derive(Debug)]
+pub enum Backend {
+    Engine { engine: Engine, buildkit: AtomicBool },
+    Buildx { builder: Option<String> },
+}
+
+impl Backend {
+    /// The name the report shows (`engine (buildkit)`, `engine (classic)`, `buildx`).
+    pub fn label(&self) -> String {
+        match self {
+            Backend::Engine { buildkit, .. } => {
+                if buildkit.load(Ordering::Relaxed) { "engine (buildkit)".into() } else { "engine (classic)".into() }
+            }
+            Backend::Buildx { builder: Some(b) } => format!("buildx ({b})"),
+            Backend::Buildx { builder: None } => "buildx".into(),
+        }
+    }
+
+    pub async fn build(&self, job: &BuildJob, log: &mut Log) -> Result<BuildOutput, BuildFailure> {
+        match self {
+            Backend::Engine { engine, buildkit } => {
+                if buildkit.load(Ordering::Relaxed) {
+                    match engine_build(engine, job, log, true).await {
+                        Err(f) if buildkit_unusable(&f.message) => {
+                            // moby#47717: BuildKit over the API fails on Engine 26 with the
+                            // containerd store; the classic builder works there.
+                            log.line(&format!("BuildKit through the Engine API is unusable here ({}); using the classic builder", f.message));
+                            buildkit.store(false, Ordering::Relaxed);
+                            engine_build(engine, job, log, false).await
+                        }
+                        other => other,
+                    }
+                } else {
+                    engine_build(engine, job, log, false).await
+                }
+            }
+            Backend::Buildx { builder } => buildx_build(builder.as_deref(), job, log).await,
+        }
+    }
+}
+
+fn buildkit_unusable(message: &str) -> bool {
+    message.contains("failed to read downloaded context") || message.contains("build-context-") || message.contains("buildkit not supported")
+}
+
+async fn engine_build(engine: &Engine, job: &BuildJob, log: &mut Log, buildkit: bool) -> Result<BuildOutput, BuildFailure> {
+    let (context, dockerfile) = (job.context.clone(), job.dockerfile.clone());
+    let archive = tokio::task::spawn_blocking(move || context_tar(&context, &dockerfile))
+        .await
+        .map_err(|e| BuildFailure { message: format!("archiving the build context failed: {e}") })?
+        .map_err(|e| BuildFailure { message: e.to_string() })?;
+    log.line(&format!("context: {} files, {} bytes", archive.files, archive.size));
+    let mut build_args: HashMap<String, String> = job.build_args.clone().into_iter().collect();
+    if job.inline_cache {
+        build_args.insert("BUILDKIT_INLINE_CACHE".into(), "1".into());
+    }
+    let labels: HashMap<String, String> = job.labels.clone().into_iter().collect();
+    let mut options = BuildImageOptionsBuilder::default()
+        .dockerfile(&archive.dockerfile_in_context)
+        .t(&job.image)
+        .buildargs(&build_args)
+        .labels(&labels)
+        .nocache(job.no_cache)
+        .rm(true)
+        .forcerm(true)
+        .pull("false");
+    if let Some(target) = &job.target {
+        options = options.target(target);
+    }
+    if let Some(network) = &job.network {
+        options = options.networkmode(network);
+    }
+    if !job.cache_from.is_empty() {
+        options = options.cachefrom(&job.cache_from);
+    }
+    if buildkit {
+        let session = format!("ai-infra-build-{}-{:016x}", job.service, rand::random::<u64>());
+        options = options.version(BuilderVersion::BuilderBuildKit).session(&session);
+    }
+    let body = bollard::body_full(archive.bytes.into());
+    let mut stream = engine.docker.build_image(options.build(), None, Some(body));
+    let mut output = BuildOutput::default();
+    let mut vertex_names: HashMap<String, String> = HashMap::new();
+    let mut done: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        let item = match tokio::time::timeout(job.idle_timeout, stream.next()).await {
+            Err(_) => return Err(BuildFailure { message: format!("no progress for {}s; the build was cut", job.idle_timeout.as_secs()) }),
+            Ok(None) => break,
+            Ok(Some(item)) => item,
+        };
+        let info = match item {
+            Ok(info) => info,
+            Err(err) => return Err(BuildFailure { message: docker_message(err) }),
+        };
+        if let Some(text) = &info.stream {
+            let text = text.trim_end_matches('\n');
+            if !text.is_empty() {
+                log.line(text);
+            }
+            if text.trim_start().starts_with("Step ") {
+                output.total_steps += 1;
+            }
+            if text.contains("Using cache") {
+                output.cached_steps += 1;
+            }
+        }
+        if let Some(status) = &info.status {
+            log.line(status);
+        }
+        match info.aux {
+            Some(BuildInfoAux::Default(id)) => output.image_id = id.id.or(output.image_id),
+            Some(BuildInfoAux::BuildKit(status)) => {
+                for v in &status.vertexes {
+                    vertex_names.insert(v.digest.clone(), v.name.clone());
+                    if v.completed.is_some() && done.insert(v.digest.clone()) {
+                        output.total_steps += 1;
+                        if v.cached {
+                            output.cached_steps += 1;
+                            log.line(&format!("{} CACHED", v.name));
+                        } else if v.error.is_empty() {
+                            log.line(&format!("{} DONE", v.name));
+                        }
+                    }
+                    if !v.error.is_empty() {
+                        log.line(&format!("{} ERROR: {}", v.name, v.error));
+                    }
+                }
+                for l in &status.logs {
+                    let name = vertex_names.get(&l.vertex).map(String::as_str).unwrap_or("");
+                    for line in String::from_utf8_lossy(&l.msg).lines() {
+                        log.line(&format!("{name}: {line}"));
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    if output.image_id.is_none() {
+        output.image_id = engine.docker.inspect_image(&job.image).await.ok().and_then(|i| i.id);
+    }
+    tag_extra(engine, job, log).await?;
+    Ok(output)
+}
+
+async fn tag_extra(engine: &Engine, job: &BuildJob, log: &mut Log) -> Result<(), BuildFailure> {
+    for tag in &job.tags {
+        let (repo, t) = split_tag(tag);
+        let options = bollard::query_parameters::TagImageOptionsBuilder::default().repo(repo).tag(t).build();
+        engine
+            .docker
+            .tag_image(&job.image, Some(options))
+            .await
+            .map_err(|e| BuildFailure { message: format!("built {} but could not tag it {tag}: {e}", job.image) })?;
+        log.line(&format!("tagged {tag}"));
+    }
+    Ok(())
+}
+
+/// `host:5000/a/b:tag` -> (`host:5000/a/b`, `tag`); no tag -> `latest`.
+fn split_tag(reference: &str) -> (&str, &str) {
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (reference, "latest"),
+    }
+}
+
+fn docker_message(err: bollard::errors::Error) -> String {
+    match err {
+        bollard::errors::Error::DockerStreamError { error } => error,
+        bollard::errors::Error::DockerResponseServerError { status_code, message } => format!("{message} (HTTP {status_code})"),
+        other => other.to_string(),
+    }
+}
+
+/// `docker buildx build` as a child process; its plain progress goes to the log.
+async fn buildx_build(builder: Option<&str>, job: &BuildJob, log: &mut Log) -> Result<BuildOutput, BuildFailure> {
+    let metadata = tempfile::Builder::new()
+        .prefix("ai-infra-build-metadata-")
+        .suffix(".json")
+        .tempfile()
+        .map_err(|e| BuildFailure { message: format!("cannot create a metadata file: {e}") })?;
+    let mut cmd = tokio::process::Command::new("docker");
+    cmd.arg("buildx");
+    if let Some(b) = builder {
+        cmd.args(["--builder", b]);
+    }
+    cmd.args(["build", "--progress=plain", "--load", "--pull=false"]);
+    cmd.arg("--metadata-file").arg(metadata.path());
+    cmd.arg("-f").arg(&job.dockerfile);
+    cmd.args(["-t", &job.image]);
+    for tag in &job.tags {
+        cmd.args(["-t", tag]);
+    }
+    for (k, v) in &job.build_args {
+        cmd.arg("--build-arg").arg(format!("{k}={v}"));
+    }
+    for (k, v) in &job.labels {
+        cmd.arg("--label").arg(format!("{k}={v}"));
+    }
+    if let Some(t) = &job.target {
+        cmd.args(["--target", t]);
+    }
+    if let Some(n) = &job.network {
+        cmd.args(["--network", n]);
+    }
+    if job.no_cache {
+        cmd.arg("--no-cache");
+    }
+    for c in &job.cache_from {
+        cmd.arg("--cache-from").arg(c);
+    }
+    if job.inline_cache {
+        cmd.args(["--cache-to", "type=inline"]);
+    }
+    cmd.arg(&job.context);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1");
+    log.line(&format!("running: docker buildx build ... {}", job.context.display()));
+    let mut child = cmd.spawn().map_err(|e| BuildFailure { message: format!("cannot run `docker buildx`: {e}") })?;
+    let stdout = child.stdout.take().map(|s| BufReader::new(s).lines());
+    let stderr = child.stderr.take().map(|s| BufReader::new(s).lines());
+    let (Some(mut out), Some(mut err)) = (stdout, stderr) else {
+        return Err(BuildFailure { message: "cannot read `docker buildx` output".into() });
+    };
+    let mut output = BuildOutput::default();
+    let mut last_error: Option<String> = None;
+    let (mut out_open, mut err_open) = (true, true);
+    while out_open || err_open {
+        let line = tokio::time::timeout(job.idle_timeout, async {
+            tokio::select! {
+                l = out.next_line(), if out_open => (0, l),
+                l = err.next_line(), if err_open => (1, l),
+            }
+        })
+        .await;
+        let (which, line) = match line {
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(BuildFailure { message: format!("no progress for {}s; the build was cut", job.idle_timeout.as_secs()) });
+            }
+            Ok(x) => x,
+        };
+        match line {
+            Ok(Some(text)) => {
+                if text.contains(" CACHED") {
+                    output.cached_steps += 1;
+                }
+                if text.starts_with('#') && text.contains(" DONE ") || text.contains(" CACHED") {
+                    output.total_steps += 1;
+                }
+                if let Some(e) = text.strip_prefix("ERROR: ").or_else(|| text.strip_prefix("error: ")) {
+                    last_error = Some(e.to_string());
+                }
+                log.line(&text);
+            }
+            Ok(None) | Err(_) => {
+                if which == 0 { out_open = false } else { err_open = false }
+            }
+        }
+    }
+    let status = child.wait().await.map_err(|e| BuildFailure { message: format!("`docker buildx` did not finish: {e}") })?;
+    if !status.success() {
+        return Err(BuildFailure {
+            message: last_error.unwrap_or_else(|| format!("`docker buildx build` exited with {status}")),
+        });
+    }
+    let meta: serde_json::Value = std::fs::read(metadata.path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    output.image_id = meta
+        .get("containerimage.config.digest")
+        .or_else(|| meta.get("containerimage.digest"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_split_after_the_last_colon_outside_the_host() {
+        assert_eq!(split_tag("a:1"), ("a", "1"));
+        assert_eq!(split_tag("localhost:5000/a/b:v2"), ("localhost:5000/a/b", "v2"));
+        assert_eq!(split_tag("localhost:5000/a"), ("localhost:5000/a", "latest"));
+        assert_eq!(split_tag("a"), ("a", "latest"));
+    }
+
+    #[test]
+    fn logs_keep_the_last_lines_and_write_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::create(dir.path().join("logs/x.log"));
+        for i in 0..120 {
+            log.line(&format!("line {i}"));
+        }
+        let tail = log.tail();
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert_eq!(tail.last().unwrap(), "line 119");
+        let written = std::fs::read_to_string(dir.path().join("logs/x.log")).unwrap();
+        assert_eq!(written.lines().count(), 120);
+    }
+}

@@ -1,0 +1,275 @@
+//! Why a build failed: a transient network problem inside the build (retry it) or the
+//! build's own fault (do not), and which Dockerfile line failed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::retry::ErrorClass;
+
+/// The class of a failed build, as the report names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildFailureClass {
+    /// The network failed inside the build (base image resolution, package downloads).
+    Network,
+    /// The Dockerfile itself is invalid.
+    Syntax,
+    /// A RUN step exited non-zero for its own reasons.
+    RunFailed,
+    /// A file the Dockerfile copies is missing, or another build input problem.
+    Input,
+    /// The build was cut by the idle timeout.
+    Stalled,
+    Other,
+}
+
+impl BuildFailureClass {
+    pub fn is_transient(self) -> bool {
+        matches!(self, BuildFailureClass::Network | BuildFailureClass::Stalled)
+    }
+}
+
+/// Messages that mean the network failed inside a build: registry resolution by BuildKit or
+/// the classic builder, and the download errors of apt, apk, pip, curl and wget. Lowercase.
+const NETWORK_FRAGMENTS: &[&str] = &[
+    "failed to resolve reference",
+    "failed to do request",
+    "failed to fetch oauth token",
+    "failed to fetch anonymous token",
+    "failed to authorize",
+    "tls handshake timeout",
+    "i/o timeout",
+    "connection reset by peer",
+    "connection refused",
+    "unexpected eof",
+    "temporary failure resolving",
+    "temporary failure in name resolution",
+    "could not resolve host",
+    "could not resolve '",
+    "failed to fetch http",
+    "unable to connect to",
+    "temporary error (try again later)",
+    "network error",
+    "readtimeouterror",
+    "newconnectionerror",
+    "connection broken",
+    "remotedisconnected",
+    "curl: (6)",
+    "curl: (7)",
+    "curl: (28)",
+    "curl: (35)",
+    "curl: (52)",
+    "curl: (56)",
+    "wget: error getting response",
+    "wget: can't connect to remote host",
+    "wget: bad address",
+    "toomanyrequests",
+    "429 too many requests",
+    "503 service unavailable",
+    "502 bad gateway",
+    "504 gateway timeout",
+    ": eof",
+];
+
+/// Classifies a failed build from its error message and the last lines of its log.
+pub fn classify(error: &str, log_tail: &[String]) -> (BuildFailureClass, Option<ErrorClass>) {
+    let lower = error.to_ascii_lowercase();
+    if lower.contains("dockerfile parse error") || lower.contains("unknown instruction") || lower.contains("unknown flag") {
+        return (BuildFailureClass::Syntax, None);
+    }
+    if lower.contains("no progress for") {
+        return (BuildFailureClass::Stalled, Some(ErrorClass::Stalled));
+    }
+    let tail = log_tail.iter().rev().take(30).map(|l| l.to_ascii_lowercase()).collect::<Vec<_>>().join("\n");
+    let haystack = format!("{lower}\n{tail}");
+    if NETWORK_FRAGMENTS.iter().any(|f| haystack.contains(f)) {
+        let class = crate::retry::classify_message(&haystack);
+        return (BuildFailureClass::Network, Some(if class == ErrorClass::Other { ErrorClass::Eof } else { class }));
+    }
+    if lower.contains("returned a non-zero code") || lower.contains("exit code:") || lower.contains("did not complete successfully") {
+        return (BuildFailureClass::RunFailed, None);
+    }
+    if lower.contains("not found") || lower.contains("no such file") || lower.contains("failed to compute cache key") {
+        return (BuildFailureClass::Input, None);
+    }
+    (BuildFailureClass::Other, None)
+}
+
+/// One instruction of a Dockerfile: its first line (1-based) and its text with continuations
+/// joined, as the builders show it in their progress ("Step 3/5 : RUN …", "[2/3] RUN …").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instruction {
+    pub line: usize,
+    pub text: String,
+}
+
+/// Splits a Dockerfile into instructions (comments and blank lines skipped, `\` continuations
+/// joined, the `# escape=` directive honoured).
+pub fn instructions(content: &str) -> Vec<Instruction> {
+    let escape = content
+        .lines()
+        .take_while(|l| l.trim_start().starts_with('#'))
+        .find_map(|l| {
+            let d = l.trim_start().trim_start_matches('#').trim();
+            let (k, v) = d.split_once('=')?;
+            (k.trim().eq_ignore_ascii_case("escape")).then(|| v.trim().chars().next()).flatten()
+        })
+        .unwrap_or('\\');
+    let mut out = Vec::new();
+    let mut current: Option<Instruction> = None;
+    for (i, raw) in content.lines().enumerate() {
+        let trimmed = raw.trim();
+        if current.is_none() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if current.is_some() && trimmed.starts_with('#') {
+            continue; // comments inside a continued instruction are dropped
+        }
+        let (body, continues) = match trimmed.strip_suffix(escape) {
+            Some(body) => (body.trim_end(), true),
+            None => (trimmed, false),
+        };
+        let inst = current.get_or_insert_with(|| Instruction { line: i + 1, text: String::new() });
+        if !inst.text.is_empty() && !body.is_empty() {
+            inst.text.push(' ');
+        }
+        inst.text.push_str(body);
+        if !continues {
+            out.extend(current.take());
+        }
+    }
+    out.extend(current);
+    out
+}
+
+fn squash(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase()
+}
+
+/// The Dockerfile line that failed, from the builders' own words:
+/// BuildKit/buildx `Dockerfile:12`, `dockerfile parse error line 3`, the classic builder's
+/// last `Step N/M : …`, or the failing BuildKit vertex `[stage 2/3] RUN …` matched to its
+/// instruction.
+pub fn failing_line(dockerfile: &str, error: &str, log: &[String]) -> Option<usize> {
+    let all = || std::iter::once(error).chain(log.iter().rev().map(String::as_str));
+    for text in all() {
+        if let Some(n) = number_after(text, "dockerfile parse error line ") {
+            return Some(n);
+        }
+    }
+    for text in all() {
+        for marker in ["Dockerfile:", "dockerfile:"] {
+            if let Some(n) = number_after(text.trim_start(), marker).filter(|_| text.trim_start().starts_with(marker)) {
+                return Some(n);
+            }
+        }
+    }
+    let insts = instructions(dockerfile);
+    // Classic builder: "Step 3/5 : RUN exit 3" (the last step shown is the one that failed).
+    if let Some(step) = log.iter().rev().find_map(|l| number_after(l.trim_start(), "Step ").filter(|_| l.trim_start().starts_with("Step "))) {
+        return insts.get(step.checked_sub(1)?).map(|i| i.line);
+    }
+    // BuildKit: "executor failed running [/bin/sh -c exit 3]" or a vertex "[2/3] RUN exit 3".
+    let vertex = all().find_map(|t| {
+        let start = t.find("] ")?;
+        let head = &t[..start];
+        (head.contains('[') && head.contains('/')).then(|| t[start + 2..].trim_end_matches(':').to_string())
+    });
+    let command = all().find_map(|t| {
+        let start = t.find("running [")? + "running [".len();
+        let end = t[start..].find(']')? + start;
+        Some(t[start..end].trim_start_matches("/bin/sh -c ").to_string())
+    });
+    let want = vertex.or_else(|| command.map(|c| format!("RUN {c}")))?;
+    let want = squash(&want);
+    insts.iter().find(|i| squash(&i.text) == want || (want.len() > 8 && squash(&i.text).starts_with(&want))).map(|i| i.line)
+}
+
+fn number_after(text: &str, marker: &str) -> Option<usize> {
+    let start = text.find(marker)? + marker.len();
+    let digits: String = text[start..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCKERFILE: &str = "# syntax=docker/dockerfile:1\nARG BASE=ubuntu:22.04\nFROM ${BASE}\n\n# install\nRUN apt-get update && \\\n    apt-get install -y curl\nRUN exit 3\nCOPY . /app\n";
+
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn instructions_join_continuations_and_keep_first_lines() {
+        let insts = instructions(DOCKERFILE);
+        let got: Vec<(usize, &str)> = insts.iter().map(|i| (i.line, i.text.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![(2, "ARG BASE=ubuntu:22.04"), (3, "FROM ${BASE}"), (6, "RUN apt-get update && apt-get install -y curl"), (8, "RUN exit 3"), (9, "COPY . /app")]
+        );
+    }
+
+    #[test]
+    fn escape_directive_changes_the_continuation_character() {
+        let insts = instructions("# escape=`\nFROM x\nRUN a `\n  b\n");
+        assert_eq!(insts[1], Instruction { line: 3, text: "RUN a b".into() });
+    }
+
+    #[test]
+    fn syntax_errors_point_at_their_line() {
+        let err = "failed to solve with frontend dockerfile.v0: failed to create LLB definition: dockerfile parse error line 3: unknown instruction: BOGUSINSTR";
+        assert_eq!(failing_line(DOCKERFILE, err, &[]), Some(3));
+        assert_eq!(classify(err, &[]).0, BuildFailureClass::Syntax);
+        let classic = "dockerfile parse error line 7: unknown instruction: BOGUS";
+        assert_eq!(failing_line(DOCKERFILE, classic, &[]), Some(7));
+    }
+
+    #[test]
+    fn buildx_names_the_dockerfile_line() {
+        let log = lines(&["#6 ERROR: process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3", "------", "Dockerfile:8", "--------------------"]);
+        assert_eq!(failing_line(DOCKERFILE, "ERROR: failed to solve: process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3", &log), Some(8));
+    }
+
+    #[test]
+    fn classic_builder_steps_map_to_instructions() {
+        let log = lines(&["Step 1/5 : ARG BASE=ubuntu:22.04", "Step 2/5 : FROM ${BASE}", "Step 3/5 : RUN apt-get update && apt-get install -y curl", "Step 4/5 : RUN exit 3", " ---> Running in abc"]);
+        let err = "The command '/bin/sh -c exit 3' returned a non-zero code: 3";
+        assert_eq!(failing_line(DOCKERFILE, err, &log), Some(8));
+        assert_eq!(classify(err, &log).0, BuildFailureClass::RunFailed);
+    }
+
+    #[test]
+    fn buildkit_engine_errors_map_through_the_command() {
+        let err = "executor failed running [/bin/sh -c exit 3]: exit code: 3";
+        assert_eq!(failing_line(DOCKERFILE, err, &[]), Some(8));
+        let vertex = lines(&["[2/3] RUN exit 3"]);
+        assert_eq!(failing_line(DOCKERFILE, "exit code: 3", &vertex), Some(8));
+    }
+
+    #[test]
+    fn network_failures_inside_builds_are_transient() {
+        let cases = [
+            ("failed to solve: failed to resolve reference \"docker.io/library/ubuntu:22.04\": failed to do request: Head \"https://registry-1.docker.io/v2/library/ubuntu/manifests/22.04\": EOF", vec![]),
+            ("The command '/bin/sh -c apt-get update' returned a non-zero code: 100", lines(&["W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Temporary failure resolving 'deb.debian.org'"])),
+            ("The command '/bin/sh -c wget -q http://127.0.0.1:1/x' returned a non-zero code: 1", lines(&["wget: error getting response: Connection reset by peer"])),
+            ("executor failed running [/bin/sh -c apk add curl]: exit code: 1", lines(&["ERROR: http://dl-cdn.alpinelinux.org/alpine/v3.19/main: temporary error (try again later)"])),
+            ("exit code: 1", lines(&["pip._vendor.urllib3.exceptions.ReadTimeoutError: HTTPSConnectionPool(host='pypi.org', port=443): Read timed out."])),
+            ("exit code: 6", lines(&["curl: (6) Could not resolve host: example.com"])),
+        ];
+        for (err, log) in cases {
+            let (class, _) = classify(err, &log);
+            assert_eq!(class, BuildFailureClass::Network, "{err} / {log:?}");
+            assert!(class.is_transient());
+        }
+    }
+
+    #[test]
+    fn a_run_that_fails_on_its_own_is_not_retried() {
+        let (class, _) = classify("The command '/bin/sh -c exit 3' returned a non-zero code: 3", &lines(&["Step 4/5 : RUN exit 3"]));
+        assert_eq!(class, BuildFailureClass::RunFailed);
+        assert!(!class.is_transient());
+        let (class, _) = classify("COPY failed: file not found in build context or excluded by .dockerignore: stat missing.txt: file does not exist", &[]);
+        assert_eq!(class, BuildFailureClass::Input);
+    }
+}

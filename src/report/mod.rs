@@ -1,0 +1,244 @@
+//! One result model for a run, and its views (step summary, workflow commands, outputs,
+//! terminal, JSON). The JSON form is versioned: [`REPORT_VERSION`].
+
+pub mod annotations;
+pub mod command;
+pub mod github;
+pub mod outputs;
+pub mod publish;
+pub mod summary;
+pub mod terminal;
+pub mod text;
+pub mod workflow;
+
+pub use publish::{PublishContext, Published, Publisher, publish};
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::build::failure::BuildFailureClass;
+use crate::prefetch::{ImageStatus, PrefetchReport};
+use crate::retry::ErrorClass;
+
+/// Bumped on any incompatible change of the JSON report.
+pub const REPORT_VERSION: u32 = 1;
+/// The report's file name in the output directory.
+pub const REPORT_FILE: &str = "ai-infra-build-report.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub version: u32,
+    pub tool_version: String,
+    pub run: RunMeta,
+    pub totals: Totals,
+    pub services: Vec<ServiceResult>,
+    pub base_images: Vec<BaseImageResult>,
+    pub network: NetworkStats,
+    /// One line per failed attempt (pulls and builds), like a hand-kept `build_errors.log`.
+    pub failure_log: Vec<FailureLogEntry>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunMeta {
+    /// RFC 3339.
+    pub started_at: String,
+    pub duration_ms: u64,
+    pub command: String,
+    /// The builder used (`buildx`, `engine (buildkit)`, `engine (classic)`).
+    pub builder: String,
+    pub engine_version: Option<String>,
+    /// `relay` or `direct`.
+    pub pull_via: Option<String>,
+    pub repository: Option<String>,
+    pub commit: Option<String>,
+    pub workflow_run: Option<String>,
+    /// `I/N` when this run is one shard of a matrix.
+    pub shard: Option<String>,
+    /// True when the run was interrupted and the results are partial.
+    pub interrupted: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Totals {
+    pub services: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub cancelled: usize,
+    pub base_images: usize,
+    pub base_images_missing: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceStatus {
+    Success,
+    Failed,
+    /// Not built because a dependency failed (or `--fail-fast` stopped the run).
+    Skipped,
+    /// Cut by SIGINT/SIGTERM.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceResult {
+    pub name: String,
+    pub image: String,
+    pub tags: Vec<String>,
+    pub status: ServiceStatus,
+    pub duration_ms: u64,
+    pub attempts: u32,
+    pub builder: String,
+    /// Steps the builder reported as cached, of all steps (when the builder says).
+    pub cached_steps: Option<u32>,
+    pub total_steps: Option<u32>,
+    pub image_id: Option<String>,
+    pub size: Option<u64>,
+    pub log_path: Option<String>,
+    /// The Dockerfile, relative to the workspace.
+    pub dockerfile: String,
+    pub failure: Option<ServiceFailure>,
+    /// Why it was skipped (`dependency failed: backend`).
+    pub skipped_reason: Option<String>,
+    /// The last lines of the build log.
+    pub log_tail: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceFailure {
+    pub class: BuildFailureClass,
+    /// For network failures: which kind.
+    pub network_class: Option<ErrorClass>,
+    pub message: String,
+    /// The failing line of the Dockerfile, when the builder named it.
+    pub line: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BaseImageResult {
+    pub reference: String,
+    /// `pulled`, `present` or `failed`.
+    pub status: ImageStatus,
+    /// Registry or mirror that served it (`local` when it was already present).
+    pub source: Option<String>,
+    pub digest: Option<String>,
+    pub attempts: u32,
+    pub wait_ms: u64,
+    pub duration_ms: u64,
+    pub error_class: Option<ErrorClass>,
+    pub error: Option<String>,
+    /// Where it is referenced: `path/Dockerfile:line`.
+    pub used_at: Vec<ImageUseSite>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageUseSite {
+    pub dockerfile: String,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NetworkStats {
+    /// Retries of registry requests and whole pulls.
+    pub retries: usize,
+    /// Base images that could not be had.
+    pub failed_pulls: usize,
+    /// Time spent waiting between retries.
+    pub wait_ms: u64,
+    /// Registry requests sent (through the relay).
+    pub requests: usize,
+    /// Failed requests and attempts by class.
+    pub failures_by_class: BTreeMap<ErrorClass, usize>,
+    /// Build retries caused by network failures inside builds.
+    pub build_retries: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FailureLogEntry {
+    /// RFC 3339.
+    pub at: String,
+    /// The image reference or service name.
+    pub subject: String,
+    /// `pull`, `request` or `build`.
+    pub kind: String,
+    pub class: String,
+    pub message: String,
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339_ms(at_ms: u64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at_ms as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+impl Report {
+    /// Assembles a report from the prefetch and the service results.
+    pub fn new(run: RunMeta, prefetch: Option<&PrefetchReport>, services: Vec<ServiceResult>, build_failures: Vec<FailureLogEntry>) -> Report {
+        let mut base_images = Vec::new();
+        let mut network = NetworkStats::default();
+        let mut failure_log = Vec::new();
+        if let Some(p) = prefetch {
+            network.retries = p.total_retries();
+            network.wait_ms = p.total_wait_ms();
+            network.requests = p.requests.len();
+            for image in &p.images {
+                for a in image.attempts.iter().filter(|a| a.class.is_some()) {
+                    let class = a.class.unwrap_or(ErrorClass::Other);
+                    *network.failures_by_class.entry(class).or_default() += 1;
+                    failure_log.push(FailureLogEntry {
+                        at: rfc3339_ms(a.at_ms),
+                        subject: image.reference.clone(),
+                        kind: "pull".into(),
+                        class: class.to_string(),
+                        message: format!("{} (attempt {} via {})", a.message.clone().unwrap_or_default(), a.attempt, a.source),
+                    });
+                }
+                base_images.push(BaseImageResult {
+                    reference: image.reference.clone(),
+                    status: image.status,
+                    source: image.source.clone(),
+                    digest: image.digest.clone(),
+                    attempts: image.attempts.len() as u32,
+                    wait_ms: image.wait_ms,
+                    duration_ms: image.duration_ms,
+                    error_class: image.error.as_ref().map(|e| e.class),
+                    error: image.error.as_ref().map(|e| e.message.clone()),
+                    used_at: image.uses.iter().map(|u| ImageUseSite { dockerfile: u.dockerfile.display().to_string(), line: u.line }).collect(),
+                });
+            }
+            for r in p.requests.iter().filter(|r| r.class.is_some()) {
+                let class = r.class.unwrap_or(ErrorClass::Other);
+                *network.failures_by_class.entry(class).or_default() += 1;
+                failure_log.push(FailureLogEntry {
+                    at: rfc3339_ms(r.at_ms),
+                    subject: format!("{}/{}", r.source, r.repository),
+                    kind: "request".into(),
+                    class: class.to_string(),
+                    message: format!("{:?} request: {}", r.kind, r.message.clone().unwrap_or_default()),
+                });
+            }
+            network.failed_pulls = p.failed().count();
+        }
+        network.build_retries = build_failures.iter().filter(|f| f.class.starts_with("network")).count();
+        failure_log.extend(build_failures);
+        failure_log.sort_by(|a, b| a.at.cmp(&b.at));
+        let count = |s: ServiceStatus| services.iter().filter(|r| r.status == s).count();
+        let totals = Totals {
+            services: services.len(),
+            succeeded: count(ServiceStatus::Success),
+            failed: count(ServiceStatus::Failed),
+            skipped: count(ServiceStatus::Skipped),
+            cancelled: count(ServiceStatus::Cancelled),
+            base_images: base_images.len(),
+            base_images_missing: base_images.iter().filter(|b| b.status == ImageStatus::Failed).count(),
+        };
+        Report { version: REPORT_VERSION, tool_version: env!("CARGO_PKG_VERSION").into(), run, totals, services, base_images, network, failure_log }
+    }
+
+    /// "9/11 succeeded".
+    pub fn headline(&self) -> String {
+        format!("{}/{} succeeded", self.totals.succeeded, self.totals.services)
+    }
+}

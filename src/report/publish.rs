@@ -1,0 +1,459 @@
+//! Publishing a run's report: the one place `build-all` hands its results to.
+//!
+//! [`Publisher::start`] at the beginning of a run (announces secrets with `::add-mask::`
+//! before anything else is printed, starts the live progress and the GitHub client), the
+//! `*_started`/`*_finished` hooks while it runs, and [`Publisher::finish`] at the end, which
+//! writes every view the environment asks for:
+//!
+//! | view | when |
+//! |---|---|
+//! | JSON report `OUTPUT_DIR/ai-infra-build-report.json` | always |
+//! | log groups and annotations (workflow commands) | in GitHub Actions (`GITHUB_ACTIONS=true`) |
+//! | `::debug::` lines | `RUNNER_DEBUG=1` |
+//! | step summary (Markdown) | `GITHUB_STEP_SUMMARY` is set |
+//! | step outputs | `GITHUB_OUTPUT` is set |
+//! | check runs, PR comment | a GitHub token is given |
+//! | final table, or the report as JSON with `--output json` | always (stdout) |
+//!
+//! [`publish`] does it all in one call for a run that needs no live hooks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::annotations::{self, LogSource, PathMapper};
+use super::github::{ApiSettings, CheckStarter, GitHub, GitHubTarget};
+use super::outputs;
+use super::summary::{self, SummaryOptions};
+use super::terminal::{self, Progress};
+use super::workflow;
+use super::{REPORT_FILE, Report, ServiceStatus};
+use crate::cli::OutputFormat;
+use crate::error::Error;
+use crate::ui::Ui;
+
+/// What the runner tells a step through its environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActionsEnv {
+    /// `GITHUB_ACTIONS=true`: workflow commands are understood.
+    pub in_actions: bool,
+    /// `RUNNER_DEBUG=1`.
+    pub debug: bool,
+    pub workspace: Option<PathBuf>,
+    pub step_summary: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+    /// `GITHUB_SERVER_URL/GITHUB_REPOSITORY/actions/runs/GITHUB_RUN_ID`.
+    pub run_url: Option<String>,
+}
+
+impl ActionsEnv {
+    pub fn from_env() -> ActionsEnv {
+        ActionsEnv::from_lookup(&|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> ActionsEnv {
+        let var = |k: &str| lookup(k).filter(|v| !v.is_empty());
+        let run_url = match (var("GITHUB_SERVER_URL"), var("GITHUB_REPOSITORY"), var("GITHUB_RUN_ID")) {
+            (Some(server), Some(repo), Some(id)) => Some(format!("{}/{repo}/actions/runs/{id}", server.trim_end_matches('/'))),
+            _ => None,
+        };
+        ActionsEnv {
+            in_actions: var("GITHUB_ACTIONS").as_deref() == Some("true"),
+            debug: var("RUNNER_DEBUG").as_deref() == Some("1"),
+            workspace: var("GITHUB_WORKSPACE").map(PathBuf::from),
+            step_summary: var("GITHUB_STEP_SUMMARY").map(PathBuf::from),
+            output: var("GITHUB_OUTPUT").map(PathBuf::from),
+            run_url,
+        }
+    }
+}
+
+/// The GitHub API part: a token and where it points.
+#[derive(Debug, Clone)]
+pub struct GitHubConfig {
+    pub token: String,
+    pub target: GitHubTarget,
+    pub settings: ApiSettings,
+}
+
+/// Everything [`Publisher`] needs besides the report.
+#[derive(Debug, Clone)]
+pub struct PublishContext {
+    /// The JSON report is written here as [`REPORT_FILE`].
+    pub output_dir: PathBuf,
+    /// The report's Dockerfile paths are relative to this (absolute) directory.
+    pub project_root: PathBuf,
+    pub actions: ActionsEnv,
+    /// Registry passwords, tokens: masked in the log (`::add-mask::`) and replaced by `***`
+    /// in everything we write or send.
+    pub secrets: Vec<String>,
+    pub github: Option<GitHubConfig>,
+    /// What the log groups show: whole log files, or only the report's last lines.
+    pub log_source: LogSource,
+    /// Problems found while setting up (shown as warnings when publishing).
+    pub warnings: Vec<String>,
+}
+
+impl PublishContext {
+    /// From the process environment. The GitHub API is used only when `github_token` is
+    /// given (and the environment names a repository and commit).
+    pub fn from_env(output_dir: PathBuf, project_root: PathBuf, secrets: Vec<String>, github_token: Option<String>) -> PublishContext {
+        let lookup = |k: &str| std::env::var(k).ok();
+        PublishContext::from_lookup(output_dir, project_root, secrets, github_token, &lookup)
+    }
+
+    pub fn from_lookup(
+        output_dir: PathBuf,
+        project_root: PathBuf,
+        mut secrets: Vec<String>,
+        github_token: Option<String>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> PublishContext {
+        let mut warnings = Vec::new();
+        let github = github_token.filter(|t| !t.trim().is_empty()).and_then(|token| {
+            secrets.push(token.clone());
+            match GitHubTarget::from_env(lookup) {
+                Ok(target) => Some(GitHubConfig { token, target, settings: ApiSettings::default() }),
+                Err(why) => {
+                    warnings.push(format!("a GitHub token was given, but {why}: no check runs or PR comment"));
+                    None
+                }
+            }
+        });
+        PublishContext {
+            output_dir,
+            project_root,
+            actions: ActionsEnv::from_lookup(lookup),
+            secrets,
+            github,
+            log_source: LogSource::FileOrTail,
+            warnings,
+        }
+    }
+
+    pub fn report_path(&self) -> PathBuf {
+        self.output_dir.join(REPORT_FILE)
+    }
+
+    fn paths(&self) -> PathMapper {
+        PathMapper::new(&self.project_root, self.actions.workspace.as_deref())
+    }
+}
+
+/// Where the publisher's text goes: results and workflow commands (`out`), notes for people
+/// (`err`).
+pub trait Sink: Send + Sync {
+    fn out(&self, text: &str);
+    fn err(&self, text: &str);
+}
+
+/// The process's stdout (through [`Ui::result`]) and stderr.
+pub struct StdSink(pub Ui);
+
+impl Sink for StdSink {
+    fn out(&self, text: &str) {
+        if !text.is_empty() {
+            self.0.result(text.strip_suffix('\n').unwrap_or(text));
+        }
+    }
+
+    fn err(&self, text: &str) {
+        use std::io::Write as _;
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(text.as_bytes());
+        if !text.ends_with('\n') {
+            let _ = err.write_all(b"\n");
+        }
+    }
+}
+
+/// Collects the text in memory (tests).
+#[derive(Default)]
+pub struct MemorySink {
+    pub out: std::sync::Mutex<String>,
+    pub err: std::sync::Mutex<String>,
+}
+
+impl Sink for MemorySink {
+    fn out(&self, text: &str) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        out.push_str(text);
+        if !text.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+
+    fn err(&self, text: &str) {
+        let mut err = self.err.lock().unwrap_or_else(|e| e.into_inner());
+        err.push_str(text);
+        if !text.ends_with('\n') {
+            err.push('\n');
+        }
+    }
+}
+
+/// What publishing did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub report_path: PathBuf,
+    /// Views that could not be written or sent (never fatal).
+    pub warnings: Vec<String>,
+}
+
+/// A view that could not be written (the JSON report: fatal for the caller).
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot write the report {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<PublishError> for Error {
+    fn from(err: PublishError) -> Error {
+        match err {
+            PublishError::Write { path, source } => Error::Input {
+                input: path.display().to_string(),
+                reason: format!("cannot write the report ({source}); check that the output directory is writable"),
+            },
+        }
+    }
+}
+
+/// Replaces every line of every secret (4 characters or longer) by `***` in all strings of
+/// the report.
+pub fn redact(report: &Report, secrets: &[String]) -> Report {
+    let needles: Vec<&str> = secrets
+        .iter()
+        .flat_map(|s| s.split('\n'))
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.trim().chars().count() >= 4)
+        .collect();
+    if needles.is_empty() {
+        return report.clone();
+    }
+    fn walk(v: &mut Value, needles: &[&str]) {
+        match v {
+            Value::String(s) => {
+                for n in needles {
+                    if s.contains(n) {
+                        *s = s.replace(n, "***");
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| walk(i, needles)),
+            Value::Object(map) => map.values_mut().for_each(|i| walk(i, needles)),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(report) else { return report.clone() };
+    walk(&mut value, &needles);
+    serde_json::from_value(value).unwrap_or_else(|_| report.clone())
+}
+
+/// A run's views, from start to finish. All hooks take `&self` and may be called from any
+/// thread (e.g. the scheduler's `on_event` callback).
+pub struct Publisher {
+    ctx: PublishContext,
+    ui: Ui,
+    sink: Arc<dyn Sink>,
+    progress: Progress,
+    github: Option<Arc<GitHub>>,
+    starter: Option<CheckStarter>,
+}
+
+impl Publisher {
+    /// Starts publishing to the process's stdout/stderr, with live progress on stderr.
+    /// Prints the `::add-mask::` lines first (in Actions). Call inside the Tokio runtime.
+    pub fn start(ctx: PublishContext, ui: &Ui) -> Publisher {
+        let progress = Progress::new(ui);
+        Publisher::start_with(ctx, ui, Arc::new(StdSink(ui.clone())), progress)
+    }
+
+    /// As [`Publisher::start`], writing to `sink` and showing `progress`.
+    pub fn start_with(mut ctx: PublishContext, ui: &Ui, sink: Arc<dyn Sink>, progress: Progress) -> Publisher {
+        let mut publisher = Publisher { ctx: ctx.clone(), ui: ui.clone(), sink, progress, github: None, starter: None };
+        if ctx.actions.in_actions {
+            let masks = workflow::add_masks(&ctx.secrets);
+            if !masks.is_empty() {
+                publisher.commands(&(masks.join("\n") + "\n"));
+            }
+        }
+        if let Some(config) = ctx.github.take() {
+            match GitHub::new(&config.token, config.target, config.settings) {
+                Ok(gh) => {
+                    let gh = Arc::new(gh);
+                    if tokio::runtime::Handle::try_current().is_ok() {
+                        publisher.starter = Some(CheckStarter::spawn(gh.clone()));
+                    }
+                    publisher.github = Some(gh);
+                }
+                Err(e) => publisher.ctx.warnings.push(format!("no check runs or PR comment: {e}")),
+            }
+        }
+        publisher.debug(&format!(
+            "publishing: report to {}, step summary {}, outputs {}, GitHub API {}",
+            publisher.ctx.report_path().display(),
+            if publisher.ctx.actions.step_summary.is_some() { "yes" } else { "no" },
+            if publisher.ctx.actions.output.is_some() { "yes" } else { "no" },
+            if publisher.github.is_some() { "yes" } else { "no" },
+        ));
+        publisher
+    }
+
+    /// Workflow commands: stdout, or stderr when stdout carries JSON (the runner reads both).
+    fn commands(&self, text: &str) {
+        if self.ui.format == OutputFormat::Json {
+            self.sink.err(text);
+        } else {
+            self.sink.out(text);
+        }
+    }
+
+    /// A `::debug::` line when the runner's debug logging is on.
+    pub fn debug(&self, message: &str) {
+        if self.ctx.actions.in_actions && self.ctx.actions.debug {
+            self.commands(&workflow::debug(message));
+        }
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    pub fn image_started(&self, reference: &str) {
+        self.progress.image_started(reference);
+    }
+
+    pub fn image_finished(&self, reference: &str, ok: bool, outcome: &str, took: Duration) {
+        self.progress.image_finished(reference, ok, outcome, took);
+    }
+
+    /// A build (attempt) started: progress, and the service's check run goes `in_progress`.
+    pub fn service_started(&self, name: &str, attempt: u32) {
+        self.progress.service_started(name, attempt);
+        if let Some(starter) = &self.starter {
+            starter.service_started(name);
+        }
+    }
+
+    pub fn service_finished(&self, name: &str, status: ServiceStatus, took: Duration) {
+        self.progress.service_finished(name, status, took);
+    }
+
+    fn warn(&self, warnings: &mut Vec<String>, text: String) {
+        if self.ctx.actions.in_actions {
+            self.commands(&(workflow::command("warning", &[("title", "ai-infra-build")], &text) + "\n"));
+        } else {
+            self.sink.err(&format!("warning: {text}"));
+        }
+        warnings.push(text);
+    }
+
+    /// Writes and sends every view of `report` (see the module docs). Only a JSON report that
+    /// cannot be written is an error, and only after every other view was attempted.
+    pub async fn finish(mut self, report: &Report) -> Result<Published, PublishError> {
+        let starter = self.starter.take();
+        self.progress.finish();
+        let report = redact(report, &self.ctx.secrets);
+        let mut warnings = Vec::new();
+        for w in self.ctx.warnings.clone() {
+            self.warn(&mut warnings, w);
+        }
+        let report_path = self.ctx.report_path();
+        let shown_path = self.shown_path(&report_path);
+
+        let written = write_json(&report_path, &report);
+        if written.is_ok() {
+            self.debug(&format!("wrote {}", report_path.display()));
+        }
+
+        let paths = self.ctx.paths();
+        if self.ctx.actions.in_actions {
+            let hint = self.ctx.actions.run_url.clone().unwrap_or_default();
+            let all = annotations::collect(&report, &paths);
+            let shown = annotations::cap(all.clone(), &hint);
+            self.debug(&format!("{} annotations, {} shown", all.len(), shown.len()));
+            let mut text = annotations::log_groups(&report, self.ctx.log_source);
+            for a in &shown {
+                text.push_str(&a.to_command());
+                text.push('\n');
+            }
+            self.commands(&text);
+        }
+
+        if let Some(path) = &self.ctx.actions.step_summary {
+            let opts = SummaryOptions {
+                run_url: self.ctx.actions.run_url.clone(),
+                report_path: Some(shown_path.clone()),
+                ..SummaryOptions::step_summary()
+            };
+            let markdown = summary::render(&report, &opts);
+            self.debug(&format!("step summary: {} bytes", markdown.len()));
+            if let Err(e) = outputs::append(path, &markdown) {
+                self.warn(&mut warnings, format!("cannot write the step summary {}: {e}", path.display()));
+            }
+        }
+
+        if let Some(path) = &self.ctx.actions.output {
+            let text = outputs::render(&outputs::outputs(&report, &report_path.display().to_string()));
+            if let Err(e) = outputs::append(path, &text) {
+                self.warn(&mut warnings, format!("cannot write the step outputs {}: {e}", path.display()));
+            }
+        }
+
+        if let Some(gh) = &self.github {
+            if let Some(starter) = starter {
+                starter.drain().await;
+            }
+            gh.publish(&report, &paths, Some(shown_path)).await;
+            for w in gh.warnings() {
+                self.warn(&mut warnings, w);
+            }
+        }
+
+        match self.ui.format {
+            OutputFormat::Json => match serde_json::to_string_pretty(&report) {
+                Ok(json) => self.sink.out(&json),
+                Err(e) => self.sink.err(&format!("error: cannot serialize the report: {e}")),
+            },
+            OutputFormat::Human if self.ui.quiet => self.sink.out(&report.headline()),
+            OutputFormat::Human => self.sink.out(&terminal::render(&report, &self.ui)),
+        }
+
+        written.map(|()| Published { report_path, warnings })
+    }
+
+    /// The report's path as shown to people: relative to the workspace when inside it.
+    fn shown_path(&self, path: &Path) -> String {
+        self.ctx
+            .actions
+            .workspace
+            .as_deref()
+            .and_then(|ws| path.strip_prefix(ws).ok())
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+}
+
+fn write_json(path: &Path, report: &Report) -> Result<(), PublishError> {
+    let err = |source| PublishError::Write { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let json = serde_json::to_string_pretty(report).map_err(|e| err(std::io::Error::other(e)))?;
+    // Write then rename: a reader never sees half a report.
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, json + "\n").map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Publishes a finished run in one call: [`Publisher::start`] then [`Publisher::finish`].
+pub async fn publish(report: &Report, ctx: PublishContext, ui: &Ui) -> Result<Published, PublishError> {
+    Publisher::start(ctx, ui).finish(report).await
+}

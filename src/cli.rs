@@ -89,16 +89,6 @@ impl Command {
             Command::Report(_) => "report",
         }
     }
-
-    /// The issue that brings this capability (shown while it is not available).
-    pub fn tracking_issue(&self) -> u32 {
-        match self {
-            Command::Prefetch(_) | Command::Plan(_) => 3,
-            Command::BuildAll(_) | Command::Build(_) => 4,
-            Command::Report(_) => 5,
-            Command::Doctor(_) => 8,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -41,11 +41,13 @@ fn load_plan(global: &GlobalArgs, args: &PlanArgs) -> Result<(Project, Plan), Er
         reason: e.to_string(),
     })?;
     let project = Project::load(&root, global.config.as_deref())?;
-    let naming = Naming::resolve(
-        &root,
-        args.prefix.as_deref().or(project.settings.prefix.as_deref()),
-        args.tag.as_deref().or(project.settings.tag.as_deref()),
-    )?;
+    let tag = match (&args.tag, &project.settings.tag) {
+        (Some(tag), _) => Some((tag.as_str(), "--tag")),
+        (None, Some(tag)) => Some((tag.as_str(), project.source.as_str())),
+        (None, None) => None,
+    };
+    let prefix = args.prefix.as_deref().or(project.settings.prefix.as_deref());
+    let naming = Naming::resolve(&root, prefix, tag)?;
     let plan = plan(&project, &naming, &parse_build_args(&args.build_args)?)?;
     Ok((project, plan))
 }
@@ -300,7 +302,7 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
         no_cache: args.force,
         build_retries: args.build_retries,
         idle_timeout: Duration::from_secs(args.prefetch.idle_timeout.max(60) * 10),
-        out_dir: args.out_dir.clone(),
+        out_dir: std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone()),
         inline_cache: false,
     };
     let cancel = CancellationToken::new();

@@ -40,8 +40,6 @@ impl Exit {
 /// An error that ends the command.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("`{command}` is not available yet in this version of ai-infra-build")]
-    NotAvailable { command: &'static str, issue: u32 },
     #[error(
         "cannot reach the Docker daemon at {host} ({reason}): start dockerd or set DOCKER_HOST to a running daemon"
     )]
@@ -65,7 +63,7 @@ pub enum Error {
 impl Error {
     pub fn exit(&self) -> Exit {
         match self {
-            Error::NotAvailable { .. } | Error::Usage { .. } | Error::Input { .. } => Exit::Usage,
+            Error::Usage { .. } | Error::Input { .. } => Exit::Usage,
             Error::DockerUnreachable { .. } | Error::Docker { .. } | Error::Environment { .. } => Exit::Environment,
         }
     }
@@ -73,9 +71,6 @@ impl Error {
     /// What the user can do about it, shown after the error.
     pub fn help(&self) -> Option<String> {
         match self {
-            Error::NotAvailable { issue, .. } => Some(format!(
-                "this capability is planned (issue #{issue}); `ai-infra-build doctor` works today"
-            )),
             Error::DockerUnreachable { .. } | Error::Docker { .. } => None,
             Error::Usage { .. } => Some("see `ai-infra-build --help`".to_string()),
             Error::Input { .. } | Error::Environment { .. } => None,

@@ -47,9 +47,5 @@ async fn dispatch(cli: &Cli, ui: &ui::Ui) -> Result<Exit, Error> {
         Command::Report(args) => report::command::run(args, ui),
         Command::BuildAll(args) => commands::run_build(&cli.global, args, &[], ui).await,
         Command::Build(args) => commands::run_build(&cli.global, &args.build, &args.services, ui).await,
-        other => Err(Error::NotAvailable {
-            command: other.name(),
-            issue: other.tracking_issue(),
-        }),
     }
 }

@@ -27,13 +27,14 @@ pub struct Naming {
 impl Naming {
     /// `prefix`/`tag` from flags or config win; else the repository name and `-`, and the
     /// VERSION file, `git describe --tags`, the short commit, or `latest`.
-    pub fn resolve(root: &Path, prefix: Option<&str>, tag: Option<&str>) -> Result<Naming, Error> {
+    /// `tag` comes with where it was given (`--tag`, the config file).
+    pub fn resolve(root: &Path, prefix: Option<&str>, tag: Option<(&str, &str)>) -> Result<Naming, Error> {
         let prefix = match prefix {
             Some(p) => p.to_string(),
             None => format!("{}-", sanitize(&repository_name(root))),
         };
         let (tag, tag_source) = match tag {
-            Some(t) => (t.to_string(), "--tag".to_string()),
+            Some((t, source)) => (t.to_string(), source.to_string()),
             None => detect_tag(root),
         };
         if !valid_tag(&tag) {

@@ -102,10 +102,12 @@ pub struct RegistryError {
     /// The registry's error code (`MANIFEST_UNKNOWN`, `TOOMANYREQUESTS`, …) when it sent one.
     pub code: Option<String>,
     pub message: String,
-    /// The registry's own message from its error body (`manifest unknown`), when it sent one:
-    /// what the relay passes on to the daemon.
+    /// The registry's error document (`{"errors":[…]}`) exactly as it sent it, when it sent
+    /// one: the relay passes it on to the daemon unchanged, because the daemon's reading of
+    /// it depends on details (an error without `detail` whose message is the code's default
+    /// text becomes a bare code, which the daemon no longer reports as "not found").
     #[serde(skip)]
-    pub detail: Option<String>,
+    pub body: Option<String>,
     #[serde(skip)]
     pub retry_after: Option<Duration>,
 }
@@ -328,7 +330,7 @@ impl RegistryClient {
                 "the registry's token realm {:?} is not a URL: {err}",
                 challenge.realm
             ),
-            detail: None,
+            body: None,
             retry_after: None,
         })?;
         {
@@ -374,7 +376,7 @@ impl RegistryClient {
                 status: None,
                 code: None,
                 message: "the token endpoint answered without a token".to_string(),
-                detail: None,
+                body: None,
                 retry_after: None,
             })?;
         Ok(token)
@@ -404,7 +406,7 @@ fn transport_error(host: &str, kind: RequestKind, message: String) -> RegistryEr
         status: None,
         code: None,
         message,
-        detail: None,
+        body: None,
         retry_after: None,
     }
 }
@@ -444,7 +446,7 @@ async fn check(host: &str, kind: RequestKind, resp: Response) -> Result<Response
     let entry = serde_json::from_str::<ErrorBody>(&body)
         .ok()
         .and_then(|b| b.errors.into_iter().next());
-    let registry_message = entry.as_ref().map(|e| e.message.clone());
+    let document = entry.is_some().then(|| body.clone());
     let (code, detail) = match entry {
         Some(e) => (
             Some(e.code.clone()),
@@ -482,7 +484,7 @@ async fn check(host: &str, kind: RequestKind, resp: Response) -> Result<Response
         status: Some(status),
         code,
         message,
-        detail: registry_message.filter(|m| !m.is_empty()),
+        body: document,
         retry_after,
     })
 }

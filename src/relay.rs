@@ -295,13 +295,19 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let inflight = InFlight::new(&upstream.state, &upstream.label, &upstream.repository);
     match upstream.send(method.clone(), upstream.headers.clone()).await {
         Ok(resp) => Ok(upstream.forward(method, resp, inflight)),
-        Err(err) => Ok(match err.status {
-            Some(status) => error_response(
+        Err(err) => Ok(match (err.status, err.body) {
+            (Some(status), Some(document)) => Response::builder()
+                .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY))
+                .header("Content-Type", "application/json")
+                .header("Docker-Distribution-API-Version", "registry/2.0")
+                .body(full(Bytes::from(document)))
+                .expect("error response"),
+            (Some(status), None) => error_response(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
                 err.code.as_deref().unwrap_or("UNKNOWN"),
-                err.detail.as_deref().unwrap_or(&err.message),
+                &err.message,
             ),
-            None => error_response(
+            (None, _) => error_response(
                 StatusCode::BAD_GATEWAY,
                 "UNAVAILABLE",
                 &format!("upstream {}: {} ({})", err.host, err.message, err.class),
@@ -476,6 +482,14 @@ impl Upstream {
                 Ok(None) => (
                     ErrorClass::Eof,
                     format!("the body ended after {next} of {end} bytes"),
+                ),
+                // reqwest's read timeout is the same idle timeout: no progress.
+                Ok(Some(Err(err))) if err.is_timeout() => (
+                    ErrorClass::Stalled,
+                    format!(
+                        "no progress for {}s after {next} of {end} bytes",
+                        idle.as_secs()
+                    ),
                 ),
                 Ok(Some(Err(err))) => {
                     let message = describe(&err);

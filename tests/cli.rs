@@ -63,24 +63,6 @@ fn version_flag_prints_the_crate_version() {
 }
 
 #[test]
-fn commands_of_later_issues_say_not_available_and_exit_2() {
-    for args in [
-        &["build-all"][..],
-        &["build", "api"],
-        &["prefetch"],
-        &["plan"],
-        &["report"],
-    ] {
-        let out = run(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = stderr(&out);
-        assert!(err.contains("is not available yet"), "{args:?}: {err}");
-        assert!(err.contains(&format!("`{}`", args[0])), "{args:?}: {err}");
-        assert!(stdout(&out).is_empty(), "{args:?} printed a result");
-    }
-}
-
-#[test]
 fn usage_errors_exit_2_and_name_the_bad_input() {
     let out = run(&["--output", "xml", "doctor"]);
     assert_eq!(out.status.code(), Some(2));

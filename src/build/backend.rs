@@ -175,6 +175,7 @@ async fn engine_build(engine: &Engine, job: &BuildJob, log: &mut Log, buildkit: 
     let mut output = BuildOutput::default();
     let mut vertex_names: HashMap<String, String> = HashMap::new();
     let mut done: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut begun: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         let item = match tokio::time::timeout(job.idle_timeout, stream.next()).await {
             Err(_) => return Err(BuildFailure { message: format!("no progress for {}s; the build was cut", job.idle_timeout.as_secs()) }),
@@ -205,6 +206,9 @@ async fn engine_build(engine: &Engine, job: &BuildJob, log: &mut Log, buildkit: 
             Some(BuildInfoAux::BuildKit(status)) => {
                 for v in &status.vertexes {
                     vertex_names.insert(v.digest.clone(), v.name.clone());
+                    if v.started.is_some() && v.completed.is_none() && begun.insert(v.digest.clone()) {
+                        log.line(&v.name);
+                    }
                     if v.completed.is_some() && done.insert(v.digest.clone()) {
                         output.total_steps += 1;
                         if v.cached {

@@ -168,20 +168,36 @@ pub fn failing_line(dockerfile: &str, error: &str, log: &[String]) -> Option<usi
     if let Some(step) = log.iter().rev().find_map(|l| number_after(l.trim_start(), "Step ").filter(|_| l.trim_start().starts_with("Step "))) {
         return insts.get(step.checked_sub(1)?).map(|i| i.line);
     }
-    // BuildKit: "executor failed running [/bin/sh -c exit 3]" or a vertex "[2/3] RUN exit 3".
-    let vertex = all().find_map(|t| {
-        let start = t.find("] ")?;
-        let head = &t[..start];
-        (head.contains('[') && head.contains('/')).then(|| t[start + 2..].trim_end_matches(':').to_string())
-    });
+    // BuildKit: the failing vertex "[2/3] RUN exit 3 ERROR: …", else the command of
+    // "executor failed running [/bin/sh -c exit 3]", else the last vertex shown.
+    let vertex_of = |t: &str| -> Option<String> {
+        let t = t.trim_start();
+        let t = t.strip_prefix('#').map_or(t, |rest| rest.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start());
+        let close = t.find("] ")?;
+        let head = &t[..close];
+        if !(head.starts_with('[') && head.contains('/')) {
+            return None;
+        }
+        let body = &t[close + 2..];
+        let body = body.split(" ERROR:").next().unwrap_or(body);
+        let body = body.trim_end_matches(" DONE").trim_end_matches(" CACHED").trim_end_matches(':');
+        Some(body.to_string())
+    };
+    let failed_vertex = all().filter(|t| t.contains("ERROR:")).find_map(vertex_of);
     let command = all().find_map(|t| {
         let start = t.find("running [")? + "running [".len();
         let end = t[start..].find(']')? + start;
-        Some(t[start..end].trim_start_matches("/bin/sh -c ").to_string())
+        Some(format!("RUN {}", t[start..end].trim_start_matches("/bin/sh -c ")))
     });
-    let want = vertex.or_else(|| command.map(|c| format!("RUN {c}")))?;
-    let want = squash(&want);
-    insts.iter().find(|i| squash(&i.text) == want || (want.len() > 8 && squash(&i.text).starts_with(&want))).map(|i| i.line)
+    let any_vertex = log.iter().rev().find_map(|l| vertex_of(l));
+    for want in [failed_vertex, command, any_vertex].into_iter().flatten() {
+        let want = squash(&want);
+        let found = insts.iter().find(|i| squash(&i.text) == want || (want.len() > 8 && squash(&i.text).starts_with(&want)));
+        if let Some(inst) = found {
+            return Some(inst.line);
+        }
+    }
+    None
 }
 
 fn number_after(text: &str, marker: &str) -> Option<usize> {
@@ -245,6 +261,10 @@ mod tests {
         assert_eq!(failing_line(DOCKERFILE, err, &[]), Some(8));
         let vertex = lines(&["[2/3] RUN exit 3"]);
         assert_eq!(failing_line(DOCKERFILE, "exit code: 3", &vertex), Some(8));
+        let logged = lines(&["[3/3] RUN exit 3", "[3/3] RUN exit 3 ERROR: executor failed running [/bin/sh -c exit 3]: exit code: 3", "=== failed"]);
+        assert_eq!(failing_line(DOCKERFILE, "exit code: 3", &logged), Some(8));
+        let buildx = lines(&["#6 [2/3] RUN apt-get update &&     apt-get install -y curl", "#6 DONE 0.1s", "#7 [3/3] RUN exit 3", "#7 ERROR: process did not complete successfully: exit code: 3"]);
+        assert_eq!(failing_line(DOCKERFILE, "process did not complete", &buildx), Some(8));
     }
 
     #[test]

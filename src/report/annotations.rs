@@ -114,7 +114,11 @@ impl PathMapper {
     /// no `./`).
     pub fn map(&self, path: &str) -> String {
         let path = Path::new(path);
-        let joined = if path.is_absolute() { path.to_path_buf() } else { self.prefix.join(path) };
+        let joined = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.prefix.join(path)
+        };
         let mut parts: Vec<String> = Vec::new();
         for comp in joined.components() {
             match comp {
@@ -128,7 +132,11 @@ impl PathMapper {
             }
         }
         let text = parts.join("/");
-        if joined.has_root() { format!("/{text}") } else { text }
+        if joined.has_root() {
+            format!("/{text}")
+        } else {
+            text
+        }
     }
 }
 
@@ -220,7 +228,10 @@ pub fn collect(report: &Report, paths: &PathMapper) -> Vec<Annotation> {
         if image.status != ImageStatus::Failed {
             continue;
         }
-        let class = image.error_class.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into());
+        let class = image
+            .error_class
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "unknown".into());
         let mut message = format!(
             "{} could not be pulled after {} attempt{} ({class}): {}",
             image.reference,
@@ -288,7 +299,7 @@ pub fn collect(report: &Report, paths: &PathMapper) -> Vec<Annotation> {
             });
         }
     }
-    out.sort_by(|a, b| (a.level, a.rank).cmp(&(b.level, b.rank)));
+    out.sort_by_key(|a| (a.level, a.rank));
     out
 }
 
@@ -298,7 +309,11 @@ pub fn collect(report: &Report, paths: &PathMapper) -> Vec<Annotation> {
 pub fn cap(annotations: Vec<Annotation>, summary_hint: &str) -> Vec<Annotation> {
     let mut out = Vec::new();
     for level in [Level::Error, Level::Warning, Level::Notice] {
-        let of_level: Vec<Annotation> = annotations.iter().filter(|a| a.level == level).cloned().collect();
+        let of_level: Vec<Annotation> = annotations
+            .iter()
+            .filter(|a| a.level == level)
+            .cloned()
+            .collect();
         if of_level.len() <= MAX_PER_LEVEL {
             out.extend(of_level);
             continue;
@@ -321,7 +336,11 @@ pub fn cap(annotations: Vec<Annotation>, summary_hint: &str) -> Vec<Annotation> 
             "GitHub shows {MAX_PER_LEVEL} {} per step; {} more are in the job summary{}:\n{}",
             level.plural(),
             rest.len(),
-            if summary_hint.is_empty() { String::new() } else { format!(" ({summary_hint})") },
+            if summary_hint.is_empty() {
+                String::new()
+            } else {
+                format!(" ({summary_hint})")
+            },
             names[..listed].join("\n")
         );
         if names.len() > listed {
@@ -372,7 +391,11 @@ fn read_tail(path: &Path) -> Option<String> {
     let mut prefix = String::new();
     if len > MAX_GROUP_LOG_BYTES {
         file.seek(SeekFrom::Start(len - MAX_GROUP_LOG_BYTES)).ok()?;
-        prefix = format!("[… first {} of the log left out; the whole log is {}]\n", text::size(len - MAX_GROUP_LOG_BYTES), path.display());
+        prefix = format!(
+            "[… first {} of the log left out; the whole log is {}]\n",
+            text::size(len - MAX_GROUP_LOG_BYTES),
+            path.display()
+        );
     }
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).ok()?;
@@ -393,21 +416,33 @@ pub fn log_groups(report: &Report, source: LogSource) -> String {
         let status = match s.status {
             ServiceStatus::Success => "succeeded".to_string(),
             ServiceStatus::Failed => "FAILED".to_string(),
-            ServiceStatus::Skipped => format!("skipped: {}", s.skipped_reason.as_deref().unwrap_or("not built")),
+            ServiceStatus::Skipped => format!(
+                "skipped: {}",
+                s.skipped_reason.as_deref().unwrap_or("not built")
+            ),
             ServiceStatus::Cancelled => "cancelled".to_string(),
         };
         let log = service_log(s, source);
         if log.is_empty() && s.status == ServiceStatus::Skipped {
             continue;
         }
-        let title = format!("build ({}): {status}, {}", s.name, text::duration(s.duration_ms));
+        let title = format!(
+            "build ({}): {status}, {}",
+            s.name,
+            text::duration(s.duration_ms)
+        );
         out.push_str(&workflow::group(&title, &log));
     }
     out
 }
 
 /// What the step prints for a report in Actions: the log groups, then the capped annotations.
-pub fn render(report: &Report, paths: &PathMapper, summary_hint: &str, source: LogSource) -> String {
+pub fn render(
+    report: &Report,
+    paths: &PathMapper,
+    summary_hint: &str,
+    source: LogSource,
+) -> String {
     let mut out = log_groups(report, source);
     for a in cap(collect(report, paths), summary_hint) {
         out.push_str(&a.to_command());
@@ -429,7 +464,10 @@ mod tests {
         assert_eq!(same.map("./a/Dockerfile"), "a/Dockerfile");
         let outside = PathMapper::new(Path::new("/elsewhere"), Some(Path::new("/ws/repo")));
         assert_eq!(outside.map("a/Dockerfile"), "a/Dockerfile");
-        assert_eq!(PathMapper::default().map("/abs/Dockerfile"), "/abs/Dockerfile");
+        assert_eq!(
+            PathMapper::default().map("/abs/Dockerfile"),
+            "/abs/Dockerfile"
+        );
     }
 
     fn ann(level: Level, n: usize) -> Annotation {
@@ -451,17 +489,34 @@ mod tests {
         all.extend((0..11).map(|n| ann(Level::Notice, n)));
         let capped = cap(all, "https://example.invalid/run");
         let count = |l| capped.iter().filter(|a| a.level == l).count();
-        assert_eq!((count(Level::Error), count(Level::Warning), count(Level::Notice)), (10, 10, 10));
+        assert_eq!(
+            (
+                count(Level::Error),
+                count(Level::Warning),
+                count(Level::Notice)
+            ),
+            (10, 10, 10)
+        );
         let errors: Vec<&Annotation> = capped.iter().filter(|a| a.level == Level::Error).collect();
         assert_eq!(errors[8].title, "t8");
         let note = errors[9];
         assert_eq!(note.title, "ai-infra-build: 16 more errors");
         assert!(note.file.is_none());
-        assert!(note.message.contains("https://example.invalid/run"), "{}", note.message);
+        assert!(
+            note.message.contains("https://example.invalid/run"),
+            "{}",
+            note.message
+        );
         assert!(note.message.contains("t9 (s9/Dockerfile:9)") && note.message.contains("t24"));
         // Warnings were not over the cap: all ten, no note.
-        assert!(capped.iter().filter(|a| a.level == Level::Warning).all(|a| a.file.is_some()));
-        let notices: Vec<&Annotation> = capped.iter().filter(|a| a.level == Level::Notice).collect();
+        assert!(
+            capped
+                .iter()
+                .filter(|a| a.level == Level::Warning)
+                .all(|a| a.file.is_some())
+        );
+        let notices: Vec<&Annotation> =
+            capped.iter().filter(|a| a.level == Level::Notice).collect();
         assert_eq!(notices[9].title, "ai-infra-build: 2 more notices");
     }
 
@@ -479,6 +534,9 @@ mod tests {
         let mut a = ann(Level::Warning, 3);
         a.file = None;
         assert_eq!(a.to_command(), "::warning title=t3::m");
-        assert_eq!(ann(Level::Error, 4).to_command(), "::error file=s4/Dockerfile,line=4,title=t4::m");
+        assert_eq!(
+            ann(Level::Error, 4).to_command(),
+            "::error file=s4/Dockerfile,line=4,title=t4::m"
+        );
     }
 }

@@ -19,13 +19,19 @@ pub fn load(path: &Path) -> Result<Report, Error> {
     let input = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| Error::Input {
         input: input.clone(),
-        reason: format!("cannot read the report ({e}); it is written to the output directory as {}", super::REPORT_FILE),
+        reason: format!(
+            "cannot read the report ({e}); it is written to the output directory as {}",
+            super::REPORT_FILE
+        ),
     })?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Input {
         input: input.clone(),
         reason: format!("not a JSON report: {e}"),
     })?;
-    let version = value.get("version").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let version = value
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
     if version > u64::from(REPORT_VERSION) {
         return Err(Error::Input {
             input,
@@ -34,12 +40,21 @@ pub fn load(path: &Path) -> Result<Report, Error> {
             ),
         });
     }
-    serde_json::from_value(value).map_err(|e| Error::Input { input, reason: format!("not a valid ai-infra-build report: {e}") })
+    serde_json::from_value(value).map_err(|e| Error::Input {
+        input,
+        reason: format!("not a valid ai-infra-build report: {e}"),
+    })
 }
 
 /// The text of one view of `report`. `from` is the report's path as given (named in the
 /// summary and the `report` output); `env` supplies the workspace and the run's URL.
-pub fn render(report: &Report, format: ReportFormat, from: &Path, env: &ActionsEnv, ui: &Ui) -> String {
+pub fn render(
+    report: &Report,
+    format: ReportFormat,
+    from: &Path,
+    env: &ActionsEnv,
+    ui: &Ui,
+) -> String {
     match format {
         ReportFormat::Markdown => summary::render(
             report,
@@ -53,9 +68,16 @@ pub fn render(report: &Report, format: ReportFormat, from: &Path, env: &ActionsE
         ReportFormat::Annotations => {
             let root = std::env::current_dir().unwrap_or_default();
             let paths = PathMapper::new(&root, env.workspace.as_deref());
-            annotations::render(report, &paths, env.run_url.as_deref().unwrap_or(""), LogSource::FileOrTail)
+            annotations::render(
+                report,
+                &paths,
+                env.run_url.as_deref().unwrap_or(""),
+                LogSource::FileOrTail,
+            )
         }
-        ReportFormat::Outputs => outputs::render(&outputs::outputs(report, &from.display().to_string())),
+        ReportFormat::Outputs => {
+            outputs::render(&outputs::outputs(report, &from.display().to_string()))
+        }
         ReportFormat::Terminal => terminal::render(report, ui),
     }
 }
@@ -63,7 +85,13 @@ pub fn render(report: &Report, format: ReportFormat, from: &Path, env: &ActionsE
 /// Runs the `report` subcommand.
 pub fn run(args: &ReportArgs, ui: &Ui) -> Result<Exit, Error> {
     let report = load(&args.from)?;
-    let text = render(&report, args.format, &args.from, &ActionsEnv::from_env(), ui);
+    let text = render(
+        &report,
+        args.format,
+        &args.from,
+        &ActionsEnv::from_env(),
+        ui,
+    );
     ui.result(text.strip_suffix('\n').unwrap_or(&text));
     Ok(Exit::Success)
 }

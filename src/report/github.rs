@@ -80,7 +80,12 @@ impl GitHubTarget {
             .and_then(Value::as_u64)
             .or_else(|| {
                 // `refs/pull/N/merge` when the event file says nothing.
-                var("GITHUB_REF")?.strip_prefix("refs/pull/")?.split('/').next()?.parse().ok()
+                var("GITHUB_REF")?
+                    .strip_prefix("refs/pull/")?
+                    .split('/')
+                    .next()?
+                    .parse()
+                    .ok()
             });
         let head_sha = pr
             .and_then(|p| p.pointer("/head/sha"))
@@ -90,7 +95,10 @@ impl GitHubTarget {
             .ok_or("GITHUB_SHA is not set")?;
         let run_id = var("GITHUB_RUN_ID");
         let details_url = match (&run_id, var("GITHUB_SERVER_URL")) {
-            (Some(id), Some(server)) => Some(format!("{}/{repository}/actions/runs/{id}", server.trim_end_matches('/'))),
+            (Some(id), Some(server)) => Some(format!(
+                "{}/{repository}/actions/runs/{id}",
+                server.trim_end_matches('/')
+            )),
             _ => None,
         };
         Ok(GitHubTarget {
@@ -104,7 +112,9 @@ impl GitHubTarget {
                 "ai-infra-build/{}/{}{}",
                 run_id.unwrap_or_else(|| "local".into()),
                 var("GITHUB_RUN_ATTEMPT").unwrap_or_else(|| "1".into()),
-                var("GITHUB_JOB").map(|j| format!("/{j}")).unwrap_or_default()
+                var("GITHUB_JOB")
+                    .map(|j| format!("/{j}"))
+                    .unwrap_or_default()
             ),
         })
     }
@@ -141,23 +151,36 @@ impl Default for ApiSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{method} {route}: GitHub answered {status}: {message}")]
-    Status { method: &'static str, route: String, status: u16, message: String },
+    Status {
+        method: &'static str,
+        route: String,
+        status: u16,
+        message: String,
+    },
     #[error("{method} {route}: {source}")]
     Transport {
         method: &'static str,
         route: String,
         #[source]
-        source: octocrab::Error,
+        source: Box<octocrab::Error>,
     },
     #[error("{method} {route}: no answer within {}s", timeout.as_secs())]
-    Timeout { method: &'static str, route: String, timeout: Duration },
+    Timeout {
+        method: &'static str,
+        route: String,
+        timeout: Duration,
+    },
     #[error("{method} {route}: unexpected answer: {reason}")]
-    Answer { method: &'static str, route: String, reason: String },
+    Answer {
+        method: &'static str,
+        route: String,
+        reason: String,
+    },
     #[error("cannot set up the GitHub API client for {api_url}: {source}")]
     Client {
         api_url: String,
         #[source]
-        source: octocrab::Error,
+        source: Box<octocrab::Error>,
     },
 }
 
@@ -235,15 +258,22 @@ impl CheckCompletion {
     /// What a service's check run says at the end.
     pub fn for_service(report: &Report, s: &ServiceResult, paths: &PathMapper) -> CheckCompletion {
         let title = match (&s.status, &s.failure) {
-            (ServiceStatus::Failed, Some(f)) => format!("failed: {}", annotations::failure_label(f.class).1),
+            (ServiceStatus::Failed, Some(f)) => {
+                format!("failed: {}", annotations::failure_label(f.class).1)
+            }
             (ServiceStatus::Failed, None) => "failed".into(),
-            (ServiceStatus::Success, _) => format!("built in {}", super::text::duration(s.duration_ms)),
-            (ServiceStatus::Skipped, _) => format!("skipped: {}", s.skipped_reason.as_deref().unwrap_or("not built")),
+            (ServiceStatus::Success, _) => {
+                format!("built in {}", super::text::duration(s.duration_ms))
+            }
+            (ServiceStatus::Skipped, _) => format!(
+                "skipped: {}",
+                s.skipped_reason.as_deref().unwrap_or("not built")
+            ),
             (ServiceStatus::Cancelled, _) => "cancelled".into(),
         };
         let annotations = annotations::collect(report, paths)
             .iter()
-            .filter(|a| a.services.iter().any(|n| *n == s.name))
+            .filter(|a| a.services.contains(&s.name))
             .filter_map(CheckAnnotation::from_annotation)
             .collect();
         CheckCompletion {
@@ -272,8 +302,15 @@ fn now() -> String {
 
 impl GitHub {
     /// A client for `target` with `token`. octocrab's own retries are off (not compiled in).
-    pub fn new(token: &str, target: GitHubTarget, settings: ApiSettings) -> Result<GitHub, ApiError> {
-        let client_err = |source| ApiError::Client { api_url: target.api_url.clone(), source };
+    pub fn new(
+        token: &str,
+        target: GitHubTarget,
+        settings: ApiSettings,
+    ) -> Result<GitHub, ApiError> {
+        let client_err = |source| ApiError::Client {
+            api_url: target.api_url.clone(),
+            source: Box::new(source),
+        };
         let client = Octocrab::builder()
             .personal_token(token.to_string())
             .base_uri(target.api_url.as_str())
@@ -299,12 +336,18 @@ impl GitHub {
 
     /// Warnings so far (a refused token, failed calls): for the step's log, never fatal.
     pub fn warnings(&self) -> Vec<String> {
-        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn warn(&self, text: String) {
         tracing::warn!("{text}");
-        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(text);
     }
 
     /// Records a failed call: the first refusal disables all further calls with one warning.
@@ -331,9 +374,16 @@ impl GitHub {
     }
 
     /// One request, no retries.
-    async fn call(&self, method: &'static str, route: &str, query: &[(&str, String)], body: Option<&Value>) -> Result<Value, ApiError> {
+    async fn call(
+        &self,
+        method: &'static str,
+        route: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
         let fut = async {
             match method {
+                "GET" if query.is_empty() => self.client.get::<Value, _, ()>(route, None).await,
                 "GET" => self.client.get::<Value, _, _>(route, Some(query)).await,
                 "POST" => self.client.post::<_, Value>(route, body).await,
                 "PATCH" => self.client.patch::<Value, _, _>(route, body).await,
@@ -341,7 +391,11 @@ impl GitHub {
             }
         };
         match tokio::time::timeout(self.settings.timeout, fut).await {
-            Err(_) => Err(ApiError::Timeout { method, route: route.to_string(), timeout: self.settings.timeout }),
+            Err(_) => Err(ApiError::Timeout {
+                method,
+                route: route.to_string(),
+                timeout: self.settings.timeout,
+            }),
             Ok(Ok(v)) => Ok(v),
             Ok(Err(octocrab::Error::GitHub { source, .. })) => Err(ApiError::Status {
                 method,
@@ -349,21 +403,34 @@ impl GitHub {
                 status: source.status_code.as_u16(),
                 message: source.message.clone(),
             }),
-            Ok(Err(source)) => Err(ApiError::Transport { method, route: route.to_string(), source }),
+            Ok(Err(source)) => Err(ApiError::Transport {
+                method,
+                route: route.to_string(),
+                source: Box::new(source),
+            }),
         }
     }
 
     async fn pause(&self, retry: u32) {
-        tokio::time::sleep(self.settings.backoff * 2u32.saturating_pow(retry.saturating_sub(1))).await;
+        tokio::time::sleep(self.settings.backoff * 2u32.saturating_pow(retry.saturating_sub(1)))
+            .await;
     }
 
     /// GET/PATCH with retries (both are idempotent as they are).
-    async fn call_idempotent(&self, method: &'static str, route: &str, query: &[(&str, String)], body: Option<&Value>) -> Result<Value, ApiError> {
+    async fn call_idempotent(
+        &self,
+        method: &'static str,
+        route: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
         let mut tries = 0;
         loop {
             tries += 1;
             match self.call(method, route, query, body).await {
-                Err(e) if e.is_transient() && tries < self.settings.attempts => self.pause(tries).await,
+                Err(e) if e.is_transient() && tries < self.settings.attempts => {
+                    self.pause(tries).await
+                }
                 other => return other,
             }
         }
@@ -377,7 +444,11 @@ impl GitHub {
     /// was lost).
     async fn find_check_run(&self, service: &str) -> Result<Option<u64>, ApiError> {
         let route = self.repo_route(&format!("/commits/{}/check-runs", self.target.head_sha));
-        let query = [("check_name", check_name(service)), ("filter", "all".to_string()), ("per_page", "100".to_string())];
+        let query = [
+            ("check_name", check_name(service)),
+            ("filter", "all".to_string()),
+            ("per_page", "100".to_string()),
+        ];
         let found = self.call_idempotent("GET", &route, &query, None).await?;
         let external_id = self.external_id(service);
         Ok(found
@@ -404,11 +475,14 @@ impl GitHub {
             }
             match self.call("POST", &route, &[], Some(&body)).await {
                 Ok(v) => {
-                    return v.get("id").and_then(Value::as_u64).ok_or_else(|| ApiError::Answer {
-                        method: "POST",
-                        route: route.clone(),
-                        reason: "no check run id".into(),
-                    });
+                    return v
+                        .get("id")
+                        .and_then(Value::as_u64)
+                        .ok_or_else(|| ApiError::Answer {
+                            method: "POST",
+                            route: route.clone(),
+                            reason: "no check run id".into(),
+                        });
                 }
                 Err(e) if e.is_transient() && tries < self.settings.attempts => {}
                 Err(e) => return Err(e),
@@ -497,7 +571,13 @@ impl GitHub {
 
     /// PATCHes a batch; a retry first asks the check run whether the batch already counts
     /// (annotations are appended, so a blind re-send would duplicate them).
-    async fn append_batch(&self, route: &str, body: &Value, sent_before: usize, batch: usize) -> Result<(), ApiError> {
+    async fn append_batch(
+        &self,
+        route: &str,
+        body: &Value,
+        sent_before: usize,
+        batch: usize,
+    ) -> Result<(), ApiError> {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -505,7 +585,10 @@ impl GitHub {
                 self.pause(tries - 1).await;
                 if batch > 0 {
                     let run = self.call_idempotent("GET", route, &[], None).await?;
-                    let count = run.pointer("/output/annotations_count").and_then(Value::as_u64).unwrap_or(0) as usize;
+                    let count = run
+                        .pointer("/output/annotations_count")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0) as usize;
                     if count >= sent_before + batch {
                         return Ok(());
                     }
@@ -529,7 +612,11 @@ impl GitHub {
             let list = comments.as_array().cloned().unwrap_or_default();
             if let Some(id) = list
                 .iter()
-                .find(|c| c.get("body").and_then(Value::as_str).is_some_and(|b| b.contains(summary::COMMENT_MARKER)))
+                .find(|c| {
+                    c.get("body")
+                        .and_then(Value::as_str)
+                        .is_some_and(|b| b.contains(summary::COMMENT_MARKER))
+                })
                 .and_then(|c| c.get("id"))
                 .and_then(Value::as_u64)
             {
@@ -545,7 +632,9 @@ impl GitHub {
     /// Creates our PR comment, or updates it in place when it exists (never a second one).
     /// `body` must contain [`summary::COMMENT_MARKER`].
     pub async fn upsert_comment(&self, body: &str) {
-        let Some(pr) = self.target.pull_request else { return };
+        let Some(pr) = self.target.pull_request else {
+            return;
+        };
         if self.disabled() || !self.settings.comment {
             return;
         }
@@ -564,7 +653,10 @@ impl GitHub {
             }
             if let Some(id) = self.find_comment(pr).await? {
                 let route = self.repo_route(&format!("/issues/comments/{id}"));
-                return self.call_idempotent("PATCH", &route, &[], Some(&payload)).await.map(|_| ());
+                return self
+                    .call_idempotent("PATCH", &route, &[], Some(&payload))
+                    .await
+                    .map(|_| ());
             }
             let route = self.repo_route(&format!("/issues/{pr}/comments"));
             match self.call("POST", &route, &[], Some(&payload)).await {
@@ -583,7 +675,8 @@ impl GitHub {
             if self.disabled() {
                 break;
             }
-            self.complete_check(&s.name, &CheckCompletion::for_service(report, s, paths)).await;
+            self.complete_check(&s.name, &CheckCompletion::for_service(report, s, paths))
+                .await;
         }
         if self.target.pull_request.is_some() && self.settings.comment {
             let opts = SummaryOptions {
@@ -636,8 +729,11 @@ impl CheckStarter {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -645,7 +741,11 @@ mod tests {
     fn target_from_a_pull_request_event_uses_the_head_commit() {
         let dir = tempfile::tempdir().unwrap();
         let event = dir.path().join("event.json");
-        std::fs::write(&event, r#"{"pull_request":{"number":42,"head":{"sha":"abc123"}}}"#).unwrap();
+        std::fs::write(
+            &event,
+            r#"{"pull_request":{"number":42,"head":{"sha":"abc123"}}}"#,
+        )
+        .unwrap();
         let lookup = env(&[
             ("GITHUB_REPOSITORY", "acme/shop"),
             ("GITHUB_SHA", "mergecommit"),
@@ -661,33 +761,64 @@ mod tests {
         assert_eq!((t.owner.as_str(), t.repo.as_str()), ("acme", "shop"));
         assert_eq!(t.head_sha, "abc123");
         assert_eq!(t.pull_request, Some(42));
-        assert_eq!(t.details_url.as_deref(), Some("https://ghes.example.com/acme/shop/actions/runs/77"));
+        assert_eq!(
+            t.details_url.as_deref(),
+            Some("https://ghes.example.com/acme/shop/actions/runs/77")
+        );
         assert_eq!(t.run_key, "ai-infra-build/77/2/build");
     }
 
     #[test]
     fn target_from_a_push_uses_github_sha_and_the_public_api() {
-        let lookup = env(&[("GITHUB_REPOSITORY", "acme/shop"), ("GITHUB_SHA", "deadbeef")]);
+        let lookup = env(&[
+            ("GITHUB_REPOSITORY", "acme/shop"),
+            ("GITHUB_SHA", "deadbeef"),
+        ]);
         let t = GitHubTarget::from_env(&lookup).unwrap();
         assert_eq!(t.api_url, "https://api.github.com");
         assert_eq!(t.head_sha, "deadbeef");
         assert_eq!(t.pull_request, None);
-        let lookup = env(&[("GITHUB_REPOSITORY", "acme/shop"), ("GITHUB_SHA", "x"), ("GITHUB_REF", "refs/pull/7/merge")]);
-        assert_eq!(GitHubTarget::from_env(&lookup).unwrap().pull_request, Some(7));
+        let lookup = env(&[
+            ("GITHUB_REPOSITORY", "acme/shop"),
+            ("GITHUB_SHA", "x"),
+            ("GITHUB_REF", "refs/pull/7/merge"),
+        ]);
+        assert_eq!(
+            GitHubTarget::from_env(&lookup).unwrap().pull_request,
+            Some(7)
+        );
     }
 
     #[test]
     fn target_needs_a_repository() {
         assert!(GitHubTarget::from_env(&env(&[("GITHUB_SHA", "x")])).is_err());
-        assert!(GitHubTarget::from_env(&env(&[("GITHUB_REPOSITORY", "noslash"), ("GITHUB_SHA", "x")])).is_err());
+        assert!(
+            GitHubTarget::from_env(&env(&[
+                ("GITHUB_REPOSITORY", "noslash"),
+                ("GITHUB_SHA", "x")
+            ]))
+            .is_err()
+        );
     }
 
     #[test]
     fn error_classes_decide_retry_and_warning() {
-        let status = |s| ApiError::Status { method: "POST", route: "/x".into(), status: s, message: "m".into() };
+        let status = |s| ApiError::Status {
+            method: "POST",
+            route: "/x".into(),
+            status: s,
+            message: "m".into(),
+        };
         assert!(status(502).is_transient() && status(429).is_transient());
         assert!(!status(403).is_transient() && status(403).is_forbidden());
         assert!(status(404).is_forbidden() && !status(422).is_forbidden());
-        assert!(ApiError::Timeout { method: "GET", route: "/x".into(), timeout: Duration::from_secs(1) }.is_transient());
+        assert!(
+            ApiError::Timeout {
+                method: "GET",
+                route: "/x".into(),
+                timeout: Duration::from_secs(1)
+            }
+            .is_transient()
+        );
     }
 }

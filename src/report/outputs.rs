@@ -31,22 +31,40 @@ pub fn outputs(report: &Report, report_path: &str) -> Vec<(String, String)> {
         .services
         .iter()
         .filter(|s| s.status == ServiceStatus::Success)
-        .map(|s| (s.name.as_str(), ImageOutput { reference: s.image.clone(), digest: s.image_id.clone() }))
+        .map(|s| {
+            (
+                s.name.as_str(),
+                ImageOutput {
+                    reference: s.image.clone(),
+                    digest: s.image_id.clone(),
+                },
+            )
+        })
         .collect();
     vec![
         ("report".into(), report_path.to_string()),
         ("succeeded".into(), report.totals.succeeded.to_string()),
         ("failed".into(), report.totals.failed.to_string()),
         ("skipped".into(), report.totals.skipped.to_string()),
-        ("failed-services".into(), serde_json::to_string(&failed).unwrap_or_else(|_| "[]".into())),
-        ("images".into(), serde_json::to_string(&images).unwrap_or_else(|_| "{}".into())),
+        (
+            "failed-services".into(),
+            serde_json::to_string(&failed).unwrap_or_else(|_| "[]".into()),
+        ),
+        (
+            "images".into(),
+            serde_json::to_string(&images).unwrap_or_else(|_| "{}".into()),
+        ),
     ]
 }
 
 /// One output in the heredoc form, ending with a newline.
 pub fn heredoc(name: &str, value: &str) -> String {
     let delimiter = loop {
-        let d = format!("ghadelimiter_{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let d = format!(
+            "ghadelimiter_{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         if !value.contains(&d) && !name.contains(&d) {
             break d;
         }
@@ -62,7 +80,10 @@ pub fn render(outputs: &[(String, String)]) -> String {
 /// Appends `text` to the file at `path` (the runner's `GITHUB_OUTPUT` or
 /// `GITHUB_STEP_SUMMARY`), creating it if needed.
 pub fn append(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     file.write_all(text.as_bytes())?;
     file.flush()
 }
@@ -99,7 +120,11 @@ mod tests {
     #[test]
     fn heredoc_round_trips_values_that_look_like_outputs() {
         let nasty = "line1\nfailed=0\nEOF\nghadelimiter_\nimages<<X\n%0A::set-output name=a::b";
-        let outputs = vec![("a".to_string(), nasty.to_string()), ("b".to_string(), "".to_string()), ("c".to_string(), "2".to_string())];
+        let outputs = vec![
+            ("a".to_string(), nasty.to_string()),
+            ("b".to_string(), "".to_string()),
+            ("c".to_string(), "2".to_string()),
+        ];
         let text = render(&outputs);
         assert_eq!(parse(&text), outputs);
     }

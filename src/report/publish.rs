@@ -55,8 +55,15 @@ impl ActionsEnv {
 
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> ActionsEnv {
         let var = |k: &str| lookup(k).filter(|v| !v.is_empty());
-        let run_url = match (var("GITHUB_SERVER_URL"), var("GITHUB_REPOSITORY"), var("GITHUB_RUN_ID")) {
-            (Some(server), Some(repo), Some(id)) => Some(format!("{}/{repo}/actions/runs/{id}", server.trim_end_matches('/'))),
+        let run_url = match (
+            var("GITHUB_SERVER_URL"),
+            var("GITHUB_REPOSITORY"),
+            var("GITHUB_RUN_ID"),
+        ) {
+            (Some(server), Some(repo), Some(id)) => Some(format!(
+                "{}/{repo}/actions/runs/{id}",
+                server.trim_end_matches('/')
+            )),
             _ => None,
         };
         ActionsEnv {
@@ -99,7 +106,12 @@ pub struct PublishContext {
 impl PublishContext {
     /// From the process environment. The GitHub API is used only when `github_token` is
     /// given (and the environment names a repository and commit).
-    pub fn from_env(output_dir: PathBuf, project_root: PathBuf, secrets: Vec<String>, github_token: Option<String>) -> PublishContext {
+    pub fn from_env(
+        output_dir: PathBuf,
+        project_root: PathBuf,
+        secrets: Vec<String>,
+        github_token: Option<String>,
+    ) -> PublishContext {
         let lookup = |k: &str| std::env::var(k).ok();
         PublishContext::from_lookup(output_dir, project_root, secrets, github_token, &lookup)
     }
@@ -112,16 +124,24 @@ impl PublishContext {
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> PublishContext {
         let mut warnings = Vec::new();
-        let github = github_token.filter(|t| !t.trim().is_empty()).and_then(|token| {
-            secrets.push(token.clone());
-            match GitHubTarget::from_env(lookup) {
-                Ok(target) => Some(GitHubConfig { token, target, settings: ApiSettings::default() }),
-                Err(why) => {
-                    warnings.push(format!("a GitHub token was given, but {why}: no check runs or PR comment"));
-                    None
+        let github = github_token
+            .filter(|t| !t.trim().is_empty())
+            .and_then(|token| {
+                secrets.push(token.clone());
+                match GitHubTarget::from_env(lookup) {
+                    Ok(target) => Some(GitHubConfig {
+                        token,
+                        target,
+                        settings: ApiSettings::default(),
+                    }),
+                    Err(why) => {
+                        warnings.push(format!(
+                            "a GitHub token was given, but {why}: no check runs or PR comment"
+                        ));
+                        None
+                    }
                 }
-            }
-        });
+            });
         PublishContext {
             output_dir,
             project_root,
@@ -218,7 +238,9 @@ impl From<PublishError> for Error {
         match err {
             PublishError::Write { path, source } => Error::Input {
                 input: path.display().to_string(),
-                reason: format!("cannot write the report ({source}); check that the output directory is writable"),
+                reason: format!(
+                    "cannot write the report ({source}); check that the output directory is writable"
+                ),
             },
         }
     }
@@ -250,7 +272,9 @@ pub fn redact(report: &Report, secrets: &[String]) -> Report {
             _ => {}
         }
     }
-    let Ok(mut value) = serde_json::to_value(report) else { return report.clone() };
+    let Ok(mut value) = serde_json::to_value(report) else {
+        return report.clone();
+    };
     walk(&mut value, &needles);
     serde_json::from_value(value).unwrap_or_else(|_| report.clone())
 }
@@ -275,8 +299,20 @@ impl Publisher {
     }
 
     /// As [`Publisher::start`], writing to `sink` and showing `progress`.
-    pub fn start_with(mut ctx: PublishContext, ui: &Ui, sink: Arc<dyn Sink>, progress: Progress) -> Publisher {
-        let mut publisher = Publisher { ctx: ctx.clone(), ui: ui.clone(), sink, progress, github: None, starter: None };
+    pub fn start_with(
+        mut ctx: PublishContext,
+        ui: &Ui,
+        sink: Arc<dyn Sink>,
+        progress: Progress,
+    ) -> Publisher {
+        let mut publisher = Publisher {
+            ctx: ctx.clone(),
+            ui: ui.clone(),
+            sink,
+            progress,
+            github: None,
+            starter: None,
+        };
         if ctx.actions.in_actions {
             let masks = workflow::add_masks(&ctx.secrets);
             if !masks.is_empty() {
@@ -292,15 +328,30 @@ impl Publisher {
                     }
                     publisher.github = Some(gh);
                 }
-                Err(e) => publisher.ctx.warnings.push(format!("no check runs or PR comment: {e}")),
+                Err(e) => publisher
+                    .ctx
+                    .warnings
+                    .push(format!("no check runs or PR comment: {e}")),
             }
         }
         publisher.debug(&format!(
             "publishing: report to {}, step summary {}, outputs {}, GitHub API {}",
             publisher.ctx.report_path().display(),
-            if publisher.ctx.actions.step_summary.is_some() { "yes" } else { "no" },
-            if publisher.ctx.actions.output.is_some() { "yes" } else { "no" },
-            if publisher.github.is_some() { "yes" } else { "no" },
+            if publisher.ctx.actions.step_summary.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            if publisher.ctx.actions.output.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            if publisher.github.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
         ));
         publisher
     }
@@ -347,7 +398,9 @@ impl Publisher {
 
     fn warn(&self, warnings: &mut Vec<String>, text: String) {
         if self.ctx.actions.in_actions {
-            self.commands(&(workflow::command("warning", &[("title", "ai-infra-build")], &text) + "\n"));
+            self.commands(
+                &(workflow::command("warning", &[("title", "ai-infra-build")], &text) + "\n"),
+            );
         } else {
             self.sink.err(&format!("warning: {text}"));
         }
@@ -395,14 +448,23 @@ impl Publisher {
             let markdown = summary::render(&report, &opts);
             self.debug(&format!("step summary: {} bytes", markdown.len()));
             if let Err(e) = outputs::append(path, &markdown) {
-                self.warn(&mut warnings, format!("cannot write the step summary {}: {e}", path.display()));
+                self.warn(
+                    &mut warnings,
+                    format!("cannot write the step summary {}: {e}", path.display()),
+                );
             }
         }
 
         if let Some(path) = &self.ctx.actions.output {
-            let text = outputs::render(&outputs::outputs(&report, &report_path.display().to_string()));
+            let text = outputs::render(&outputs::outputs(
+                &report,
+                &report_path.display().to_string(),
+            ));
             if let Err(e) = outputs::append(path, &text) {
-                self.warn(&mut warnings, format!("cannot write the step outputs {}: {e}", path.display()));
+                self.warn(
+                    &mut warnings,
+                    format!("cannot write the step outputs {}: {e}", path.display()),
+                );
             }
         }
 
@@ -419,13 +481,18 @@ impl Publisher {
         match self.ui.format {
             OutputFormat::Json => match serde_json::to_string_pretty(&report) {
                 Ok(json) => self.sink.out(&json),
-                Err(e) => self.sink.err(&format!("error: cannot serialize the report: {e}")),
+                Err(e) => self
+                    .sink
+                    .err(&format!("error: cannot serialize the report: {e}")),
             },
             OutputFormat::Human if self.ui.quiet => self.sink.out(&report.headline()),
             OutputFormat::Human => self.sink.out(&terminal::render(&report, &self.ui)),
         }
 
-        written.map(|()| Published { report_path, warnings })
+        written.map(|()| Published {
+            report_path,
+            warnings,
+        })
     }
 
     /// The report's path as shown to people: relative to the workspace when inside it.
@@ -442,7 +509,10 @@ impl Publisher {
 }
 
 fn write_json(path: &Path, report: &Report) -> Result<(), PublishError> {
-    let err = |source| PublishError::Write { path: path.to_path_buf(), source };
+    let err = |source| PublishError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -454,6 +524,10 @@ fn write_json(path: &Path, report: &Report) -> Result<(), PublishError> {
 }
 
 /// Publishes a finished run in one call: [`Publisher::start`] then [`Publisher::finish`].
-pub async fn publish(report: &Report, ctx: PublishContext, ui: &Ui) -> Result<Published, PublishError> {
+pub async fn publish(
+    report: &Report,
+    ctx: PublishContext,
+    ui: &Ui,
+) -> Result<Published, PublishError> {
     Publisher::start(ctx, ui).finish(report).await
 }

@@ -91,15 +91,31 @@ pub fn render(report: &Report, opts: &SummaryOptions) -> String {
         failure_blocks: true,
     };
     let mut levels = vec![full];
-    let reduced = Detail { all_rows: false, failure_log: false, ..full };
+    let reduced = Detail {
+        all_rows: false,
+        failure_log: false,
+        ..full
+    };
     levels.push(reduced);
     for lines in [10, 3, 0] {
         if lines < opts.log_lines {
-            levels.push(Detail { log_lines: lines, ..reduced });
+            levels.push(Detail {
+                log_lines: lines,
+                ..reduced
+            });
         }
     }
-    levels.push(Detail { services_table: false, log_lines: 0, ..reduced });
-    levels.push(Detail { services_table: false, log_lines: 0, failure_blocks: false, ..reduced });
+    levels.push(Detail {
+        services_table: false,
+        log_lines: 0,
+        ..reduced
+    });
+    levels.push(Detail {
+        services_table: false,
+        log_lines: 0,
+        failure_blocks: false,
+        ..reduced
+    });
     for detail in levels {
         let text = render_with(report, opts, detail, None);
         if text.len() <= opts.max_bytes {
@@ -127,7 +143,11 @@ pub fn render(report: &Report, opts: &SummaryOptions) -> String {
 
 fn failure_count(report: &Report) -> usize {
     report.services.iter().filter(|s| is_failure(s)).count()
-        + report.base_images.iter().filter(|b| b.status == ImageStatus::Failed).count()
+        + report
+            .base_images
+            .iter()
+            .filter(|b| b.status == ImageStatus::Failed)
+            .count()
 }
 
 fn is_failure(s: &ServiceResult) -> bool {
@@ -162,13 +182,23 @@ fn headline_icon(report: &Report) -> &'static str {
     }
 }
 
-fn render_with(report: &Report, opts: &SummaryOptions, detail: Detail, max_failures: Option<usize>) -> String {
+fn render_with(
+    report: &Report,
+    opts: &SummaryOptions,
+    detail: Detail,
+    max_failures: Option<usize>,
+) -> String {
     let mut out = String::new();
     if let Some(header) = &opts.header {
         out.push_str(header);
         out.push('\n');
     }
-    let _ = writeln!(out, "## {} ai-infra-build: {}\n", headline_icon(report), cell(&report.headline()));
+    let _ = writeln!(
+        out,
+        "## {} ai-infra-build: {}\n",
+        headline_icon(report),
+        cell(&report.headline())
+    );
     out.push_str(&stats_line(report));
     out.push_str("\n\n");
     if report.run.interrupted {
@@ -203,7 +233,11 @@ fn render_with(report: &Report, opts: &SummaryOptions, detail: Detail, max_failu
                 out.push_str(&service_failure_line(s));
             }
         }
-        for b in report.base_images.iter().filter(|b| b.status == ImageStatus::Failed) {
+        for b in report
+            .base_images
+            .iter()
+            .filter(|b| b.status == ImageStatus::Failed)
+        {
             if shown == limit {
                 break;
             }
@@ -218,7 +252,11 @@ fn render_with(report: &Report, opts: &SummaryOptions, detail: Detail, max_failu
             out.push('\n');
         }
         if shown < failures {
-            let _ = writeln!(out, "… and {} more failures (see the JSON report).\n", failures - shown);
+            let _ = writeln!(
+                out,
+                "… and {} more failures (see the JSON report).\n",
+                failures - shown
+            );
         }
     }
 
@@ -240,7 +278,11 @@ fn render_with(report: &Report, opts: &SummaryOptions, detail: Detail, max_failu
 fn left_out(report: &Report, detail: Detail, max_failures: Option<usize>) -> Vec<String> {
     let mut what = Vec::new();
     if let Some(n) = max_failures {
-        what.push(format!("{} of {} failures", failure_count(report).saturating_sub(n), failure_count(report)));
+        what.push(format!(
+            "{} of {} failures",
+            failure_count(report).saturating_sub(n),
+            failure_count(report)
+        ));
     }
     if !detail.failure_blocks {
         what.push("the failures' error details and logs".to_string());
@@ -249,23 +291,48 @@ fn left_out(report: &Report, detail: Detail, max_failures: Option<usize>) -> Vec
     } else if detail.all_rows && detail.failure_log {
         // Nothing left out.
     } else {
-        let longest = report.services.iter().map(|s| s.log_tail.len()).max().unwrap_or(0);
+        let longest = report
+            .services
+            .iter()
+            .map(|s| s.log_tail.len())
+            .max()
+            .unwrap_or(0);
         if longest > detail.log_lines {
-            what.push(format!("log lines before each failure's last {}", detail.log_lines));
+            what.push(format!(
+                "log lines before each failure's last {}",
+                detail.log_lines
+            ));
         }
     }
-    let succeeded = report.services.iter().filter(|s| s.status == ServiceStatus::Success).count();
+    let succeeded = report
+        .services
+        .iter()
+        .filter(|s| s.status == ServiceStatus::Success)
+        .count();
     if !detail.services_table {
         what.push("the service table".to_string());
     } else if !detail.all_rows && succeeded > 0 {
-        what.push(format!("the {succeeded} succeeded services' rows"));
+        what.push(format!(
+            "the rows of {}",
+            count(succeeded, "succeeded service", "succeeded services")
+        ));
     }
-    let fine = report.base_images.iter().filter(|b| b.status != ImageStatus::Failed).count();
+    let fine = report
+        .base_images
+        .iter()
+        .filter(|b| b.status != ImageStatus::Failed)
+        .count();
     if !detail.all_rows && fine > 0 {
-        what.push(format!("the {fine} available base images' rows"));
+        what.push(format!(
+            "the rows of {}",
+            count(fine, "available base image", "available base images")
+        ));
     }
     if !detail.failure_log && !report.failure_log.is_empty() {
-        what.push(format!("the failure log ({} entries)", report.failure_log.len()));
+        what.push(format!(
+            "the failure log ({} entries)",
+            report.failure_log.len()
+        ));
     }
     what
 }
@@ -283,13 +350,20 @@ fn stats_line(report: &Report) -> String {
         parts.push(format!("**{} cancelled**", t.cancelled));
     }
     if t.base_images_missing > 0 {
-        parts.push(format!("{} base images (**{} not pulled**)", t.base_images, t.base_images_missing));
+        parts.push(format!(
+            "{} (**{} not pulled**)",
+            count(t.base_images, "base image", "base images"),
+            t.base_images_missing
+        ));
     } else {
-        parts.push(format!("{} base images", t.base_images));
+        parts.push(count(t.base_images, "base image", "base images"));
     }
     parts.push(format!("took {}", text::duration(report.run.duration_ms)));
     if !report.run.builder.is_empty() {
-        parts.push(format!("builder <code>{}</code>", cell(&report.run.builder)));
+        parts.push(format!(
+            "builder <code>{}</code>",
+            cell(&report.run.builder)
+        ));
     }
     if let Some(shard) = &report.run.shard {
         parts.push(format!("shard {}", cell(shard)));
@@ -308,14 +382,27 @@ fn service_failure_line(s: &ServiceResult) -> String {
         .as_ref()
         .map(|f| text::truncate(f.message.lines().next().unwrap_or(""), 160))
         .unwrap_or_default();
-    format!("- {} **{}**: {what}{}\n", status_icon(s.status), cell(&s.name), if first.is_empty() { String::new() } else { format!(": {}", cell(&first)) })
+    format!(
+        "- {} **{}**: {what}{}\n",
+        status_icon(s.status),
+        cell(&s.name),
+        if first.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", cell(&first))
+        }
+    )
 }
 
 fn image_failure_line(b: &BaseImageResult) -> String {
     format!(
         "- ⚠️ base image **{}** not pulled ({})\n",
         cell(&b.reference),
-        cell(&b.error_class.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into()))
+        cell(
+            &b.error_class
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "unknown".into())
+        )
     )
 }
 
@@ -331,11 +418,17 @@ fn location(s: &ServiceResult) -> Option<String> {
 
 fn last_lines(lines: &[String], n: usize) -> Vec<String> {
     let start = lines.len().saturating_sub(n);
-    lines[start..].iter().map(|l| text::clean_line(l, MAX_LINE_CHARS)).collect()
+    lines[start..]
+        .iter()
+        .map(|l| text::clean_line(l, MAX_LINE_CHARS))
+        .collect()
 }
 
 fn message_lines(message: &str) -> Vec<String> {
-    text::truncate(message, MAX_MESSAGE_CHARS).lines().map(|l| text::clean_line(l, MAX_LINE_CHARS)).collect()
+    text::truncate(message, MAX_MESSAGE_CHARS)
+        .lines()
+        .map(|l| text::clean_line(l, MAX_LINE_CHARS))
+        .collect()
 }
 
 /// A `<details>` block for a failed (or cancelled) service: error, where, last log lines.
@@ -360,7 +453,11 @@ fn service_failure_block(s: &ServiceResult, log_lines: usize) -> String {
     out.push_str("</summary>\n\n");
     let mut facts = vec![format!("image <code>{}</code>", cell(&s.image))];
     if s.attempts > 0 {
-        facts.push(format!("{} attempt{}", s.attempts, if s.attempts == 1 { "" } else { "s" }));
+        facts.push(format!(
+            "{} attempt{}",
+            s.attempts,
+            if s.attempts == 1 { "" } else { "s" }
+        ));
     }
     facts.push(format!("after {}", text::duration(s.duration_ms)));
     if !s.builder.is_empty() {
@@ -389,7 +486,10 @@ fn service_failure_block(s: &ServiceResult, log_lines: usize) -> String {
 
 /// A `<details>` block for a base image that could not be pulled: error, attempts, users.
 fn image_failure_block(report: &Report, b: &BaseImageResult, log_lines: usize) -> String {
-    let class = b.error_class.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into());
+    let class = b
+        .error_class
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "unknown".into());
     let mut out = String::from("<details>\n<summary>");
     let _ = write!(
         out,
@@ -400,20 +500,37 @@ fn image_failure_block(report: &Report, b: &BaseImageResult, log_lines: usize) -
         if b.attempts == 1 { "" } else { "s" }
     );
     out.push_str("</summary>\n\n");
-    let users: Vec<String> = b.used_at.iter().map(|u| format!("<code>{}</code>", cell(&format!("{}:{}", u.dockerfile, u.line)))).collect();
+    let users: Vec<String> = b
+        .used_at
+        .iter()
+        .map(|u| {
+            format!(
+                "<code>{}</code>",
+                cell(&format!("{}:{}", u.dockerfile, u.line))
+            )
+        })
+        .collect();
     if !users.is_empty() {
         let _ = writeln!(out, "Used at {}\n", users.join(", "));
     }
     let _ = writeln!(out, "Waited {} on retries.\n", text::duration(b.wait_ms));
     out.push_str("**Error**\n\n");
-    out.push_str(&code_block("text", &message_lines(b.error.as_deref().unwrap_or("no error message"))));
+    out.push_str(&code_block(
+        "text",
+        &message_lines(b.error.as_deref().unwrap_or("no error message")),
+    ));
     out.push('\n');
     if log_lines > 0 {
         let attempts: Vec<String> = report
             .failure_log
             .iter()
             .filter(|e| e.subject == b.reference)
-            .map(|e| text::clean_line(&format!("{}  {}  {}  {}", e.at, e.kind, e.class, e.message), MAX_LINE_CHARS))
+            .map(|e| {
+                text::clean_line(
+                    &format!("{}  {}  {}  {}", e.at, e.kind, e.class, e.message),
+                    MAX_LINE_CHARS,
+                )
+            })
             .collect();
         if !attempts.is_empty() {
             let attempts = last_lines(&attempts, log_lines);
@@ -424,6 +541,11 @@ fn image_failure_block(report: &Report, b: &BaseImageResult, log_lines: usize) -
     }
     out.push_str("</details>\n\n");
     out
+}
+
+/// `1 base image`, `2 base images`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Untrusted text for a raw HTML line (`<summary>`): one line, entities for HTML specials.
@@ -458,7 +580,11 @@ fn services_table(report: &Report, all_rows: bool) -> String {
             (text::duration(s.duration_ms), s.attempts.to_string())
         };
         let mut name = cell(&s.name);
-        if let Some(reason) = s.skipped_reason.as_deref().filter(|_| s.status == ServiceStatus::Skipped) {
+        if let Some(reason) = s
+            .skipped_reason
+            .as_deref()
+            .filter(|_| s.status == ServiceStatus::Skipped)
+        {
             let _ = write!(name, " <sub>{}</sub>", cell(reason));
         }
         let _ = writeln!(
@@ -469,9 +595,17 @@ fn services_table(report: &Report, all_rows: bool) -> String {
         );
     }
     if !all_rows {
-        let hidden = report.services.iter().filter(|s| s.status == ServiceStatus::Success).count();
+        let hidden = report
+            .services
+            .iter()
+            .filter(|s| s.status == ServiceStatus::Success)
+            .count();
         if hidden > 0 {
-            let _ = writeln!(out, "\n{hidden} succeeded services not listed.");
+            let _ = writeln!(
+                out,
+                "\n{} not listed.",
+                count(hidden, "succeeded service", "succeeded services")
+            );
         }
     }
     out.push('\n');
@@ -480,7 +614,11 @@ fn services_table(report: &Report, all_rows: bool) -> String {
 
 fn base_images_table(report: &Report, all_rows: bool) -> String {
     let mut out = String::from("### Base images\n\n");
-    let rows: Vec<&BaseImageResult> = report.base_images.iter().filter(|b| all_rows || b.status == ImageStatus::Failed).collect();
+    let rows: Vec<&BaseImageResult> = report
+        .base_images
+        .iter()
+        .filter(|b| all_rows || b.status == ImageStatus::Failed)
+        .collect();
     if !rows.is_empty() {
         out.push_str("| | Base image | Source | Attempts | Wait | Time |\n");
         out.push_str("|:-:|:--|:--|--:|--:|--:|\n");
@@ -502,9 +640,17 @@ fn base_images_table(report: &Report, all_rows: bool) -> String {
         }
     }
     if !all_rows {
-        let hidden = report.base_images.iter().filter(|b| b.status != ImageStatus::Failed).count();
+        let hidden = report
+            .base_images
+            .iter()
+            .filter(|b| b.status != ImageStatus::Failed)
+            .count();
         if hidden > 0 {
-            let _ = writeln!(out, "\n{hidden} base images pulled or present, not listed.");
+            let _ = writeln!(
+                out,
+                "\n{} pulled or present, not listed.",
+                count(hidden, "base image", "base images")
+            );
         }
     }
     out.push('\n');
@@ -514,7 +660,9 @@ fn base_images_table(report: &Report, all_rows: bool) -> String {
 fn network_section(report: &Report) -> String {
     let n = &report.network;
     let mut out = String::from("### Network\n\n");
-    out.push_str("| Retries | Failed pulls | Waiting on retries | Registry requests | Build retries |\n");
+    out.push_str(
+        "| Retries | Failed pulls | Waiting on retries | Registry requests | Build retries |\n",
+    );
     out.push_str("|--:|--:|--:|--:|--:|\n");
     let _ = writeln!(
         out,
@@ -526,7 +674,11 @@ fn network_section(report: &Report) -> String {
         n.build_retries
     );
     if !n.failures_by_class.is_empty() {
-        let classes: Vec<String> = n.failures_by_class.iter().map(|(c, k)| format!("<code>{c}</code> × {k}")).collect();
+        let classes: Vec<String> = n
+            .failures_by_class
+            .iter()
+            .map(|(c, k)| format!("<code>{c}</code> × {k}"))
+            .collect();
         let _ = write!(out, "\nFailures by class: {}\n", classes.join(", "));
     }
     out.push('\n');
@@ -537,22 +689,40 @@ fn failure_log(report: &Report) -> String {
     let lines: Vec<String> = report
         .failure_log
         .iter()
-        .map(|e| text::clean_line(&format!("{}  {:<7}  {}  {}  {}", e.at, e.kind, e.subject, e.class, e.message), MAX_LINE_CHARS))
+        .map(|e| {
+            text::clean_line(
+                &format!(
+                    "{}  {:<7}  {}  {}  {}",
+                    e.at, e.kind, e.subject, e.class, e.message
+                ),
+                MAX_LINE_CHARS,
+            )
+        })
         .collect();
     let mut out = String::new();
-    let _ = writeln!(out, "<details>\n<summary>Failure log ({} failed attempts)</summary>\n", lines.len());
+    let _ = writeln!(
+        out,
+        "<details>\n<summary>Failure log ({})</summary>\n",
+        count(lines.len(), "failed attempt", "failed attempts")
+    );
     out.push_str(&code_block("text", &lines));
     out.push_str("\n</details>\n\n");
     out
 }
 
 fn footer(report: &Report, opts: &SummaryOptions) -> String {
-    let mut parts = vec![format!("ai-infra-build {}", cell(&report.tool_version)), format!("report format v{}", report.version)];
+    let mut parts = vec![
+        format!("ai-infra-build {}", cell(&report.tool_version)),
+        format!("report format v{}", report.version),
+    ];
     if !report.run.started_at.is_empty() {
         parts.push(format!("started {}", cell(&report.run.started_at)));
     }
     if let Some(url) = &opts.run_url {
-        parts.push(format!("[workflow run](<{}>)", url.replace(['<', '>', '\n', '\r'], "")));
+        parts.push(format!(
+            "[workflow run](<{}>)",
+            url.replace(['<', '>', '\n', '\r'], "")
+        ));
     }
     if let Some(path) = &opts.report_path {
         parts.push(format!("report <code>{}</code>", cell(path)));
@@ -568,7 +738,10 @@ pub fn render_service(report: &Report, s: &ServiceResult, max_bytes: usize) -> S
             return text;
         }
     }
-    text::truncate(&format!("{} {}: {:?}", status_icon(s.status), s.name, s.status), max_bytes / 4)
+    text::truncate(
+        &format!("{} {}: {:?}", status_icon(s.status), s.name, s.status),
+        max_bytes / 4,
+    )
 }
 
 fn service_view(report: &Report, s: &ServiceResult, log_lines: usize) -> String {
@@ -579,10 +752,19 @@ fn service_view(report: &Report, s: &ServiceResult, log_lines: usize) -> String 
         ServiceStatus::Skipped => "skipped",
         ServiceStatus::Cancelled => "cancelled",
     };
-    let _ = writeln!(out, "### {} {} {status}\n", status_icon(s.status), cell(&s.name));
+    let _ = writeln!(
+        out,
+        "### {} {} {status}\n",
+        status_icon(s.status),
+        cell(&s.name)
+    );
     let mut facts = vec![format!("image <code>{}</code>", cell(&s.image))];
     if s.status != ServiceStatus::Skipped {
-        facts.push(format!("{} attempt{}", s.attempts, if s.attempts == 1 { "" } else { "s" }));
+        facts.push(format!(
+            "{} attempt{}",
+            s.attempts,
+            if s.attempts == 1 { "" } else { "s" }
+        ));
         facts.push(text::duration(s.duration_ms));
     }
     if let (Some(c), Some(t)) = (s.cached_steps, s.total_steps) {
@@ -592,13 +774,23 @@ fn service_view(report: &Report, s: &ServiceResult, log_lines: usize) -> String 
         facts.push(text::size(size));
     }
     let _ = writeln!(out, "{}\n", facts.join(" · "));
-    if let Some(reason) = s.skipped_reason.as_deref().filter(|_| s.status != ServiceStatus::Failed) {
+    if let Some(reason) = s
+        .skipped_reason
+        .as_deref()
+        .filter(|_| s.status != ServiceStatus::Failed)
+    {
         let _ = writeln!(out, "{}\n", cell(reason));
     }
     if is_failure(s) {
-        out.push_str(&service_failure_block(s, log_lines).replacen("<details>", "<details open>", 1));
+        out.push_str(&service_failure_block(s, log_lines).replacen(
+            "<details>",
+            "<details open>",
+            1,
+        ));
     }
-    for b in report.base_images.iter().filter(|b| b.status == ImageStatus::Failed && b.used_at.iter().any(|u| u.dockerfile == s.dockerfile)) {
+    for b in report.base_images.iter().filter(|b| {
+        b.status == ImageStatus::Failed && b.used_at.iter().any(|u| u.dockerfile == s.dockerfile)
+    }) {
         out.push_str(&image_failure_block(report, b, log_lines.min(10)));
     }
     out

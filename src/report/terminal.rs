@@ -42,7 +42,11 @@ fn paint_status(ui: &Ui, status: ServiceStatus, text: &str) -> String {
 /// Pads `text` (which may hold colour codes) to `width` visible columns.
 fn pad(text: &str, width: usize, right: bool) -> String {
     let fill = " ".repeat(width.saturating_sub(measure_text_width(text)));
-    if right { format!("{fill}{text}") } else { format!("{text}{fill}") }
+    if right {
+        format!("{fill}{text}")
+    } else {
+        format!("{text}{fill}")
+    }
 }
 
 /// The final table of a run, for a terminal or a plain log.
@@ -52,15 +56,27 @@ pub fn render(report: &Report, ui: &Ui) -> String {
     let mut rows: Vec<(ServiceStatus, [String; 7], Option<String>)> = Vec::new();
     for s in &report.services {
         let skipped = s.status == ServiceStatus::Skipped;
-        let reason = s.skipped_reason.as_deref().filter(|_| skipped).map(|r| text::clean_line(r, 120));
+        let reason = s
+            .skipped_reason
+            .as_deref()
+            .filter(|_| skipped)
+            .map(|r| text::clean_line(r, 120));
         rows.push((
             s.status,
             [
                 glyph(s.status).to_string(),
                 text::clean_line(&s.name, 60),
                 text::clean_line(&s.image, 80),
-                if skipped { "-".into() } else { text::duration(s.duration_ms) },
-                if skipped { "-".into() } else { s.attempts.to_string() },
+                if skipped {
+                    "-".into()
+                } else {
+                    text::duration(s.duration_ms)
+                },
+                if skipped {
+                    "-".into()
+                } else {
+                    s.attempts.to_string()
+                },
                 match (s.cached_steps, s.total_steps) {
                     (Some(c), Some(t)) if t > 0 => format!("{c}/{t}"),
                     _ => "-".into(),
@@ -78,7 +94,11 @@ pub fn render(report: &Report, ui: &Ui) -> String {
     }
     let right = [false, false, false, true, true, true, true];
     if !rows.is_empty() {
-        let line: Vec<String> = header.iter().enumerate().map(|(i, h)| pad(h, widths[i], right[i])).collect();
+        let line: Vec<String> = header
+            .iter()
+            .enumerate()
+            .map(|(i, h)| pad(h, widths[i], right[i]))
+            .collect();
         let _ = writeln!(out, "{}", ui.dim(line.join("  ").trim_end()));
         for (status, row, reason) in &rows {
             let cells: Vec<String> = row
@@ -86,7 +106,11 @@ pub fn render(report: &Report, ui: &Ui) -> String {
                 .enumerate()
                 .map(|(i, c)| {
                     let padded = pad(c, widths[i], right[i]);
-                    if i <= 1 { paint_status(ui, *status, &padded) } else { padded }
+                    if i <= 1 {
+                        paint_status(ui, *status, &padded)
+                    } else {
+                        padded
+                    }
                 })
                 .collect();
             let mut line = cells.join("  ");
@@ -97,7 +121,11 @@ pub fn render(report: &Report, ui: &Ui) -> String {
         }
     }
 
-    for s in report.services.iter().filter(|s| matches!(s.status, ServiceStatus::Failed | ServiceStatus::Cancelled)) {
+    for s in report
+        .services
+        .iter()
+        .filter(|s| matches!(s.status, ServiceStatus::Failed | ServiceStatus::Cancelled))
+    {
         out.push('\n');
         let what = match &s.failure {
             Some(f) => {
@@ -114,7 +142,13 @@ pub fn render(report: &Report, ui: &Ui) -> String {
             None if !s.dockerfile.is_empty() => format!(" in {}", s.dockerfile),
             None => String::new(),
         };
-        let _ = writeln!(out, "{} {}: {what}{}", ui.bad(glyph(s.status)), ui.bad(&text::clean_line(&s.name, 60)), text::clean_line(&at, 200));
+        let _ = writeln!(
+            out,
+            "{} {}: {what}{}",
+            ui.bad(glyph(s.status)),
+            ui.bad(&text::clean_line(&s.name, 60)),
+            text::clean_line(&at, 200)
+        );
         if let Some(f) = &s.failure {
             for line in f.message.lines().take(5) {
                 let _ = writeln!(out, "    {}", text::clean_line(line, 300));
@@ -125,15 +159,26 @@ pub fn render(report: &Report, ui: &Ui) -> String {
             let _ = writeln!(out, "    {} {}", ui.dim("│"), text::clean_line(line, 300));
         }
         if let Some(path) = &s.log_path {
-            let _ = writeln!(out, "    {}", ui.dim(&format!("full log: {}", text::clean_line(path, 300))));
+            let _ = writeln!(
+                out,
+                "    {}",
+                ui.dim(&format!("full log: {}", text::clean_line(path, 300)))
+            );
         }
     }
 
-    let failed_images: Vec<_> = report.base_images.iter().filter(|b| b.status == ImageStatus::Failed).collect();
+    let failed_images: Vec<_> = report
+        .base_images
+        .iter()
+        .filter(|b| b.status == ImageStatus::Failed)
+        .collect();
     if !failed_images.is_empty() {
         out.push('\n');
         for b in failed_images {
-            let class = b.error_class.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into());
+            let class = b
+                .error_class
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "unknown".into());
             let _ = writeln!(
                 out,
                 "{} base image {} not pulled after {} attempts ({class}): {}",
@@ -161,7 +206,11 @@ pub fn render(report: &Report, ui: &Ui) -> String {
         ))
     );
     let t = &report.totals;
-    let mut headline = format!("{} in {}", report.headline(), text::duration(report.run.duration_ms));
+    let mut headline = format!(
+        "{} in {}",
+        report.headline(),
+        text::duration(report.run.duration_ms)
+    );
     if t.failed > 0 {
         let _ = write!(headline, ", {} failed", t.failed);
     }
@@ -175,7 +224,15 @@ pub fn render(report: &Report, ui: &Ui) -> String {
         headline.push_str(" (interrupted: partial results)");
     }
     let ok = t.failed == 0 && t.cancelled == 0 && !report.run.interrupted;
-    let _ = writeln!(out, "{}", if ok { ui.good(&headline) } else { ui.bad(&headline) });
+    let _ = writeln!(
+        out,
+        "{}",
+        if ok {
+            ui.good(&headline)
+        } else {
+            ui.bad(&headline)
+        }
+    );
     out
 }
 
@@ -190,7 +247,10 @@ pub struct Progress {
 }
 
 enum Mode {
-    Bars { multi: MultiProgress, bars: HashMap<String, ProgressBar> },
+    Bars {
+        multi: MultiProgress,
+        bars: HashMap<String, ProgressBar>,
+    },
     Lines(Box<dyn Write + Send>),
     Quiet,
 }
@@ -201,25 +261,44 @@ impl Progress {
         let mode = if ui.quiet {
             Mode::Quiet
         } else if std::io::stderr().is_terminal() {
-            Mode::Bars { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), bars: HashMap::new() }
+            Mode::Bars {
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                bars: HashMap::new(),
+            }
         } else {
             Mode::Lines(Box::new(std::io::stderr()))
         };
-        Progress { started: Instant::now(), color: ui.color, inner: Mutex::new(mode) }
+        Progress {
+            started: Instant::now(),
+            color: ui.color,
+            inner: Mutex::new(mode),
+        }
     }
 
     /// Plain lines written to `out` (for tests and for logs).
     pub fn plain(out: Box<dyn Write + Send>, color: bool) -> Progress {
-        Progress { started: Instant::now(), color, inner: Mutex::new(Mode::Lines(out)) }
+        Progress {
+            started: Instant::now(),
+            color,
+            inner: Mutex::new(Mode::Lines(out)),
+        }
     }
 
     /// Shows nothing.
     pub fn hidden() -> Progress {
-        Progress { started: Instant::now(), color: false, inner: Mutex::new(Mode::Quiet) }
+        Progress {
+            started: Instant::now(),
+            color: false,
+            inner: Mutex::new(Mode::Quiet),
+        }
     }
 
     fn paint(&self, style: Style, text: &str) -> String {
-        if self.color { style.force_styling(true).apply_to(text).to_string() } else { text.to_string() }
+        if self.color {
+            style.force_styling(true).apply_to(text).to_string()
+        } else {
+            text.to_string()
+        }
     }
 
     fn begin(&self, key: String, label: String) {
@@ -227,15 +306,24 @@ impl Progress {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match &mut *inner {
             Mode::Bars { multi, bars } => {
-                let style = ProgressStyle::with_template("{spinner} {msg} {elapsed:>4}").unwrap_or_else(|_| ProgressStyle::default_spinner());
-                let bar = multi.add(ProgressBar::new_spinner().with_style(style).with_message(label));
+                let style = ProgressStyle::with_template("{spinner} {msg} {elapsed:>4}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                let bar = multi.add(
+                    ProgressBar::new_spinner()
+                        .with_style(style)
+                        .with_message(label),
+                );
                 bar.enable_steady_tick(Duration::from_millis(120));
                 if let Some(old) = bars.insert(key, bar) {
                     old.finish_and_clear();
                 }
             }
             Mode::Lines(out) => {
-                let _ = writeln!(out, "[{:>7}] {label}", text::duration(elapsed.as_millis() as u64));
+                let _ = writeln!(
+                    out,
+                    "[{:>7}] {label}",
+                    text::duration(elapsed.as_millis() as u64)
+                );
             }
             Mode::Quiet => {}
         }
@@ -247,7 +335,10 @@ impl Progress {
         match &mut *inner {
             Mode::Bars { multi, bars } => match bars.remove(key) {
                 Some(bar) => {
-                    bar.set_style(ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                    bar.set_style(
+                        ProgressStyle::with_template("{msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
                     bar.finish_with_message(label);
                 }
                 None => {
@@ -255,28 +346,51 @@ impl Progress {
                 }
             },
             Mode::Lines(out) => {
-                let _ = writeln!(out, "[{:>7}] {label}", text::duration(elapsed.as_millis() as u64));
+                let _ = writeln!(
+                    out,
+                    "[{:>7}] {label}",
+                    text::duration(elapsed.as_millis() as u64)
+                );
             }
             Mode::Quiet => {}
         }
     }
 
     pub fn image_started(&self, reference: &str) {
-        self.begin(format!("pull {reference}"), format!("pull  {}", text::clean_line(reference, 200)));
+        self.begin(
+            format!("pull {reference}"),
+            format!("pull  {}", text::clean_line(reference, 200)),
+        );
     }
 
     /// `outcome` is shown as is (`pulled from mirror.example.com`, `failed: EOF`).
     pub fn image_finished(&self, reference: &str, ok: bool, outcome: &str, took: Duration) {
-        let mark = if ok { self.paint(Style::new().green(), "✔") } else { self.paint(Style::new().red(), "✘") };
+        let mark = if ok {
+            self.paint(Style::new().green(), "✔")
+        } else {
+            self.paint(Style::new().red(), "✘")
+        };
         self.end(
             &format!("pull {reference}"),
-            format!("{mark} pull  {} {} ({})", text::clean_line(reference, 200), text::clean_line(outcome, 300), text::duration(took.as_millis() as u64)),
+            format!(
+                "{mark} pull  {} {} ({})",
+                text::clean_line(reference, 200),
+                text::clean_line(outcome, 300),
+                text::duration(took.as_millis() as u64)
+            ),
         );
     }
 
     pub fn service_started(&self, name: &str, attempt: u32) {
-        let again = if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
-        self.begin(format!("build {name}"), format!("build {}{again}", text::clean_line(name, 100)));
+        let again = if attempt > 1 {
+            format!(" (attempt {attempt})")
+        } else {
+            String::new()
+        };
+        self.begin(
+            format!("build {name}"),
+            format!("build {}{again}", text::clean_line(name, 100)),
+        );
     }
 
     pub fn service_finished(&self, name: &str, status: ServiceStatus, took: Duration) {
@@ -286,7 +400,14 @@ impl Progress {
             ServiceStatus::Skipped => (self.paint(Style::new().dim(), "-"), "skipped"),
             ServiceStatus::Cancelled => (self.paint(Style::new().yellow(), "■"), "cancelled"),
         };
-        self.end(&format!("build {name}"), format!("{mark} build {} {word} in {}", text::clean_line(name, 100), text::duration(took.as_millis() as u64)));
+        self.end(
+            &format!("build {name}"),
+            format!(
+                "{mark} build {} {word} in {}",
+                text::clean_line(name, 100),
+                text::duration(took.as_millis() as u64)
+            ),
+        );
     }
 
     /// A line of its own between the spinners (or in the plain log).
@@ -333,7 +454,10 @@ impl SharedBuffer {
 
 impl Write for SharedBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -350,7 +474,12 @@ mod tests {
         let buf = SharedBuffer::default();
         let p = Progress::plain(Box::new(buf.clone()), false);
         p.image_started("ubuntu:22.04");
-        p.image_finished("ubuntu:22.04", true, "pulled from docker.io", Duration::from_millis(1200));
+        p.image_finished(
+            "ubuntu:22.04",
+            true,
+            "pulled from docker.io",
+            Duration::from_millis(1200),
+        );
         p.service_started("api", 1);
         p.service_started("api", 2);
         p.service_finished("api", ServiceStatus::Failed, Duration::from_secs(65));
@@ -360,7 +489,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 6, "{text}");
         assert!(lines[0].ends_with("] pull  ubuntu:22.04"), "{text}");
-        assert!(lines[1].ends_with("✔ pull  ubuntu:22.04 pulled from docker.io (1.2s)"), "{text}");
+        assert!(
+            lines[1].ends_with("✔ pull  ubuntu:22.04 pulled from docker.io (1.2s)"),
+            "{text}"
+        );
         assert!(lines[3].ends_with("build api (attempt 2)"), "{text}");
         assert!(lines[4].ends_with("✘ build api FAILED in 1m 05s"), "{text}");
         assert_eq!(lines[5], "note");

@@ -77,7 +77,11 @@ pub fn debug(message: &str) -> String {
 /// A token for `::stop-commands::` that does not occur in `content`.
 pub fn token_not_in(content: &str) -> String {
     loop {
-        let token = format!("aib-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let token = format!(
+            "aib-{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         if !content.contains(&token) {
             return token;
         }
@@ -130,7 +134,9 @@ mod tests {
     }
 
     fn unescape_data(s: &str) -> String {
-        s.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
+        s.replace("%0D", "\r")
+            .replace("%0A", "\n")
+            .replace("%25", "%")
     }
 
     fn unescape_property(s: &str) -> String {
@@ -157,7 +163,11 @@ mod tests {
     #[test]
     fn command_round_trips_through_the_runner_parser() {
         let nasty = "svc::a,b%c\nline2\r:=%0A%3A%2C%25 ::error::pwned";
-        let line = command("error", &[("file", nasty), ("line", "3"), ("title", nasty)], nasty);
+        let line = command(
+            "error",
+            &[("file", nasty), ("line", "3"), ("title", nasty)],
+            nasty,
+        );
         assert!(!line.contains('\n') && !line.contains('\r'));
         let (name, props, data) = parse(&line).unwrap();
         assert_eq!(name, "error");
@@ -174,16 +184,29 @@ mod tests {
 
     #[test]
     fn empty_properties_are_left_out() {
-        assert_eq!(command("warning", &[("file", ""), ("title", "t")], "m"), "::warning title=t::m");
+        assert_eq!(
+            command("warning", &[("file", ""), ("title", "t")], "m"),
+            "::warning title=t::m"
+        );
         assert_eq!(command("notice", &[], "m"), "::notice::m");
     }
 
     #[test]
     fn masks_are_announced_line_by_line_once() {
-        let secrets = vec!["-----BEGIN KEY-----\r\nab%cd\n\n-----END KEY-----".to_string(), "tok".into(), "tok".into(), "".into()];
+        let secrets = vec![
+            "-----BEGIN KEY-----\r\nab%cd\n\n-----END KEY-----".to_string(),
+            "tok".into(),
+            "tok".into(),
+            "".into(),
+        ];
         assert_eq!(
             add_masks(&secrets),
-            vec!["::add-mask::-----BEGIN KEY-----", "::add-mask::ab%25cd", "::add-mask::-----END KEY-----", "::add-mask::tok"]
+            vec![
+                "::add-mask::-----BEGIN KEY-----",
+                "::add-mask::ab%25cd",
+                "::add-mask::-----END KEY-----",
+                "::add-mask::tok"
+            ]
         );
     }
 

@@ -7,9 +7,10 @@
 //! - `testbed push --registry HOST --repo library/ubuntu --tag 22.04 [--size-mb N]
 //!   [--layers L]` builds a busybox image with N MB of random data in L layers, pushes it,
 //!   and prints the pushed image as one JSON line.
-//! - `testbed control --proxy HOST [--faults-json JSON] [--seed S] [--reset-stats] [--stats]`
-//!   changes a running proxy through its control endpoint (faults and seed re-arm it) and
-//!   prints its counters (without the request log) as one JSON line with `--stats`.
+//! - `testbed control --proxy HOST [--faults-json JSON] [--seed S] [--reset-stats] [--stats]
+//!   [--totals]` changes a running proxy through its control endpoint (faults and seed re-arm
+//!   it) and prints its counters (without the request log) as one JSON line with `--stats`,
+//!   or `REQUESTS FAULTS` (two numbers on one line) with `--totals`.
 //!
 //! Exit codes: 0 success, 1 runtime failure (message on stderr), 2 usage error (clap).
 
@@ -89,6 +90,9 @@ enum Command {
         /// Print the counters, without the request log, as one JSON line.
         #[arg(long)]
         stats: bool,
+        /// Print the total requests and injected faults as `REQUESTS FAULTS`.
+        #[arg(long, conflicts_with = "stats")]
+        totals: bool,
     },
 }
 
@@ -175,8 +179,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             seed,
             reset_stats,
             stats,
-        } => control(&proxy, faults_json, seed, reset_stats, stats).await,
+            totals,
+        } => {
+            let print = match (stats, totals) {
+                (true, _) => Print::Stats,
+                (_, true) => Print::Totals,
+                _ => Print::Nothing,
+            };
+            control(&proxy, faults_json, seed, reset_stats, print).await
+        }
     }
+}
+
+/// What `control` prints.
+#[derive(PartialEq)]
+enum Print {
+    Nothing,
+    Stats,
+    Totals,
 }
 
 async fn control(
@@ -184,7 +204,7 @@ async fn control(
     faults_json: Option<String>,
     seed: Option<u64>,
     reset_stats: bool,
-    stats: bool,
+    print: Print,
 ) -> anyhow::Result<()> {
     let base = format!("http://{proxy}/_testbed");
     let query = seed.map_or_else(String::new, |s| format!("?seed={s}"));
@@ -209,12 +229,17 @@ async fn control(
         let url = format!("{base}/stats");
         expect_ok("DELETE stats", http::send(Method::DELETE, &url, &[], Bytes::new()).await?)?;
     }
-    if stats {
+    if print != Print::Nothing {
         let resp = http::get(&format!("{base}/stats")).await?;
         let mut counters: ProxyStats = serde_json::from_slice(&resp.body)
             .with_context(|| format!("the proxy's stats are not JSON: {}", resp.text()))?;
-        counters.log.clear();
-        println!("{}", serde_json::to_string(&counters)?);
+        if print == Print::Totals {
+            let requests: u64 = counters.kinds.values().map(|k| k.requests).sum();
+            println!("{requests} {}", counters.total_faults());
+        } else {
+            counters.log.clear();
+            println!("{}", serde_json::to_string(&counters)?);
+        }
     }
     Ok(())
 }

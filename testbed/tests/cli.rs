@@ -125,6 +125,9 @@ async fn serve_prints_addresses_serves_faults_and_stops_on_sigterm() -> anyhow::
     assert_eq!(stats.requests(RequestKind::Ping), 3, "{out}");
     assert_eq!(stats.faults(RequestKind::Ping, FaultType::Status429), 2);
     assert!(stats.log.is_empty(), "--stats leaves the log out");
+    let args = ["control", "--proxy", proxy, "--totals"];
+    let (code, out, err) = run(&args, &mut testbed()).await?;
+    assert_eq!((code, out.as_str()), (0, "3 2\n"), "{err}");
     let args = ["control", "--proxy", proxy, "--faults-json", "{\"x\": 1}"];
     let (code, _, err) = run(&args, &mut testbed()).await?;
     assert_eq!(code, 1);

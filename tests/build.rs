@@ -1,0 +1,213 @@
+//! Service builds against the real daemon (issue #4): the bundled 11-service example with
+//! both backends, failures, network retries inside builds, SIGTERM, and bad configs.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use support::{Project, service, text};
+
+const BACKENDS: [&str; 2] = ["buildx", "engine"];
+
+#[tokio::test]
+async fn issue4_build_all_builds_the_example_with_each_backend() {
+    let project = Project::example().await;
+    for backend in BACKENDS {
+        let out = project.run(&["build-all", "--builder", backend, "--output", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
+        let report = project.report();
+        assert_eq!(report["totals"]["succeeded"], 11, "{backend}: {report:#}");
+        assert!(report["run"]["builder"].as_str().unwrap().starts_with(backend), "{}", report["run"]["builder"]);
+        // backend-init is built FROM the backend image of this very run.
+        let init = service(&report, "backend-init");
+        assert_eq!(init["status"], "success");
+        assert_eq!(init["image"], format!("ai-infra-backend-init:{}", project.tag));
+        let run = std::process::Command::new("docker")
+            .args(["run", "--rm", &format!("ai-infra-backend-init:{}", project.tag), "cat", "/app/BUILD", "/app/INIT"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&run.stdout), "backend built\ninit\n", "{}", String::from_utf8_lossy(&run.stderr));
+        // Every base image came from the mirror (or was already there from an earlier run).
+        for image in report["base_images"].as_array().unwrap() {
+            assert_ne!(image["status"], "failed", "{image:#}");
+        }
+        project.remove_built_images();
+    }
+}
+
+#[tokio::test]
+async fn issue4_a_syntax_error_fails_one_service_and_skips_its_dependants() {
+    let project = Project::example().await;
+    project.write("backend/Dockerfile", "FROM python:3.11-slim\nWORKDIR /app\nBOGUSINSTR oops\nRUN echo never\n");
+    for backend in BACKENDS {
+        let out = project.run(&["build-all", "--builder", backend]);
+        assert_eq!(out.status.code(), Some(1), "{backend}: {}", text(&out));
+        let report = project.report();
+        let backend_result = service(&report, "backend");
+        assert_eq!(backend_result["status"], "failed", "{backend}");
+        assert_eq!(backend_result["failure"]["class"], "syntax");
+        assert_eq!(backend_result["failure"]["line"], 3, "{backend}: {backend_result:#}");
+        for dependant in ["backend-init", "migrations"] {
+            let r = service(&report, dependant);
+            assert_eq!(r["status"], "skipped", "{backend}: {dependant}");
+            assert_eq!(r["skipped_reason"], "dependency failed: backend");
+        }
+        assert_eq!(report["totals"]["succeeded"], 8, "{backend}");
+        // The terminal view names the file and line.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("backend/Dockerfile:3"), "{stdout}");
+        project.remove_built_images();
+    }
+}
+
+/// An HTTP server on 127.0.0.1 that cuts the first `drop_first` connections, then serves.
+/// Bounded: it stops after 20 connections or 120 s.
+fn flaky_server(drop_first: usize) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut served = 0;
+        while served < 20 && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    served += 1;
+                    if served <= drop_first {
+                        drop(stream);
+                        continue;
+                    }
+                    stream.set_nonblocking(false).unwrap();
+                    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut buf = [0u8; 2048];
+                    let _ = stream.read(&mut buf);
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n");
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn issue4_a_network_failure_inside_a_build_is_retried_and_exit_3_is_not() {
+    let project = Project::empty().await;
+    project.push_bases(&[("library/ubuntu", "22.04")]).await;
+    project.write(
+        "ai-infra-build.yml",
+        "services:\n  fetcher:\n    network: host\n  failer: {}\n",
+    );
+    project.write("failer/Dockerfile", "FROM ubuntu:22.04\nRUN echo about to fail\nRUN exit 3\n");
+    for backend in BACKENDS {
+        // A fresh server per backend: each build's first connection is cut.
+        let port = flaky_server(1);
+        project.write("fetcher/Dockerfile", &format!("FROM ubuntu:22.04\nRUN wget -q -O /got http://127.0.0.1:{port}/file && cat /got\n"));
+        let out = project.run(&["build-all", "--builder", backend, "--build-retries", "2", "--force"]);
+        assert_eq!(out.status.code(), Some(1), "{backend}: {}", text(&out));
+        let report = project.report();
+        let fetcher = service(&report, "fetcher");
+        assert_eq!(fetcher["status"], "success", "{backend}: {fetcher:#}");
+        assert_eq!(fetcher["attempts"], 2, "{backend}: the first connection was cut: {fetcher:#}");
+        assert_eq!(report["network"]["build_retries"], 1, "{backend}: {:#}", report["network"]);
+        let failer = service(&report, "failer");
+        assert_eq!(failer["status"], "failed");
+        assert_eq!(failer["attempts"], 1, "{backend}: exit 3 is not a network failure");
+        assert_eq!(failer["failure"]["class"], "run-failed");
+        assert_eq!(failer["failure"]["line"], 3, "{backend}: {failer:#}");
+        let log = std::fs::read_to_string(failer["log_path"].as_str().unwrap()).unwrap();
+        assert!(log.contains("about to fail"), "{log}");
+        project.remove_built_images();
+    }
+}
+
+#[tokio::test]
+async fn issue4_sigterm_during_build_all_exits_within_5s_with_a_partial_report() {
+    let project = Project::empty().await;
+    project.push_bases(&[("library/ubuntu", "22.04")]).await;
+    project.write("quick/Dockerfile", "FROM ubuntu:22.04\nRUN echo quick\n");
+    project.write("slow/Dockerfile", "FROM ubuntu:22.04\nRUN sleep 60\n");
+    for backend in BACKENDS {
+        let mut cmd = project.command(&["build-all", "--builder", backend, "--force"]);
+        cmd.args(project.common_args()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        // Collect stderr as it comes; wait (bounded) until quick has finished and slow runs.
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let reader = {
+            let lines = lines.clone();
+            let stderr = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        };
+        let slow_log = project.path().join(".ai-infra-build/logs/slow.log");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let quick_done = lines.lock().unwrap().iter().any(|l| l.contains("build quick: success"));
+            let slow_running = std::fs::read_to_string(&slow_log).is_ok_and(|l| l.contains("sleep 60"));
+            if quick_done && slow_running {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{backend}: quick never finished: {:?}", lines.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let sent = Instant::now();
+        unsafe_kill(child.id(), 15);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(sent.elapsed() < Duration::from_secs(10), "{backend}: no exit 10 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let took = sent.elapsed();
+        reader.join().unwrap();
+        let stderr = lines.lock().unwrap().join("\n");
+        assert!(took < Duration::from_secs(5), "{backend}: took {took:?} to stop");
+        assert_eq!(status.code(), Some(143), "{backend}: {stderr}");
+        let report = project.report();
+        assert_eq!(report["run"]["interrupted"], true);
+        assert_eq!(service(&report, "quick")["status"], "success", "{backend}: {report:#}");
+        assert_eq!(service(&report, "slow")["status"], "cancelled", "{backend}: {report:#}");
+        let _ = std::fs::remove_dir_all(project.path().join(".ai-infra-build"));
+        project.remove_built_images();
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: i32) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn issue4_bad_configs_exit_2_naming_the_input_and_doing_nothing() {
+    let cases: [(&str, &str, &[&str]); 6] = [
+        ("unknown key", "services:\n  api:\n    dockerfiel: Dockerfile\n", &["ai-infra-build.yml", "dockerfiel"]),
+        ("duplicate names", "services:\n  api: {}\n  api: {}\n", &["ai-infra-build.yml", "api"]),
+        ("missing Dockerfile", "services:\n  api:\n    dockerfile: Nope.Dockerfile\n", &["ai-infra-build.yml", "api", "Nope.Dockerfile"]),
+        ("missing context", "services:\n  ghost: {}\n  api: {}\n", &["ai-infra-build.yml", "ghost"]),
+        ("unknown depends-on", "services:\n  api:\n    depends-on: [dbb]\n", &["ai-infra-build.yml", "api", "dbb"]),
+        ("cycle", "services:\n  api:\n    depends-on: [web]\n  web:\n    depends-on: [api]\n", &["ai-infra-build.yml", "cycle", "api -> web -> api"]),
+    ];
+    for (what, config, expect) in cases {
+        let project = Project::empty().await;
+        project.write("api/Dockerfile", "FROM ubuntu:22.04\n");
+        project.write("web/Dockerfile", "FROM ubuntu:22.04\n");
+        project.write("ai-infra-build.yml", config);
+        for command in ["plan", "build-all"] {
+            let out = project.command(&[command]).output().unwrap();
+            assert_eq!(out.status.code(), Some(2), "{what} / {command}: {}", text(&out));
+            let err = String::from_utf8_lossy(&out.stderr);
+            for needle in expect {
+                assert!(err.contains(needle), "{what} / {command}: {needle:?} not in {err}");
+            }
+            assert!(!err.contains("panicked"), "{err}");
+            assert!(!project.path().join(".ai-infra-build").exists(), "{what}: {command} left files behind");
+        }
+    }
+}

@@ -98,6 +98,9 @@ pub struct BuildArgs {
     /// Build without the layer cache and pull base images again.
     #[arg(long, env = "INPUT_FORCE")]
     pub force: bool,
+    /// Build without the layer cache (base images are still used when present).
+    #[arg(long)]
+    pub no_cache: bool,
     /// How many services build at once (default: the number of CPUs).
     #[arg(long, value_name = "N", env = "INPUT_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: Option<u16>,

@@ -299,7 +299,7 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
     let build_options = BuildOptions {
         parallel: args.parallel.map_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()), usize::from),
         fail_fast: args.fail_fast,
-        no_cache: args.force,
+        no_cache: args.force || args.no_cache,
         build_retries: args.build_retries,
         idle_timeout: Duration::from_secs(args.prefetch.idle_timeout.max(60) * 10),
         out_dir: std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone()),

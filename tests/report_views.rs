@@ -394,7 +394,10 @@ fn summary_with_more_failures_than_fit_says_how_many_are_left_out() {
 // Workflow commands
 
 /// The runner's command parser (`ActionCommand.TryParseV2`) and unescaping, ported.
-fn parse_command(line: &str) -> Option<(String, BTreeMap<String, String>, String)> {
+/// A parsed command: name, properties, data.
+type Cmd = (String, BTreeMap<String, String>, String);
+
+fn parse_command(line: &str) -> Option<Cmd> {
     let rest = line.trim_start().strip_prefix("::")?;
     let end = rest.find("::")?;
     let (info, data) = (&rest[..end], &rest[end + 2..]);
@@ -420,9 +423,7 @@ fn parse_command(line: &str) -> Option<(String, BTreeMap<String, String>, String
 
 /// What a runner does with a step's output: the commands it acts on (stop-commands honoured),
 /// and the lines it shows as plain text.
-fn run_like_the_runner(
-    output: &str,
-) -> (Vec<(String, BTreeMap<String, String>, String)>, Vec<String>) {
+fn run_like_the_runner(output: &str) -> (Vec<Cmd>, Vec<String>) {
     let mut commands = Vec::new();
     let mut plain = Vec::new();
     let mut stopped: Option<String> = None;

@@ -30,6 +30,8 @@ pub struct BuildJob {
     pub target: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub network: Option<String>,
+    /// Target platforms; the engine backend builds at most one.
+    pub platforms: Vec<String>,
     pub no_cache: bool,
     /// Images to use as cache sources (`--cache-from`).
     pub cache_from: Vec<String>,
@@ -162,6 +164,19 @@ async fn engine_build(engine: &Engine, job: &BuildJob, log: &mut Log, buildkit: 
     }
     if let Some(network) = &job.network {
         options = options.networkmode(network);
+    }
+    match job.platforms.as_slice() {
+        [] => {}
+        [one] => options = options.platform(one),
+        many => {
+            return Err(BuildFailure {
+                message: format!(
+                    "the engine builder builds one platform at a time, but {} lists {}; use --builder buildx for multi-platform builds",
+                    job.service,
+                    many.join(", ")
+                ),
+            });
+        }
     }
     if !job.cache_from.is_empty() {
         options = options.cachefrom(&job.cache_from);
@@ -299,6 +314,9 @@ async fn buildx_build(builder: Option<&str>, job: &BuildJob, log: &mut Log) -> R
     }
     if let Some(n) = &job.network {
         cmd.args(["--network", n]);
+    }
+    if !job.platforms.is_empty() {
+        cmd.arg("--platform").arg(job.platforms.join(","));
     }
     if job.no_cache {
         cmd.arg("--no-cache");

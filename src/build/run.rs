@@ -207,6 +207,7 @@ async fn build_one(
         target: svc.target.clone(),
         labels: svc.labels.clone(),
         network: svc.network.clone(),
+        platforms: svc.platforms.clone(),
         no_cache: options.no_cache,
         cache_from: if options.inline_cache && !options.no_cache { vec![s.image.clone()] } else { Vec::new() },
         inline_cache: options.inline_cache,

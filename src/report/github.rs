@@ -28,6 +28,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use octocrab::Octocrab;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -255,8 +256,9 @@ pub struct CheckCompletion {
 }
 
 impl CheckCompletion {
-    /// What a service's check run says at the end.
-    pub fn for_service(report: &Report, s: &ServiceResult, paths: &PathMapper) -> CheckCompletion {
+    /// What a service's check run says at the end; `all` is [`annotations::collect`] of the
+    /// report.
+    pub fn for_service(report: &Report, s: &ServiceResult, all: &[Annotation]) -> CheckCompletion {
         let title = match (&s.status, &s.failure) {
             (ServiceStatus::Failed, Some(f)) => {
                 format!("failed: {}", annotations::failure_label(f.class).1)
@@ -271,7 +273,7 @@ impl CheckCompletion {
             ),
             (ServiceStatus::Cancelled, _) => "cancelled".into(),
         };
-        let annotations = annotations::collect(report, paths)
+        let annotations = all
             .iter()
             .filter(|a| a.services.contains(&s.name))
             .filter_map(CheckAnnotation::from_annotation)
@@ -293,6 +295,7 @@ pub struct GitHub {
     /// Service → check run id.
     check_runs: tokio::sync::Mutex<HashMap<String, u64>>,
     forbidden: AtomicBool,
+    limit_warned: AtomicBool,
     warnings: Mutex<Vec<String>>,
 }
 
@@ -326,6 +329,7 @@ impl GitHub {
             settings,
             check_runs: tokio::sync::Mutex::new(HashMap::new()),
             forbidden: AtomicBool::new(false),
+            limit_warned: AtomicBool::new(false),
             warnings: Mutex::new(Vec::new()),
         })
     }
@@ -494,8 +498,11 @@ impl GitHub {
         if runs.len() < self.settings.max_check_runs {
             return true;
         }
-        if runs.len() == self.settings.max_check_runs {
-            tracing::debug!("check run limit ({}) reached", self.settings.max_check_runs);
+        if !self.limit_warned.swap(true, Ordering::SeqCst) {
+            self.warn(format!(
+                "check runs are made for the first {} services only (the token's API budget is about 1000 requests an hour); the step summary lists all",
+                self.settings.max_check_runs
+            ));
         }
         false
     }
@@ -671,13 +678,13 @@ impl GitHub {
     /// Everything at the end of a run: completes every service's check run and posts the
     /// PR comment.
     pub async fn publish(&self, report: &Report, paths: &PathMapper, report_path: Option<String>) {
-        for s in &report.services {
-            if self.disabled() {
-                break;
-            }
-            self.complete_check(&s.name, &CheckCompletion::for_service(report, s, paths))
-                .await;
-        }
+        let all = annotations::collect(report, paths);
+        futures_util::stream::iter(&report.services)
+            .for_each_concurrent(4, |s| {
+                let done = CheckCompletion::for_service(report, s, &all);
+                async move { self.complete_check(&s.name, &done).await }
+            })
+            .await;
         if self.target.pull_request.is_some() && self.settings.comment {
             let opts = SummaryOptions {
                 run_url: self.target.details_url.clone(),

@@ -77,16 +77,26 @@ impl ActionsEnv {
     }
 }
 
-/// The GitHub API part: a token and where it points.
-#[derive(Debug, Clone)]
+/// The GitHub API part: a token and where it points. (`Debug` leaves the token out.)
+#[derive(Clone)]
 pub struct GitHubConfig {
     pub token: String,
     pub target: GitHubTarget,
     pub settings: ApiSettings,
 }
 
-/// Everything [`Publisher`] needs besides the report.
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for GitHubConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubConfig")
+            .field("token", &"***")
+            .field("target", &self.target)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// Everything [`Publisher`] needs besides the report. (`Debug` leaves the secrets out.)
+#[derive(Clone)]
 pub struct PublishContext {
     /// The JSON report is written here as [`REPORT_FILE`].
     pub output_dir: PathBuf,
@@ -101,6 +111,20 @@ pub struct PublishContext {
     pub log_source: LogSource,
     /// Problems found while setting up (shown as warnings when publishing).
     pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for PublishContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishContext")
+            .field("output_dir", &self.output_dir)
+            .field("project_root", &self.project_root)
+            .field("actions", &self.actions)
+            .field("secrets", &format!("{} hidden", self.secrets.len()))
+            .field("github", &self.github)
+            .field("log_source", &self.log_source)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
 }
 
 impl PublishContext {

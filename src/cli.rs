@@ -68,7 +68,7 @@ pub enum Command {
     Prefetch(PrefetchArgs),
     /// Show the resolved services, their images, dependency order and base images, without
     /// pulling or building anything.
-    Plan(PlanArgs),
+    Plan(PlanCommandArgs),
     /// Check the environment: the Docker daemon (version, storage, image store, mirrors),
     /// buildx, and later the registries. Run this first when something does not work.
     Doctor(DoctorArgs),
@@ -126,6 +126,10 @@ pub struct BuildArgs {
     /// Do not add the dependencies of the selected services.
     #[arg(long)]
     pub no_deps: bool,
+    /// Build only shard I of N (as `plan --matrix --shards N` printed it; give the same
+    /// --durations report to both).
+    #[arg(long, value_name = "I/N", env = "INPUT_SHARD")]
+    pub shard: Option<String>,
     /// Where the report and the build logs go.
     #[arg(long, value_name = "DIR", default_value = ".ai-infra-build", env = "INPUT_OUT_DIR")]
     pub out_dir: std::path::PathBuf,
@@ -159,6 +163,26 @@ pub struct PlanArgs {
     /// Prefix of every service image name (default: the repository name and `-`).
     #[arg(long, value_name = "PREFIX", env = "INPUT_PREFIX")]
     pub prefix: Option<String>,
+    /// A previous run's JSON report: its durations balance the shards.
+    #[arg(long, value_name = "REPORT.json")]
+    pub durations: Option<std::path::PathBuf>,
+}
+
+/// `plan`: the plan itself, or a matrix for GitHub Actions.
+#[derive(Debug, Clone, Args)]
+pub struct PlanCommandArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Print a JSON matrix (`{"include":[{"shard":"1/3","services":"a,b"},...]}`) for
+    /// `strategy.matrix`, keeping every dependency chain inside one shard.
+    #[arg(long)]
+    pub matrix: bool,
+    /// How many shards (with --matrix).
+    #[arg(long, value_name = "N", conflicts_with = "max_per_shard", requires = "matrix")]
+    pub shards: Option<usize>,
+    /// At most this many services per shard (with --matrix).
+    #[arg(long, value_name = "K", requires = "matrix")]
+    pub max_per_shard: Option<usize>,
 }
 
 /// How base images are pulled.

@@ -12,7 +12,7 @@ use crate::report::{Report, RunMeta, ServiceResult, ServiceStatus};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{GlobalArgs, OutputFormat, PlanArgs, PrefetchArgs, PrefetchFailure};
+use crate::cli::{GlobalArgs, OutputFormat, PlanArgs, PlanCommandArgs, PrefetchArgs, PrefetchFailure};
 use crate::engine::Engine;
 use crate::error::{Error, Exit};
 use crate::plan::{Naming, Plan, plan};
@@ -52,13 +52,36 @@ fn load_plan(global: &GlobalArgs, args: &PlanArgs) -> Result<(Project, Plan), Er
     Ok((project, plan))
 }
 
-pub async fn run_plan(global: &GlobalArgs, args: &PlanArgs, ui: &Ui) -> Result<Exit, Error> {
-    let (_, plan) = load_plan(global, args)?;
+pub async fn run_plan(global: &GlobalArgs, args: &PlanCommandArgs, ui: &Ui) -> Result<Exit, Error> {
+    let (_, plan) = load_plan(global, &args.plan)?;
+    if args.matrix {
+        let n = match (args.shards, args.max_per_shard) {
+            (Some(n), _) => n,
+            (None, Some(k)) => crate::matrix::shards_for_max(plan.services.len(), k),
+            (None, None) => 1,
+        };
+        let weights = shard_weights(&plan, args.plan.durations.as_deref())?;
+        let include = crate::matrix::shard(&plan.graph, &weights, n);
+        ui.result(&serde_json::to_string(&crate::matrix::Matrix { include }).unwrap_or_default());
+        return Ok(Exit::Success);
+    }
     match ui.format {
         OutputFormat::Json => ui.json(&plan),
         OutputFormat::Human => ui.result(&render_plan(&plan)),
     }
     Ok(Exit::Success)
+}
+
+/// Per-service weights for sharding: durations from a previous report, else 1 each.
+fn shard_weights(plan: &Plan, report: Option<&std::path::Path>) -> Result<Vec<f64>, Error> {
+    let Some(path) = report else {
+        return Ok(vec![1.0; plan.services.len()]);
+    };
+    let bad = |reason: String| Error::Input { input: path.display().to_string(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let report: Report = serde_json::from_str(&text).map_err(|e| bad(format!("not an ai-infra-build report: {e}")))?;
+    let durations = report.services.iter().filter(|s| s.duration_ms > 0).map(|s| (s.name.clone(), s.duration_ms as f64 / 1000.0)).collect();
+    Ok(crate::matrix::weights_from_durations(&plan.graph.names, &durations))
 }
 
 fn render_plan(plan: &Plan) -> String {
@@ -285,7 +308,14 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     );
     let (project, plan) = load_plan(global, &args.prefetch.plan)?;
-    let selected = select_services(&plan, names, &args.only, &args.skip, args.no_deps)?;
+    let mut selected = select_services(&plan, names, &args.only, &args.skip, args.no_deps)?;
+    if let Some(spec) = &args.shard {
+        let (i, n) = crate::matrix::parse_shard(spec).map_err(|reason| Error::Usage { what: "--shard".into(), reason })?;
+        let weights = shard_weights(&plan, args.prefetch.plan.durations.as_deref())?;
+        let shards = crate::matrix::shard(&plan.graph, &weights, n);
+        let mine: BTreeSet<usize> = shards.iter().find(|s| s.index == i).map(|s| s.members.iter().copied().collect()).unwrap_or_default();
+        selected.retain(|s| mine.contains(s));
+    }
     let mut options = prefetch_options(&args.prefetch, &project)?;
     if args.force {
         options.pull = crate::prefetch::PullPolicy::Always;
@@ -362,7 +392,7 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
         repository: std::env::var("GITHUB_REPOSITORY").ok(),
         commit: std::env::var("GITHUB_SHA").ok(),
         workflow_run: std::env::var("GITHUB_RUN_ID").ok(),
-        shard: None,
+        shard: args.shard.clone(),
         interrupted: exit_on_signal.is_some(),
     };
     let mut results = builds.results;

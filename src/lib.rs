@@ -12,6 +12,7 @@ pub mod dockerfile;
 pub mod doctor;
 pub mod engine;
 pub mod error;
+pub mod matrix;
 pub mod plan;
 pub mod prefetch;
 pub mod project;

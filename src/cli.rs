@@ -130,6 +130,10 @@ pub struct BuildArgs {
     /// --durations report to both).
     #[arg(long, value_name = "I/N", env = "INPUT_SHARD")]
     pub shard: Option<String>,
+    /// Push every built image (and its extra tags) with `docker push`, retrying transient
+    /// registry failures. Image names must include the registry (see --prefix).
+    #[arg(long, env = "INPUT_PUSH")]
+    pub push: bool,
     /// Where the report and the build logs go.
     #[arg(long, value_name = "DIR", default_value = ".ai-infra-build", env = "INPUT_OUT_DIR")]
     pub out_dir: std::path::PathBuf,

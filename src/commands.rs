@@ -334,6 +334,7 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
         idle_timeout: Duration::from_secs(args.prefetch.idle_timeout.max(60) * 10),
         out_dir: std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone()),
         inline_cache: false,
+        push: args.push,
     };
     let cancel = CancellationToken::new();
     let mut exit_on_signal = None;

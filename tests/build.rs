@@ -211,3 +211,22 @@ async fn issue4_bad_configs_exit_2_naming_the_input_and_doing_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn push_sends_every_built_image_to_its_registry() {
+    let project = Project::empty().await;
+    project.push_bases(&[("library/ubuntu", "22.04")]).await;
+    let target = testbed::registry::Registry::start().await.unwrap();
+    project.write("ai-infra-build.yml", "services:\n  api:\n    tags: [stable]\n");
+    project.write("api/Dockerfile", "FROM ubuntu:22.04\nRUN echo api > /api\n");
+    let prefix = format!("{}/team/", target.host());
+    let out = project.run(&["build-all", "--prefix", &prefix, "--push"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for tag in [project.tag.as_str(), "stable"] {
+        let url = format!("{}/v2/team/api/manifests/{tag}", target.url());
+        let resp = testbed::http::send(hyper::Method::HEAD, &url, &[("Accept", "application/vnd.docker.distribution.manifest.v2+json")], bytes::Bytes::new()).await;
+        let resp = resp.unwrap_or_else(|e| panic!("HEAD {url}: {e:#}"));
+        assert_eq!(resp.status, 200, "{url}");
+    }
+    let _ = std::process::Command::new("docker").args(["rmi", "-f", &format!("{prefix}api:{}", project.tag), &format!("{prefix}api:stable")]).output();
+}

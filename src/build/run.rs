@@ -31,6 +31,8 @@ pub struct BuildOptions {
     pub out_dir: PathBuf,
     /// Write inline cache metadata and use the previous image as cache source.
     pub inline_cache: bool,
+    /// Push the image and its tags after a successful build.
+    pub push: bool,
 }
 
 /// Events the scheduler reports as it goes (for progress views).
@@ -237,6 +239,21 @@ async fn build_one(
                 result.skipped_reason = Some("cancelled while building".into());
                 break;
             }
+            Some(Ok(out)) if options.push => match push(&s.image, &s.tags, &policy, &mut log, &cancel).await {
+                Ok(()) => {
+                    result.status = ServiceStatus::Success;
+                    result.cached_steps = Some(out.cached_steps);
+                    result.total_steps = Some(out.total_steps);
+                    result.image_id = out.image_id;
+                    break;
+                }
+                Err(message) => {
+                    let (class, network_class) = failure::classify(&message, &[]);
+                    result.failure = Some(ServiceFailure { class, network_class, line: None, message });
+                    result.status = ServiceStatus::Failed;
+                    break;
+                }
+            },
             Some(Ok(out)) => {
                 result.status = ServiceStatus::Success;
                 result.builder = backend.label();
@@ -294,4 +311,36 @@ async fn build_one(
     result.duration_ms = started.elapsed().as_millis() as u64;
     result.log_tail = log.tail();
     (result, failure_log)
+}
+
+/// Pushes `image` and `tags` with `docker push` (which reads the user's registry credentials),
+/// retrying transient registry failures.
+async fn push(image: &str, tags: &[String], policy: &RetryPolicy, log: &mut Log, cancel: &CancellationToken) -> Result<(), String> {
+    for reference in std::iter::once(image.to_string()).chain(tags.iter().cloned()) {
+        let mut waits = RetryPolicy { max_retries: policy.max_retries.max(3), ..*policy }.backoff();
+        loop {
+            log.line(&format!("=== push {reference}"));
+            let out = tokio::process::Command::new("docker")
+                .args(["push", "--quiet", &reference])
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            let out = tokio::select! {
+                out = out => out.map_err(|e| format!("cannot run `docker push`: {e}"))?,
+                _ = cancel.cancelled() => return Err("cancelled while pushing".into()),
+            };
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            log.line(text.trim_end());
+            if out.status.success() {
+                break;
+            }
+            let message = format!("push of {reference} failed: {}", text.trim());
+            let transient = crate::retry::classify_message(&text).is_transient();
+            match waits.next().filter(|_| transient) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(message),
+            }
+        }
+    }
+    Ok(())
 }

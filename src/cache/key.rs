@@ -1,0 +1,185 @@
+//! The cache key: which saved cache directory a run should restore.
+//!
+//! `ai-infra-build-cache-v1-<os>-<arch>-<bases>-<config>-<dockerfiles>`, each part the first
+//! 12 hex digits of a SHA-256 over:
+//!
+//! - `bases`: the resolved base image references (sorted, canonical), what a cache holds
+//!   most of;
+//! - `config`: the config file's bytes;
+//! - `dockerfiles`: each service's name, Dockerfile path (relative to the project) and
+//!   content, sorted by service name.
+//!
+//! The restore keys are the key's prefixes from the right (`…-<bases>-<config>-`,
+//! `…-<bases>-`, `…-<arch>-`), so a run whose Dockerfiles changed still restores the cache of
+//! the same base images, and any cache of the same format beats none. Nothing in the key
+//! depends on where the project is checked out or on the image tag.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::plan::Plan;
+
+use super::index::FORMAT;
+use super::store::hex;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheKey {
+    pub key: String,
+    /// Most specific first.
+    pub restore_keys: Vec<String>,
+}
+
+fn short(hasher: Sha256) -> String {
+    hex(&hasher.finalize())[..12].to_string()
+}
+
+fn field(hasher: &mut Sha256, bytes: &[u8]) {
+    // Length-prefixed, so no two different field lists hash alike.
+    hasher.update((bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
+}
+
+/// The cache key of `plan` with the config file's bytes (empty when there is no file).
+pub fn cache_key(plan: &Plan, config: &[u8]) -> CacheKey {
+    let mut bases: Vec<String> = plan
+        .base_images
+        .iter()
+        .map(|n| n.reference.to_string())
+        .collect();
+    bases.sort();
+    bases.dedup();
+    let mut h = Sha256::new();
+    for b in &bases {
+        field(&mut h, b.as_bytes());
+    }
+    let bases = short(h);
+
+    let mut h = Sha256::new();
+    field(&mut h, config);
+    let config = short(h);
+
+    let mut services: Vec<_> = plan.services.iter().collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut h = Sha256::new();
+    for s in services {
+        field(&mut h, s.name.as_bytes());
+        field(&mut h, s.dockerfile.replace('\\', "/").as_bytes());
+        match std::fs::read(&s.service.dockerfile) {
+            Ok(content) => field(&mut h, &content),
+            Err(_) => field(&mut h, b"\0unreadable"),
+        }
+    }
+    let dockerfiles = short(h);
+
+    let prefix = format!(
+        "ai-infra-build-cache-v{FORMAT}-{}-{}-",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    CacheKey {
+        key: format!("{prefix}{bases}-{config}-{dockerfiles}"),
+        restore_keys: vec![
+            format!("{prefix}{bases}-{config}-"),
+            format!("{prefix}{bases}-"),
+            prefix,
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::plan::{Naming, plan};
+    use crate::project::Project;
+
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_tree(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+
+    fn example() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("monorepo");
+        copy_tree(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/monorepo"),
+            &root,
+        );
+        (dir, root)
+    }
+
+    fn key_of(root: &Path, tag: &str) -> CacheKey {
+        let project = Project::load(root, None).unwrap();
+        let naming = Naming::resolve(root, None, Some((tag, "--tag"))).unwrap();
+        let plan = plan(&project, &naming, &BTreeMap::new()).unwrap();
+        let config = std::fs::read(root.join("ai-infra-build.yml")).unwrap_or_default();
+        cache_key(&plan, &config)
+    }
+
+    fn parts(key: &str) -> Vec<&str> {
+        key.rsplitn(4, '-').collect()
+    }
+
+    #[test]
+    fn the_key_is_stable_across_checkouts_and_tags() {
+        let (_a, root_a) = example();
+        let (_b, root_b) = example();
+        let a = key_of(&root_a, "v1");
+        assert_eq!(a, key_of(&root_a, "v1"), "same input, same key");
+        assert_eq!(a, key_of(&root_b, "v2"), "the checkout path and the tag do not count");
+        assert!(a.key.starts_with("ai-infra-build-cache-v1-"), "{}", a.key);
+        // Each restore key is a prefix of the key, most specific first.
+        for r in &a.restore_keys {
+            assert!(a.key.starts_with(r), "{r} / {}", a.key);
+        }
+        let lens: Vec<usize> = a.restore_keys.iter().map(String::len).collect();
+        assert!(lens.windows(2).all(|w| w[0] > w[1]), "{lens:?}");
+    }
+
+    #[test]
+    fn a_dockerfile_change_changes_only_the_last_part() {
+        let (_d, root) = example();
+        let before = key_of(&root, "t");
+        std::fs::write(
+            root.join("scheduler/Dockerfile"),
+            "FROM ubuntu:22.04\nRUN echo changed > /crontab\n",
+        )
+        .unwrap();
+        let after = key_of(&root, "t");
+        assert_ne!(before.key, after.key);
+        assert_eq!(before.restore_keys, after.restore_keys, "the partial match still restores");
+        assert_eq!(parts(&before.key)[1..], parts(&after.key)[1..]);
+    }
+
+    #[test]
+    fn a_base_image_change_changes_the_bases_part() {
+        let (_d, root) = example();
+        let before = key_of(&root, "t");
+        std::fs::write(root.join("scheduler/Dockerfile"), "FROM ubuntu:24.04\nRUN true\n").unwrap();
+        let after = key_of(&root, "t");
+        assert_ne!(before.restore_keys[1], after.restore_keys[1]);
+        assert_eq!(before.restore_keys[2], after.restore_keys[2]);
+    }
+
+    #[test]
+    fn a_config_change_changes_the_config_part() {
+        let (_d, root) = example();
+        let before = key_of(&root, "t");
+        let mut config = std::fs::read_to_string(root.join("ai-infra-build.yml")).unwrap();
+        config.push_str("# a comment\n");
+        std::fs::write(root.join("ai-infra-build.yml"), config).unwrap();
+        let after = key_of(&root, "t");
+        assert_ne!(before.restore_keys[0], after.restore_keys[0]);
+        assert_eq!(before.restore_keys[1], after.restore_keys[1]);
+    }
+}

@@ -134,6 +134,16 @@ pub struct BuildArgs {
     /// registry failures. Image names must include the registry (see --prefix).
     #[arg(long, env = "INPUT_PUSH")]
     pub push: bool,
+    /// A GitHub token: one check run per service and one PR comment (needs `checks: write`,
+    /// `pull-requests: write`). Masked in every output.
+    #[arg(long, value_name = "TOKEN", env = "INPUT_GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
+    /// Create check runs (with --github-token).
+    #[arg(long, env = "INPUT_CHECKS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub checks: bool,
+    /// Create or update the PR comment (with --github-token).
+    #[arg(long, env = "INPUT_PR_COMMENT", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub pr_comment: bool,
     /// Where the report and the build logs go.
     #[arg(long, value_name = "DIR", default_value = ".ai-infra-build", env = "INPUT_OUT_DIR")]
     pub out_dir: std::path::PathBuf,

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::build::{self, backend::Backend, run::{BuildEvent, BuildOptions}};
 use crate::cli::{BuildArgs, BuilderChoice};
 use crate::engine::Buildx;
-use crate::report::{Report, RunMeta, ServiceResult, ServiceStatus};
+use crate::report::{PublishContext, Publisher, Report, RunMeta, ServiceResult, ServiceStatus};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -323,6 +323,15 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
     let engine = Engine::connect(Duration::from_secs(10)).await?;
     let backend = choose_backend(args, &engine).await?;
     let engine_version = engine.docker.version().await.ok().and_then(|v| v.version);
+    let out_dir = std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone());
+    let mut publish_ctx = PublishContext::from_env(out_dir.clone(), project.root.clone(), Vec::new(), args.github_token.clone());
+    if let Some(github) = publish_ctx.github.as_mut() {
+        github.settings.comment = args.pr_comment;
+        if !args.checks {
+            github.settings.max_check_runs = 0;
+        }
+    }
+    let publisher = Publisher::start(publish_ctx, ui);
 
     let wanted: BTreeSet<&String> = selected.iter().flat_map(|i| plan.services[*i].base_images.iter()).collect();
     let needs: Vec<_> = plan.base_images.iter().filter(|n| wanted.contains(&n.reference.to_string())).cloned().collect();
@@ -332,52 +341,51 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
         no_cache: args.force || args.no_cache,
         build_retries: args.build_retries,
         idle_timeout: Duration::from_secs(args.prefetch.idle_timeout.max(60) * 10),
-        out_dir: std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone()),
+        out_dir: out_dir.clone(),
         inline_cache: false,
         push: args.push,
     };
     let cancel = CancellationToken::new();
     let mut exit_on_signal = None;
-    let on_event = |event: BuildEvent| match event {
-        BuildEvent::Started { service, attempt } if attempt > 1 => ui.note(&format!("build {service}: attempt {attempt}")),
-        BuildEvent::Started { service, .. } => ui.note(&format!("build {service}: started")),
-        BuildEvent::Finished { service, status, duration } => {
-            ui.note(&format!("build {service}: {status:?} in {:.1}s", duration.as_secs_f64()).to_ascii_lowercase())
-        }
-    };
-
     let stop_early = args.prefetch.prefetch_failure == PrefetchFailure::Fail;
-    let work = async {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let engine_ref = &engine;
-        let prefetch_run = async move {
-            let mut options = options;
-            options.notify = Some(tx);
-            prefetch::prefetch(engine_ref, needs, &options).await
+    let (prefetch_report, builds) = {
+        let on_event = |event: BuildEvent| match event {
+            BuildEvent::Started { service, attempt } => publisher.service_started(&service, attempt),
+            BuildEvent::Finished { service, status, duration } => publisher.service_finished(&service, status, duration),
         };
-        if stop_early {
-            let report = prefetch_run.await;
-            if report.as_ref().is_ok_and(|r| r.failed().count() > 0) {
-                return (report, None);
+
+        let work = async {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let engine_ref = &engine;
+            let prefetch_run = async move {
+                let mut options = options;
+                options.notify = Some(tx);
+                prefetch::prefetch(engine_ref, needs, &options).await
+            };
+            if stop_early {
+                let report = prefetch_run.await;
+                if report.as_ref().is_ok_and(|r| r.failed().count() > 0) {
+                    return (report, None);
+                }
+                let builds = build::run::run(&engine, &backend, &plan, &selected, None, &build_options, cancel.clone(), &on_event).await;
+                (report, Some(builds))
+            } else {
+                let builds = build::run::run(&engine, &backend, &plan, &selected, Some(rx), &build_options, cancel.clone(), &on_event);
+                let (report, builds) = tokio::join!(prefetch_run, builds);
+                (report, Some(builds))
             }
-            let builds = build::run::run(&engine, &backend, &plan, &selected, None, &build_options, cancel.clone(), &on_event).await;
-            (report, Some(builds))
-        } else {
-            let builds = build::run::run(&engine, &backend, &plan, &selected, Some(rx), &build_options, cancel.clone(), &on_event);
-            let (report, builds) = tokio::join!(prefetch_run, builds);
-            (report, Some(builds))
-        }
-    };
-    tokio::pin!(work);
-    let (prefetch_report, builds) = tokio::select! {
-        outcome = &mut work => outcome,
-        signal = interrupted() => {
-            exit_on_signal = Some(signal);
-            ui.note("interrupted: cancelling running builds and writing a partial report");
-            cancel.cancel();
-            match tokio::time::timeout(Duration::from_secs(4), &mut work).await {
-                Ok(outcome) => outcome,
-                Err(_) => (Err(anyhow::anyhow!("interrupted")), None),
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            outcome = &mut work => outcome,
+            signal = interrupted() => {
+                exit_on_signal = Some(signal);
+                ui.note("interrupted: cancelling running builds and writing a partial report");
+                cancel.cancel();
+                match tokio::time::timeout(Duration::from_secs(4), &mut work).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => (Err(anyhow::anyhow!("interrupted")), None),
+                }
             }
         }
     };
@@ -422,11 +430,7 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
         }
     }
     let report = Report::new(run, prefetch_report.as_ref(), results, builds.failure_log);
-    let path = write_report(&report, &args.out_dir)?;
-    match ui.format {
-        OutputFormat::Json => ui.json(&report),
-        OutputFormat::Human => ui.result(&render_build(&report, &path, ui)),
-    }
+    publisher.finish(&report).await?;
     Ok(if let Some(signal) = exit_on_signal {
         signal
     } else if report.totals.failed + report.totals.skipped + report.totals.cancelled > 0 {
@@ -436,43 +440,4 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
     } else {
         Exit::Success
     })
-}
-
-fn write_report(report: &Report, out_dir: &std::path::Path) -> Result<PathBuf, Error> {
-    let path = out_dir.join(crate::report::REPORT_FILE);
-    let fail = |e: std::io::Error| Error::Environment { what: path.display().to_string(), reason: format!("cannot write the report: {e}") };
-    std::fs::create_dir_all(out_dir).map_err(fail)?;
-    let json = serde_json::to_string_pretty(report).map_err(|e| fail(std::io::Error::other(e)))?;
-    std::fs::write(&path, json).map_err(fail)?;
-    Ok(path)
-}
-
-fn render_build(report: &Report, path: &std::path::Path, ui: &Ui) -> String {
-    let mut out = format!("{} ({} failed, {} skipped, {} cancelled) in {:.1}s with {}\n",
-        report.headline(), report.totals.failed, report.totals.skipped, report.totals.cancelled,
-        report.run.duration_ms as f64 / 1000.0, report.run.builder);
-    for s in &report.services {
-        let status = match s.status {
-            ServiceStatus::Success => ui.good("ok     "),
-            ServiceStatus::Failed => ui.bad("FAILED "),
-            ServiceStatus::Skipped => ui.dim("skipped"),
-            ServiceStatus::Cancelled => ui.dim("cancel "),
-        };
-        let detail = match (&s.failure, &s.skipped_reason) {
-            (Some(f), _) if s.status != ServiceStatus::Success => format!(
-                "  {}{}: {}",
-                s.dockerfile,
-                f.line.map(|l| format!(":{l}")).unwrap_or_default(),
-                f.message.lines().next().unwrap_or_default()
-            ),
-            (_, Some(reason)) => format!("  {reason}"),
-            _ => String::new(),
-        };
-        out.push_str(&format!("  {status} {:<20} {:<40} {:>6.1}s  x{}{detail}\n", s.name, s.image, s.duration_ms as f64 / 1000.0, s.attempts));
-    }
-    if report.totals.base_images_missing > 0 {
-        out.push_str(&format!("Base images missing: {}\n", report.totals.base_images_missing));
-    }
-    out.push_str(&format!("Report: {}", path.display()));
-    out
 }

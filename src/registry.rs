@@ -119,6 +119,15 @@ impl RetryHint for RegistryError {
     fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
+    /// A token fetch that failed on its connection (no HTTP status) is a connection fault
+    /// like any other; one the token server answered with 5xx/429 gets the full backoff.
+    fn backoff_scale(&self) -> f64 {
+        if self.class == ErrorClass::TokenFetch && self.status.is_none() {
+            ErrorClass::Eof.backoff_scale()
+        } else {
+            self.class.backoff_scale()
+        }
+    }
 }
 
 /// The JSON error body of the distribution spec.
@@ -210,6 +219,9 @@ pub struct Timeouts {
 pub struct RegistryClient {
     http: reqwest::Client,
     tokens: Mutex<HashMap<(String, String), String>>,
+    /// Bearer challenges seen, per registry host and repository: a later request for the
+    /// same repository fetches its token first instead of being answered 401 again.
+    challenges: Mutex<HashMap<(String, String), Challenge>>,
     pub timeouts: Timeouts,
 }
 
@@ -225,11 +237,15 @@ impl RegistryClient {
         Ok(RegistryClient {
             http,
             tokens: Mutex::new(HashMap::new()),
+            challenges: Mutex::new(HashMap::new()),
             timeouts,
         })
     }
 
     /// Sends one request (and, on a Bearer challenge, fetches a token and sends it once more).
+    /// When an earlier request for the same repository was challenged but no token is cached
+    /// (its token fetch failed), the token is fetched first: that spares a flaky network the
+    /// request that could only be answered 401.
     /// Any status that is not a success or redirect becomes a [`RegistryError`].
     pub async fn send(
         &self,
@@ -241,7 +257,14 @@ impl RegistryClient {
         let kind = RequestKind::of_path(path);
         let url = format!("{}{}", endpoint.base_url(), path);
         let key = Self::token_key(endpoint, path);
-        let cached = self.cached_token(&key);
+        let mut token = self.cached_token(&key);
+        if token.is_none() {
+            if let Some(challenge) = self.cached_challenge(&key) {
+                let fresh = self.fetch_token(&endpoint.host, &challenge).await?;
+                self.store(&self.tokens, &key, fresh.clone());
+                token = Some(fresh);
+            }
+        }
         let first = self
             .request(
                 &endpoint.host,
@@ -249,7 +272,7 @@ impl RegistryClient {
                 method.clone(),
                 &url,
                 headers.clone(),
-                cached.as_deref(),
+                token.as_deref(),
             )
             .await?;
         if first.status() != StatusCode::UNAUTHORIZED {
@@ -263,10 +286,9 @@ impl RegistryClient {
         let Some(challenge) = challenge else {
             return check(&endpoint.host, kind, first).await;
         };
+        self.store(&self.challenges, &key, challenge.clone());
         let token = self.fetch_token(&endpoint.host, &challenge).await?;
-        if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.insert(key, token.clone());
-        }
+        self.store(&self.tokens, &key, token.clone());
         let second = self
             .request(&endpoint.host, kind, method, &url, headers, Some(&token))
             .await?;
@@ -283,6 +305,16 @@ impl RegistryClient {
 
     fn cached_token(&self, key: &(String, String)) -> Option<String> {
         self.tokens.lock().ok()?.get(key).cloned()
+    }
+
+    fn cached_challenge(&self, key: &(String, String)) -> Option<Challenge> {
+        self.challenges.lock().ok()?.get(key).cloned()
+    }
+
+    fn store<V>(&self, map: &Mutex<HashMap<(String, String), V>>, key: &(String, String), value: V) {
+        if let Ok(mut map) = map.lock() {
+            map.insert(key.clone(), value);
+        }
     }
 
     async fn request(

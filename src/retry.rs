@@ -9,6 +9,9 @@
 //! Waiting uses exponential backoff with full jitter (AWS Architecture Blog, "Exponential
 //! Backoff And Jitter"): the n-th wait is uniform in `[0, min(cap, base * 2^n)]`, never shorter
 //! than a `Retry-After` hint, and the whole loop is bounded by attempts and by a deadline.
+//! Waits are sized to the fault ([`ErrorClass::backoff_scale`]): a connection the peer closed
+//! or reset says nothing about the server's load and is retried after a quarter of the
+//! backoff; server errors, rate limits and timeouts wait the full backoff.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -68,6 +71,19 @@ impl ErrorClass {
                 | RequestTimeout
                 | TokenFetch
         )
+    }
+
+    /// The share of the policy's backoff that a retry after this class waits. A connection
+    /// closed or reset by the peer is a fault of that one connection (a load balancer
+    /// dropping it, an idle keep-alive timing out), so the next try can go almost at once;
+    /// an overloaded, rate-limiting or slow server gets the full backoff (and a `Retry-After`
+    /// still sets the minimum).
+    pub fn backoff_scale(self) -> f64 {
+        use ErrorClass::*;
+        match self {
+            Eof | ConnectionReset => 0.25,
+            _ => 1.0,
+        }
     }
 
     /// The class's name as in the JSON report (`eof`, `rate-limited`, …).
@@ -225,6 +241,10 @@ pub trait RetryHint {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+    /// The share of the backoff to wait before retrying (see [`ErrorClass::backoff_scale`]).
+    fn backoff_scale(&self) -> f64 {
+        self.class().backoff_scale()
+    }
 }
 
 /// How many times to try, how long to wait between tries, and for how long in total.
@@ -273,7 +293,9 @@ impl RetryPolicy {
             .sleep(tokio::time::sleep)
             .when(|err: &E| err.class().is_transient())
             .adjust(move |err: &E, wait| {
-                let wait = wait?.max(err.retry_after().unwrap_or(Duration::ZERO));
+                let wait = wait?
+                    .mul_f64(err.backoff_scale().clamp(0.0, 1.0))
+                    .max(err.retry_after().unwrap_or(Duration::ZERO));
                 (started.elapsed() + wait <= deadline).then_some(wait)
             })
             .notify(|err: &E, wait| on_retry(err, wait))
@@ -620,6 +642,46 @@ mod tests {
             .await;
         assert!(result.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn connection_faults_wait_a_quarter_of_the_backoff() {
+        assert_eq!(Eof.backoff_scale(), 0.25);
+        assert_eq!(ConnectionReset.backoff_scale(), 0.25);
+        for class in [ServerError, RateLimited, Timeout, Stalled, ConnectionRefused, TokenFetch] {
+            assert_eq!(class.backoff_scale(), 1.0, "{class}");
+        }
+    }
+
+    #[tokio::test]
+    async fn waits_are_scaled_to_the_fault() {
+        let policy = RetryPolicy {
+            max_retries: 40,
+            base_delay: Duration::from_millis(8),
+            max_delay: Duration::from_millis(8),
+            deadline: Duration::from_secs(30),
+        };
+        for (class, ceiling) in [(Eof, 2), (ServerError, 8)] {
+            let calls = AtomicU32::new(0);
+            let mut waits = Vec::new();
+            let _ = policy
+                .run(
+                    || async {
+                        if calls.fetch_add(1, Ordering::SeqCst) < 40 {
+                            Err(Fail(class, None))
+                        } else {
+                            Ok(())
+                        }
+                    },
+                    |_, wait| waits.push(wait),
+                )
+                .await;
+            let longest = waits.iter().max().copied().unwrap_or_default();
+            assert!(longest <= Duration::from_millis(ceiling), "{class}: {waits:?}");
+            if class == ServerError {
+                assert!(longest > Duration::from_millis(2), "{class}: {waits:?}");
+            }
+        }
     }
 
     #[tokio::test]

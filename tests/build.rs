@@ -147,7 +147,7 @@ async fn issue4_sigterm_during_build_all_exits_within_5s_with_a_partial_report()
         let slow_log = project.path().join(".ai-infra-build/logs/slow.log");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let quick_done = lines.lock().unwrap().iter().any(|l| l.contains("build quick: success"));
+            let quick_done = lines.lock().unwrap().iter().any(|l| l.contains("build quick built"));
             let slow_running = std::fs::read_to_string(&slow_log).is_ok_and(|l| l.contains("sleep 60"));
             if quick_done && slow_running {
                 break;

@@ -1,0 +1,553 @@
+//! Image archives: base images saved after the prefetch and loaded before it, and (in
+//! inline-cache mode) the service images kept as cache sources. All through the Engine API
+//! (`GET /images/get` = `docker save`, `POST /images/load` = `docker load`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use bollard::Docker;
+use bollard::query_parameters::{ImportImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder};
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+
+use super::index::{Archive, ArchiveKind, BaseImage, ServiceImage};
+use super::layers::{self, BuildCacheMode, BuildCachePlan};
+use super::{Cache, TRANSFER_TIMEOUT, now, store};
+use crate::build::backend::Backend;
+use crate::engine::{Engine, EngineFacts};
+use crate::prefetch::{ImageNeed, ImageResult, ImageStatus};
+use crate::reference::Reference;
+use crate::report::{ServiceResult, ServiceStatus};
+
+/// What [`Cache::restore_base_images`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RestoreStats {
+    /// References loaded from an archive into the daemon.
+    pub loaded: Vec<String>,
+    /// References whose cached image the daemon already had.
+    pub already_present: Vec<String>,
+    /// References the daemon has with another image than the cache: left alone.
+    pub local_differs: Vec<String>,
+    /// References the cache does not hold.
+    pub not_cached: Vec<String>,
+    /// Archives found corrupted or truncated, discarded.
+    pub discarded: Vec<String>,
+    pub bytes: u64,
+    pub duration_ms: u64,
+}
+
+fn docker(engine: &Engine) -> Docker {
+    engine.docker.clone().with_timeout(TRANSFER_TIMEOUT)
+}
+
+/// The daemon's image id for a name or id, if it has the image.
+async fn local_id(docker: &Docker, name: &str) -> Option<String> {
+    docker.inspect_image(name).await.ok().and_then(|i| i.id)
+}
+
+fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
+/// Reads a file as a stream of chunks (for the load request body).
+fn file_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(Some(file), |state| async move {
+        let mut file = state?;
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+/// Loads an archive into the daemon.
+async fn load(docker: &Docker, path: &Path) -> Result<(), String> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let options = ImportImageOptionsBuilder::default().quiet(true).build();
+    let mut stream = docker.import_image_stream(options, file_stream(file), None);
+    while let Some(item) = stream.next().await {
+        item.map_err(|e| match e {
+            bollard::errors::Error::DockerStreamError { error } => error,
+            bollard::errors::Error::DockerResponseServerError { message, status_code } => {
+                format!("{message} (HTTP {status_code})")
+            }
+            other => other.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Saves images (by id) into `root/rel`, atomically.
+async fn export(docker: &Docker, root: &Path, rel: &str, ids: &[String]) -> Result<store::Written, String> {
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let stream = Box::pin(docker.export_images(&names));
+    store::write_stream_atomic(root, rel, stream).await
+}
+
+async fn tag(docker: &Docker, id: &str, reference: &Reference) -> Result<(), String> {
+    let options = TagImageOptionsBuilder::default()
+        .repo(&reference.familiar_name())
+        .tag(reference.tag.as_deref().unwrap_or("latest"))
+        .build();
+    docker
+        .tag_image(id, Some(options))
+        .await
+        .map_err(|e| format!("cannot tag {} as {}: {e}", short_id(id), reference.familiar()))
+}
+
+impl Cache {
+    /// Checks an archive against the size and SHA-256 on record.
+    fn verify(&self, rel: &str) -> Result<(), String> {
+        let archive = self.index.archives.get(rel).ok_or("not in the index")?;
+        let w = store::sha256_file(&self.root.join(rel)).map_err(|e| e.to_string())?;
+        if w.size != archive.size {
+            return Err(format!("truncated or extended: {} bytes, {} on record", w.size, archive.size));
+        }
+        if w.sha256 != archive.sha256 {
+            return Err("checksum mismatch".into());
+        }
+        Ok(())
+    }
+
+    /// Drops an archive found broken: file, index entries, and a warning.
+    fn discard(&mut self, rel: &str, why: &str, what: &str) {
+        let _ = store::remove(&self.root.join(rel));
+        self.index.remove_archive(rel);
+        self.stats.discarded += 1;
+        self.warn(format!(
+            "cache archive {rel} is corrupted ({why}): discarded; {what}"
+        ));
+        self.write_index();
+    }
+
+    /// Loads the cached archives of the base images in `needs` that the daemon lacks, and
+    /// tags them. Run it before the prefetch: the prefetch then finds them present.
+    ///
+    /// Digest references (`name@sha256:…`) are not restored: the daemon cannot be given a
+    /// repo digest without a pull.
+    pub async fn restore_base_images(&mut self, engine: &Engine, needs: &[ImageNeed]) -> RestoreStats {
+        let started = Instant::now();
+        let docker = docker(engine);
+        let mut stats = RestoreStats::default();
+        // Archive -> the references to restore from it.
+        let mut wanted: BTreeMap<String, Vec<(Reference, BaseImage)>> = BTreeMap::new();
+        for need in needs {
+            let key = need.reference.to_string();
+            let Some(entry) = self.index.base_images.get(&key).cloned() else {
+                stats.not_cached.push(key);
+                continue;
+            };
+            if need.reference.digest.is_some() {
+                stats.not_cached.push(key);
+                continue;
+            }
+            match local_id(&docker, &need.reference.familiar()).await {
+                Some(id) if id == entry.image_id => {
+                    stats.already_present.push(key.clone());
+                    self.restored.insert(key);
+                    if let Some(a) = self.index.archives.get_mut(&entry.archive) {
+                        a.last_used = now();
+                    }
+                }
+                Some(_) => stats.local_differs.push(key),
+                None => wanted.entry(entry.archive.clone()).or_default().push((need.reference.clone(), entry)),
+            }
+        }
+        for (rel, refs) in wanted {
+            let names: Vec<String> = refs.iter().map(|(r, _)| r.to_string()).collect();
+            if let Err(why) = self.verify(&rel) {
+                self.discard(&rel, &why, &format!("{} will be pulled again", names.join(", ")));
+                stats.discarded.push(rel);
+                continue;
+            }
+            let image_id = refs[0].1.image_id.clone();
+            if local_id(&docker, &image_id).await.is_none() {
+                if let Err(e) = load(&docker, &self.root.join(&rel)).await {
+                    // The checksum was right, so the daemon refused a good archive (disk
+                    // full, an engine that cannot read it): keep it, pull this time.
+                    self.warn(format!(
+                        "cannot load cache archive {rel} into the daemon ({e}); {} will be pulled",
+                        names.join(", ")
+                    ));
+                    continue;
+                }
+                stats.bytes += self.index.archives.get(&rel).map_or(0, |a| a.size);
+            }
+            for (reference, entry) in refs {
+                let key = reference.to_string();
+                let ok = match tag(&docker, &entry.image_id, &reference).await {
+                    Ok(()) => local_id(&docker, &reference.familiar()).await.as_deref() == Some(entry.image_id.as_str()),
+                    Err(e) => {
+                        self.warn(e);
+                        false
+                    }
+                };
+                if ok {
+                    stats.loaded.push(key.clone());
+                    self.restored.insert(key);
+                }
+            }
+            if let Some(a) = self.index.archives.get_mut(&rel) {
+                a.last_used = now();
+            }
+        }
+        stats.duration_ms = started.elapsed().as_millis() as u64;
+        self.stats.restored_bytes += stats.bytes;
+        self.stats.restore_ms += stats.duration_ms;
+        self.write_index();
+        stats
+    }
+
+    /// Saves the prefetched base images the cache does not hold yet (one archive per image,
+    /// named by its id) and records reference -> image id, manifest digest, archive. Counts
+    /// the cache's base image hits (present thanks to the cache) and misses (pulled).
+    pub async fn save_base_images(&mut self, engine: &Engine, images: &[ImageResult]) {
+        let started = Instant::now();
+        let docker = docker(engine);
+        for image in images {
+            match image.status {
+                ImageStatus::Present if self.restored.contains(&image.reference) => self.stats.base_image_hits += 1,
+                ImageStatus::Pulled => self.stats.base_image_misses += 1,
+                _ => {}
+            }
+            if image.status == ImageStatus::Failed {
+                continue;
+            }
+            let Ok(reference) = Reference::parse(&image.reference) else {
+                continue;
+            };
+            if reference.digest.is_some() {
+                continue;
+            }
+            let Some(id) = local_id(&docker, &reference.familiar()).await else {
+                continue;
+            };
+            let key = image.reference.clone();
+            let previous = self.index.base_images.get(&key).cloned();
+            let digest = image
+                .digest
+                .clone()
+                .or_else(|| previous.as_ref().filter(|p| p.image_id == id).and_then(|p| p.digest.clone()));
+            // An archive that already holds this image (for this or another reference).
+            let existing = self
+                .index
+                .archives
+                .iter()
+                .find(|(_, a)| a.kind == ArchiveKind::BaseImage && a.image_ids.contains(&id))
+                .map(|(rel, _)| rel.clone());
+            let rel = match existing {
+                Some(rel) => rel,
+                None => {
+                    let rel = format!("base-images/{}.tar", id.strip_prefix("sha256:").unwrap_or(&id));
+                    match export(&docker, &self.root, &rel, std::slice::from_ref(&id)).await {
+                        Ok(w) => {
+                            self.stats.saved_bytes += w.size;
+                            self.index.archives.insert(
+                                rel.clone(),
+                                Archive {
+                                    kind: ArchiveKind::BaseImage,
+                                    size: w.size,
+                                    sha256: w.sha256,
+                                    image_ids: vec![id.clone()],
+                                    saved_at: now(),
+                                    last_used: now(),
+                                },
+                            );
+                            rel
+                        }
+                        Err(e) => {
+                            self.warn(format!("cannot save {} into the cache: {e}", image.reference));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Some(a) = self.index.archives.get_mut(&rel) {
+                a.last_used = now();
+            }
+            let saved_at = previous.filter(|p| p.image_id == id).map_or_else(now, |p| p.saved_at);
+            self.index.base_images.insert(
+                key,
+                BaseImage {
+                    image_id: id,
+                    digest,
+                    archive: rel,
+                    saved_at,
+                },
+            );
+            // The index is written after each archive: a run killed later keeps this one.
+            self.drop_unreferenced();
+            self.write_index();
+        }
+        self.stats.save_ms += started.elapsed().as_millis() as u64;
+    }
+
+    fn drop_unreferenced(&mut self) {
+        for rel in self.index.unreferenced_archives() {
+            let _ = store::remove(&self.root.join(&rel));
+            self.index.archives.remove(&rel);
+        }
+    }
+
+    /// The local tag a restored service image gets: unique to this cache directory.
+    fn cache_tag(&self, service: &str) -> String {
+        use sha2::Digest;
+        let dir = store::hex(&sha2::Sha256::digest(self.root.to_string_lossy().as_bytes()));
+        let name: String = service
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let name = name.trim_matches('-');
+        let name = if name.is_empty() { "service" } else { name };
+        format!("ai-infra-build-cache-{}/{name}:cache", &dir[..8])
+    }
+
+    /// Chooses the layer cache for this run and gets its sources ready:
+    ///
+    /// - buildx with a builder that exports caches: checks `buildx/` (a broken one is
+    ///   discarded with a warning) and seeds `buildx-new/` from it;
+    /// - otherwise (inline): loads the saved service images and tags them as cache sources.
+    ///
+    /// `services` are all of the plan's services (a service not built this run keeps its
+    /// cache). With `no_cache`, builds use no cache source but still write one.
+    pub async fn prepare_build_cache(
+        &mut self,
+        engine: &Engine,
+        facts: &EngineFacts,
+        backend: &Backend,
+        services: &[String],
+    ) -> BuildCachePlan {
+        let driver = match backend {
+            Backend::Buildx { builder } => layers::buildx_driver(builder.as_deref()).await,
+            Backend::Engine { .. } => None,
+        };
+        let mode = BuildCacheMode::decide(driver.as_deref(), facts.containerd_image_store);
+        self.stats.mode = mode.label().into();
+        let mut plan = BuildCachePlan {
+            mode,
+            root: self.root.clone(),
+            sources: BTreeMap::new(),
+        };
+        match mode {
+            BuildCacheMode::BuildxLocal => self.prepare_buildx(&mut plan, services),
+            BuildCacheMode::Inline => self.restore_service_images(engine, &mut plan, services).await,
+            BuildCacheMode::Off => {}
+        }
+        self.build_plan = Some(plan.clone());
+        plan
+    }
+
+    fn prepare_buildx(&mut self, plan: &mut BuildCachePlan, services: &[String]) {
+        let dir = self.root.join(layers::BUILDX);
+        let mut have_old = false;
+        if dir.is_dir() {
+            match layers::read_layout(&dir, true) {
+                Ok(layout) => {
+                    have_old = true;
+                    for s in services {
+                        let tag = layers::tag_for(s);
+                        if layout.tags.contains_key(&tag) {
+                            plan.sources.insert(s.clone(), tag);
+                        }
+                    }
+                    let size = store::disk_size(&dir);
+                    let b = self.index.buildx.get_or_insert(super::index::BuildxDir {
+                        size,
+                        tags: layout.tags.keys().cloned().collect(),
+                        saved_at: 0,
+                        last_used: 0,
+                    });
+                    b.last_used = now();
+                }
+                Err(why) => {
+                    let _ = store::remove(&dir);
+                    self.index.buildx = None;
+                    self.stats.discarded += 1;
+                    self.warn(format!(
+                        "the build layer cache {} is corrupted ({why}): discarded; services build without it",
+                        dir.display()
+                    ));
+                }
+            }
+        }
+        let keep = services.iter().map(|s| layers::tag_for(s)).collect();
+        if let Err(e) = layers::seed_new(&self.root, &keep, have_old) {
+            self.warn(format!("cannot prepare {}: {e}; the layer cache is not saved this run", layers::BUILDX_NEW));
+        }
+    }
+
+    async fn restore_service_images(&mut self, engine: &Engine, plan: &mut BuildCachePlan, services: &[String]) {
+        let started = Instant::now();
+        let docker = docker(engine);
+        let wanted: Vec<(String, ServiceImage)> = services
+            .iter()
+            .filter_map(|s| self.index.services.get(s).map(|e| (s.clone(), e.clone())))
+            .collect();
+        let archives: BTreeSet<String> = wanted.iter().map(|(_, e)| e.archive.clone()).collect();
+        for rel in archives {
+            let mut missing = false;
+            for (_, e) in wanted.iter().filter(|(_, e)| e.archive == rel) {
+                missing |= local_id(&docker, &e.image_id).await.is_none();
+            }
+            if missing {
+                if let Err(why) = self.verify(&rel) {
+                    self.discard(&rel, &why, "services build without a cache source this time");
+                    continue;
+                }
+                if let Err(e) = load(&docker, &self.root.join(&rel)).await {
+                    self.warn(format!("cannot load cache archive {rel} ({e}); services build without a cache source"));
+                    continue;
+                }
+                self.stats.restored_bytes += self.index.archives.get(&rel).map_or(0, |a| a.size);
+            }
+            if let Some(a) = self.index.archives.get_mut(&rel) {
+                a.last_used = now();
+            }
+        }
+        for (service, entry) in wanted {
+            if !self.index.archives.contains_key(&entry.archive) {
+                continue;
+            }
+            let name = self.cache_tag(&service);
+            let Ok(reference) = Reference::parse(&name) else {
+                continue;
+            };
+            if tag(&docker, &entry.image_id, &reference).await.is_ok() {
+                self.cache_tags.push(name.clone());
+                plan.sources.insert(service, name);
+            }
+        }
+        self.stats.restore_ms += started.elapsed().as_millis() as u64;
+        self.write_index();
+    }
+
+    /// After the builds: in local mode rotates `buildx-new/` into `buildx/` (unless the run
+    /// was interrupted or the export is incomplete); in inline mode saves the service images
+    /// (successful builds, and the previous cache image of the others) into one archive.
+    /// Counts the service hits: a service with a cache source whose build reported cached
+    /// steps.
+    pub async fn save_build_cache(&mut self, engine: &Engine, results: &[ServiceResult], interrupted: bool) {
+        let started = Instant::now();
+        let Some(plan) = self.build_plan.clone() else {
+            return;
+        };
+        for r in results {
+            if !matches!(r.status, ServiceStatus::Success | ServiceStatus::Failed) {
+                continue;
+            }
+            let hit = r.status == ServiceStatus::Success
+                && plan.has_source(&r.name)
+                && r.cached_steps.unwrap_or(0) > 0;
+            self.stats.services.insert(r.name.clone(), hit);
+            if hit {
+                self.stats.service_hits += 1;
+            } else {
+                self.stats.service_misses += 1;
+            }
+        }
+        match plan.mode {
+            BuildCacheMode::BuildxLocal if interrupted => {
+                let _ = store::remove(&self.root.join(layers::BUILDX_NEW));
+            }
+            BuildCacheMode::BuildxLocal => match layers::rotate(&self.root) {
+                Ok(tags) => {
+                    self.index.buildx = Some(super::index::BuildxDir {
+                        size: store::disk_size(&self.root.join(layers::BUILDX)),
+                        tags,
+                        saved_at: now(),
+                        last_used: now(),
+                    });
+                    self.write_index();
+                }
+                Err(why) => {
+                    let _ = store::remove(&self.root.join(layers::BUILDX_NEW));
+                    self.warn(format!("the build layer cache was not updated ({why}); the previous one is kept"));
+                }
+            },
+            BuildCacheMode::Inline if interrupted => self.remove_cache_tags(engine).await,
+            BuildCacheMode::Inline => self.save_service_images(engine, results).await,
+            BuildCacheMode::Off => {}
+        }
+        self.stats.save_ms += started.elapsed().as_millis() as u64;
+    }
+
+    async fn save_service_images(&mut self, engine: &Engine, results: &[ServiceResult]) {
+        let docker = docker(engine);
+        let mut images: BTreeMap<String, String> = BTreeMap::new();
+        for r in results.iter().filter(|r| r.status == ServiceStatus::Success) {
+            if let Some(id) = local_id(&docker, &r.image).await {
+                images.insert(r.name.clone(), id);
+            }
+        }
+        // Services that did not build this run keep their previous cache image if the daemon
+        // still has it.
+        for (service, entry) in self.index.services.clone() {
+            if !images.contains_key(&service) && local_id(&docker, &entry.image_id).await.is_some() {
+                images.insert(service, entry.image_id);
+            }
+        }
+        let unchanged = !images.is_empty()
+            && images.len() == self.index.services.len()
+            && images.iter().all(|(s, id)| self.index.services.get(s).is_some_and(|e| &e.image_id == id));
+        if !unchanged && !images.is_empty() {
+            let ids: Vec<String> = images.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+            use sha2::Digest;
+            let h = store::hex(&sha2::Sha256::digest(ids.join("\n").as_bytes()));
+            let rel = format!("images/services-{}.tar", &h[..12]);
+            match export(&docker, &self.root, &rel, &ids).await {
+                Ok(w) => {
+                    self.stats.saved_bytes += w.size;
+                    self.index.archives.insert(
+                        rel.clone(),
+                        Archive {
+                            kind: ArchiveKind::ServiceImages,
+                            size: w.size,
+                            sha256: w.sha256,
+                            image_ids: ids,
+                            saved_at: now(),
+                            last_used: now(),
+                        },
+                    );
+                    self.index.services = images
+                        .into_iter()
+                        .map(|(service, image_id)| {
+                            (service, ServiceImage { image_id, archive: rel.clone(), saved_at: now() })
+                        })
+                        .collect();
+                    self.drop_unreferenced();
+                    self.write_index();
+                }
+                Err(e) => self.warn(format!("cannot save the service images into the cache: {e}")),
+            }
+        } else if let Some(rel) = self.index.services.values().next().map(|e| e.archive.clone()) {
+            if let Some(a) = self.index.archives.get_mut(&rel) {
+                a.last_used = now();
+            }
+            self.write_index();
+        }
+        self.remove_cache_tags(engine).await;
+    }
+
+    /// The cache tags were only for this run's builds: untag them (an image no other tag
+    /// names goes with its tag).
+    async fn remove_cache_tags(&mut self, engine: &Engine) {
+        let docker = docker(engine);
+        let options = RemoveImageOptionsBuilder::default().build();
+        for name in std::mem::take(&mut self.cache_tags) {
+            let _ = docker.remove_image(&name, Some(options.clone()), None).await;
+        }
+    }
+}

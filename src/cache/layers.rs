@@ -1,0 +1,498 @@
+//! The build layer cache: which kind a run uses, the flags each build gets, and the
+//! `buildx/` directory (a BuildKit local cache, OCI layout) with its rotation.
+//!
+//! - [`BuildCacheMode::BuildxLocal`]: every service exports `--cache-to
+//!   type=local,dest=<cache>/buildx-new,mode=max,tag=<service>` and imports `--cache-from
+//!   type=local,src=<cache>/buildx,tag=<service>`. BuildKit updates `index.json` per tag under
+//!   a lock, so parallel builds share one directory. `buildx-new/` starts as a hard-linked copy
+//!   of `buildx/` (services not built this run keep their cache); after the builds it is
+//!   checked (index readable, every referenced blob present), its unreferenced blobs are
+//!   removed, and only then does it replace `buildx/`. An interrupted run or a broken export
+//!   leaves `buildx/` as it was.
+//! - [`BuildCacheMode::Inline`]: builds write inline cache metadata (`BUILDKIT_INLINE_CACHE=1`
+//!   for the engine backend, `--cache-to type=inline` for buildx) and use the previous run's
+//!   service image, loaded from `images/` and tagged `ai-infra-build-cache-<dir>/<service>`,
+//!   as `cache-from`. BuildKit (20.10's builder, the docker driver) finds such a local image
+//!   without asking any registry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::store;
+
+pub const BUILDX: &str = "buildx";
+pub const BUILDX_NEW: &str = "buildx-new";
+pub const BUILDX_OLD: &str = "buildx-old";
+
+/// How service layers are cached between runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildCacheMode {
+    /// BuildKit local cache export/import (`buildx/`).
+    BuildxLocal,
+    /// Inline cache metadata in the service images, kept in `images/`.
+    Inline,
+    /// No layer cache (e.g. `--no-cache`).
+    Off,
+}
+
+impl BuildCacheMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            BuildCacheMode::BuildxLocal => "buildx-local",
+            BuildCacheMode::Inline => "inline",
+            BuildCacheMode::Off => "off",
+        }
+    }
+
+    /// The mode for a builder: `buildx_driver` is the buildx builder's driver (`None` for
+    /// the engine backend, or when `docker buildx inspect` did not say).
+    ///
+    /// Cache export works with buildx's docker driver only on the containerd image store
+    /// (on the classic store it refuses: "Cache export is not supported for the docker
+    /// driver"), and always with the docker-container, remote and kubernetes drivers.
+    pub fn decide(buildx_driver: Option<&str>, containerd_image_store: bool) -> BuildCacheMode {
+        match buildx_driver {
+            Some("docker") if containerd_image_store => BuildCacheMode::BuildxLocal,
+            Some("docker-container" | "remote" | "kubernetes") => BuildCacheMode::BuildxLocal,
+            _ => BuildCacheMode::Inline,
+        }
+    }
+}
+
+/// The cache settings of one build job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobCache {
+    /// `--cache-from` values (buildx) or image names (engine API `cachefrom`).
+    pub cache_from: Vec<String>,
+    /// `--cache-to` values (buildx only).
+    pub cache_to: Vec<String>,
+    /// Write inline cache metadata (`BUILDKIT_INLINE_CACHE=1` / `--cache-to type=inline`).
+    pub inline_cache: bool,
+}
+
+/// The layer cache of this run: its mode, and per service the cache source that exists.
+#[derive(Debug, Clone)]
+pub struct BuildCachePlan {
+    pub mode: BuildCacheMode,
+    pub(super) root: PathBuf,
+    /// Service -> the tag in `buildx/` (local mode) or the restored image (inline mode).
+    pub(super) sources: BTreeMap<String, String>,
+}
+
+impl BuildCachePlan {
+    pub fn off(root: &Path) -> BuildCachePlan {
+        BuildCachePlan {
+            mode: BuildCacheMode::Off,
+            root: root.to_path_buf(),
+            sources: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `service` has something to build from.
+    pub fn has_source(&self, service: &str) -> bool {
+        self.sources.contains_key(service)
+    }
+
+    /// The cache flags of `service`'s build.
+    pub fn job(&self, service: &str) -> JobCache {
+        match self.mode {
+            BuildCacheMode::Off => JobCache::default(),
+            BuildCacheMode::Inline => JobCache {
+                cache_from: self.sources.get(service).cloned().into_iter().collect(),
+                cache_to: Vec::new(),
+                inline_cache: true,
+            },
+            BuildCacheMode::BuildxLocal => {
+                let tag = tag_for(service);
+                let from = self.root.join(BUILDX);
+                let to = self.root.join(BUILDX_NEW);
+                JobCache {
+                    cache_from: self
+                        .sources
+                        .contains_key(service)
+                        .then(|| csv(&["type=local".into(), format!("src={}", from.display()), format!("tag={tag}")]))
+                        .into_iter()
+                        .collect(),
+                    cache_to: vec![csv(&[
+                        "type=local".into(),
+                        format!("dest={}", to.display()),
+                        "mode=max".into(),
+                        format!("tag={tag}"),
+                    ])],
+                    inline_cache: false,
+                }
+            }
+        }
+    }
+}
+
+/// A service's tag in the OCI layout: letters, digits, `.`, `_`, `-`.
+pub fn tag_for(service: &str) -> String {
+    let t: String = service
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .collect();
+    if t.is_empty() { "_".into() } else { t }
+}
+
+/// Joins `--cache-to`/`--cache-from` fields the way buildx reads them (CSV): a field with a
+/// comma or a quote is quoted.
+fn csv(fields: &[String]) -> String {
+    fields
+        .iter()
+        .map(|f| {
+            if f.contains([',', '"', '\n']) {
+                format!("\"{}\"", f.replace('"', "\"\""))
+            } else {
+                f.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What `docker buildx inspect [BUILDER]` says the builder's driver is.
+pub async fn buildx_driver(builder: Option<&str>) -> Option<String> {
+    let mut cmd = tokio::process::Command::new("docker");
+    cmd.args(["buildx", "inspect"]);
+    if let Some(b) = builder {
+        cmd.arg(b);
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), cmd.output())
+        .await
+        .ok()?
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_driver(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_driver(inspect: &str) -> Option<String> {
+    inspect.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "Driver").then(|| v.trim().to_string())
+    })
+}
+
+/// An OCI layout's tags and the blobs they reach, read from `index.json` and the manifests.
+#[derive(Debug, Default)]
+pub struct Layout {
+    /// `org.opencontainers.image.ref.name` -> the index entry.
+    pub tags: BTreeMap<String, serde_json::Value>,
+    /// Every digest reachable from the index, with the size its descriptor gives.
+    pub blobs: BTreeMap<String, u64>,
+}
+
+/// Reads an OCI layout and checks that every blob it references is present with the right
+/// size (and, when `verify` is set, the right SHA-256).
+pub fn read_layout(dir: &Path, verify: bool) -> Result<Layout, String> {
+    let index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("index.json")).map_err(|e| format!("index.json: {e}"))?,
+    )
+    .map_err(|e| format!("index.json is not JSON: {e}"))?;
+    let mut layout = Layout::default();
+    let mut todo: Vec<serde_json::Value> = Vec::new();
+    for m in index["manifests"].as_array().ok_or("index.json lists no manifests")? {
+        if let Some(tag) = m["annotations"]["org.opencontainers.image.ref.name"].as_str() {
+            layout.tags.insert(tag.to_string(), m.clone());
+        }
+        todo.push(m.clone());
+    }
+    while let Some(desc) = todo.pop() {
+        let digest = desc["digest"].as_str().ok_or("a descriptor without digest")?;
+        let size = desc["size"].as_u64().ok_or("a descriptor without size")?;
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| format!("unsupported digest {digest}"))?;
+        if layout.blobs.insert(digest.to_string(), size).is_some() {
+            continue;
+        }
+        let path = dir.join("blobs/sha256").join(hex);
+        let meta = std::fs::metadata(&path).map_err(|_| format!("blob {digest} is missing"))?;
+        if meta.len() != size {
+            return Err(format!("blob {digest} has {} bytes, not {size}", meta.len()));
+        }
+        if verify {
+            let w = store::sha256_file(&path).map_err(|e| format!("blob {digest}: {e}"))?;
+            if w.sha256 != hex {
+                return Err(format!("blob {digest} is corrupted (checksum mismatch)"));
+            }
+        }
+        let media = desc["mediaType"].as_str().unwrap_or_default();
+        if media.contains("index") || media.contains("manifest") {
+            let doc: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(&path).map_err(|e| format!("blob {digest}: {e}"))?,
+            )
+            .map_err(|e| format!("manifest {digest} is not JSON: {e}"))?;
+            if let Some(ms) = doc["manifests"].as_array() {
+                todo.extend(ms.iter().cloned());
+            }
+            if let Some(ls) = doc["layers"].as_array() {
+                todo.extend(ls.iter().cloned());
+            }
+            if doc["config"].is_object() {
+                todo.push(doc["config"].clone());
+            }
+        }
+    }
+    Ok(layout)
+}
+
+/// Writes a layout's `index.json` keeping only the entries whose tag is in `keep`.
+fn filter_index(dir: &Path, keep: &BTreeSet<String>) -> Result<(), String> {
+    let path = dir.join("index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&path).map_err(|e| format!("index.json: {e}"))?,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(ms) = index["manifests"].as_array_mut() {
+        ms.retain(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .is_some_and(|t| keep.contains(t))
+        });
+    }
+    std::fs::write(&path, serde_json::to_vec(&index).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("index.json: {e}"))
+}
+
+/// Starts `buildx-new/` as a copy of `buildx/` (blobs hard-linked) with only the tags in `keep`.
+pub fn seed_new(root: &Path, keep: &BTreeSet<String>, have_old: bool) -> Result<(), String> {
+    let new = root.join(BUILDX_NEW);
+    store::remove(&new).map_err(|e| format!("cannot clear {}: {e}", new.display()))?;
+    std::fs::create_dir_all(new.join("blobs/sha256")).map_err(|e| e.to_string())?;
+    if !have_old {
+        return Ok(());
+    }
+    let old = root.join(BUILDX);
+    for blob in store::files_in(&old.join("blobs/sha256")) {
+        let target = new.join("blobs/sha256").join(blob.file_name().unwrap_or_default());
+        if std::fs::hard_link(&blob, &target).is_err() {
+            std::fs::copy(&blob, &target).map_err(|e| format!("cannot copy {}: {e}", blob.display()))?;
+        }
+    }
+    for f in ["oci-layout", "index.json"] {
+        if old.join(f).is_file() {
+            std::fs::copy(old.join(f), new.join(f)).map_err(|e| format!("cannot copy {f}: {e}"))?;
+        }
+    }
+    if new.join("index.json").is_file() {
+        filter_index(&new, keep)?;
+    }
+    Ok(())
+}
+
+/// Checks `buildx-new/`, removes what nothing references, and puts it in place of `buildx/`.
+/// Returns the tags it holds.
+pub fn rotate(root: &Path) -> Result<Vec<String>, String> {
+    let new = root.join(BUILDX_NEW);
+    if !new.join("index.json").is_file() {
+        return Err("no build exported a cache".into());
+    }
+    let layout = read_layout(&new, false)?;
+    let keep: BTreeSet<String> = layout
+        .blobs
+        .keys()
+        .filter_map(|d| d.strip_prefix("sha256:").map(str::to_string))
+        .collect();
+    for blob in store::files_in(&new.join("blobs/sha256")) {
+        let name = blob.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if !keep.contains(&name) {
+            let _ = std::fs::remove_file(&blob);
+        }
+    }
+    let _ = store::remove(&new.join("ingest"));
+    let _ = store::remove(&new.join("index.json.lock"));
+    let current = root.join(BUILDX);
+    let old = root.join(BUILDX_OLD);
+    store::remove(&old).map_err(|e| e.to_string())?;
+    if current.exists() {
+        std::fs::rename(&current, &old).map_err(|e| format!("cannot move buildx/ aside: {e}"))?;
+    }
+    std::fs::rename(&new, &current).map_err(|e| format!("cannot move buildx-new/ into place: {e}"))?;
+    store::sync_dir(root);
+    let _ = store::remove(&old);
+    Ok(layout.tags.into_keys().collect())
+}
+
+/// After a killed run: an unfinished rotation is undone (or completed), `buildx-new/` dropped.
+pub fn recover_rotation(root: &Path) {
+    let current = root.join(BUILDX);
+    let old = root.join(BUILDX_OLD);
+    if old.exists() {
+        if current.exists() {
+            let _ = store::remove(&old);
+        } else {
+            let _ = std::fs::rename(&old, &current);
+        }
+    }
+    let _ = store::remove(&root.join(BUILDX_NEW));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_export_needs_a_capable_builder() {
+        use BuildCacheMode::*;
+        assert_eq!(BuildCacheMode::decide(Some("docker"), true), BuildxLocal);
+        assert_eq!(BuildCacheMode::decide(Some("docker"), false), Inline, "20.10: export refused");
+        assert_eq!(BuildCacheMode::decide(Some("docker-container"), false), BuildxLocal);
+        assert_eq!(BuildCacheMode::decide(Some("remote"), false), BuildxLocal);
+        assert_eq!(BuildCacheMode::decide(None, true), Inline, "the engine backend");
+        assert_eq!(BuildCacheMode::decide(Some("something-new"), true), Inline);
+    }
+
+    #[test]
+    fn driver_is_read_from_buildx_inspect() {
+        let text = "Name:          default\nDriver:        docker\nLast Activity: 2026-11-28\n\nNodes:\nName:      default\n";
+        assert_eq!(parse_driver(text).as_deref(), Some("docker"));
+        assert_eq!(parse_driver("Name: x\n"), None);
+    }
+
+    #[test]
+    fn local_mode_flags_name_the_service_tag_and_quote_odd_paths() {
+        let plan = BuildCachePlan {
+            mode: BuildCacheMode::BuildxLocal,
+            root: PathBuf::from("/c,d"),
+            sources: [("api".to_string(), "api".to_string())].into(),
+        };
+        let job = plan.job("api");
+        assert_eq!(job.cache_from, ["type=local,\"src=/c,d/buildx\",tag=api"]);
+        assert_eq!(job.cache_to, ["type=local,\"dest=/c,d/buildx-new\",mode=max,tag=api"]);
+        assert!(!job.inline_cache);
+        let fresh = plan.job("web/ui");
+        assert!(fresh.cache_from.is_empty(), "no source, no cache-from");
+        assert_eq!(fresh.cache_to, ["type=local,\"dest=/c,d/buildx-new\",mode=max,tag=web_ui"]);
+    }
+
+    #[test]
+    fn inline_mode_uses_the_restored_image() {
+        let plan = BuildCachePlan {
+            mode: BuildCacheMode::Inline,
+            root: PathBuf::from("/c"),
+            sources: [("api".to_string(), "ai-infra-build-cache-1/api:cache".to_string())].into(),
+        };
+        assert_eq!(
+            plan.job("api"),
+            JobCache {
+                cache_from: vec!["ai-infra-build-cache-1/api:cache".into()],
+                cache_to: vec![],
+                inline_cache: true
+            }
+        );
+        assert_eq!(plan.job("web").cache_from, Vec::<String>::new());
+        assert_eq!(BuildCachePlan::off(Path::new("/c")).job("api"), JobCache::default());
+    }
+
+    /// A tiny OCI layout like BuildKit's local cache export: index -> cache manifest
+    /// (an image index) -> a layer and a cache config.
+    fn write_layout(dir: &Path, tag: &str, layer: &[u8]) -> String {
+        use sha2::Digest;
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let put = |data: &[u8]| {
+            let hex = store::hex(&sha2::Sha256::digest(data));
+            std::fs::write(blobs.join(&hex), data).unwrap();
+            (format!("sha256:{hex}"), data.len())
+        };
+        let (layer_d, layer_n) = put(layer);
+        let (cfg_d, cfg_n) = put(br#"{"layers":[]}"#);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_d, "size": layer_n},
+                {"mediaType": "application/vnd.buildkit.cacheconfig.v0", "digest": cfg_d, "size": cfg_n}
+            ]
+        });
+        let (m_d, m_n) = put(&serde_json::to_vec(&manifest).unwrap());
+        let index_path = dir.join("index.json");
+        let mut index: serde_json::Value = std::fs::read(&index_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::json!({"schemaVersion": 2, "manifests": []}));
+        index["manifests"].as_array_mut().unwrap().push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": m_d, "size": m_n,
+            "annotations": {"org.opencontainers.image.ref.name": tag}
+        }));
+        std::fs::write(index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        layer_d
+    }
+
+    #[test]
+    fn layouts_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = write_layout(dir.path(), "api", b"layer bytes");
+        let layout = read_layout(dir.path(), true).unwrap();
+        assert_eq!(layout.tags.keys().collect::<Vec<_>>(), ["api"]);
+        assert_eq!(layout.blobs.len(), 3);
+        // A flipped byte: the size still matches, the checksum does not.
+        let path = dir.path().join("blobs/sha256").join(layer.strip_prefix("sha256:").unwrap());
+        std::fs::write(&path, b"layer bytez").unwrap();
+        assert!(read_layout(dir.path(), false).is_ok());
+        let err = read_layout(dir.path(), true).unwrap_err();
+        assert!(err.contains("checksum"), "{err}");
+        std::fs::write(&path, b"layer").unwrap();
+        assert!(read_layout(dir.path(), false).unwrap_err().contains("bytes"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(read_layout(dir.path(), false).unwrap_err().contains("missing"));
+    }
+
+    #[test]
+    fn rotation_keeps_old_tags_of_unbuilt_services_and_drops_garbage() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        write_layout(&root.join(BUILDX), "api", b"api layer v1");
+        write_layout(&root.join(BUILDX), "web", b"web layer v1");
+        write_layout(&root.join(BUILDX), "removed-service", b"old stuff");
+        let keep: BTreeSet<String> = ["api".to_string(), "web".to_string()].into();
+        seed_new(root, &keep, true).unwrap();
+        // This run rebuilt api only; BuildKit replaced its tag (simulated by a rewrite).
+        let new = root.join(BUILDX_NEW);
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(new.join("index.json")).unwrap()).unwrap();
+        index["manifests"].as_array_mut().unwrap().retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != "api");
+        std::fs::write(new.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        write_layout(&new, "api", b"api layer v2");
+        std::fs::create_dir_all(new.join("ingest/x")).unwrap();
+        let tags = rotate(root).unwrap();
+        assert_eq!(tags, ["api", "web"]);
+        assert!(!root.join(BUILDX_NEW).exists() && !root.join(BUILDX_OLD).exists());
+        let layout = read_layout(&root.join(BUILDX), true).unwrap();
+        // Two tags of three blobs each; the cache config is the same blob in both.
+        assert_eq!(layout.blobs.len(), 5);
+        assert_eq!(store::files_in(&root.join("buildx/blobs/sha256")).len(), 5, "garbage removed");
+        assert!(!root.join("buildx/ingest").exists());
+    }
+
+    #[test]
+    fn a_broken_export_is_not_rotated_in() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        write_layout(&root.join(BUILDX), "api", b"good");
+        seed_new(root, &["api".to_string()].into(), true).unwrap();
+        std::fs::write(root.join(BUILDX_NEW).join("index.json"), b"{\"manifests\": [tru").unwrap();
+        assert!(rotate(root).is_err());
+        assert!(read_layout(&root.join(BUILDX), true).is_ok(), "the old cache is untouched");
+    }
+
+    #[test]
+    fn an_unfinished_rotation_is_recovered() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        write_layout(&root.join(BUILDX_OLD), "api", b"v1");
+        write_layout(&root.join(BUILDX_NEW), "api", b"v2");
+        recover_rotation(root);
+        assert!(read_layout(&root.join(BUILDX), true).is_ok());
+        assert!(!root.join(BUILDX_NEW).exists());
+    }
+}

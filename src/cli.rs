@@ -251,8 +251,22 @@ pub enum PrefetchFailure {
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// The JSON report a run wrote (`ai-infra-build-report.json` in its output directory).
-    #[arg(long, value_name = "FILE")]
-    pub from: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "merge", conflicts_with = "merge")]
+    pub from: Option<PathBuf>,
+    /// Merge the reports of matrix shards into one and publish it like one `build-all` would
+    /// (summary, outputs, annotations, check runs, PR comment). Missing shards are listed.
+    #[arg(long, value_name = "REPORT.json", num_args = 1.., env = "INPUT_MERGE_REPORTS", value_delimiter = '\n')]
+    pub merge: Vec<PathBuf>,
+    /// How many shards there were (default: as the reports say); a shard without a report
+    /// is named in the summary and makes the exit code 1.
+    #[arg(long, value_name = "N", requires = "merge")]
+    pub shards: Option<usize>,
+    /// Where the merged report goes.
+    #[arg(long, value_name = "DIR", default_value = ".ai-infra-build", requires = "merge")]
+    pub out_dir: PathBuf,
+    /// A GitHub token for the merged check runs and PR comment.
+    #[arg(long, value_name = "TOKEN", env = "INPUT_GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
     /// The view: `markdown` (the step summary), `json`, `annotations` (workflow commands with
     /// the log groups), `outputs` (the step outputs) or `terminal` (the final table).
     #[arg(long, value_enum, default_value_t = ReportFormat::Terminal)]

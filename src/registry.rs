@@ -311,7 +311,12 @@ impl RegistryClient {
         self.challenges.lock().ok()?.get(key).cloned()
     }
 
-    fn store<V>(&self, map: &Mutex<HashMap<(String, String), V>>, key: &(String, String), value: V) {
+    fn store<V>(
+        &self,
+        map: &Mutex<HashMap<(String, String), V>>,
+        key: &(String, String),
+        value: V,
+    ) {
         if let Ok(mut map) = map.lock() {
             map.insert(key.clone(), value);
         }

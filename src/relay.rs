@@ -293,7 +293,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         headers,
     };
     let inflight = InFlight::new(&upstream.state, &upstream.label, &upstream.repository);
-    match upstream.send(method.clone(), upstream.headers.clone()).await {
+    match upstream
+        .send(method.clone(), upstream.headers.clone())
+        .await
+    {
         Ok(resp) => Ok(upstream.forward(method, resp, inflight)),
         Err(err) => Ok(match (err.status, err.body) {
             (Some(status), Some(document)) => Response::builder()

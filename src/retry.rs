@@ -130,7 +130,9 @@ const fn rule(fragment: &'static str, class: ErrorClass) -> Rule {
 }
 
 /// The classification table, first match wins. Fragments are matched against the lowercased
-/// message. Permanent registry error codes (distribution spec, "Error codes") come first so
+/// message with its URLs taken out (a tag, repository or digest in a URL says nothing about
+/// the failure); a fragment of digits only matches a whole number that is not part of an
+/// address (`:429` is a port, `…e429f…` part of a digest). Permanent registry error codes (distribution spec, "Error codes") come first so
 /// that "manifest unknown" inside a longer message is never mistaken for a network failure;
 /// then rate limits and server errors; then network failures.
 pub const MESSAGE_RULES: &[Rule] = {
@@ -196,16 +198,56 @@ const TOKEN_FRAGMENTS: &[&str] = &[
 /// answered `401 unauthorized` stays permanent).
 pub fn classify_message(message: &str) -> ErrorClass {
     let lower = message.to_ascii_lowercase();
-    let class = MESSAGE_RULES
-        .iter()
-        .find(|r| lower.contains(r.fragment))
-        .map_or(ErrorClass::Other, |r| r.class);
+    let text = without_urls(&lower);
+    let class = first_rule(&text).map_or(ErrorClass::Other, |r| r.class);
     let about_token = TOKEN_FRAGMENTS.iter().any(|f| lower.contains(f));
     if about_token && class.is_transient() {
         ErrorClass::TokenFetch
     } else {
         class
     }
+}
+
+/// The first rule of [`MESSAGE_RULES`] that matches `text` (lowercase, without URLs).
+fn first_rule(text: &str) -> Option<&'static Rule> {
+    MESSAGE_RULES
+        .iter()
+        .find(|r| fragment_matches(text, r.fragment))
+}
+
+/// Whether `fragment` occurs in `text`; a fragment of digits only must stand alone: not next
+/// to a letter or digit, nor to `:`, `.`, `/`, `-`, `_` (ports, addresses, versions, digests).
+fn fragment_matches(text: &str, fragment: &str) -> bool {
+    if !fragment.bytes().all(|b| b.is_ascii_digit()) {
+        return text.contains(fragment);
+    }
+    let free =
+        |c: Option<char>| c.is_none_or(|c| !(c.is_ascii_alphanumeric() || ":./-_".contains(c)));
+    text.match_indices(fragment).any(|(at, _)| {
+        free(text[..at].chars().next_back()) && free(text[at + fragment.len()..].chars().next())
+    })
+}
+
+/// `text` with every `http://…` and `https://…` URL replaced by `<url>` (a URL ends at
+/// whitespace, a quote, `)` or `>`).
+fn without_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = ["http://", "https://"]
+        .iter()
+        .filter_map(|scheme| rest.find(scheme))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        out.push_str("<url>");
+        let url = &rest[at..];
+        let end = url
+            .find(|c: char| c.is_whitespace() || "\"')>".contains(c))
+            .unwrap_or(url.len());
+        rest = &url[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Classifies an HTTP status from a registry. `None` for success and redirects.
@@ -441,6 +483,20 @@ mod tests {
         ("403 Forbidden", Denied),
         ("Get https://registry-1.docker.io/v2/: EOF", Eof),
         ("something EOF", Eof),
+        // Numbers in URLs, digests and ports are not status codes.
+        (
+            "error sending request for url (http://127.0.0.1:35491/v2/library/x/manifests/sha256:001c5b39bed1c67a33c6d553cb15a98ad55d0ccdf73389ea31ef3b9bb1429980): client error (SendRequest): connection closed before message completed: unexpected EOF",
+            Eof,
+        ),
+        (
+            "Get \"http://127.0.0.1:5000/v2/library/x/manifests/503\": EOF",
+            Eof,
+        ),
+        (
+            "dial tcp 127.0.0.1:429: connect: connection refused",
+            ConnectionRefused,
+        ),
+        ("layer sha256:4290ab: unexpected EOF", Eof),
         // Token failures: transient when their cause is.
         (
             "Get \"https://auth.docker.io/token?scope=repository%3Alibrary%2Fubuntu%3Apull&service=registry.docker.io\": EOF",
@@ -474,10 +530,10 @@ mod tests {
     #[test]
     fn every_rule_is_exercised_by_a_case() {
         let first_rule = |message: &str| {
-            let lower = message.to_ascii_lowercase();
+            let text = without_urls(&message.to_ascii_lowercase());
             MESSAGE_RULES
                 .iter()
-                .position(|r| lower.contains(r.fragment))
+                .position(|r| fragment_matches(&text, r.fragment))
         };
         for (i, rule) in MESSAGE_RULES.iter().enumerate() {
             let hit = CASES
@@ -485,6 +541,21 @@ mod tests {
                 .any(|(m, c)| first_rule(m) == Some(i) && (*c == rule.class || *c == TokenFetch));
             assert!(hit, "no case for rule {rule:?}");
         }
+    }
+
+    #[test]
+    fn urls_are_taken_out_before_matching() {
+        assert_eq!(
+            without_urls("get \"https://r.io/v2/a/manifests/429\": eof (http://x/503) end"),
+            "get \"<url>\": eof (<url>) end"
+        );
+        assert_eq!(without_urls("http://a"), "<url>");
+        assert_eq!(without_urls("no url"), "no url");
+        assert!(fragment_matches("status 429 too", "429"));
+        assert!(fragment_matches("(429)", "429"));
+        assert!(!fragment_matches("port :429:", "429"));
+        assert!(!fragment_matches("v1.429.0", "429"));
+        assert!(!fragment_matches("sha256:a4291", "429"));
     }
 
     #[test]
@@ -648,7 +719,14 @@ mod tests {
     fn connection_faults_wait_a_quarter_of_the_backoff() {
         assert_eq!(Eof.backoff_scale(), 0.25);
         assert_eq!(ConnectionReset.backoff_scale(), 0.25);
-        for class in [ServerError, RateLimited, Timeout, Stalled, ConnectionRefused, TokenFetch] {
+        for class in [
+            ServerError,
+            RateLimited,
+            Timeout,
+            Stalled,
+            ConnectionRefused,
+            TokenFetch,
+        ] {
             assert_eq!(class.backoff_scale(), 1.0, "{class}");
         }
     }
@@ -677,7 +755,10 @@ mod tests {
                 )
                 .await;
             let longest = waits.iter().max().copied().unwrap_or_default();
-            assert!(longest <= Duration::from_millis(ceiling), "{class}: {waits:?}");
+            assert!(
+                longest <= Duration::from_millis(ceiling),
+                "{class}: {waits:?}"
+            );
             if class == ServerError {
                 assert!(longest > Duration::from_millis(2), "{class}: {waits:?}");
             }

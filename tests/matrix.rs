@@ -89,3 +89,74 @@ async fn issue9_three_shards_build_every_service_once() {
     assert_eq!(built.len(), 24);
     project.remove_built_images();
 }
+
+/// Durations, step counts and other per-run values become `~`, so two runs of the same
+/// build render the same summary.
+fn normalized(markdown: &str) -> String {
+    let volatile = |tok: &str| {
+        let t = tok.trim_matches(|c: char| c == '*' || c == ',' || c == '(' || c == ')');
+        let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.');
+        t.strip_suffix("ms").is_some_and(digits)
+            || t.strip_suffix('s').is_some_and(|s| digits(s) || s.split_once('m').is_some_and(|(m, s)| digits(m) && digits(s)))
+            || t.split_once('/').is_some_and(|(a, b)| digits(a) && digits(b))
+            || (t.starts_with("20") && t.ends_with('Z') && t.contains('T'))
+    };
+    markdown
+        .lines()
+        .map(|line| line.split(' ').map(|tok| if volatile(tok) { "~" } else { tok }).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn markdown_of(project: &Project, report: &str) -> String {
+    let out = project.command(&["report", "--from", report, "--format", "markdown"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().replace(report, "REPORT")
+}
+
+#[tokio::test]
+async fn issue9_merged_shard_reports_equal_one_build_all_and_name_missing_shards() {
+    let project = Project::empty().await;
+    project.push_bases(&[("library/ubuntu", "22.04")]).await;
+    write_fixture(&project);
+    // Base images present for every run, so each run's base-image table is the same.
+    let out = project.run(&["prefetch", "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = project.run(&["build-all", "--no-cache", "--out-dir", "single", "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    project.remove_built_images();
+    let mut shard_reports = Vec::new();
+    for i in 1..=3 {
+        let dir = format!("reports/shard-{i}");
+        let out = project.run(&["build-all", "--no-cache", "--shard", &format!("{i}/3"), "--out-dir", &dir, "-q"]);
+        assert_eq!(out.status.code(), Some(0), "shard {i}: {}", text(&out));
+        shard_reports.push(format!("{dir}/ai-infra-build-report.json"));
+    }
+    let mut merge = vec!["report", "--merge"];
+    merge.extend(shard_reports.iter().map(String::as_str));
+    merge.extend(["--out-dir", "merged"]);
+    let out = project.command(&merge).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let read = |p: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(project.path().join(p)).unwrap()).unwrap() };
+    let single = read("single/ai-infra-build-report.json");
+    let merged = read("merged/ai-infra-build-report.json");
+    assert_eq!(merged["totals"], single["totals"]);
+    assert_eq!(merged["totals"]["succeeded"], 24);
+    let single_md = normalized(&markdown_of(&project, "single/ai-infra-build-report.json"));
+    let merged_md = normalized(&markdown_of(&project, "merged/ai-infra-build-report.json"));
+    assert_eq!(merged_md, single_md);
+    insta::assert_snapshot!("merged_summary", merged_md.replace(&project.tag, "TAG").replace(&project.registry.host(), "REGISTRY"));
+
+    // Shard 2's report is missing: named in the summary, and the exit code says so.
+    let out = project
+        .command(&["report", "--merge", &shard_reports[0], &shard_reports[2], "--shards", "3", "--out-dir", "partial"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let partial = markdown_of(&project, "partial/ai-infra-build-report.json");
+    assert!(partial.contains("shard 2/3: no report"), "{partial}");
+    assert_eq!(read("partial/ai-infra-build-report.json")["missing_shards"], serde_json::json!(["2/3"]));
+    project.remove_built_images();
+}

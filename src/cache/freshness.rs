@@ -37,7 +37,11 @@ pub fn decide(answers: &[(String, Result<String, String>)], cached: &str) -> Fre
     let mut errors = Vec::new();
     for (source, answer) in answers {
         match answer {
-            Ok(d) if d == cached => return Freshness::Current { source: source.clone() },
+            Ok(d) if d == cached => {
+                return Freshness::Current {
+                    source: source.clone(),
+                };
+            }
             Ok(d) => {
                 return Freshness::Stale {
                     source: source.clone(),
@@ -51,7 +55,12 @@ pub fn decide(answers: &[(String, Result<String, String>)], cached: &str) -> Fre
 }
 
 /// Asks one source for the manifest digest of `path:tag`.
-async fn manifest_digest(client: &RegistryClient, source: &Source, path: &str, tag: &str) -> Result<String, String> {
+async fn manifest_digest(
+    client: &RegistryClient,
+    source: &Source,
+    path: &str,
+    tag: &str,
+) -> Result<String, String> {
     let mut headers = HeaderMap::new();
     headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_TYPES));
     let url_path = format!("/v2/{}/manifests/{tag}", source.path_for(path));
@@ -59,7 +68,11 @@ async fn manifest_digest(client: &RegistryClient, source: &Source, path: &str, t
         .send(&source.endpoint, Method::HEAD, &url_path, headers.clone())
         .await
         .map_err(|e| e.message.clone())?;
-    if let Some(d) = head.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+    if let Some(d) = head
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+    {
         return Ok(d.to_string());
     }
     // Some registries leave the header out of HEAD answers: hash the manifest.
@@ -69,7 +82,10 @@ async fn manifest_digest(client: &RegistryClient, source: &Source, path: &str, t
         .map_err(|e| e.message.clone())?;
     let body = get.bytes().await.map_err(|e| e.to_string())?;
     use sha2::Digest;
-    Ok(format!("sha256:{}", super::store::hex(&sha2::Sha256::digest(&body))))
+    Ok(format!(
+        "sha256:{}",
+        super::store::hex(&sha2::Sha256::digest(&body))
+    ))
 }
 
 impl Cache {
@@ -104,7 +120,12 @@ impl Cache {
             if reference.digest.is_some() {
                 continue;
             }
-            let local = engine.docker.inspect_image(&reference.familiar()).await.ok().and_then(|i| i.id);
+            let local = engine
+                .docker
+                .inspect_image(&reference.familiar())
+                .await
+                .ok()
+                .and_then(|i| i.id);
             if local.as_deref() != Some(entry.image_id.as_str()) {
                 continue;
             }
@@ -136,7 +157,7 @@ impl Cache {
                     self.warn(format!(
                         "{key}: no registry answered ({}); using the cached copy saved {} ago",
                         errors.join("; "),
-                        age(entry.saved_at, now())
+                        age(entry.saved_at_ms, now())
                     ));
                     "cache (registry unreachable)".to_string()
                 }
@@ -173,17 +194,33 @@ mod tests {
     #[test]
     fn the_first_answer_decides() {
         assert_eq!(
-            decide(&[err("hub", "no such host"), ok("mirror", "sha256:a")], "sha256:a"),
-            Freshness::Current { source: "mirror".into() }
+            decide(
+                &[err("hub", "no such host"), ok("mirror", "sha256:a")],
+                "sha256:a"
+            ),
+            Freshness::Current {
+                source: "mirror".into()
+            }
         );
         assert_eq!(
             decide(&[ok("hub", "sha256:b")], "sha256:a"),
-            Freshness::Stale { source: "hub".into(), digest: "sha256:b".into() }
+            Freshness::Stale {
+                source: "hub".into(),
+                digest: "sha256:b".into()
+            }
         );
         assert_eq!(
-            decide(&[err("hub", "no such host"), err("mirror", "503")], "sha256:a"),
-            Freshness::Unreachable { errors: vec!["hub: no such host".into(), "mirror: 503".into()] }
+            decide(
+                &[err("hub", "no such host"), err("mirror", "503")],
+                "sha256:a"
+            ),
+            Freshness::Unreachable {
+                errors: vec!["hub: no such host".into(), "mirror: 503".into()]
+            }
         );
-        assert_eq!(decide(&[], "sha256:a"), Freshness::Unreachable { errors: vec![] });
+        assert_eq!(
+            decide(&[], "sha256:a"),
+            Freshness::Unreachable { errors: vec![] }
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use bollard::Docker;
-use bollard::query_parameters::{ImportImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder};
+use bollard::query_parameters::{
+    ImportImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
 use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
@@ -80,7 +82,10 @@ async fn load(docker: &Docker, path: &Path) -> Result<(), String> {
     while let Some(item) = stream.next().await {
         item.map_err(|e| match e {
             bollard::errors::Error::DockerStreamError { error } => error,
-            bollard::errors::Error::DockerResponseServerError { message, status_code } => {
+            bollard::errors::Error::DockerResponseServerError {
+                message,
+                status_code,
+            } => {
                 format!("{message} (HTTP {status_code})")
             }
             other => other.to_string(),
@@ -90,7 +95,12 @@ async fn load(docker: &Docker, path: &Path) -> Result<(), String> {
 }
 
 /// Saves images (by id) into `root/rel`, atomically.
-async fn export(docker: &Docker, root: &Path, rel: &str, ids: &[String]) -> Result<store::Written, String> {
+async fn export(
+    docker: &Docker,
+    root: &Path,
+    rel: &str,
+    ids: &[String],
+) -> Result<store::Written, String> {
     let names: Vec<&str> = ids.iter().map(String::as_str).collect();
     let stream = Box::pin(docker.export_images(&names));
     store::write_stream_atomic(root, rel, stream).await
@@ -101,10 +111,13 @@ async fn tag(docker: &Docker, id: &str, reference: &Reference) -> Result<(), Str
         .repo(&reference.familiar_name())
         .tag(reference.tag.as_deref().unwrap_or("latest"))
         .build();
-    docker
-        .tag_image(id, Some(options))
-        .await
-        .map_err(|e| format!("cannot tag {} as {}: {e}", short_id(id), reference.familiar()))
+    docker.tag_image(id, Some(options)).await.map_err(|e| {
+        format!(
+            "cannot tag {} as {}: {e}",
+            short_id(id),
+            reference.familiar()
+        )
+    })
 }
 
 impl Cache {
@@ -113,7 +126,10 @@ impl Cache {
         let archive = self.index.archives.get(rel).ok_or("not in the index")?;
         let w = store::sha256_file(&self.root.join(rel)).map_err(|e| e.to_string())?;
         if w.size != archive.size {
-            return Err(format!("truncated or extended: {} bytes, {} on record", w.size, archive.size));
+            return Err(format!(
+                "truncated or extended: {} bytes, {} on record",
+                w.size, archive.size
+            ));
         }
         if w.sha256 != archive.sha256 {
             return Err("checksum mismatch".into());
@@ -137,7 +153,11 @@ impl Cache {
     ///
     /// Digest references (`name@sha256:…`) are not restored: the daemon cannot be given a
     /// repo digest without a pull.
-    pub async fn restore_base_images(&mut self, engine: &Engine, needs: &[ImageNeed]) -> RestoreStats {
+    pub async fn restore_base_images(
+        &mut self,
+        engine: &Engine,
+        needs: &[ImageNeed],
+    ) -> RestoreStats {
         let started = Instant::now();
         let docker = docker(engine);
         let mut stats = RestoreStats::default();
@@ -158,17 +178,24 @@ impl Cache {
                     stats.already_present.push(key.clone());
                     self.restored.insert(key);
                     if let Some(a) = self.index.archives.get_mut(&entry.archive) {
-                        a.last_used = now();
+                        a.last_used_ms = now();
                     }
                 }
                 Some(_) => stats.local_differs.push(key),
-                None => wanted.entry(entry.archive.clone()).or_default().push((need.reference.clone(), entry)),
+                None => wanted
+                    .entry(entry.archive.clone())
+                    .or_default()
+                    .push((need.reference.clone(), entry)),
             }
         }
         for (rel, refs) in wanted {
             let names: Vec<String> = refs.iter().map(|(r, _)| r.to_string()).collect();
             if let Err(why) = self.verify(&rel) {
-                self.discard(&rel, &why, &format!("{} will be pulled again", names.join(", ")));
+                self.discard(
+                    &rel,
+                    &why,
+                    &format!("{} will be pulled again", names.join(", ")),
+                );
                 stats.discarded.push(rel);
                 continue;
             }
@@ -188,7 +215,10 @@ impl Cache {
             for (reference, entry) in refs {
                 let key = reference.to_string();
                 let ok = match tag(&docker, &entry.image_id, &reference).await {
-                    Ok(()) => local_id(&docker, &reference.familiar()).await.as_deref() == Some(entry.image_id.as_str()),
+                    Ok(()) => {
+                        local_id(&docker, &reference.familiar()).await.as_deref()
+                            == Some(entry.image_id.as_str())
+                    }
                     Err(e) => {
                         self.warn(e);
                         false
@@ -200,7 +230,7 @@ impl Cache {
                 }
             }
             if let Some(a) = self.index.archives.get_mut(&rel) {
-                a.last_used = now();
+                a.last_used_ms = now();
             }
         }
         stats.duration_ms = started.elapsed().as_millis() as u64;
@@ -218,7 +248,9 @@ impl Cache {
         let docker = docker(engine);
         for image in images {
             match image.status {
-                ImageStatus::Present if self.restored.contains(&image.reference) => self.stats.base_image_hits += 1,
+                ImageStatus::Present if self.restored.contains(&image.reference) => {
+                    self.stats.base_image_hits += 1
+                }
                 ImageStatus::Pulled => self.stats.base_image_misses += 1,
                 _ => {}
             }
@@ -236,10 +268,12 @@ impl Cache {
             };
             let key = image.reference.clone();
             let previous = self.index.base_images.get(&key).cloned();
-            let digest = image
-                .digest
-                .clone()
-                .or_else(|| previous.as_ref().filter(|p| p.image_id == id).and_then(|p| p.digest.clone()));
+            let digest = image.digest.clone().or_else(|| {
+                previous
+                    .as_ref()
+                    .filter(|p| p.image_id == id)
+                    .and_then(|p| p.digest.clone())
+            });
             // An archive that already holds this image (for this or another reference).
             let existing = self
                 .index
@@ -250,7 +284,10 @@ impl Cache {
             let rel = match existing {
                 Some(rel) => rel,
                 None => {
-                    let rel = format!("base-images/{}.tar", id.strip_prefix("sha256:").unwrap_or(&id));
+                    let rel = format!(
+                        "base-images/{}.tar",
+                        id.strip_prefix("sha256:").unwrap_or(&id)
+                    );
                     match export(&docker, &self.root, &rel, std::slice::from_ref(&id)).await {
                         Ok(w) => {
                             self.stats.saved_bytes += w.size;
@@ -261,30 +298,35 @@ impl Cache {
                                     size: w.size,
                                     sha256: w.sha256,
                                     image_ids: vec![id.clone()],
-                                    saved_at: now(),
-                                    last_used: now(),
+                                    saved_at_ms: now(),
+                                    last_used_ms: now(),
                                 },
                             );
                             rel
                         }
                         Err(e) => {
-                            self.warn(format!("cannot save {} into the cache: {e}", image.reference));
+                            self.warn(format!(
+                                "cannot save {} into the cache: {e}",
+                                image.reference
+                            ));
                             continue;
                         }
                     }
                 }
             };
             if let Some(a) = self.index.archives.get_mut(&rel) {
-                a.last_used = now();
+                a.last_used_ms = now();
             }
-            let saved_at = previous.filter(|p| p.image_id == id).map_or_else(now, |p| p.saved_at);
+            let saved_at_ms = previous
+                .filter(|p| p.image_id == id)
+                .map_or_else(now, |p| p.saved_at_ms);
             self.index.base_images.insert(
                 key,
                 BaseImage {
                     image_id: id,
                     digest,
                     archive: rel,
-                    saved_at,
+                    saved_at_ms,
                 },
             );
             // The index is written after each archive: a run killed later keeps this one.
@@ -304,7 +346,9 @@ impl Cache {
     /// The local tag a restored service image gets: unique to this cache directory.
     fn cache_tag(&self, service: &str) -> String {
         use sha2::Digest;
-        let dir = store::hex(&sha2::Sha256::digest(self.root.to_string_lossy().as_bytes()));
+        let dir = store::hex(&sha2::Sha256::digest(
+            self.root.to_string_lossy().as_bytes(),
+        ));
         let name: String = service
             .to_ascii_lowercase()
             .chars()
@@ -343,7 +387,10 @@ impl Cache {
         };
         match mode {
             BuildCacheMode::BuildxLocal => self.prepare_buildx(&mut plan, services),
-            BuildCacheMode::Inline => self.restore_service_images(engine, &mut plan, services).await,
+            BuildCacheMode::Inline => {
+                self.restore_service_images(engine, &mut plan, services)
+                    .await
+            }
             BuildCacheMode::Off => {}
         }
         self.build_plan = Some(plan.clone());
@@ -367,10 +414,10 @@ impl Cache {
                     let b = self.index.buildx.get_or_insert(super::index::BuildxDir {
                         size,
                         tags: layout.tags.keys().cloned().collect(),
-                        saved_at: 0,
-                        last_used: 0,
+                        saved_at_ms: 0,
+                        last_used_ms: 0,
                     });
-                    b.last_used = now();
+                    b.last_used_ms = now();
                 }
                 Err(why) => {
                     let _ = store::remove(&dir);
@@ -385,11 +432,19 @@ impl Cache {
         }
         let keep = services.iter().map(|s| layers::tag_for(s)).collect();
         if let Err(e) = layers::seed_new(&self.root, &keep, have_old) {
-            self.warn(format!("cannot prepare {}: {e}; the layer cache is not saved this run", layers::BUILDX_NEW));
+            self.warn(format!(
+                "cannot prepare {}: {e}; the layer cache is not saved this run",
+                layers::BUILDX_NEW
+            ));
         }
     }
 
-    async fn restore_service_images(&mut self, engine: &Engine, plan: &mut BuildCachePlan, services: &[String]) {
+    async fn restore_service_images(
+        &mut self,
+        engine: &Engine,
+        plan: &mut BuildCachePlan,
+        services: &[String],
+    ) {
         let started = Instant::now();
         let docker = docker(engine);
         let wanted: Vec<(String, ServiceImage)> = services
@@ -404,7 +459,11 @@ impl Cache {
             }
             if missing {
                 if let Err(why) = self.verify(&rel) {
-                    self.discard(&rel, &why, "services build without a cache source this time");
+                    self.discard(
+                        &rel,
+                        &why,
+                        "services build without a cache source this time",
+                    );
                     continue;
                 }
                 if let Err(e) = load(&docker, &self.root.join(&rel)).await {
@@ -414,7 +473,7 @@ impl Cache {
                 self.stats.restored_bytes += self.index.archives.get(&rel).map_or(0, |a| a.size);
             }
             if let Some(a) = self.index.archives.get_mut(&rel) {
-                a.last_used = now();
+                a.last_used_ms = now();
             }
         }
         for (service, entry) in wanted {
@@ -439,7 +498,12 @@ impl Cache {
     /// (successful builds, and the previous cache image of the others) into one archive.
     /// Counts the service hits: a service with a cache source whose build reported cached
     /// steps.
-    pub async fn save_build_cache(&mut self, engine: &Engine, results: &[ServiceResult], interrupted: bool) {
+    pub async fn save_build_cache(
+        &mut self,
+        engine: &Engine,
+        results: &[ServiceResult],
+        interrupted: bool,
+    ) {
         let started = Instant::now();
         let Some(plan) = self.build_plan.clone() else {
             return;
@@ -462,21 +526,23 @@ impl Cache {
             BuildCacheMode::BuildxLocal if interrupted => {
                 let _ = store::remove(&self.root.join(layers::BUILDX_NEW));
             }
-            BuildCacheMode::BuildxLocal => match layers::rotate(&self.root) {
-                Ok(tags) => {
-                    self.index.buildx = Some(super::index::BuildxDir {
-                        size: store::disk_size(&self.root.join(layers::BUILDX)),
-                        tags,
-                        saved_at: now(),
-                        last_used: now(),
-                    });
-                    self.write_index();
+            BuildCacheMode::BuildxLocal => {
+                match layers::rotate(&self.root) {
+                    Ok(tags) => {
+                        self.index.buildx = Some(super::index::BuildxDir {
+                            size: store::disk_size(&self.root.join(layers::BUILDX)),
+                            tags,
+                            saved_at_ms: now(),
+                            last_used_ms: now(),
+                        });
+                        self.write_index();
+                    }
+                    Err(why) => {
+                        let _ = store::remove(&self.root.join(layers::BUILDX_NEW));
+                        self.warn(format!("the build layer cache was not updated ({why}); the previous one is kept"));
+                    }
                 }
-                Err(why) => {
-                    let _ = store::remove(&self.root.join(layers::BUILDX_NEW));
-                    self.warn(format!("the build layer cache was not updated ({why}); the previous one is kept"));
-                }
-            },
+            }
             BuildCacheMode::Inline if interrupted => self.remove_cache_tags(engine).await,
             BuildCacheMode::Inline => self.save_service_images(engine, results).await,
             BuildCacheMode::Off => {}
@@ -487,7 +553,10 @@ impl Cache {
     async fn save_service_images(&mut self, engine: &Engine, results: &[ServiceResult]) {
         let docker = docker(engine);
         let mut images: BTreeMap<String, String> = BTreeMap::new();
-        for r in results.iter().filter(|r| r.status == ServiceStatus::Success) {
+        for r in results
+            .iter()
+            .filter(|r| r.status == ServiceStatus::Success)
+        {
             if let Some(id) = local_id(&docker, &r.image).await {
                 images.insert(r.name.clone(), id);
             }
@@ -495,15 +564,26 @@ impl Cache {
         // Services that did not build this run keep their previous cache image if the daemon
         // still has it.
         for (service, entry) in self.index.services.clone() {
-            if !images.contains_key(&service) && local_id(&docker, &entry.image_id).await.is_some() {
+            if !images.contains_key(&service) && local_id(&docker, &entry.image_id).await.is_some()
+            {
                 images.insert(service, entry.image_id);
             }
         }
         let unchanged = !images.is_empty()
             && images.len() == self.index.services.len()
-            && images.iter().all(|(s, id)| self.index.services.get(s).is_some_and(|e| &e.image_id == id));
+            && images.iter().all(|(s, id)| {
+                self.index
+                    .services
+                    .get(s)
+                    .is_some_and(|e| &e.image_id == id)
+            });
         if !unchanged && !images.is_empty() {
-            let ids: Vec<String> = images.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+            let ids: Vec<String> = images
+                .values()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             use sha2::Digest;
             let h = store::hex(&sha2::Sha256::digest(ids.join("\n").as_bytes()));
             let rel = format!("images/services-{}.tar", &h[..12]);
@@ -517,24 +597,39 @@ impl Cache {
                             size: w.size,
                             sha256: w.sha256,
                             image_ids: ids,
-                            saved_at: now(),
-                            last_used: now(),
+                            saved_at_ms: now(),
+                            last_used_ms: now(),
                         },
                     );
                     self.index.services = images
                         .into_iter()
                         .map(|(service, image_id)| {
-                            (service, ServiceImage { image_id, archive: rel.clone(), saved_at: now() })
+                            (
+                                service,
+                                ServiceImage {
+                                    image_id,
+                                    archive: rel.clone(),
+                                    saved_at_ms: now(),
+                                },
+                            )
                         })
                         .collect();
                     self.drop_unreferenced();
                     self.write_index();
                 }
-                Err(e) => self.warn(format!("cannot save the service images into the cache: {e}")),
+                Err(e) => self.warn(format!(
+                    "cannot save the service images into the cache: {e}"
+                )),
             }
-        } else if let Some(rel) = self.index.services.values().next().map(|e| e.archive.clone()) {
+        } else if let Some(rel) = self
+            .index
+            .services
+            .values()
+            .next()
+            .map(|e| e.archive.clone())
+        {
             if let Some(a) = self.index.archives.get_mut(&rel) {
-                a.last_used = now();
+                a.last_used_ms = now();
             }
             self.write_index();
         }
@@ -547,7 +642,9 @@ impl Cache {
         let docker = docker(engine);
         let options = RemoveImageOptionsBuilder::default().build();
         for name in std::mem::take(&mut self.cache_tags) {
-            let _ = docker.remove_image(&name, Some(options.clone()), None).await;
+            let _ = docker
+                .remove_image(&name, Some(options.clone()), None)
+                .await;
         }
     }
 }

@@ -14,7 +14,7 @@ pub const FORMAT: u32 = 1;
 /// The index's file name in the cache directory.
 pub const INDEX_FILE: &str = "index.json";
 
-/// Times are Unix seconds (UTC).
+/// Times are Unix milliseconds (UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Index {
@@ -49,7 +49,7 @@ pub struct BaseImage {
     pub digest: Option<String>,
     /// Path of the archive relative to the cache directory.
     pub archive: String,
-    pub saved_at: u64,
+    pub saved_at_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,8 +71,8 @@ pub struct Archive {
     pub sha256: String,
     /// The image IDs inside.
     pub image_ids: Vec<String>,
-    pub saved_at: u64,
-    pub last_used: u64,
+    pub saved_at_ms: u64,
+    pub last_used_ms: u64,
 }
 
 /// A service image kept as `cache-from` source (inline-cache mode).
@@ -81,7 +81,7 @@ pub struct Archive {
 pub struct ServiceImage {
     pub image_id: String,
     pub archive: String,
-    pub saved_at: u64,
+    pub saved_at_ms: u64,
 }
 
 /// The BuildKit local cache directory (`buildx/`, an OCI layout with one tag per service).
@@ -91,8 +91,8 @@ pub struct BuildxDir {
     pub size: u64,
     /// The services that have a cache manifest in it.
     pub tags: Vec<String>,
-    pub saved_at: u64,
-    pub last_used: u64,
+    pub saved_at_ms: u64,
+    pub last_used_ms: u64,
 }
 
 /// What reading `index.json` found.
@@ -163,7 +163,8 @@ impl Index {
             }
             keep
         });
-        self.services.retain(|_, s| archives.contains_key(&s.archive));
+        self.services
+            .retain(|_, s| archives.contains_key(&s.archive));
         dropped
     }
 
@@ -205,8 +206,8 @@ mod tests {
                 size: 10,
                 sha256: "00".repeat(32),
                 image_ids: vec!["sha256:aa".into()],
-                saved_at: 1,
-                last_used: 2,
+                saved_at_ms: 1,
+                last_used_ms: 2,
             },
         );
         index.base_images.insert(
@@ -215,7 +216,7 @@ mod tests {
                 image_id: "sha256:aa".into(),
                 digest: Some("sha256:dd".into()),
                 archive: "base-images/aa.tar".into(),
-                saved_at: 1,
+                saved_at_ms: 1,
             },
         );
         index

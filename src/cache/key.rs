@@ -136,7 +136,11 @@ mod tests {
         let (_b, root_b) = example();
         let a = key_of(&root_a, "v1");
         assert_eq!(a, key_of(&root_a, "v1"), "same input, same key");
-        assert_eq!(a, key_of(&root_b, "v2"), "the checkout path and the tag do not count");
+        assert_eq!(
+            a,
+            key_of(&root_b, "v2"),
+            "the checkout path and the tag do not count"
+        );
         assert!(a.key.starts_with("ai-infra-build-cache-v1-"), "{}", a.key);
         // Each restore key is a prefix of the key, most specific first.
         for r in &a.restore_keys {
@@ -157,7 +161,10 @@ mod tests {
         .unwrap();
         let after = key_of(&root, "t");
         assert_ne!(before.key, after.key);
-        assert_eq!(before.restore_keys, after.restore_keys, "the partial match still restores");
+        assert_eq!(
+            before.restore_keys, after.restore_keys,
+            "the partial match still restores"
+        );
         assert_eq!(parts(&before.key)[1..], parts(&after.key)[1..]);
     }
 
@@ -165,7 +172,11 @@ mod tests {
     fn a_base_image_change_changes_the_bases_part() {
         let (_d, root) = example();
         let before = key_of(&root, "t");
-        std::fs::write(root.join("scheduler/Dockerfile"), "FROM ubuntu:24.04\nRUN true\n").unwrap();
+        std::fs::write(
+            root.join("scheduler/Dockerfile"),
+            "FROM ubuntu:24.04\nRUN true\n",
+        )
+        .unwrap();
         let after = key_of(&root, "t");
         assert_ne!(before.restore_keys[1], after.restore_keys[1]);
         assert_eq!(before.restore_keys[2], after.restore_keys[2]);

@@ -113,7 +113,13 @@ impl BuildCachePlan {
                     cache_from: self
                         .sources
                         .contains_key(service)
-                        .then(|| csv(&["type=local".into(), format!("src={}", from.display()), format!("tag={tag}")]))
+                        .then(|| {
+                            csv(&[
+                                "type=local".into(),
+                                format!("src={}", from.display()),
+                                format!("tag={tag}"),
+                            ])
+                        })
                         .into_iter()
                         .collect(),
                     cache_to: vec![csv(&[
@@ -133,7 +139,13 @@ impl BuildCachePlan {
 pub fn tag_for(service: &str) -> String {
     let t: String = service
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if t.is_empty() { "_".into() } else { t }
 }
@@ -197,14 +209,19 @@ pub fn read_layout(dir: &Path, verify: bool) -> Result<Layout, String> {
     .map_err(|e| format!("index.json is not JSON: {e}"))?;
     let mut layout = Layout::default();
     let mut todo: Vec<serde_json::Value> = Vec::new();
-    for m in index["manifests"].as_array().ok_or("index.json lists no manifests")? {
+    for m in index["manifests"]
+        .as_array()
+        .ok_or("index.json lists no manifests")?
+    {
         if let Some(tag) = m["annotations"]["org.opencontainers.image.ref.name"].as_str() {
             layout.tags.insert(tag.to_string(), m.clone());
         }
         todo.push(m.clone());
     }
     while let Some(desc) = todo.pop() {
-        let digest = desc["digest"].as_str().ok_or("a descriptor without digest")?;
+        let digest = desc["digest"]
+            .as_str()
+            .ok_or("a descriptor without digest")?;
         let size = desc["size"].as_u64().ok_or("a descriptor without size")?;
         let hex = digest
             .strip_prefix("sha256:")
@@ -216,7 +233,10 @@ pub fn read_layout(dir: &Path, verify: bool) -> Result<Layout, String> {
         let path = dir.join("blobs/sha256").join(hex);
         let meta = std::fs::metadata(&path).map_err(|_| format!("blob {digest} is missing"))?;
         if meta.len() != size {
-            return Err(format!("blob {digest} has {} bytes, not {size}", meta.len()));
+            return Err(format!(
+                "blob {digest} has {} bytes, not {size}",
+                meta.len()
+            ));
         }
         if verify {
             let w = store::sha256_file(&path).map_err(|e| format!("blob {digest}: {e}"))?;
@@ -247,10 +267,9 @@ pub fn read_layout(dir: &Path, verify: bool) -> Result<Layout, String> {
 /// Writes a layout's `index.json` keeping only the entries whose tag is in `keep`.
 fn filter_index(dir: &Path, keep: &BTreeSet<String>) -> Result<(), String> {
     let path = dir.join("index.json");
-    let mut index: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&path).map_err(|e| format!("index.json: {e}"))?,
-    )
-    .map_err(|e| e.to_string())?;
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).map_err(|e| format!("index.json: {e}"))?)
+            .map_err(|e| e.to_string())?;
     if let Some(ms) = index["manifests"].as_array_mut() {
         ms.retain(|m| {
             m["annotations"]["org.opencontainers.image.ref.name"]
@@ -258,8 +277,11 @@ fn filter_index(dir: &Path, keep: &BTreeSet<String>) -> Result<(), String> {
                 .is_some_and(|t| keep.contains(t))
         });
     }
-    std::fs::write(&path, serde_json::to_vec(&index).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("index.json: {e}"))
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&index).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("index.json: {e}"))
 }
 
 /// Starts `buildx-new/` as a copy of `buildx/` (blobs hard-linked) with only the tags in `keep`.
@@ -272,9 +294,12 @@ pub fn seed_new(root: &Path, keep: &BTreeSet<String>, have_old: bool) -> Result<
     }
     let old = root.join(BUILDX);
     for blob in store::files_in(&old.join("blobs/sha256")) {
-        let target = new.join("blobs/sha256").join(blob.file_name().unwrap_or_default());
+        let target = new
+            .join("blobs/sha256")
+            .join(blob.file_name().unwrap_or_default());
         if std::fs::hard_link(&blob, &target).is_err() {
-            std::fs::copy(&blob, &target).map_err(|e| format!("cannot copy {}: {e}", blob.display()))?;
+            std::fs::copy(&blob, &target)
+                .map_err(|e| format!("cannot copy {}: {e}", blob.display()))?;
         }
     }
     for f in ["oci-layout", "index.json"] {
@@ -302,7 +327,11 @@ pub fn rotate(root: &Path) -> Result<Vec<String>, String> {
         .filter_map(|d| d.strip_prefix("sha256:").map(str::to_string))
         .collect();
     for blob in store::files_in(&new.join("blobs/sha256")) {
-        let name = blob.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = blob
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         if !keep.contains(&name) {
             let _ = std::fs::remove_file(&blob);
         }
@@ -315,7 +344,8 @@ pub fn rotate(root: &Path) -> Result<Vec<String>, String> {
     if current.exists() {
         std::fs::rename(&current, &old).map_err(|e| format!("cannot move buildx/ aside: {e}"))?;
     }
-    std::fs::rename(&new, &current).map_err(|e| format!("cannot move buildx-new/ into place: {e}"))?;
+    std::fs::rename(&new, &current)
+        .map_err(|e| format!("cannot move buildx-new/ into place: {e}"))?;
     store::sync_dir(root);
     let _ = store::remove(&old);
     Ok(layout.tags.into_keys().collect())
@@ -343,10 +373,21 @@ mod tests {
     fn cache_export_needs_a_capable_builder() {
         use BuildCacheMode::*;
         assert_eq!(BuildCacheMode::decide(Some("docker"), true), BuildxLocal);
-        assert_eq!(BuildCacheMode::decide(Some("docker"), false), Inline, "20.10: export refused");
-        assert_eq!(BuildCacheMode::decide(Some("docker-container"), false), BuildxLocal);
+        assert_eq!(
+            BuildCacheMode::decide(Some("docker"), false),
+            Inline,
+            "20.10: export refused"
+        );
+        assert_eq!(
+            BuildCacheMode::decide(Some("docker-container"), false),
+            BuildxLocal
+        );
         assert_eq!(BuildCacheMode::decide(Some("remote"), false), BuildxLocal);
-        assert_eq!(BuildCacheMode::decide(None, true), Inline, "the engine backend");
+        assert_eq!(
+            BuildCacheMode::decide(None, true),
+            Inline,
+            "the engine backend"
+        );
         assert_eq!(BuildCacheMode::decide(Some("something-new"), true), Inline);
     }
 
@@ -366,11 +407,17 @@ mod tests {
         };
         let job = plan.job("api");
         assert_eq!(job.cache_from, ["type=local,\"src=/c,d/buildx\",tag=api"]);
-        assert_eq!(job.cache_to, ["type=local,\"dest=/c,d/buildx-new\",mode=max,tag=api"]);
+        assert_eq!(
+            job.cache_to,
+            ["type=local,\"dest=/c,d/buildx-new\",mode=max,tag=api"]
+        );
         assert!(!job.inline_cache);
         let fresh = plan.job("web/ui");
         assert!(fresh.cache_from.is_empty(), "no source, no cache-from");
-        assert_eq!(fresh.cache_to, ["type=local,\"dest=/c,d/buildx-new\",mode=max,tag=web_ui"]);
+        assert_eq!(
+            fresh.cache_to,
+            ["type=local,\"dest=/c,d/buildx-new\",mode=max,tag=web_ui"]
+        );
     }
 
     #[test]
@@ -378,7 +425,11 @@ mod tests {
         let plan = BuildCachePlan {
             mode: BuildCacheMode::Inline,
             root: PathBuf::from("/c"),
-            sources: [("api".to_string(), "ai-infra-build-cache-1/api:cache".to_string())].into(),
+            sources: [(
+                "api".to_string(),
+                "ai-infra-build-cache-1/api:cache".to_string(),
+            )]
+            .into(),
         };
         assert_eq!(
             plan.job("api"),
@@ -389,7 +440,10 @@ mod tests {
             }
         );
         assert_eq!(plan.job("web").cache_from, Vec::<String>::new());
-        assert_eq!(BuildCachePlan::off(Path::new("/c")).job("api"), JobCache::default());
+        assert_eq!(
+            BuildCachePlan::off(Path::new("/c")).job("api"),
+            JobCache::default()
+        );
     }
 
     /// A tiny OCI layout like BuildKit's local cache export: index -> cache manifest
@@ -419,10 +473,13 @@ mod tests {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(serde_json::json!({"schemaVersion": 2, "manifests": []}));
-        index["manifests"].as_array_mut().unwrap().push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": m_d, "size": m_n,
-            "annotations": {"org.opencontainers.image.ref.name": tag}
-        }));
+        index["manifests"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.index.v1+json", "digest": m_d, "size": m_n,
+                "annotations": {"org.opencontainers.image.ref.name": tag}
+            }));
         std::fs::write(index_path, serde_json::to_vec(&index).unwrap()).unwrap();
         std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
         layer_d
@@ -436,15 +493,26 @@ mod tests {
         assert_eq!(layout.tags.keys().collect::<Vec<_>>(), ["api"]);
         assert_eq!(layout.blobs.len(), 3);
         // A flipped byte: the size still matches, the checksum does not.
-        let path = dir.path().join("blobs/sha256").join(layer.strip_prefix("sha256:").unwrap());
+        let path = dir
+            .path()
+            .join("blobs/sha256")
+            .join(layer.strip_prefix("sha256:").unwrap());
         std::fs::write(&path, b"layer bytez").unwrap();
         assert!(read_layout(dir.path(), false).is_ok());
         let err = read_layout(dir.path(), true).unwrap_err();
         assert!(err.contains("checksum"), "{err}");
         std::fs::write(&path, b"layer").unwrap();
-        assert!(read_layout(dir.path(), false).unwrap_err().contains("bytes"));
+        assert!(
+            read_layout(dir.path(), false)
+                .unwrap_err()
+                .contains("bytes")
+        );
         std::fs::remove_file(&path).unwrap();
-        assert!(read_layout(dir.path(), false).unwrap_err().contains("missing"));
+        assert!(
+            read_layout(dir.path(), false)
+                .unwrap_err()
+                .contains("missing")
+        );
     }
 
     #[test]
@@ -460,7 +528,10 @@ mod tests {
         let new = root.join(BUILDX_NEW);
         let mut index: serde_json::Value =
             serde_json::from_slice(&std::fs::read(new.join("index.json")).unwrap()).unwrap();
-        index["manifests"].as_array_mut().unwrap().retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != "api");
+        index["manifests"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != "api");
         std::fs::write(new.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
         write_layout(&new, "api", b"api layer v2");
         std::fs::create_dir_all(new.join("ingest/x")).unwrap();
@@ -470,7 +541,11 @@ mod tests {
         let layout = read_layout(&root.join(BUILDX), true).unwrap();
         // Two tags of three blobs each; the cache config is the same blob in both.
         assert_eq!(layout.blobs.len(), 5);
-        assert_eq!(store::files_in(&root.join("buildx/blobs/sha256")).len(), 5, "garbage removed");
+        assert_eq!(
+            store::files_in(&root.join("buildx/blobs/sha256")).len(),
+            5,
+            "garbage removed"
+        );
         assert!(!root.join("buildx/ingest").exists());
     }
 
@@ -480,9 +555,16 @@ mod tests {
         let root = root.path();
         write_layout(&root.join(BUILDX), "api", b"good");
         seed_new(root, &["api".to_string()].into(), true).unwrap();
-        std::fs::write(root.join(BUILDX_NEW).join("index.json"), b"{\"manifests\": [tru").unwrap();
+        std::fs::write(
+            root.join(BUILDX_NEW).join("index.json"),
+            b"{\"manifests\": [tru",
+        )
+        .unwrap();
         assert!(rotate(root).is_err());
-        assert!(read_layout(&root.join(BUILDX), true).is_ok(), "the old cache is untouched");
+        assert!(
+            read_layout(&root.join(BUILDX), true).is_ok(),
+            "the old cache is untouched"
+        );
     }
 
     #[test]

@@ -155,16 +155,16 @@ pub struct Cache {
     _lock: Lock,
 }
 
-/// Unix seconds now.
+/// Unix milliseconds now.
 pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// "3 h 5 min", "2 days" — how old something saved at `then` is.
-pub fn age(then: u64, now: u64) -> String {
-    let secs = now.saturating_sub(then);
+/// "30 s", "10 min", "3 h", "2 days": how old something saved at `then_ms` is at `now_ms`.
+pub fn age(then_ms: u64, now_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(then_ms) / 1000;
     match secs {
         0..120 => format!("{secs} s"),
         120..7200 => format!("{} min", secs / 60),
@@ -344,8 +344,8 @@ impl Cache {
                     self.index.buildx = Some(index::BuildxDir {
                         size: store::disk_size(&buildx),
                         tags: layout.tags.into_keys().collect(),
-                        saved_at: 0,
-                        last_used: 0,
+                        saved_at_ms: 0,
+                        last_used_ms: 0,
                     });
                 }
                 Err(_) => {
@@ -422,7 +422,7 @@ impl Cache {
         #[derive(Debug)]
         struct Unit {
             name: String,
-            last_used: u64,
+            last_used_ms: u64,
             size: u64,
         }
         let mut units: Vec<Unit> = self
@@ -431,19 +431,23 @@ impl Cache {
             .iter()
             .map(|(name, a)| Unit {
                 name: name.clone(),
-                last_used: a.last_used,
+                last_used_ms: a.last_used_ms,
                 size: store::disk_size(&self.root.join(name)),
             })
             .collect();
         if let Some(b) = &self.index.buildx {
             units.push(Unit {
                 name: layers::BUILDX.to_string(),
-                last_used: b.last_used,
+                last_used_ms: b.last_used_ms,
                 size: store::disk_size(&self.root.join(layers::BUILDX)),
             });
         }
         // Least recently used first; among equals, the biggest first (fewest evictions).
-        units.sort_by(|a, b| a.last_used.cmp(&b.last_used).then(b.size.cmp(&a.size)));
+        units.sort_by(|a, b| {
+            a.last_used_ms
+                .cmp(&b.last_used_ms)
+                .then(b.size.cmp(&a.size))
+        });
         let mut total = self.size();
         let mut evicted = Vec::new();
         for unit in units {
@@ -452,7 +456,10 @@ impl Cache {
             }
             let path = self.root.join(&unit.name);
             if let Err(e) = store::remove(&path) {
-                self.warn(format!("cannot evict {} from the cache: {e}", path.display()));
+                self.warn(format!(
+                    "cannot evict {} from the cache: {e}",
+                    path.display()
+                ));
                 continue;
             }
             if unit.name == layers::BUILDX {
@@ -502,6 +509,36 @@ fn reset(root: &Path) {
     }
 }
 
+/// Parses a size for `--cache-max-size`: bytes, or a number with a unit `k`, `m`, `g`, `t`
+/// (also `KB`/`KiB`, `MB`/`MiB`, …): powers of 1024, as Docker counts. `1.5g` works.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 2GiB, 500MB, 1048576)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?} (use k, m, g or t)"
+            ));
+        }
+    };
+    let bytes = number * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
 /// A long timeout for image import and export (the engine's client has a short one).
 pub(crate) const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -510,7 +547,7 @@ mod tests {
     use super::index::{Archive, ArchiveKind, BaseImage};
     use super::*;
 
-    fn put_archive(cache: &mut Cache, name: &str, bytes: &[u8], last_used: u64) {
+    fn put_archive(cache: &mut Cache, name: &str, bytes: &[u8], last_used_ms: u64) {
         let path = cache.root.join(name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, bytes).unwrap();
@@ -522,8 +559,8 @@ mod tests {
                 size: w.size,
                 sha256: w.sha256,
                 image_ids: vec![format!("sha256:{name}")],
-                saved_at: last_used,
-                last_used,
+                saved_at_ms: last_used_ms,
+                last_used_ms,
             },
         );
         cache.index.base_images.insert(
@@ -532,7 +569,7 @@ mod tests {
                 image_id: format!("sha256:{name}"),
                 digest: None,
                 archive: name.to_string(),
-                saved_at: last_used,
+                saved_at_ms: last_used_ms,
             },
         );
     }
@@ -552,16 +589,27 @@ mod tests {
     #[test]
     fn issue7_an_older_format_is_ignored_with_a_warning_and_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("index.json"), r#"{"format": 0, "images": ["x"]}"#).unwrap();
+        std::fs::write(
+            dir.path().join("index.json"),
+            r#"{"format": 0, "images": ["x"]}"#,
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.path().join("base-images")).unwrap();
         std::fs::write(dir.path().join("base-images/old.tar"), b"old").unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"the user's").unwrap();
         let cache = Cache::open(dir.path(), DEFAULT_MAX_SIZE).unwrap();
         assert_eq!(cache.warnings().len(), 1, "{:?}", cache.warnings());
-        assert!(cache.warnings()[0].contains("format 0"), "{:?}", cache.warnings());
+        assert!(
+            cache.warnings()[0].contains("format 0"),
+            "{:?}",
+            cache.warnings()
+        );
         assert!(cache.index().base_images.is_empty());
         assert!(!dir.path().join("base-images/old.tar").exists());
-        assert!(dir.path().join("notes.txt").exists(), "only our own names are removed");
+        assert!(
+            dir.path().join("notes.txt").exists(),
+            "only our own names are removed"
+        );
         drop(cache);
         let reopened = Cache::open(dir.path(), DEFAULT_MAX_SIZE).unwrap();
         assert!(reopened.warnings().is_empty(), "{:?}", reopened.warnings());
@@ -573,7 +621,12 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("index.json"), text).unwrap();
             let cache = Cache::open(dir.path(), DEFAULT_MAX_SIZE).unwrap();
-            assert_eq!(cache.warnings().len(), 1, "{text:?}: {:?}", cache.warnings());
+            assert_eq!(
+                cache.warnings().len(),
+                1,
+                "{text:?}: {:?}",
+                cache.warnings()
+            );
         }
     }
 
@@ -602,12 +655,17 @@ mod tests {
     fn issue7_a_run_killed_mid_save_leaves_the_previous_cache_usable() {
         let dir = tempfile::tempdir().unwrap();
         let mut cache = Cache::open(dir.path(), DEFAULT_MAX_SIZE).unwrap();
-        put_archive(&mut cache, "base-images/good.tar", b"a complete archive", 100);
+        put_archive(
+            &mut cache,
+            "base-images/good.tar",
+            b"a complete archive",
+            100,
+        );
         cache.index.buildx = Some(index::BuildxDir {
             size: 0,
             tags: vec![],
-            saved_at: 100,
-            last_used: 100,
+            saved_at_ms: 100,
+            last_used_ms: 100,
         });
         cache.write_index();
         let before = cache.index().clone();
@@ -615,9 +673,17 @@ mod tests {
         // archive it never recorded, and was halfway through rotating the buildx cache.
         std::mem::forget(cache);
         std::fs::write(dir.path().join("tmp/new.tar.1234.partial"), b"half an arch").unwrap();
-        std::fs::write(dir.path().join("base-images/unrecorded.tar"), b"complete, but not in the index").unwrap();
+        std::fs::write(
+            dir.path().join("base-images/unrecorded.tar"),
+            b"complete, but not in the index",
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.path().join("buildx-old/blobs")).unwrap();
-        std::fs::write(dir.path().join("buildx-old/index.json"), r#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+        std::fs::write(
+            dir.path().join("buildx-old/index.json"),
+            r#"{"schemaVersion":2,"manifests":[]}"#,
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.path().join("buildx-new/blobs")).unwrap();
         std::fs::write(dir.path().join("lock"), "4294967290\n").unwrap();
 
@@ -627,7 +693,10 @@ mod tests {
         assert!(dir.path().join("base-images/good.tar").is_file());
         assert!(!dir.path().join("base-images/unrecorded.tar").exists());
         assert!(store::files_in(&dir.path().join("tmp")).is_empty());
-        assert!(dir.path().join("buildx").is_dir(), "the old buildx cache is put back");
+        assert!(
+            dir.path().join("buildx").is_dir(),
+            "the old buildx cache is put back"
+        );
         assert!(!dir.path().join("buildx-new").exists());
         assert!(!dir.path().join("buildx-old").exists());
     }
@@ -661,10 +730,17 @@ mod tests {
         assert!(cache.size() <= size - 1000);
         assert!(!dir.path().join("base-images/oldest.tar").exists());
         assert_eq!(cache.index().archives.len(), 2);
-        assert_eq!(cache.index().base_images.len(), 2, "its reference went with it");
+        assert_eq!(
+            cache.index().base_images.len(),
+            2,
+            "its reference went with it"
+        );
         // Room for less than one: everything goes, the directory is under budget.
         let evicted = cache.evict(2000);
-        assert_eq!(evicted, ["base-images/middle.tar", "base-images/newest.tar"]);
+        assert_eq!(
+            evicted,
+            ["base-images/middle.tar", "base-images/newest.tar"]
+        );
         assert!(cache.size() <= 2000, "{}", cache.size());
         let stats = cache.close();
         assert_eq!(stats.evictions, 3);
@@ -681,8 +757,8 @@ mod tests {
         cache.index.buildx = Some(index::BuildxDir {
             size: 5000,
             tags: vec!["svc".into()],
-            saved_at: 5,
-            last_used: 5,
+            saved_at_ms: 5,
+            last_used_ms: 5,
         });
         put_archive(&mut cache, "base-images/recent.tar", &[1u8; 3000], 50);
         let evicted = cache.evict(4000);
@@ -702,15 +778,35 @@ mod tests {
         assert!(cache.present(reference, "sha256:base-images/u.tar"));
         assert!(!cache.present(reference, "sha256:other"));
         assert!(!cache.present("docker.io/library/nope:1", "sha256:d1"));
-        assert_eq!(cache.cached_digest(reference).unwrap().digest.as_deref(), Some("sha256:d1"));
+        assert_eq!(
+            cache.cached_digest(reference).unwrap().digest.as_deref(),
+            Some("sha256:d1")
+        );
+    }
+
+    #[test]
+    fn sizes_parse_like_docker_counts_them() {
+        assert_eq!(parse_size("2GiB"), Ok(DEFAULT_MAX_SIZE));
+        assert_eq!(parse_size("2g"), Ok(DEFAULT_MAX_SIZE));
+        assert_eq!(parse_size("500MB"), Ok(500 << 20));
+        assert_eq!(parse_size(" 1.5 k"), Ok(1536));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert!(
+            parse_size("5 parsecs")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
+        assert!(parse_size("").is_err());
     }
 
     #[test]
     fn ages_read_naturally() {
-        assert_eq!(age(100, 130), "30 s");
-        assert_eq!(age(0, 600), "10 min");
-        assert_eq!(age(0, 3 * 3600), "3 h");
-        assert_eq!(age(0, 5 * 86_400), "5 days");
+        assert_eq!(age(100_000, 130_000), "30 s");
+        assert_eq!(age(0, 600_000), "10 min");
+        assert_eq!(age(0, 3 * 3_600_000), "3 h");
+        assert_eq!(age(0, 5 * 86_400_000), "5 days");
         assert_eq!(age(10, 5), "0 s");
     }
 }

@@ -191,7 +191,10 @@ mod tests {
         let dir = root();
         write_atomic(dir.path(), "index.json", b"one").unwrap();
         write_atomic(dir.path(), "index.json", b"two").unwrap();
-        assert_eq!(std::fs::read(dir.path().join("index.json")).unwrap(), b"two");
+        assert_eq!(
+            std::fs::read(dir.path().join("index.json")).unwrap(),
+            b"two"
+        );
         assert!(files_in(&dir.path().join(TMP_DIR)).is_empty());
     }
 
@@ -202,9 +205,13 @@ mod tests {
             Ok(bytes::Bytes::from_static(b"first part")),
             Err("connection reset by peer".into()),
         ];
-        let err = write_stream_atomic(dir.path(), "base-images/x.tar", futures_util::stream::iter(chunks))
-            .await
-            .unwrap_err();
+        let err = write_stream_atomic(
+            dir.path(),
+            "base-images/x.tar",
+            futures_util::stream::iter(chunks),
+        )
+        .await
+        .unwrap_err();
         assert!(err.contains("connection reset"), "{err}");
         assert!(!dir.path().join("base-images/x.tar").exists());
         assert!(files_in(&dir.path().join(TMP_DIR)).is_empty());
@@ -213,18 +220,27 @@ mod tests {
     #[tokio::test]
     async fn a_complete_stream_is_hashed_and_moved_into_place() {
         let dir = root();
-        let chunks: Vec<Result<bytes::Bytes, String>> =
-            vec![Ok(bytes::Bytes::from_static(b"ab")), Ok(bytes::Bytes::from_static(b"c"))];
-        let written = write_stream_atomic(dir.path(), "images/s.tar", futures_util::stream::iter(chunks))
-            .await
-            .unwrap();
+        let chunks: Vec<Result<bytes::Bytes, String>> = vec![
+            Ok(bytes::Bytes::from_static(b"ab")),
+            Ok(bytes::Bytes::from_static(b"c")),
+        ];
+        let written = write_stream_atomic(
+            dir.path(),
+            "images/s.tar",
+            futures_util::stream::iter(chunks),
+        )
+        .await
+        .unwrap();
         assert_eq!(written.size, 3);
         // sha256("abc")
         assert_eq!(
             written.sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(sha256_file(&dir.path().join("images/s.tar")).unwrap(), written);
+        assert_eq!(
+            sha256_file(&dir.path().join("images/s.tar")).unwrap(),
+            written
+        );
     }
 
     #[test]

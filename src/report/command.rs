@@ -83,15 +83,35 @@ pub fn render(
 }
 
 /// Runs the `report` subcommand.
-pub fn run(args: &ReportArgs, ui: &Ui) -> Result<Exit, Error> {
-    let report = load(&args.from)?;
-    let text = render(
-        &report,
-        args.format,
-        &args.from,
-        &ActionsEnv::from_env(),
-        ui,
-    );
+pub async fn run(args: &ReportArgs, ui: &Ui) -> Result<Exit, Error> {
+    let Some(from) = &args.from else {
+        return run_merge(args, ui).await;
+    };
+    let report = load(from)?;
+    let text = render(&report, args.format, from, &ActionsEnv::from_env(), ui);
     ui.result(text.strip_suffix('\n').unwrap_or(&text));
     Ok(Exit::Success)
+}
+
+/// `report --merge`: loads every shard report, merges, and publishes like `build-all`.
+async fn run_merge(args: &ReportArgs, ui: &Ui) -> Result<Exit, Error> {
+    let mut reports = Vec::new();
+    for path in args.merge.iter().filter(|p| !p.as_os_str().is_empty()) {
+        match load(path) {
+            Ok(report) => reports.push((path.clone(), report)),
+            // A shard whose upload failed may leave nothing (or garbage): it counts as missing.
+            Err(err) => ui.note(&format!("warning: {err}; that shard counts as missing")),
+        }
+    }
+    let merged = super::merge::merge(&reports, args.shards);
+    let out_dir = std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone());
+    let root = std::env::current_dir().unwrap_or_default();
+    let ctx = super::PublishContext::from_env(out_dir, root, Vec::new(), args.github_token.clone());
+    super::Publisher::start(ctx, ui).finish(&merged).await?;
+    let t = &merged.totals;
+    Ok(if t.failed + t.skipped + t.cancelled > 0 || !merged.missing_shards.is_empty() {
+        Exit::BuildFailed
+    } else {
+        Exit::Success
+    })
 }

@@ -3,6 +3,7 @@
 
 pub mod annotations;
 pub mod command;
+pub mod merge;
 pub mod github;
 pub mod outputs;
 pub mod publish;
@@ -37,6 +38,9 @@ pub struct Report {
     pub network: NetworkStats,
     /// One line per failed attempt (pulls and builds), like a hand-kept `build_errors.log`.
     pub failure_log: Vec<FailureLogEntry>,
+    /// For a merged report: the shards (`2/3`) whose report was missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_shards: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -173,6 +177,22 @@ pub fn rfc3339_ms(at_ms: u64) -> String {
         .unwrap_or_default()
 }
 
+impl Totals {
+    /// Counts services by status and missing base images.
+    pub fn of(services: &[ServiceResult], base_images: &[BaseImageResult]) -> Totals {
+        let count = |s: ServiceStatus| services.iter().filter(|r| r.status == s).count();
+        Totals {
+            services: services.len(),
+            succeeded: count(ServiceStatus::Success),
+            failed: count(ServiceStatus::Failed),
+            skipped: count(ServiceStatus::Skipped),
+            cancelled: count(ServiceStatus::Cancelled),
+            base_images: base_images.len(),
+            base_images_missing: base_images.iter().filter(|b| b.status == ImageStatus::Failed).count(),
+        }
+    }
+}
+
 impl Report {
     /// Assembles a report from the prefetch and the service results.
     pub fn new(run: RunMeta, prefetch: Option<&PrefetchReport>, services: Vec<ServiceResult>, build_failures: Vec<FailureLogEntry>) -> Report {
@@ -224,17 +244,18 @@ impl Report {
         network.build_retries = build_failures.iter().filter(|f| f.class.starts_with("network")).count();
         failure_log.extend(build_failures);
         failure_log.sort_by(|a, b| a.at.cmp(&b.at));
-        let count = |s: ServiceStatus| services.iter().filter(|r| r.status == s).count();
-        let totals = Totals {
-            services: services.len(),
-            succeeded: count(ServiceStatus::Success),
-            failed: count(ServiceStatus::Failed),
-            skipped: count(ServiceStatus::Skipped),
-            cancelled: count(ServiceStatus::Cancelled),
-            base_images: base_images.len(),
-            base_images_missing: base_images.iter().filter(|b| b.status == ImageStatus::Failed).count(),
-        };
-        Report { version: REPORT_VERSION, tool_version: env!("CARGO_PKG_VERSION").into(), run, totals, services, base_images, network, failure_log }
+        let totals = Totals::of(&services, &base_images);
+        Report {
+            version: REPORT_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            run,
+            totals,
+            services,
+            base_images,
+            network,
+            failure_log,
+            missing_shards: Vec::new(),
+        }
     }
 
     /// "9/11 succeeded".

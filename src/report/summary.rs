@@ -173,7 +173,7 @@ fn image_icon(status: ImageStatus) -> &'static str {
 
 fn headline_icon(report: &Report) -> &'static str {
     let t = &report.totals;
-    if t.failed > 0 || t.cancelled > 0 || report.run.interrupted {
+    if t.failed > 0 || t.cancelled > 0 || report.run.interrupted || !report.missing_shards.is_empty() {
         "❌"
     } else if t.skipped > 0 || t.base_images_missing > 0 || t.services == 0 {
         "⚠️"
@@ -201,6 +201,9 @@ fn render_with(
     );
     out.push_str(&stats_line(report));
     out.push_str("\n\n");
+    for shard in &report.missing_shards {
+        let _ = writeln!(out, "> **shard {}: no report**: its job uploaded none, so its services are missing below.\n", cell(shard));
+    }
     if report.run.interrupted {
         out.push_str("> **Interrupted:** the run was stopped before every service was built; these results are partial.\n\n");
     }

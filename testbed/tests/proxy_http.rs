@@ -11,7 +11,7 @@ use testbed::http;
 use testbed::images::{ImageSpec, MEDIA_MANIFEST, push_image};
 use testbed::proxy::{
     ErrorBody, FaultConfig, FaultParams, FaultProxy, FaultType, FaultWindow, KindFaults,
-    ProxyOptions, ProxyStats, RequestKind, StallAt, StallThen,
+    ProxyOptions, ProxyStats, RequestKind, StallAt, StallThen, WindowClock,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -454,6 +454,35 @@ async fn window_fails_everything_until_it_ends() -> anyhow::Result<()> {
     )
     .await?;
     assert!(started.elapsed() >= window.saturating_sub(Duration::from_millis(100)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_window_can_start_at_the_first_request() -> anyhow::Result<()> {
+    let window = Duration::from_millis(500);
+    let bed = bed(
+        FaultConfig::default()
+            .with_window(FaultWindow::first_secs(
+                window.as_secs_f64(),
+                FaultType::Status429,
+            ))
+            .with_window_clock(WindowClock::FirstRequest),
+    )
+    .await?;
+    // The idle time under test (not a wait for a condition): longer than the window, which
+    // must not have started yet.
+    tokio::time::sleep(window * 2).await;
+    let ping = format!("{}/v2/", bed.proxy.url());
+    let first = Instant::now();
+    assert_eq!(status_of(&ping).await?, StatusCode::TOO_MANY_REQUESTS);
+    testbed::poll_until(
+        "the window to end",
+        window * 5,
+        Duration::from_millis(50),
+        || async { Ok((status_of(&ping).await? == StatusCode::OK).then_some(())) },
+    )
+    .await?;
+    assert!(first.elapsed() >= window.saturating_sub(Duration::from_millis(100)));
     Ok(())
 }
 

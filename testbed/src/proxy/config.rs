@@ -11,6 +11,7 @@
 //!     "blob_get": { "truncate": 0.2, "stall": 0.1, "latency_ms": 50 }
 //!   },
 //!   "windows": [ { "fault": "status_429", "until_secs": 3 } ],
+//!   "window_clock": "first_request",
 //!   "params": { "retry_after_secs": 2, "stall_secs": 3, "stall_then": "close", "stall_at": "body" }
 //! }
 //! ```
@@ -196,8 +197,9 @@ impl KindFaults {
     }
 }
 
-/// A time window (seconds since start, `arm()` or `set_faults()`) in which every request of
-/// the listed kinds (all kinds if empty) fails with `fault`.
+/// A time window (seconds since start, `arm()` or `set_faults()`, or since the first request
+/// after that: see [`WindowClock`]) in which every request of the listed kinds (all kinds if
+/// empty) fails with `fault`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultWindow {
@@ -243,6 +245,18 @@ pub enum StallThen {
     Close,
     /// Handle the request normally (a very slow server).
     Continue,
+}
+
+/// When the clock of the [`FaultWindow`]s starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowClock {
+    /// At start, `arm()` or `set_faults()`.
+    #[default]
+    Arm,
+    /// At the first request after that (so "the first 3 seconds" of a client's run do not
+    /// depend on how long the client took to start).
+    FirstRequest,
 }
 
 /// Where a stall happens.
@@ -304,6 +318,8 @@ impl Default for FaultParams {
 pub struct FaultConfig {
     pub kinds: BTreeMap<RequestKind, KindFaults>,
     pub windows: Vec<FaultWindow>,
+    /// When the windows' clock starts.
+    pub window_clock: WindowClock,
     pub params: FaultParams,
 }
 
@@ -317,6 +333,12 @@ impl FaultConfig {
     /// Adds a window.
     pub fn with_window(mut self, window: FaultWindow) -> Self {
         self.windows.push(window);
+        self
+    }
+
+    /// Starts the windows' clock at the first request instead of at arming.
+    pub fn with_window_clock(mut self, clock: WindowClock) -> Self {
+        self.window_clock = clock;
         self
     }
 
@@ -529,12 +551,14 @@ mod tests {
                 "blob_get": { "truncate": 0.2, "stall": 0.1, "latency_ms": 50 }
             },
             "windows": [ { "fault": "status_429", "until_secs": 3 } ],
+            "window_clock": "first_request",
             "params": { "retry_after_secs": 2, "stall_secs": 3, "stall_then": "continue", "stall_at": "body" }
         }"#;
         let config = FaultConfig::from_json(json).unwrap();
         assert_eq!(config.kind(RequestKind::BlobGet).truncate, 0.2);
         assert_eq!(config.params.stall_then, StallThen::Continue);
         assert_eq!(config.params.stall_at, StallAt::Body);
+        assert_eq!(config.window_clock, WindowClock::FirstRequest);
         assert_eq!(config.params.truncate_fraction, 0.5);
         let again = FaultConfig::from_json(&serde_json::to_string(&config).unwrap()).unwrap();
         assert_eq!(again, config);

@@ -15,7 +15,8 @@
 //! plus `latency_ms` per kind, "fail the first N of a kind" ([`KindFaults::fail_first`]),
 //! a path filter to aim a kind's faults at one blob ([`KindFaults::path_contains`]), and
 //! time windows ([`FaultWindow`]) measured from start, [`FaultProxy::arm`] or
-//! [`FaultProxy::set_faults`] (which restart the clock and the per-kind numbering).
+//! [`FaultProxy::set_faults`] (which restart the clock and the per-kind numbering), or from
+//! the first request after that ([`WindowClock::FirstRequest`]).
 //!
 //! With [`ProxyOptions::auth`], `/v2/…` requests need `Authorization: Bearer TOKEN`, else
 //! they get `401` with `WWW-Authenticate: Bearer realm="http://127.0.0.1:PORT/token",
@@ -42,7 +43,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{
     ErrorBody, FailFirst, FaultConfig, FaultParams, FaultType, FaultWindow, KindFaults,
-    RequestKind, StallAt, StallThen,
+    RequestKind, StallAt, StallThen, WindowClock,
 };
 use stats::Seen;
 pub use stats::{KindStats, LOG_LIMIT, ProxyStats, RequestRecord};
@@ -209,6 +210,9 @@ struct State {
     config: FaultConfig,
     seed: u64,
     armed_at: Instant,
+    /// When the first request after arming arrived (the windows' zero with
+    /// [`WindowClock::FirstRequest`]).
+    first_request_at: Option<Instant>,
     next_seq: [u64; RequestKind::ALL.len()],
     stats: ProxyStats,
 }
@@ -219,6 +223,7 @@ impl State {
             config,
             seed,
             armed_at: Instant::now(),
+            first_request_at: None,
             next_seq: [0; RequestKind::ALL.len()],
             stats: ProxyStats::default(),
         }
@@ -226,6 +231,7 @@ impl State {
 
     fn arm(&mut self) {
         self.armed_at = Instant::now();
+        self.first_request_at = None;
         self.next_seq = [0; RequestKind::ALL.len()];
     }
 }
@@ -265,7 +271,11 @@ impl Shared {
         let mut guard = self.state();
         let state = &mut *guard;
         let faults = state.config.kind(kind);
-        let since_arm = state.armed_at.elapsed();
+        let first_request_at = *state.first_request_at.get_or_insert_with(Instant::now);
+        let since_arm = match state.config.window_clock {
+            WindowClock::Arm => state.armed_at.elapsed(),
+            WindowClock::FirstRequest => first_request_at.elapsed(),
+        };
         let targeted = faults.targets(&seen.path);
         let fault = if targeted {
             let seq = state.next_seq[kind as usize];

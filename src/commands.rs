@@ -267,6 +267,50 @@ pub fn select_services(plan: &Plan, names: &[String], only: &[String], skip: &[S
     Ok(selected)
 }
 
+/// With `--buildx-builder NAME`: the builder (which must exist), and, when it pulls base
+/// images by itself (any driver but `docker`), advice about mirrors we cannot apply to it.
+async fn remote_builder(
+    args: &BuildArgs,
+    options: &PrefetchOptions,
+    engine: &Engine,
+) -> Result<Option<(crate::engine::BuildxBuilder, Vec<String>)>, Error> {
+    let Some(name) = &args.buildx_builder else {
+        return Ok(None);
+    };
+    let store = engine.facts().await.map(|f| f.containerd_image_store).unwrap_or(false);
+    let builders = crate::engine::buildx_builders(Duration::from_secs(10), store)
+        .await
+        .map_err(|reason| Error::Environment { what: "--buildx-builder".into(), reason })?;
+    let Some(builder) = builders.iter().find(|b| &b.name == name).cloned() else {
+        return Err(Error::Usage {
+            what: format!("--buildx-builder {name:?}"),
+            reason: format!(
+                "no such buildx builder; the builders are: {} (create one with `docker buildx create`)",
+                builders.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    };
+    if !builder.pulls_by_itself() {
+        return Ok(None);
+    }
+    let advice = options
+        .mirrors
+        .0
+        .iter()
+        .map(|(registry, sources)| {
+            let hosts: Vec<String> = sources.iter().map(|s| format!("\"{}\"", s.label())).collect();
+            format!(
+                "builder {} (driver {}) pulls base images itself, so the prefetch is skipped and our mirrors are not applied to it; \
+                 add them to its buildkitd.toml: [registry.\"{registry}\"] mirrors = [{}]",
+                builder.name,
+                builder.driver,
+                hosts.join(", ")
+            )
+        })
+        .collect();
+    Ok(Some((builder, advice)))
+}
+
 async fn choose_backend(args: &BuildArgs, engine: &Engine) -> Result<Backend, Error> {
     let buildx = || Backend::Buildx { builder: args.buildx_builder.clone() };
     let engine_backend = || Backend::Engine { engine: engine.clone(), buildkit: AtomicBool::new(true) };
@@ -323,8 +367,12 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
     let engine = Engine::connect(Duration::from_secs(10)).await?;
     let backend = choose_backend(args, &engine).await?;
     let engine_version = engine.docker.version().await.ok().and_then(|v| v.version);
+    let remote = remote_builder(args, &options, &engine).await?;
     let out_dir = std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone());
     let mut publish_ctx = PublishContext::from_env(out_dir.clone(), project.root.clone(), Vec::new(), args.github_token.clone());
+    if let Some((_, advice)) = &remote {
+        publish_ctx.warnings.extend(advice.iter().cloned());
+    }
     if let Some(github) = publish_ctx.github.as_mut() {
         github.settings.comment = args.pr_comment;
         if !args.checks {
@@ -334,7 +382,17 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
     let publisher = Publisher::start(publish_ctx, ui);
 
     let wanted: BTreeSet<&String> = selected.iter().flat_map(|i| plan.services[*i].base_images.iter()).collect();
-    let needs: Vec<_> = plan.base_images.iter().filter(|n| wanted.contains(&n.reference.to_string())).cloned().collect();
+    // A builder that is not the local daemon's pulls base images by itself: prefetching into
+    // the local daemon would not help it.
+    let needs: Vec<_> = if remote.is_some() {
+        Vec::new()
+    } else {
+        plan.base_images.iter().filter(|n| wanted.contains(&n.reference.to_string())).cloned().collect()
+    };
+    let builder_label = match &remote {
+        Some((b, _)) => format!("buildx ({}, driver {})", b.name, b.driver),
+        None => backend.label(),
+    };
     let build_options = BuildOptions {
         parallel: args.parallel.map_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()), usize::from),
         fail_fast: args.fail_fast,
@@ -395,7 +453,7 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
         started_at,
         duration_ms: started.elapsed().as_millis() as u64,
         command: if names.is_empty() { "build-all".into() } else { format!("build {}", names.join(" ")) },
-        builder: backend.label(),
+        builder: builder_label.clone(),
         engine_version,
         pull_via: prefetch_report.as_ref().map(|p| p.via.to_string()),
         repository: std::env::var("GITHUB_REPOSITORY").ok(),

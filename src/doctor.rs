@@ -14,15 +14,20 @@ use crate::ui::Ui;
 pub struct DoctorReport {
     pub engine: EngineFacts,
     pub buildx: Buildx,
+    /// The buildx builders and whether each can export a layer cache.
+    pub builders: Vec<engine::BuildxBuilder>,
 }
 
 pub async fn run(args: &DoctorArgs, ui: &Ui) -> Result<Exit, Error> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let engine = Engine::connect(timeout).await?;
-    let report = DoctorReport {
-        engine: engine.facts().await?,
-        buildx: engine::buildx(timeout).await,
+    let facts = engine.facts().await?;
+    let buildx = engine::buildx(timeout).await;
+    let builders = match &buildx {
+        Buildx::Available { .. } => engine::buildx_builders(timeout, facts.containerd_image_store).await.unwrap_or_default(),
+        Buildx::Unavailable { .. } => Vec::new(),
     };
+    let report = DoctorReport { engine: facts, buildx, builders };
     match ui.format {
         OutputFormat::Json => ui.json(&report),
         OutputFormat::Human => ui.result(&render(&report, ui)),
@@ -83,8 +88,17 @@ pub fn render(report: &DoctorReport, ui: &Ui) -> String {
         ("buildx", buildx),
     ];
     let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
-    rows.iter()
-        .map(|(label, value)| format!("{label:<width$}  {value}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    let mut lines: Vec<String> = rows.iter().map(|(label, value)| format!("{label:<width$}  {value}")).collect();
+    for b in &report.builders {
+        lines.push(format!(
+            "{:<width$}  {} (driver {}, {}{}), cache export: {}",
+            "  builder",
+            b.name,
+            b.driver,
+            b.status,
+            if b.endpoint.is_empty() || b.endpoint == b.name { String::new() } else { format!(", {}", b.endpoint) },
+            if b.cache_export { "yes" } else { "no" }
+        ));
+    }
+    lines.join("\n")
 }

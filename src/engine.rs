@@ -206,3 +206,83 @@ mod tests {
         assert_eq!(parse_buildx_version("something else"), "unknown");
     }
 }
+
+/// A buildx builder as `docker buildx ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildxBuilder {
+    pub name: String,
+    /// `docker`, `docker-container`, `remote`, `kubernetes`.
+    pub driver: String,
+    /// The first node's status (`running`, `inactive`, …).
+    pub status: String,
+    pub endpoint: String,
+    /// Whether `--cache-to type=local` works: every driver but `docker`, and `docker` only
+    /// with the containerd image store.
+    pub cache_export: bool,
+}
+
+impl BuildxBuilder {
+    /// Builders that are not the daemon's own pull base images by themselves: prefetching
+    /// into the local daemon does not help them.
+    pub fn pulls_by_itself(&self) -> bool {
+        self.driver != "docker"
+    }
+}
+
+/// Lists the buildx builders (`docker buildx ls --format json`, one JSON object per line).
+pub async fn buildx_builders(timeout: Duration, containerd_store: bool) -> Result<Vec<BuildxBuilder>, String> {
+    let child = tokio::process::Command::new("docker")
+        .args(["buildx", "ls", "--format", "json"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(timeout, child).await {
+        Err(_) => return Err(format!("`docker buildx ls` did not answer within {}s", timeout.as_secs())),
+        Ok(Err(err)) => return Err(format!("cannot run `docker`: {err}")),
+        Ok(Ok(out)) => out,
+    };
+    if !out.status.success() {
+        return Err(first_line(&String::from_utf8_lossy(&out.stderr)).unwrap_or("`docker buildx ls` failed").to_string());
+    }
+    Ok(parse_buildx_ls(&String::from_utf8_lossy(&out.stdout), containerd_store))
+}
+
+fn parse_buildx_ls(text: &str, containerd_store: bool) -> Vec<BuildxBuilder> {
+    let mut builders: Vec<BuildxBuilder> = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| l.starts_with('{')) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let name = v["Name"].as_str().unwrap_or_default().to_string();
+        if name.is_empty() || builders.iter().any(|b| b.name == name) {
+            continue;
+        }
+        let driver = v["Driver"].as_str().unwrap_or("unknown").to_string();
+        let node = &v["Nodes"][0];
+        builders.push(BuildxBuilder {
+            cache_export: driver != "docker" || containerd_store,
+            status: node["Status"].as_str().unwrap_or("unknown").to_string(),
+            endpoint: node["Endpoint"].as_str().unwrap_or_default().to_string(),
+            name,
+            driver,
+        });
+    }
+    builders
+}
+
+#[cfg(test)]
+mod builder_tests {
+    use super::*;
+
+    #[test]
+    fn buildx_ls_json_lines_are_read_once_per_builder() {
+        let text = r#"{"Name":"ci","Driver":"remote","Nodes":[{"Name":"ci0","Endpoint":"tcp://127.0.0.1:1234","Status":"inactive"}]}
+{"Name":"ci","Driver":"remote","Nodes":[{"Name":"ci0","Endpoint":"tcp://127.0.0.1:1234","Status":"inactive"}]}
+{"Name":"default","Driver":"docker","Nodes":[{"Name":"default","Endpoint":"default","Status":"running"}]}
+not json"#;
+        let builders = parse_buildx_ls(text, false);
+        assert_eq!(builders.len(), 2);
+        assert_eq!(builders[0].driver, "remote");
+        assert!(builders[0].cache_export && builders[0].pulls_by_itself());
+        assert!(!builders[1].cache_export && !builders[1].pulls_by_itself());
+        assert!(parse_buildx_ls(text, true)[1].cache_export);
+    }
+}

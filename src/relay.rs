@@ -461,8 +461,14 @@ impl Upstream {
         let policy = self.state.policy;
         let started = Instant::now();
         let mut backoff = policy.backoff();
-        // Offset of the next byte to send, and the end (exclusive) of what the daemon asked for.
-        let (mut next, end) = span_of(&first).unwrap_or((0, 0));
+        // Offset of the next byte to send, and the end (exclusive) of what the daemon asked for
+        // (known for every resumable body).
+        let span = span_of(&first);
+        let (mut next, end) = span.unwrap_or((0, u64::MAX));
+        let progress = |next: u64| match span {
+            Some((from, to)) => format!("after {} of {} bytes", next - from, to - from),
+            None => format!("after {next} bytes"),
+        };
         // Bytes of the current upstream body to drop before sending (a server that answered a
         // resume with the whole blob).
         let mut skip = 0u64;
@@ -475,39 +481,46 @@ impl Upstream {
                         skip -= dropped;
                         bytes = bytes.slice(dropped as usize..);
                     }
+                    if resumable {
+                        // Never more than the daemon asked for (a resume answered in full).
+                        let room = end.saturating_sub(next).min(bytes.len() as u64);
+                        bytes = bytes.slice(..room as usize);
+                    }
                     next += bytes.len() as u64;
-                    if !bytes.is_empty() && tx.send(Ok(bytes)).await.is_err() {
-                        return; // the daemon went away
+                    // A daemon that stops reading is as stalled as a registry that stops
+                    // sending: give up on it rather than hold the transfer open.
+                    if !bytes.is_empty() {
+                        match tokio::time::timeout(idle, tx.send(Ok(bytes))).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) | Err(_) => return,
+                        }
+                    }
+                    if resumable && next >= end {
+                        return;
                     }
                     continue;
                 }
                 Ok(None) if !resumable || next >= end => return,
                 Ok(None) => (
                     ErrorClass::Eof,
-                    format!("the body ended after {next} of {end} bytes"),
+                    format!("the body ended {}", progress(next)),
                 ),
                 // reqwest's read timeout is the same idle timeout: no progress.
                 Ok(Some(Err(err))) if err.is_timeout() => (
                     ErrorClass::Stalled,
-                    format!(
-                        "no progress for {}s after {next} of {end} bytes",
-                        idle.as_secs()
-                    ),
+                    format!("no progress for {}s {}", idle.as_secs(), progress(next)),
                 ),
                 Ok(Some(Err(err))) => {
-                    let message = describe(&err);
-                    let class = match classify_message(&message) {
+                    let cause = describe(&err);
+                    let class = match classify_message(&cause) {
                         ErrorClass::Other => ErrorClass::Eof,
                         class => class,
                     };
-                    (class, message)
+                    (class, format!("{cause} {}", progress(next)))
                 }
                 Err(_) => (
                     ErrorClass::Stalled,
-                    format!(
-                        "no progress for {}s after {next} of {end} bytes",
-                        idle.as_secs()
-                    ),
+                    format!("no progress for {}s {}", idle.as_secs(), progress(next)),
                 ),
             };
             let (class, message) = failure;
@@ -523,11 +536,7 @@ impl Upstream {
                 wait,
             );
             let Some(wait) = wait else {
-                let _ = tx
-                    .send(Err(std::io::Error::other(format!(
-                        "upstream body failed: {message}"
-                    ))))
-                    .await;
+                fail_body(&tx, format!("upstream body failed: {message}"));
                 return;
             };
             tokio::time::sleep(wait).await;
@@ -540,30 +549,33 @@ impl Upstream {
             let resumed = match self.send(Method::GET, headers).await {
                 Ok(resp) => resp,
                 Err(err) => {
-                    let _ = tx
-                        .send(Err(std::io::Error::other(format!(
-                            "resuming the body failed: {}",
-                            err.message
-                        ))))
-                        .await;
+                    fail_body(&tx, format!("resuming the body failed: {}", err.message));
                     return;
                 }
             };
             skip = match span_of(&resumed) {
                 Some((from, _)) if from <= next => next - from,
                 _ => {
-                    let _ = tx
-                        .send(Err(std::io::Error::other(format!(
+                    fail_body(
+                        &tx,
+                        format!(
                             "the registry answered the resume ({range}) with status {} and no usable range",
                             resumed.status()
-                        ))))
-                        .await;
+                        ),
+                    );
                     return;
                 }
             };
             chunks = resumed.bytes_stream();
         }
     }
+}
+
+/// Ends the daemon's body with an error (without waiting: if the daemon is not reading,
+/// dropping the sender still ends the body short of its length, which the daemon sees as a
+/// broken download all the same).
+fn fail_body(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, message: String) {
+    let _ = tx.try_send(Err(std::io::Error::other(message)));
 }
 
 /// The byte span `[from, to)` a successful response's body covers: `Content-Range` of a
@@ -627,7 +639,13 @@ async fn wait_for_gate(state: &State, host: &str) {
     }
 }
 
+/// Holds every request to `host` back for `wait` (a `Retry-After`). A wait longer than the
+/// retry deadline is not kept: the request that got it gives up, and the gate must not hold
+/// the other requests longer than any of them may wait.
 fn set_gate(state: &State, host: &str, wait: Duration) {
+    if wait > state.policy.deadline {
+        return;
+    }
     if let Ok(mut gates) = state.gates.lock() {
         let until = Instant::now() + wait;
         let entry = gates.entry(host.to_string()).or_insert(until);

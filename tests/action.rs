@@ -112,7 +112,7 @@ fn step<'a>(action: &'a Action, id: &str) -> &'a Step {
         .unwrap_or_else(|| panic!("no step with id {id}"))
 }
 
-const ISSUE_INPUTS: [&str; 26] = [
+const ISSUE_INPUTS: [&str; 27] = [
     "config",
     "services",
     "only",
@@ -140,6 +140,7 @@ const ISSUE_INPUTS: [&str; 26] = [
     "working-directory",
     // Issue #9: a matrix job builds one shard.
     "shard",
+    "merge-reports",
 ];
 
 const ISSUE_OUTPUTS: [&str; 7] = [

@@ -282,11 +282,35 @@ pub enum ReportFormat {
     Terminal,
 }
 
+/// `doctor`: the daemon, buildx, and every registry and mirror the base images come from.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Registries: for each registry the project's base images come from (when a project is found \
+here) and each configured mirror, doctor probes DNS, TCP, TLS (plain HTTP for loopback \
+registries), GET /v2/ with its 401 challenge, the token endpoint, and a manifest HEAD of one \
+referenced image; each step once, bounded by --probe-timeout, never retried.
+
+Exit codes: 0 the daemon answers and every registry the plan needs (or every --registry) has \
+at least one healthy source; 4 some needed registry has no healthy source (its base images \
+could not be had); 3 the Docker daemon cannot be reached; 2 bad usage or input.")]
 pub struct DoctorArgs {
     /// How long to wait for the Docker daemon to answer, in seconds.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub timeout: u64,
+    /// Probe only this registry (repeatable): a host (`ghcr.io`, `127.0.0.1:5000`, `docker.io`)
+    /// or an image (`ghcr.io/org/base:1`), whose manifest is then the one probed.
+    #[arg(long = "registry", value_name = "HOST|IMAGE")]
+    pub registries: Vec<String>,
+    /// Mirrors to probe with their registry, as for prefetch (repeatable; newline-separated in
+    /// the environment): `docker.io=mirror.example.com,harbor.example.com/dockerhub`.
+    #[arg(long = "mirror", value_name = "REGISTRY=HOST[,HOST...]", env = "INPUT_MIRRORS", value_delimiter = '\n')]
+    pub mirrors: Vec<String>,
+    /// The most one probe step (lookup, connect, handshake, request) may take, in seconds.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub probe_timeout: u64,
+    /// A build argument for expanding `ARG`s in FROM lines, as for prefetch (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
 }
 
 #[cfg(test)]

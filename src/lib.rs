@@ -13,9 +13,11 @@ pub mod dockerfile;
 pub mod doctor;
 pub mod engine;
 pub mod error;
+pub mod health;
 pub mod matrix;
 pub mod plan;
 pub mod prefetch;
+pub mod probe;
 pub mod project;
 pub mod reference;
 pub mod registry;
@@ -43,7 +45,7 @@ pub async fn run(cli: Cli) -> Exit {
 
 async fn dispatch(cli: &Cli, ui: &ui::Ui) -> Result<Exit, Error> {
     match &cli.command {
-        Command::Doctor(args) => doctor::run(args, ui).await,
+        Command::Doctor(args) => doctor::run(&cli.global, args, ui).await,
         Command::Plan(args) => commands::run_plan(&cli.global, args, ui).await,
         Command::Prefetch(args) => commands::run_prefetch(&cli.global, args, ui).await,
         Command::Report(args) => report::command::run(args, ui).await,

@@ -262,20 +262,25 @@ pub async fn prefetch(
         relay,
         last_good: Mutex::new(HashMap::new()),
     });
-    let images: Vec<ImageResult> = futures_util::stream::iter(needs)
-        .map(|need| {
-            let ctx = ctx.clone();
-            async move {
-                let result = ctx.fetch(need).await;
-                if let Some(notify) = &ctx.options.notify {
-                    let _ = notify.send(result.clone());
+    // Unordered: a slow image must not hold a free slot (`buffered` starts the next pull only
+    // once every earlier one is done); the report keeps the input order.
+    let mut images: Vec<(usize, ImageResult)> =
+        futures_util::stream::iter(needs.into_iter().enumerate())
+            .map(|(index, need)| {
+                let ctx = ctx.clone();
+                async move {
+                    let result = ctx.fetch(need).await;
+                    if let Some(notify) = &ctx.options.notify {
+                        let _ = notify.send(result.clone());
+                    }
+                    (index, result)
                 }
-                result
-            }
-        })
-        .buffered(options.concurrency.max(1))
-        .collect()
-        .await;
+            })
+            .buffer_unordered(options.concurrency.max(1))
+            .collect()
+            .await;
+    images.sort_by_key(|(index, _)| *index);
+    let images: Vec<ImageResult> = images.into_iter().map(|(_, image)| image).collect();
     let requests = ctx.relay.as_ref().map(Relay::events).unwrap_or_default();
     Ok(PrefetchReport {
         via: if use_relay { "relay" } else { "direct" },

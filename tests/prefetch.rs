@@ -232,10 +232,11 @@ async fn assert_pulled(
     Ok(())
 }
 
-/// `(method, path)` -> arrival times (µs) and faults, in order.
-fn requests_by_target(
-    stats: &ProxyStats,
-) -> BTreeMap<(String, String), Vec<(u64, Option<FaultType>)>> {
+/// Arrival time (µs) and fault of one request, as the proxy logged it.
+type Arrival = (u64, Option<FaultType>);
+
+/// `(method, path)` -> arrivals, in order.
+fn requests_by_target(stats: &ProxyStats) -> BTreeMap<(String, String), Vec<Arrival>> {
     let mut out: BTreeMap<_, Vec<_>> = BTreeMap::new();
     for r in &stats.log {
         out.entry((r.method.clone(), r.path.clone()))
@@ -677,6 +678,65 @@ async fn issue3_stalled_blob_stream_is_cut_by_the_idle_timeout_and_retried() -> 
         !stalled[0]["retry_wait_ms"].is_null(),
         "and that it was retried"
     );
+    Ok(())
+}
+
+/// With acceptance 6: a blob download cut mid-body (connection closed after 30% of the
+/// bytes) is resumed by the relay with a `Range` request, within the same pull: the daemon
+/// never sees the failure (it would wait 5 s before resuming itself).
+#[tokio::test]
+async fn issue3_truncated_blob_is_resumed_within_the_pull() -> anyhow::Result<()> {
+    let docker = testbed::docker::connect().await?;
+    let name = testbed::unique_name("pf-cut");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let bed = TestBed::start(|o| o).await?;
+    let spec = ImageSpec::new(format!("library/{name}"), "1.0").with_layer(2 << 20);
+    let pushed = push_image(&bed.registry.host(), &spec).await?;
+    let layer = pushed.layers.last().expect("a random layer").digest.clone();
+    let reference = pushed.reference_via(&bed.proxy.host());
+    let project = Project::from_images(std::slice::from_ref(&reference))?;
+    bed.proxy.set_faults(
+        FaultConfig::default()
+            .with_kind(
+                RequestKind::BlobGet,
+                KindFaults::default()
+                    .fail_first(1, FaultType::Truncate)
+                    .only_path_containing(&layer),
+            )
+            .with_params(FaultParams {
+                truncate_fraction: 0.3,
+                ..FaultParams::default()
+            }),
+    )?;
+
+    let run = prefetch(&project, &["--output", "json"], RUN_TIMEOUT).await?;
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let report = run.report();
+    assert_pulled(&docker, &report, &reference, &pushed).await?;
+    let attempts = image(&report, &reference)["attempts"]
+        .as_array()
+        .map(Vec::len);
+    assert_eq!(attempts, Some(1), "{report:#}");
+    let stats = bed.proxy.stats();
+    let layer_requests: Vec<_> = stats
+        .log_of(RequestKind::BlobGet)
+        .filter(|r| r.path.contains(&layer))
+        .collect();
+    assert_eq!(layer_requests.len(), 2, "{layer_requests:?}");
+    assert_eq!(layer_requests[0].fault, Some(FaultType::Truncate));
+    assert!(
+        layer_requests[1].ranged,
+        "the relay resumed with a Range request"
+    );
+    let cut: Vec<&Value> = report["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "blob" && !e["class"].is_null())
+        .collect();
+    assert_eq!(cut.len(), 1, "the report shows the cut: {report:#}");
+    assert_eq!(cut[0]["class"], "eof", "{}", cut[0]);
+    assert!(!cut[0]["retry_wait_ms"].is_null());
     Ok(())
 }
 

@@ -54,6 +54,16 @@ fn short_id(id: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
+/// The layer digests (`RootFS.Layers`) of a local image.
+async fn layers_of(docker: &Docker, id: &str) -> Option<Vec<String>> {
+    docker
+        .inspect_image(id)
+        .await
+        .ok()
+        .and_then(|i| i.root_fs)
+        .and_then(|r| r.layers)
+}
+
 /// Reads a file as a stream of chunks (for the load request body).
 fn file_stream(
     file: tokio::fs::File,
@@ -569,14 +579,26 @@ impl Cache {
                 images.insert(service, entry.image_id);
             }
         }
-        let unchanged = !images.is_empty()
-            && images.len() == self.index.services.len()
-            && images.iter().all(|(s, id)| {
-                self.index
-                    .services
-                    .get(s)
-                    .is_some_and(|e| &e.image_id == id)
-            });
+        // Unchanged when every service's image is the cached one, or has the very same layers
+        // (a fully cached rebuild differs only in its config's timestamps: the cached image
+        // serves as cache source just as well, and re-saving would cost a full export).
+        let mut unchanged = !images.is_empty() && images.len() == self.index.services.len();
+        for (service, id) in &images {
+            if !unchanged {
+                break;
+            }
+            unchanged = match self.index.services.get(service) {
+                Some(e) if &e.image_id == id => true,
+                Some(e) => {
+                    let (a, b) = (
+                        layers_of(&docker, id).await,
+                        layers_of(&docker, &e.image_id).await,
+                    );
+                    a.is_some() && a == b
+                }
+                None => false,
+            };
+        }
         if !unchanged && !images.is_empty() {
             let ids: Vec<String> = images
                 .values()

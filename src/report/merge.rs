@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{BaseImageResult, NetworkStats, Report, RunMeta, Totals, REPORT_VERSION};
+use super::{BaseImageResult, NetworkStats, Report, RunMeta};
 use crate::prefetch::ImageStatus;
 
 /// `I/N` of a report's run, if it was a shard.
@@ -85,16 +85,5 @@ pub fn merge(reports: &[(PathBuf, Report)], expected: Option<usize>) -> Report {
         shard: None,
         interrupted: reports.iter().any(|(_, r)| r.run.interrupted),
     };
-    let totals = Totals::of(&services, &base_images);
-    Report {
-        version: REPORT_VERSION,
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        run,
-        totals,
-        services,
-        base_images,
-        network,
-        failure_log,
-        missing_shards,
-    }
+    Report::assemble(run, services, base_images, network, failure_log, missing_shards)
 }

@@ -3,6 +3,7 @@
 
 pub mod annotations;
 pub mod command;
+pub mod diagnosis;
 pub mod merge;
 pub mod github;
 pub mod outputs;
@@ -41,6 +42,13 @@ pub struct Report {
     /// For a merged report: the shards (`2/3`) whose report was missing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_shards: Vec<String>,
+    /// What went wrong on the network and what to do about it; absent when nothing failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<diagnosis::Diagnosis>,
+    /// Per registry: the order its sources were tried in, and why (learned from the source
+    /// health kept in the cache directory, or as configured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_order: Vec<crate::health::OrderDecision>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -194,6 +202,31 @@ impl Totals {
 }
 
 impl Report {
+    /// A report of this version from its parts; the totals are counted here.
+    pub fn assemble(
+        run: RunMeta,
+        services: Vec<ServiceResult>,
+        base_images: Vec<BaseImageResult>,
+        network: NetworkStats,
+        failure_log: Vec<FailureLogEntry>,
+        missing_shards: Vec<String>,
+    ) -> Report {
+        let totals = Totals::of(&services, &base_images);
+        Report {
+            version: REPORT_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            run,
+            totals,
+            services,
+            base_images,
+            network,
+            failure_log,
+            missing_shards,
+            diagnosis: None,
+            source_order: Vec::new(),
+        }
+    }
+
     /// Assembles a report from the prefetch and the service results.
     pub fn new(run: RunMeta, prefetch: Option<&PrefetchReport>, services: Vec<ServiceResult>, build_failures: Vec<FailureLogEntry>) -> Report {
         let mut base_images = Vec::new();
@@ -244,18 +277,9 @@ impl Report {
         network.build_retries = build_failures.iter().filter(|f| f.class.starts_with("network")).count();
         failure_log.extend(build_failures);
         failure_log.sort_by(|a, b| a.at.cmp(&b.at));
-        let totals = Totals::of(&services, &base_images);
-        Report {
-            version: REPORT_VERSION,
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            run,
-            totals,
-            services,
-            base_images,
-            network,
-            failure_log,
-            missing_shards: Vec::new(),
-        }
+        let mut report = Report::assemble(run, services, base_images, network, failure_log, Vec::new());
+        report.diagnosis = prefetch.and_then(diagnosis::diagnose);
+        report
     }
 
     /// "9/11 succeeded".

@@ -1,8 +1,9 @@
 //! The Markdown view (GitHub-flavoured) of a report: the job's step summary
 //! (`GITHUB_STEP_SUMMARY`), the PR comment and the check runs' summaries.
 //!
-//! Layout: a headline with the count, a `<details>` block per failure (error and last log
-//! lines), the service table, the base-image table, network statistics, the failure log.
+//! Layout: a headline with the count, the network diagnosis when anything failed (root
+//! cause, fix, what each registry and mirror did), a `<details>` block per failure (error
+//! and last log lines), the service table, the base-image table, network statistics, the failure log.
 //! Everything taken from the run (names, messages, log lines) is escaped for where it goes:
 //! table cells and `<summary>` lines get HTML entities and Markdown escapes, log lines go into
 //! fenced code blocks whose fence is longer than any backtick run inside.
@@ -15,6 +16,7 @@
 use std::fmt::Write as _;
 
 use super::annotations::failure_label;
+use super::diagnosis::{Diagnosis, SourceRole};
 use super::text::{self, cell, code_block, html};
 use super::{BaseImageResult, Report, ServiceResult, ServiceStatus};
 use crate::prefetch::ImageStatus;
@@ -220,6 +222,10 @@ fn render_with(
         );
     }
 
+    if let Some(d) = &report.diagnosis {
+        out.push_str(&diagnosis_section(d));
+    }
+
     let failures = failure_count(report);
     if failures > 0 {
         let _ = writeln!(out, "### Failures ({failures})\n");
@@ -269,6 +275,7 @@ fn render_with(
     if !report.base_images.is_empty() {
         out.push_str(&base_images_table(report, detail.all_rows));
     }
+    out.push_str(&source_order_lines(report));
     out.push_str(&network_section(report));
     if detail.failure_log && !report.failure_log.is_empty() {
         out.push_str(&failure_log(report));
@@ -657,6 +664,126 @@ fn base_images_table(report: &Report, all_rows: bool) -> String {
         }
     }
     out.push('\n');
+    out
+}
+
+/// Text whose backtick-quoted parts (names, settings) become code spans; everything is
+/// escaped for a table cell or list item.
+fn rich(text: &str) -> String {
+    text.split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                format!("<code>{}</code>", cell(part))
+            } else {
+                cell(part)
+            }
+        })
+        .collect()
+}
+
+/// Most images listed per outcome in the diagnosis section.
+const MAX_DIAGNOSIS_IMAGES: usize = 10;
+
+fn image_list(images: &[String]) -> String {
+    let mut shown: Vec<String> = images
+        .iter()
+        .take(MAX_DIAGNOSIS_IMAGES)
+        .map(|i| format!("<code>{}</code>", cell(i)))
+        .collect();
+    if images.len() > MAX_DIAGNOSIS_IMAGES {
+        shown.push(format!("and {} more", images.len() - MAX_DIAGNOSIS_IMAGES));
+    }
+    shown.join(", ")
+}
+
+/// The diagnosis at the top of the summary: root cause and fix, the other findings, what
+/// each source did, and what happened to the images that needed help.
+fn diagnosis_section(d: &Diagnosis) -> String {
+    let mut out = String::from("### 🩺 Diagnosis\n\n");
+    let _ = writeln!(out, "**Root cause:** {}<br>", rich(&d.root_cause));
+    let _ = writeln!(out, "**Fix:** {}\n", rich(&d.remediation));
+    if d.findings.len() > 1 {
+        out.push_str("Also:\n\n");
+        for f in &d.findings[1..] {
+            let _ = writeln!(out, "- {} — {}", rich(&f.cause), rich(&f.remediation));
+        }
+        out.push('\n');
+    }
+    out.push_str("| Source | Role | Requests | Failed | Failures by class | Pulls (failed) | Images served | Waiting |\n");
+    out.push_str("|:--|:--|--:|--:|:--|--:|--:|--:|\n");
+    for s in &d.sources {
+        let classes: Vec<String> = s
+            .failures_by_class
+            .iter()
+            .map(|(c, n)| format!("<code>{c}</code> × {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| <code>{}</code> | {} of <code>{}</code> | {} | {} | {} | {} ({}) | {} | {} |",
+            cell(&s.source),
+            match s.role {
+                SourceRole::Origin => "registry",
+                SourceRole::Mirror => "mirror",
+            },
+            cell(&s.registry),
+            s.requests,
+            s.failed_requests,
+            if classes.is_empty() { dash() } else { classes.join(", ") },
+            s.pull_attempts,
+            s.failed_pull_attempts,
+            s.images_served,
+            text::duration(s.wait_ms)
+        );
+    }
+    out.push('\n');
+    let i = &d.images;
+    let mut outcomes = Vec::new();
+    if !i.recovered_by_retry.is_empty() {
+        let names: Vec<String> = i.recovered_by_retry.iter().map(|r| r.image.clone()).collect();
+        outcomes.push(format!("**Recovered by retries:** {}", image_list(&names)));
+    }
+    let mut mirrors: Vec<&str> = i.recovered_by_mirror.iter().map(|r| r.source.as_str()).collect();
+    mirrors.dedup();
+    for mirror in mirrors {
+        let names: Vec<String> = i
+            .recovered_by_mirror
+            .iter()
+            .filter(|r| r.source == mirror)
+            .map(|r| r.image.clone())
+            .collect();
+        outcomes.push(format!(
+            "**From mirror <code>{}</code>:** {}",
+            cell(mirror),
+            image_list(&names)
+        ));
+    }
+    if !i.lost.is_empty() {
+        let names: Vec<String> = i.lost.iter().map(|l| l.image.clone()).collect();
+        outcomes.push(format!("**Lost:** {}", image_list(&names)));
+    }
+    if d.wait_ms > 0 {
+        outcomes.push(format!("**Waiting on retries:** {}", text::duration(d.wait_ms)));
+    }
+    if !outcomes.is_empty() {
+        let _ = writeln!(out, "{}\n", outcomes.join("<br>\n"));
+    }
+    out
+}
+
+/// The learned source orders (configured ones are not worth a line).
+fn source_order_lines(report: &Report) -> String {
+    let mut out = String::new();
+    for o in report.source_order.iter().filter(|o| o.learned) {
+        let order: Vec<String> = o.order.iter().map(|s| format!("<code>{}</code>", cell(s))).collect();
+        let _ = writeln!(
+            out,
+            "Source order for <code>{}</code>: {} ({})\n",
+            cell(&o.registry),
+            order.join(" → "),
+            cell(&o.reason)
+        );
+    }
     out
 }
 

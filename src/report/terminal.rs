@@ -13,6 +13,7 @@ use console::{Style, measure_text_width};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::annotations::failure_label;
+use super::diagnosis::{Diagnosis, SourceRole};
 use super::text;
 use super::{Report, ServiceStatus};
 use crate::prefetch::ImageStatus;
@@ -190,6 +191,26 @@ pub fn render(report: &Report, ui: &Ui) -> String {
         }
     }
 
+    if let Some(d) = &report.diagnosis {
+        out.push('\n');
+        out.push_str(&diagnosis(d, ui));
+    }
+    for o in report.source_order.iter().filter(|o| o.learned) {
+        let _ = writeln!(
+            out,
+            "{}",
+            ui.dim(&text::clean_line(
+                &format!(
+                    "source order for {}: {} ({})",
+                    o.registry,
+                    o.order.join(" → "),
+                    o.reason
+                ),
+                400
+            ))
+        );
+    }
+
     let n = &report.network;
     out.push('\n');
     let _ = writeln!(
@@ -233,6 +254,92 @@ pub fn render(report: &Report, ui: &Ui) -> String {
             ui.bad(&headline)
         }
     );
+    out
+}
+
+/// The diagnosis block: root cause, fix, the other findings, per-source counts, outcomes.
+fn diagnosis(d: &Diagnosis, ui: &Ui) -> String {
+    let line = |t: &str| text::clean_line(t, 400);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {}",
+        ui.paint(&Style::new().yellow().bold(), "diagnosis:"),
+        line(&d.root_cause)
+    );
+    let _ = writeln!(
+        out,
+        "  {} {}",
+        ui.paint(&Style::new().cyan(), "fix:"),
+        line(&d.remediation)
+    );
+    for f in d.findings.iter().skip(1) {
+        let _ = writeln!(
+            out,
+            "  {} {} ({})",
+            ui.dim("also:"),
+            line(&f.cause),
+            line(&f.remediation)
+        );
+    }
+    for s in &d.sources {
+        let classes: Vec<String> = s
+            .failures_by_class
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        let role = match s.role {
+            SourceRole::Origin => "registry",
+            SourceRole::Mirror => "mirror",
+        };
+        let _ = writeln!(
+            out,
+            "  {}",
+            ui.dim(&line(&format!(
+                "{} ({role} of {}): {} requests, {} failed{}; {} pulls, {} failed; served {}; waited {}",
+                s.source,
+                s.registry,
+                s.requests,
+                s.failed_requests,
+                if classes.is_empty() { String::new() } else { format!(" ({})", classes.join(", ")) },
+                s.pull_attempts,
+                s.failed_pull_attempts,
+                s.images_served,
+                text::duration(s.wait_ms)
+            )))
+        );
+    }
+    let list = |names: Vec<&str>| {
+        let shown: Vec<&str> = names.iter().take(10).copied().collect();
+        let more = names.len().saturating_sub(10);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        format!("{}{more}", shown.join(", "))
+    };
+    let i = &d.images;
+    if !i.recovered_by_retry.is_empty() {
+        let names = i
+            .recovered_by_retry
+            .iter()
+            .map(|r| r.image.as_str())
+            .collect();
+        let _ = writeln!(out, "  recovered by retries: {}", line(&list(names)));
+    }
+    if !i.recovered_by_mirror.is_empty() {
+        let names = i
+            .recovered_by_mirror
+            .iter()
+            .map(|r| r.image.as_str())
+            .collect();
+        let _ = writeln!(out, "  from a mirror: {}", line(&list(names)));
+    }
+    if !i.lost.is_empty() {
+        let names = i.lost.iter().map(|l| l.image.as_str()).collect();
+        let _ = writeln!(out, "  {} {}", ui.bad("lost:"), line(&list(names)));
+    }
     out
 }
 

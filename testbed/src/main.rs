@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
 use bytes::Bytes;
+use clap::{Parser, Subcommand};
 use hyper::{Method, StatusCode};
 use testbed::http;
 use testbed::images::{ImageSpec, push_image};
@@ -220,14 +220,23 @@ async fn control(
     if let Some(json) = faults_json {
         FaultConfig::from_json(&json).context("invalid --faults-json")?;
         let url = format!("{base}/faults{query}");
-        expect_ok("PUT faults", http::send(Method::PUT, &url, &[], json.into()).await?)?;
+        expect_ok(
+            "PUT faults",
+            http::send(Method::PUT, &url, &[], json.into()).await?,
+        )?;
     } else if seed.is_some() {
         let url = format!("{base}/arm{query}");
-        expect_ok("POST arm", http::send(Method::POST, &url, &[], Bytes::new()).await?)?;
+        expect_ok(
+            "POST arm",
+            http::send(Method::POST, &url, &[], Bytes::new()).await?,
+        )?;
     }
     if reset_stats {
         let url = format!("{base}/stats");
-        expect_ok("DELETE stats", http::send(Method::DELETE, &url, &[], Bytes::new()).await?)?;
+        expect_ok(
+            "DELETE stats",
+            http::send(Method::DELETE, &url, &[], Bytes::new()).await?,
+        )?;
     }
     if print != Print::Nothing {
         let resp = http::get(&format!("{base}/stats")).await?;

@@ -263,14 +263,22 @@ async fn a_mid_body_stall_sends_part_of_the_body_then_waits() -> anyhow::Result<
     let (head, body) = split_response(&raw);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let length = content_length(&head);
-    assert_eq!(body.len(), length / 4, "a quarter, then the stall and a close");
+    assert_eq!(
+        body.len(),
+        length / 4,
+        "a quarter, then the stall and a close"
+    );
 
     bed.proxy.set_faults(stall(StallThen::Continue))?;
     let started = Instant::now();
     let raw = raw_get(bed.proxy.addr(), &layer).await?;
     assert!(started.elapsed() >= Duration::from_millis(500));
     let (head, body) = split_response(&raw);
-    assert_eq!(body.len(), content_length(&head), "the whole body after the stall");
+    assert_eq!(
+        body.len(),
+        content_length(&head),
+        "the whole body after the stall"
+    );
     Ok(())
 }
 
@@ -336,7 +344,13 @@ async fn the_seed_can_be_changed_through_the_control_endpoint() -> anyhow::Resul
     let set = http::send(Method::PUT, &put, &[], json.into()).await?;
     assert_eq!(set.status, StatusCode::OK, "{}", set.text());
     assert_eq!(bed.proxy.seed(), 2);
-    let bad = http::send(Method::POST, &format!("{control}/arm?seed=x"), &[], Bytes::new()).await?;
+    let bad = http::send(
+        Method::POST,
+        &format!("{control}/arm?seed=x"),
+        &[],
+        Bytes::new(),
+    )
+    .await?;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     Ok(())
 }
@@ -460,14 +474,12 @@ async fn window_fails_everything_until_it_ends() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_window_can_start_at_the_first_request() -> anyhow::Result<()> {
     let window = Duration::from_millis(500);
-    let bed = bed(
-        FaultConfig::default()
-            .with_window(FaultWindow::first_secs(
-                window.as_secs_f64(),
-                FaultType::Status429,
-            ))
-            .with_window_clock(WindowClock::FirstRequest),
-    )
+    let bed = bed(FaultConfig::default()
+        .with_window(FaultWindow::first_secs(
+            window.as_secs_f64(),
+            FaultType::Status429,
+        ))
+        .with_window_clock(WindowClock::FirstRequest))
     .await?;
     // The idle time under test (not a wait for a condition): longer than the window, which
     // must not have started yet.

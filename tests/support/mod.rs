@@ -59,13 +59,21 @@ impl Project {
 
     /// An empty project dir and a fresh registry.
     pub async fn empty() -> Project {
-        let registry = Registry::start().await.expect("docker-registry starts (run scripts/setup)");
-        Project { dir: tempfile::tempdir().unwrap(), registry, tag: testbed::unique_name("t") }
+        let registry = Registry::start()
+            .await
+            .expect("docker-registry starts (run scripts/setup)");
+        Project {
+            dir: tempfile::tempdir().unwrap(),
+            registry,
+            tag: testbed::unique_name("t"),
+        }
     }
 
     pub async fn push_bases(&self, images: &[(&str, &str)]) {
         for (repo, tag) in images {
-            push_image(&self.registry.host(), &ImageSpec::new(*repo, *tag)).await.expect("push a base image");
+            push_image(&self.registry.host(), &ImageSpec::new(*repo, *tag))
+                .await
+                .expect("push a base image");
         }
     }
 
@@ -93,7 +101,11 @@ impl Project {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin());
-        cmd.current_dir(self.path()).env("NO_COLOR", "1").env_remove("GITHUB_ACTIONS").env_remove("GITHUB_STEP_SUMMARY").env_remove("GITHUB_OUTPUT");
+        cmd.current_dir(self.path())
+            .env("NO_COLOR", "1")
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("GITHUB_STEP_SUMMARY")
+            .env_remove("GITHUB_OUTPUT");
         cmd.args(args);
         cmd
     }
@@ -106,27 +118,51 @@ impl Project {
     }
 
     pub fn report(&self) -> serde_json::Value {
-        let path = self.path().join(".ai-infra-build/ai-infra-build-report.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("no report at {}: {e}", path.display()));
+        let path = self
+            .path()
+            .join(".ai-infra-build/ai-infra-build-report.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("no report at {}: {e}", path.display()));
         serde_json::from_str(&text).unwrap()
     }
 
     /// Removes the images this project's runs built (by their unique tag).
     pub fn remove_built_images(&self) {
-        let out = Command::new("docker").args(["images", "--format", "{{.Repository}}:{{.Tag}}"]).output().unwrap();
+        let out = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+            .unwrap();
         let suffix = format!(":{}", self.tag);
-        let mine: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.ends_with(&suffix)).map(str::to_string).collect();
+        let mine: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.ends_with(&suffix))
+            .map(str::to_string)
+            .collect();
         if !mine.is_empty() {
-            let _ = Command::new("docker").arg("rmi").arg("-f").args(&mine).output();
+            let _ = Command::new("docker")
+                .arg("rmi")
+                .arg("-f")
+                .args(&mine)
+                .output();
         }
     }
 }
 
 pub fn text(out: &Output) -> String {
-    format!("exit {:?}\n--- stdout\n{}\n--- stderr\n{}", out.status.code(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// The report's entry for a service.
 pub fn service<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["services"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no service {name} in the report"))
+    report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no service {name} in the report"))
 }

@@ -113,7 +113,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, reused: bool) -> Ha
         Some(fault @ (FaultType::Status503 | FaultType::Status429)) => {
             return Ok(status_response(fault, params));
         }
-        Some(FaultType::Stall) if params.stall_at == StallAt::Start || req.method() == Method::HEAD => {
+        Some(FaultType::Stall)
+            if params.stall_at == StallAt::Start || req.method() == Method::HEAD =>
+        {
             tokio::time::sleep(Duration::from_secs_f64(params.stall_secs)).await;
             if params.stall_then == StallThen::Close {
                 return close_after_reading(req, "stall").await;
@@ -199,7 +201,11 @@ async fn cut_body(
 fn chunks(data: Bytes) -> Vec<Result<Frame<Bytes>, BoxError>> {
     (0..data.len())
         .step_by(TRUNCATE_CHUNK)
-        .map(|at| Ok(Frame::data(data.slice(at..(at + TRUNCATE_CHUNK).min(data.len())))))
+        .map(|at| {
+            Ok(Frame::data(
+                data.slice(at..(at + TRUNCATE_CHUNK).min(data.len())),
+            ))
+        })
         .collect()
 }
 

@@ -48,7 +48,11 @@ fn recorded_durations() -> Vec<f64> {
         .filter(|d| *d > 0.0)
         .map(|d| d / 1000.0 * 10.0)
         .collect();
-    if durations.is_empty() { RECORDED.to_vec() } else { durations }
+    if durations.is_empty() {
+        RECORDED.to_vec()
+    } else {
+        durations
+    }
 }
 
 fn main() {
@@ -69,16 +73,31 @@ fn main() {
         edges.push((names[i].clone(), deps));
     }
     let graph = Graph::new(&edges).expect("the generated graph is acyclic");
-    let weights: Vec<f64> = (0..SERVICES).map(|_| recorded[rng.below(recorded.len())] * (0.5 + rng.below(100) as f64 / 100.0)).collect();
+    let weights: Vec<f64> = (0..SERVICES)
+        .map(|_| recorded[rng.below(recorded.len())] * (0.5 + rng.below(100) as f64 / 100.0))
+        .collect();
     let total: f64 = weights.iter().sum();
-    println!("{SERVICES} services, {:.0} build-seconds in all, {PARALLEL} builders per runner, {JOB_OVERHEAD_S:.0} s overhead per job\n", total);
+    println!(
+        "{SERVICES} services, {:.0} build-seconds in all, {PARALLEL} builders per runner, {JOB_OVERHEAD_S:.0} s overhead per job\n",
+        total
+    );
     println!("| shards | expected wall time | slowest shard (services) | runner time in all |");
     println!("|---:|---:|---:|---:|");
     for n in [1usize, 2, 3, 4, 6, 8, 12, 16] {
         let shards = shard(&graph, &weights, n);
-        let times: Vec<(f64, usize)> =
-            shards.iter().map(|s| (simulate_wall_time(&graph, &weights, &s.members, PARALLEL) + JOB_OVERHEAD_S, s.members.len())).collect();
-        let (wall, members) = times.iter().copied().fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a });
+        let times: Vec<(f64, usize)> = shards
+            .iter()
+            .map(|s| {
+                (
+                    simulate_wall_time(&graph, &weights, &s.members, PARALLEL) + JOB_OVERHEAD_S,
+                    s.members.len(),
+                )
+            })
+            .collect();
+        let (wall, members) = times
+            .iter()
+            .copied()
+            .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a });
         let runner: f64 = times.iter().map(|t| t.0).sum();
         println!("| {n} | {} | {members} | {} |", mmss(wall), mmss(runner));
     }

@@ -108,7 +108,12 @@ pub struct BuildArgs {
     #[arg(long)]
     pub fail_fast: bool,
     /// Retries of a build that failed for a network reason (never for its own errors).
-    #[arg(long, default_value_t = 2, value_name = "N", env = "INPUT_BUILD_RETRIES")]
+    #[arg(
+        long,
+        default_value_t = 2,
+        value_name = "N",
+        env = "INPUT_BUILD_RETRIES"
+    )]
     pub build_retries: u32,
     /// `buildx` (docker buildx build), `engine` (the Docker Engine API), or `auto`
     /// (buildx when `docker buildx version` works).
@@ -118,10 +123,20 @@ pub struct BuildArgs {
     #[arg(long, value_name = "NAME")]
     pub buildx_builder: Option<String>,
     /// Build only these services (comma-separated or repeated) and what they need.
-    #[arg(long, value_name = "SERVICE", value_delimiter = ',', env = "INPUT_ONLY")]
+    #[arg(
+        long,
+        value_name = "SERVICE",
+        value_delimiter = ',',
+        env = "INPUT_ONLY"
+    )]
     pub only: Vec<String>,
     /// Do not build these services (comma-separated or repeated).
-    #[arg(long, value_name = "SERVICE", value_delimiter = ',', env = "INPUT_SKIP")]
+    #[arg(
+        long,
+        value_name = "SERVICE",
+        value_delimiter = ',',
+        env = "INPUT_SKIP"
+    )]
     pub skip: Vec<String>,
     /// Do not add the dependencies of the selected services.
     #[arg(long)]
@@ -136,7 +151,12 @@ pub struct BuildArgs {
     pub push: bool,
     /// A GitHub token: one check run per service and one PR comment (needs `checks: write`,
     /// `pull-requests: write`). Masked in every output.
-    #[arg(long, value_name = "TOKEN", env = "INPUT_GITHUB_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "INPUT_GITHUB_TOKEN",
+        hide_env_values = true
+    )]
     pub github_token: Option<String>,
     /// Create check runs (with --github-token).
     #[arg(long, env = "INPUT_CHECKS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -145,7 +165,12 @@ pub struct BuildArgs {
     #[arg(long, env = "INPUT_PR_COMMENT", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub pr_comment: bool,
     /// Where the report and the build logs go.
-    #[arg(long, value_name = "DIR", default_value = ".ai-infra-build", env = "INPUT_OUT_DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".ai-infra-build",
+        env = "INPUT_OUT_DIR"
+    )]
     pub out_dir: std::path::PathBuf,
 }
 
@@ -192,7 +217,12 @@ pub struct PlanCommandArgs {
     #[arg(long)]
     pub matrix: bool,
     /// How many shards (with --matrix).
-    #[arg(long, value_name = "N", conflicts_with = "max_per_shard", requires = "matrix")]
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "max_per_shard",
+        requires = "matrix"
+    )]
     pub shards: Option<usize>,
     /// At most this many services per shard (with --matrix).
     #[arg(long, value_name = "K", requires = "matrix")]
@@ -251,7 +281,12 @@ pub enum PrefetchFailure {
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// The JSON report a run wrote (`ai-infra-build-report.json` in its output directory).
-    #[arg(long, value_name = "FILE", required_unless_present = "merge", conflicts_with = "merge")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "merge",
+        conflicts_with = "merge"
+    )]
     pub from: Option<PathBuf>,
     /// Merge the reports of matrix shards into one and publish it like one `build-all` would
     /// (summary, outputs, annotations, check runs, PR comment). Missing shards are listed.
@@ -262,10 +297,20 @@ pub struct ReportArgs {
     #[arg(long, value_name = "N", requires = "merge")]
     pub shards: Option<usize>,
     /// Where the merged report goes.
-    #[arg(long, value_name = "DIR", default_value = ".ai-infra-build", requires = "merge")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".ai-infra-build",
+        requires = "merge"
+    )]
     pub out_dir: PathBuf,
     /// A GitHub token for the merged check runs and PR comment.
-    #[arg(long, value_name = "TOKEN", env = "INPUT_GITHUB_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "INPUT_GITHUB_TOKEN",
+        hide_env_values = true
+    )]
     pub github_token: Option<String>,
     /// The view: `markdown` (the step summary), `json`, `annotations` (workflow commands with
     /// the log groups), `outputs` (the step outputs) or `terminal` (the final table).
@@ -303,7 +348,12 @@ pub struct DoctorArgs {
     pub registries: Vec<String>,
     /// Mirrors to probe with their registry, as for prefetch (repeatable; newline-separated in
     /// the environment): `docker.io=mirror.example.com,harbor.example.com/dockerhub`.
-    #[arg(long = "mirror", value_name = "REGISTRY=HOST[,HOST...]", env = "INPUT_MIRRORS", value_delimiter = '\n')]
+    #[arg(
+        long = "mirror",
+        value_name = "REGISTRY=HOST[,HOST...]",
+        env = "INPUT_MIRRORS",
+        value_delimiter = '\n'
+    )]
     pub mirrors: Vec<String>,
     /// The most one probe step (lookup, connect, handshake, request) may take, in seconds.
     #[arg(long, default_value_t = 5, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=120))]

@@ -5,14 +5,20 @@ use std::sync::atomic::AtomicBool;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::build::{self, backend::Backend, run::{BuildEvent, BuildOptions}};
+use crate::build::{
+    self,
+    backend::Backend,
+    run::{BuildEvent, BuildOptions},
+};
 use crate::cli::{BuildArgs, BuilderChoice};
 use crate::engine::Buildx;
 use crate::report::{PublishContext, Publisher, Report, RunMeta, ServiceResult, ServiceStatus};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{GlobalArgs, OutputFormat, PlanArgs, PlanCommandArgs, PrefetchArgs, PrefetchFailure};
+use crate::cli::{
+    GlobalArgs, OutputFormat, PlanArgs, PlanCommandArgs, PrefetchArgs, PrefetchFailure,
+};
 use crate::engine::Engine;
 use crate::error::{Error, Exit};
 use crate::plan::{Naming, Plan, plan};
@@ -46,7 +52,10 @@ fn load_plan(global: &GlobalArgs, args: &PlanArgs) -> Result<(Project, Plan), Er
         (None, Some(tag)) => Some((tag.as_str(), project.source.as_str())),
         (None, None) => None,
     };
-    let prefix = args.prefix.as_deref().or(project.settings.prefix.as_deref());
+    let prefix = args
+        .prefix
+        .as_deref()
+        .or(project.settings.prefix.as_deref());
     let naming = Naming::resolve(&root, prefix, tag)?;
     let plan = plan(&project, &naming, &parse_build_args(&args.build_args)?)?;
     Ok((project, plan))
@@ -77,11 +86,23 @@ fn shard_weights(plan: &Plan, report: Option<&std::path::Path>) -> Result<Vec<f6
     let Some(path) = report else {
         return Ok(vec![1.0; plan.services.len()]);
     };
-    let bad = |reason: String| Error::Input { input: path.display().to_string(), reason };
+    let bad = |reason: String| Error::Input {
+        input: path.display().to_string(),
+        reason,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let report: Report = serde_json::from_str(&text).map_err(|e| bad(format!("not an ai-infra-build report: {e}")))?;
-    let durations = report.services.iter().filter(|s| s.duration_ms > 0).map(|s| (s.name.clone(), s.duration_ms as f64 / 1000.0)).collect();
-    Ok(crate::matrix::weights_from_durations(&plan.graph.names, &durations))
+    let report: Report = serde_json::from_str(&text)
+        .map_err(|e| bad(format!("not an ai-infra-build report: {e}")))?;
+    let durations = report
+        .services
+        .iter()
+        .filter(|s| s.duration_ms > 0)
+        .map(|s| (s.name.clone(), s.duration_ms as f64 / 1000.0))
+        .collect();
+    Ok(crate::matrix::weights_from_durations(
+        &plan.graph.names,
+        &durations,
+    ))
 }
 
 fn render_plan(plan: &Plan) -> String {
@@ -102,7 +123,10 @@ fn render_plan(plan: &Plan) -> String {
         } else {
             format!("  after {}", s.depends_on.join(", "))
         };
-        out.push_str(&format!("  {:<20} {}  {}  [{}]{deps}\n", s.name, s.image, s.dockerfile, s.origin));
+        out.push_str(&format!(
+            "  {:<20} {}  {}  [{}]{deps}\n",
+            s.name, s.image, s.dockerfile, s.origin
+        ));
     }
     out.push_str(&format!(
         "Base images to prefetch ({}):\n",
@@ -244,25 +268,61 @@ fn render_prefetch(report: &PrefetchReport, ui: &Ui) -> String {
 
 /// Which services to build: `names` (from `build SERVICE...`) or `--only`, minus `--skip`,
 /// plus their dependencies unless `--no-deps`. Unknown names are an input error.
-pub fn select_services(plan: &Plan, names: &[String], only: &[String], skip: &[String], no_deps: bool) -> Result<BTreeSet<usize>, Error> {
+pub fn select_services(
+    plan: &Plan,
+    names: &[String],
+    only: &[String],
+    skip: &[String],
+    no_deps: bool,
+) -> Result<BTreeSet<usize>, Error> {
     let index = |name: &String, flag: &str| {
-        plan.services.iter().position(|s| &s.name == name).ok_or_else(|| Error::Usage {
-            what: format!("{flag} {name:?}"),
-            reason: format!(
-                "no such service; the services are: {}",
-                plan.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-            ),
-        })
+        plan.services
+            .iter()
+            .position(|s| &s.name == name)
+            .ok_or_else(|| Error::Usage {
+                what: format!("{flag} {name:?}"),
+                reason: format!(
+                    "no such service; the services are: {}",
+                    plan.services
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
     };
-    let wanted: Vec<&String> = names.iter().chain(only.iter()).filter(|n| !n.trim().is_empty()).collect();
+    let wanted: Vec<&String> = names
+        .iter()
+        .chain(only.iter())
+        .filter(|n| !n.trim().is_empty())
+        .collect();
     let roots: Vec<usize> = if wanted.is_empty() {
         (0..plan.services.len()).collect()
     } else {
-        wanted.into_iter().map(|n| index(n, if names.contains(n) { "service" } else { "--only" })).collect::<Result<_, _>>()?
+        wanted
+            .into_iter()
+            .map(|n| {
+                index(
+                    n,
+                    if names.contains(n) {
+                        "service"
+                    } else {
+                        "--only"
+                    },
+                )
+            })
+            .collect::<Result<_, _>>()?
     };
-    let skipped: BTreeSet<usize> =
-        skip.iter().filter(|n| !n.trim().is_empty()).map(|n| index(n, "--skip")).collect::<Result<_, _>>()?;
-    let mut selected = if no_deps { roots.iter().copied().collect() } else { plan.graph.closure(&roots) };
+    let skipped: BTreeSet<usize> = skip
+        .iter()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| index(n, "--skip"))
+        .collect::<Result<_, _>>()?;
+    let mut selected = if no_deps {
+        roots.iter().copied().collect()
+    } else {
+        plan.graph.closure(&roots)
+    };
     selected.retain(|i| !skipped.contains(i));
     Ok(selected)
 }
@@ -277,16 +337,27 @@ async fn remote_builder(
     let Some(name) = &args.buildx_builder else {
         return Ok(None);
     };
-    let store = engine.facts().await.map(|f| f.containerd_image_store).unwrap_or(false);
+    let store = engine
+        .facts()
+        .await
+        .map(|f| f.containerd_image_store)
+        .unwrap_or(false);
     let builders = crate::engine::buildx_builders(Duration::from_secs(10), store)
         .await
-        .map_err(|reason| Error::Environment { what: "--buildx-builder".into(), reason })?;
+        .map_err(|reason| Error::Environment {
+            what: "--buildx-builder".into(),
+            reason,
+        })?;
     let Some(builder) = builders.iter().find(|b| &b.name == name).cloned() else {
         return Err(Error::Usage {
             what: format!("--buildx-builder {name:?}"),
             reason: format!(
                 "no such buildx builder; the builders are: {} (create one with `docker buildx create`)",
-                builders.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ")
+                builders
+                    .iter()
+                    .map(|b| b.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         });
     };
@@ -312,8 +383,13 @@ async fn remote_builder(
 }
 
 async fn choose_backend(args: &BuildArgs, engine: &Engine) -> Result<Backend, Error> {
-    let buildx = || Backend::Buildx { builder: args.buildx_builder.clone() };
-    let engine_backend = || Backend::Engine { engine: engine.clone(), buildkit: AtomicBool::new(true) };
+    let buildx = || Backend::Buildx {
+        builder: args.buildx_builder.clone(),
+    };
+    let engine_backend = || Backend::Engine {
+        engine: engine.clone(),
+        buildkit: AtomicBool::new(true),
+    };
     Ok(match args.builder {
         BuilderChoice::Engine => engine_backend(),
         BuilderChoice::Buildx => match crate::engine::buildx(Duration::from_secs(10)).await {
@@ -321,7 +397,9 @@ async fn choose_backend(args: &BuildArgs, engine: &Engine) -> Result<Backend, Er
             Buildx::Unavailable { reason } => {
                 return Err(Error::Environment {
                     what: "--builder buildx".into(),
-                    reason: format!("buildx is not available ({reason}); install the docker-buildx plugin or use --builder engine"),
+                    reason: format!(
+                        "buildx is not available ({reason}); install the docker-buildx plugin or use --builder engine"
+                    ),
                 });
             }
         },
@@ -335,7 +413,10 @@ async fn choose_backend(args: &BuildArgs, engine: &Engine) -> Result<Backend, Er
 /// Waits for SIGINT or SIGTERM and returns the exit status it stands for.
 async fn interrupted() -> Exit {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -346,18 +427,32 @@ async fn interrupted() -> Exit {
 
 /// `build-all` and `build SERVICE...`: prefetch and build, overlapping both: a service builds
 /// as soon as its own base images and its dependencies are ready.
-pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], ui: &Ui) -> Result<Exit, Error> {
+pub async fn run_build(
+    global: &GlobalArgs,
+    args: &BuildArgs,
+    names: &[String],
+    ui: &Ui,
+) -> Result<Exit, Error> {
     let started = std::time::Instant::now();
     let started_at = crate::report::rfc3339_ms(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
     );
     let (project, plan) = load_plan(global, &args.prefetch.plan)?;
     let mut selected = select_services(&plan, names, &args.only, &args.skip, args.no_deps)?;
     if let Some(spec) = &args.shard {
-        let (i, n) = crate::matrix::parse_shard(spec).map_err(|reason| Error::Usage { what: "--shard".into(), reason })?;
+        let (i, n) = crate::matrix::parse_shard(spec).map_err(|reason| Error::Usage {
+            what: "--shard".into(),
+            reason,
+        })?;
         let weights = shard_weights(&plan, args.prefetch.plan.durations.as_deref())?;
         let shards = crate::matrix::shard(&plan.graph, &weights, n);
-        let mine: BTreeSet<usize> = shards.iter().find(|s| s.index == i).map(|s| s.members.iter().copied().collect()).unwrap_or_default();
+        let mine: BTreeSet<usize> = shards
+            .iter()
+            .find(|s| s.index == i)
+            .map(|s| s.members.iter().copied().collect())
+            .unwrap_or_default();
         selected.retain(|s| mine.contains(s));
     }
     let mut options = prefetch_options(&args.prefetch, &project)?;
@@ -369,7 +464,12 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
     let engine_version = engine.docker.version().await.ok().and_then(|v| v.version);
     let remote = remote_builder(args, &options, &engine).await?;
     let out_dir = std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone());
-    let mut publish_ctx = PublishContext::from_env(out_dir.clone(), project.root.clone(), Vec::new(), args.github_token.clone());
+    let mut publish_ctx = PublishContext::from_env(
+        out_dir.clone(),
+        project.root.clone(),
+        Vec::new(),
+        args.github_token.clone(),
+    );
     if let Some((_, advice)) = &remote {
         publish_ctx.warnings.extend(advice.iter().cloned());
     }
@@ -381,20 +481,30 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
     }
     let publisher = Publisher::start(publish_ctx, ui);
 
-    let wanted: BTreeSet<&String> = selected.iter().flat_map(|i| plan.services[*i].base_images.iter()).collect();
+    let wanted: BTreeSet<&String> = selected
+        .iter()
+        .flat_map(|i| plan.services[*i].base_images.iter())
+        .collect();
     // A builder that is not the local daemon's pulls base images by itself: prefetching into
     // the local daemon would not help it.
     let needs: Vec<_> = if remote.is_some() {
         Vec::new()
     } else {
-        plan.base_images.iter().filter(|n| wanted.contains(&n.reference.to_string())).cloned().collect()
+        plan.base_images
+            .iter()
+            .filter(|n| wanted.contains(&n.reference.to_string()))
+            .cloned()
+            .collect()
     };
     let builder_label = match &remote {
         Some((b, _)) => format!("buildx ({}, driver {})", b.name, b.driver),
         None => backend.label(),
     };
     let build_options = BuildOptions {
-        parallel: args.parallel.map_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()), usize::from),
+        parallel: args.parallel.map_or_else(
+            || std::thread::available_parallelism().map_or(2, |n| n.get()),
+            usize::from,
+        ),
         fail_fast: args.fail_fast,
         no_cache: args.force || args.no_cache,
         build_retries: args.build_retries,
@@ -408,8 +518,14 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
     let stop_early = args.prefetch.prefetch_failure == PrefetchFailure::Fail;
     let (prefetch_report, builds) = {
         let on_event = |event: BuildEvent| match event {
-            BuildEvent::Started { service, attempt } => publisher.service_started(&service, attempt),
-            BuildEvent::Finished { service, status, duration } => publisher.service_finished(&service, status, duration),
+            BuildEvent::Started { service, attempt } => {
+                publisher.service_started(&service, attempt)
+            }
+            BuildEvent::Finished {
+                service,
+                status,
+                duration,
+            } => publisher.service_finished(&service, status, duration),
         };
 
         let work = async {
@@ -425,10 +541,29 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
                 if report.as_ref().is_ok_and(|r| r.failed().count() > 0) {
                     return (report, None);
                 }
-                let builds = build::run::run(&engine, &backend, &plan, &selected, None, &build_options, cancel.clone(), &on_event).await;
+                let builds = build::run::run(
+                    &engine,
+                    &backend,
+                    &plan,
+                    &selected,
+                    None,
+                    &build_options,
+                    cancel.clone(),
+                    &on_event,
+                )
+                .await;
                 (report, Some(builds))
             } else {
-                let builds = build::run::run(&engine, &backend, &plan, &selected, Some(rx), &build_options, cancel.clone(), &on_event);
+                let builds = build::run::run(
+                    &engine,
+                    &backend,
+                    &plan,
+                    &selected,
+                    Some(rx),
+                    &build_options,
+                    cancel.clone(),
+                    &on_event,
+                );
                 let (report, builds) = tokio::join!(prefetch_run, builds);
                 (report, Some(builds))
             }
@@ -452,7 +587,11 @@ pub async fn run_build(global: &GlobalArgs, args: &BuildArgs, names: &[String], 
     let run = RunMeta {
         started_at,
         duration_ms: started.elapsed().as_millis() as u64,
-        command: if names.is_empty() { "build-all".into() } else { format!("build {}", names.join(" ")) },
+        command: if names.is_empty() {
+            "build-all".into()
+        } else {
+            format!("build {}", names.join(" "))
+        },
         builder: builder_label.clone(),
         engine_version,
         pull_via: prefetch_report.as_ref().map(|p| p.via.to_string()),

@@ -230,27 +230,42 @@ impl BuildxBuilder {
 }
 
 /// Lists the buildx builders (`docker buildx ls --format json`, one JSON object per line).
-pub async fn buildx_builders(timeout: Duration, containerd_store: bool) -> Result<Vec<BuildxBuilder>, String> {
+pub async fn buildx_builders(
+    timeout: Duration,
+    containerd_store: bool,
+) -> Result<Vec<BuildxBuilder>, String> {
     let child = tokio::process::Command::new("docker")
         .args(["buildx", "ls", "--format", "json"])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
     let out = match tokio::time::timeout(timeout, child).await {
-        Err(_) => return Err(format!("`docker buildx ls` did not answer within {}s", timeout.as_secs())),
+        Err(_) => {
+            return Err(format!(
+                "`docker buildx ls` did not answer within {}s",
+                timeout.as_secs()
+            ));
+        }
         Ok(Err(err)) => return Err(format!("cannot run `docker`: {err}")),
         Ok(Ok(out)) => out,
     };
     if !out.status.success() {
-        return Err(first_line(&String::from_utf8_lossy(&out.stderr)).unwrap_or("`docker buildx ls` failed").to_string());
+        return Err(first_line(&String::from_utf8_lossy(&out.stderr))
+            .unwrap_or("`docker buildx ls` failed")
+            .to_string());
     }
-    Ok(parse_buildx_ls(&String::from_utf8_lossy(&out.stdout), containerd_store))
+    Ok(parse_buildx_ls(
+        &String::from_utf8_lossy(&out.stdout),
+        containerd_store,
+    ))
 }
 
 fn parse_buildx_ls(text: &str, containerd_store: bool) -> Vec<BuildxBuilder> {
     let mut builders: Vec<BuildxBuilder> = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| l.starts_with('{')) {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         let name = v["Name"].as_str().unwrap_or_default().to_string();
         if name.is_empty() || builders.iter().any(|b| b.name == name) {
             continue;

@@ -64,7 +64,9 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Usage { .. } | Error::Input { .. } => Exit::Usage,
-            Error::DockerUnreachable { .. } | Error::Docker { .. } | Error::Environment { .. } => Exit::Environment,
+            Error::DockerUnreachable { .. } | Error::Docker { .. } | Error::Environment { .. } => {
+                Exit::Environment
+            }
         }
     }
 

@@ -33,8 +33,11 @@ pub struct Matrix {
 /// `weights[i]` is service i's expected duration (1.0 each when unknown).
 pub fn shard(graph: &Graph, weights: &[f64], shards: usize) -> Vec<Shard> {
     let shards = shards.max(1);
-    let mut groups: Vec<(f64, Vec<usize>)> =
-        graph.components().into_iter().map(|g| (g.iter().map(|i| weights[*i]).sum(), g)).collect();
+    let mut groups: Vec<(f64, Vec<usize>)> = graph
+        .components()
+        .into_iter()
+        .map(|g| (g.iter().map(|i| weights[*i]).sum(), g))
+        .collect();
     // Heaviest first; ties by first member for determinism.
     groups.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1[0].cmp(&b.1[0])));
     let mut bins: Vec<(f64, Vec<usize>)> = vec![(0.0, Vec::new()); shards];
@@ -57,7 +60,11 @@ pub fn shard(graph: &Graph, weights: &[f64], shards: usize) -> Vec<Shard> {
                 shard: format!("{}/{total}", i + 1),
                 index: i + 1,
                 total,
-                services: members.iter().map(|m| graph.names[*m].as_str()).collect::<Vec<_>>().join(","),
+                services: members
+                    .iter()
+                    .map(|m| graph.names[*m].as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 members,
                 weight,
             }
@@ -73,18 +80,37 @@ pub fn shards_for_max(services: usize, max_per_shard: usize) -> usize {
 /// Weights from a previous report: each service's duration in seconds; services it does not
 /// know get the median of the known ones (or 1.0).
 pub fn weights_from_durations(names: &[String], durations: &BTreeMap<String, f64>) -> Vec<f64> {
-    let mut known: Vec<f64> = durations.values().copied().filter(|d| d.is_finite() && *d > 0.0).collect();
+    let mut known: Vec<f64> = durations
+        .values()
+        .copied()
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .collect();
     known.sort_by(f64::total_cmp);
     let fallback = known.get(known.len() / 2).copied().unwrap_or(1.0);
-    names.iter().map(|n| durations.get(n).copied().filter(|d| d.is_finite() && *d > 0.0).unwrap_or(fallback)).collect()
+    names
+        .iter()
+        .map(|n| {
+            durations
+                .get(n)
+                .copied()
+                .filter(|d| d.is_finite() && *d > 0.0)
+                .unwrap_or(fallback)
+        })
+        .collect()
 }
 
 /// Parses `I/N` (1-based).
 pub fn parse_shard(spec: &str) -> Result<(usize, usize), String> {
-    let (i, n) = spec.split_once('/').ok_or_else(|| format!("--shard {spec:?} is not I/N (e.g. 2/3)"))?;
+    let (i, n) = spec
+        .split_once('/')
+        .ok_or_else(|| format!("--shard {spec:?} is not I/N (e.g. 2/3)"))?;
     let (i, n): (usize, usize) = (
-        i.trim().parse().map_err(|_| format!("--shard {spec:?}: {i:?} is not a number"))?,
-        n.trim().parse().map_err(|_| format!("--shard {spec:?}: {n:?} is not a number"))?,
+        i.trim()
+            .parse()
+            .map_err(|_| format!("--shard {spec:?}: {i:?} is not a number"))?,
+        n.trim()
+            .parse()
+            .map_err(|_| format!("--shard {spec:?}: {n:?} is not a number"))?,
     );
     if n == 0 || i == 0 || i > n {
         return Err(format!("--shard {spec:?}: I must be between 1 and N"));
@@ -94,13 +120,21 @@ pub fn parse_shard(spec: &str) -> Result<(usize, usize), String> {
 
 /// Expected wall time of building `members` on one runner with `parallel` builders: list
 /// scheduling in dependency order, longest remaining path first.
-pub fn simulate_wall_time(graph: &Graph, weights: &[f64], members: &[usize], parallel: usize) -> f64 {
+pub fn simulate_wall_time(
+    graph: &Graph,
+    weights: &[f64],
+    members: &[usize],
+    parallel: usize,
+) -> f64 {
     let inside = |i: &usize| members.contains(i);
     // Longest path to the end from each node (its priority).
     let order = graph.order();
     let mut tail = vec![0.0f64; graph.names.len()];
     for &i in order.iter().rev() {
-        let after = (0..graph.names.len()).filter(|j| graph.deps[*j].contains(&i)).map(|j| tail[j]).fold(0.0, f64::max);
+        let after = (0..graph.names.len())
+            .filter(|j| graph.deps[*j].contains(&i))
+            .map(|j| tail[j])
+            .fold(0.0, f64::max);
         tail[i] = weights[i] + after;
     }
     let mut finish: BTreeMap<usize, f64> = BTreeMap::new();
@@ -108,10 +142,31 @@ pub fn simulate_wall_time(graph: &Graph, weights: &[f64], members: &[usize], par
     let mut pending: Vec<usize> = members.to_vec();
     while !pending.is_empty() {
         // Ready: all in-shard dependencies scheduled.
-        let ready: Vec<usize> = pending.iter().copied().filter(|i| graph.deps[*i].iter().filter(|d| inside(d)).all(|d| finish.contains_key(d))).collect();
-        let Some(&next) = ready.iter().max_by(|a, b| tail[**a].total_cmp(&tail[**b]).then(b.cmp(a))) else { break };
-        let deps_done = graph.deps[next].iter().filter_map(|d| finish.get(d)).fold(0.0, |a: f64, b| a.max(*b));
-        let slot = slots.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+        let ready: Vec<usize> = pending
+            .iter()
+            .copied()
+            .filter(|i| {
+                graph.deps[*i]
+                    .iter()
+                    .filter(|d| inside(d))
+                    .all(|d| finish.contains_key(d))
+            })
+            .collect();
+        let Some(&next) = ready
+            .iter()
+            .max_by(|a, b| tail[**a].total_cmp(&tail[**b]).then(b.cmp(a)))
+        else {
+            break;
+        };
+        let deps_done = graph.deps[next]
+            .iter()
+            .filter_map(|d| finish.get(d))
+            .fold(0.0, |a: f64, b| a.max(*b));
+        let slot = slots
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
         let start = slots[slot].max(deps_done);
         slots[slot] = start + weights[next];
         finish.insert(next, slots[slot]);
@@ -125,16 +180,32 @@ mod tests {
     use super::*;
 
     fn graph(edges: &[(&str, &[&str])]) -> Graph {
-        let services: Vec<(String, Vec<String>)> = edges.iter().map(|(n, d)| (n.to_string(), d.iter().map(|s| s.to_string()).collect())).collect();
+        let services: Vec<(String, Vec<String>)> = edges
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.iter().map(|s| s.to_string()).collect()))
+            .collect();
         Graph::new(&services).unwrap()
     }
 
     #[test]
     fn chains_stay_in_one_shard_and_counts_balance() {
-        let g = graph(&[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("d", &[]), ("e", &[]), ("f", &[]), ("g", &[])]);
+        let g = graph(&[
+            ("a", &[]),
+            ("b", &["a"]),
+            ("c", &["b"]),
+            ("d", &[]),
+            ("e", &[]),
+            ("f", &[]),
+            ("g", &[]),
+        ]);
         let shards = shard(&g, &vec![1.0; 7], 3);
         assert_eq!(shards.len(), 3);
-        let holder = |name: &str| shards.iter().position(|s| s.services.split(',').any(|x| x == name)).unwrap();
+        let holder = |name: &str| {
+            shards
+                .iter()
+                .position(|s| s.services.split(',').any(|x| x == name))
+                .unwrap()
+        };
         assert_eq!(holder("a"), holder("b"));
         assert_eq!(holder("b"), holder("c"));
         let sizes: Vec<usize> = shards.iter().map(|s| s.members.len()).collect();
@@ -146,9 +217,20 @@ mod tests {
     #[test]
     fn durations_balance_better_than_counts() {
         let g = graph(&[("slow", &[]), ("a", &[]), ("b", &[]), ("c", &[])]);
-        let w = weights_from_durations(&g.names, &BTreeMap::from([("slow".to_string(), 30.0), ("a".into(), 10.0), ("b".into(), 10.0), ("c".into(), 10.0)]));
+        let w = weights_from_durations(
+            &g.names,
+            &BTreeMap::from([
+                ("slow".to_string(), 30.0),
+                ("a".into(), 10.0),
+                ("b".into(), 10.0),
+                ("c".into(), 10.0),
+            ]),
+        );
         let shards = shard(&g, &w, 2);
-        let slow = shards.iter().find(|s| s.services == "slow").expect("slow alone");
+        let slow = shards
+            .iter()
+            .find(|s| s.services == "slow")
+            .expect("slow alone");
         assert_eq!(slow.weight, 30.0);
     }
 

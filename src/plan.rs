@@ -28,7 +28,11 @@ impl Naming {
     /// `prefix`/`tag` from flags or config win; else the repository name and `-`, and the
     /// VERSION file, `git describe --tags`, the short commit, or `latest`.
     /// `tag` comes with where it was given (`--tag`, the config file).
-    pub fn resolve(root: &Path, prefix: Option<&str>, tag: Option<(&str, &str)>) -> Result<Naming, Error> {
+    pub fn resolve(
+        root: &Path,
+        prefix: Option<&str>,
+        tag: Option<(&str, &str)>,
+    ) -> Result<Naming, Error> {
         let prefix = match prefix {
             Some(p) => p.to_string(),
             None => format!("{}-", sanitize(&repository_name(root))),
@@ -44,13 +48,25 @@ impl Naming {
             });
         }
         if !prefix.is_empty() && Reference::parse(&format!("{prefix}x")).is_err() {
-            return Err(Error::Input { input: format!("prefix {prefix:?}"), reason: "the prefix must make valid image names (lowercase, digits, '.', '_', '-', '/')".into() });
+            return Err(Error::Input {
+                input: format!("prefix {prefix:?}"),
+                reason:
+                    "the prefix must make valid image names (lowercase, digits, '.', '_', '-', '/')"
+                        .into(),
+            });
         }
-        Ok(Naming { prefix, tag, tag_source })
+        Ok(Naming {
+            prefix,
+            tag,
+            tag_source,
+        })
     }
 
     pub fn image_for(&self, service: &Service) -> String {
-        service.image.clone().unwrap_or_else(|| format!("{}{}:{}", self.prefix, service.name, self.tag))
+        service
+            .image
+            .clone()
+            .unwrap_or_else(|| format!("{}{}:{}", self.prefix, service.name, self.tag))
     }
 }
 
@@ -63,12 +79,27 @@ fn repository_name(root: &Path) -> String {
     let top = git(root, &["rev-parse", "--show-toplevel"]).map(std::path::PathBuf::from);
     let dir = top.unwrap_or_else(|| root.to_path_buf());
     let dir = dir.canonicalize().unwrap_or(dir);
-    dir.file_name().and_then(|n| n.to_str()).unwrap_or("app").to_string()
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("app")
+        .to_string()
 }
 
 fn sanitize(name: &str) -> String {
-    let s: String = name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
-    let s = s.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    let s: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let s = s
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
     if s.is_empty() { "app".into() } else { s }
 }
 
@@ -89,7 +120,13 @@ fn detect_tag(root: &Path) -> (String, String) {
 }
 
 fn git(root: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git").arg("-C").arg(root).args(args).stderr(std::process::Stdio::null()).output().ok()?;
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (out.status.success() && !text.is_empty()).then_some(text)
 }
@@ -97,7 +134,9 @@ fn git(root: &Path, args: &[&str]) -> Option<String> {
 /// Docker's tag grammar: `[\w][\w.-]{0,127}`.
 pub fn valid_tag(tag: &str) -> bool {
     let mut chars = tag.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         && tag.len() <= 128
 }
@@ -136,7 +175,11 @@ pub struct ServicePlan {
 
 /// Parses every service's Dockerfile and builds the plan. `extra_args` are `--build-arg`s
 /// for every service (a service's own build args win).
-pub fn plan(project: &Project, naming: &Naming, extra_args: &BTreeMap<String, String>) -> Result<Plan, Error> {
+pub fn plan(
+    project: &Project,
+    naming: &Naming,
+    extra_args: &BTreeMap<String, String>,
+) -> Result<Plan, Error> {
     let mut produced: BTreeMap<Reference, usize> = BTreeMap::new();
     let mut images = Vec::new();
     for (i, service) in project.services.iter().enumerate() {
@@ -147,8 +190,15 @@ pub fn plan(project: &Project, naming: &Naming, extra_args: &BTreeMap<String, St
         })?;
         let mut tags = Vec::new();
         for extra in &service.tags {
-            let full = if extra.contains(':') || extra.contains('/') { extra.clone() } else { format!("{}:{extra}", main.familiar_name()) };
-            let r = Reference::parse(&full).map_err(|e| Error::Input { input: format!("service {:?} tag {extra:?}", service.name), reason: e.to_string() })?;
+            let full = if extra.contains(':') || extra.contains('/') {
+                extra.clone()
+            } else {
+                format!("{}:{extra}", main.familiar_name())
+            };
+            let r = Reference::parse(&full).map_err(|e| Error::Input {
+                input: format!("service {:?} tag {extra:?}", service.name),
+                reason: e.to_string(),
+            })?;
             produced.insert(r.with_default_tag(), i);
             tags.push(full);
         }
@@ -161,16 +211,27 @@ pub fn plan(project: &Project, naming: &Naming, extra_args: &BTreeMap<String, St
     let mut edges = Vec::new();
     for (i, service) in project.services.iter().enumerate() {
         let path = &service.dockerfile;
-        let shown = path.strip_prefix(&project.root).unwrap_or(path).to_path_buf();
+        let shown = path
+            .strip_prefix(&project.root)
+            .unwrap_or(path)
+            .to_path_buf();
         let content = std::fs::read_to_string(path).map_err(|e| Error::Input {
             input: shown.display().to_string(),
-            reason: format!("cannot read the Dockerfile of service {:?}: {e}", service.name),
+            reason: format!(
+                "cannot read the Dockerfile of service {:?}: {e}",
+                service.name
+            ),
         })?;
         let mut args = extra_args.clone();
         args.extend(service.build_args.clone());
-        let parsed = dockerfile::parse(&content, &BuildContextArgs::new(&args)).map_err(|e| Error::Input {
-            input: shown.display().to_string(),
-            reason: format!("{e} (service {:?}); fix the Dockerfile or pass the missing --build-arg", service.name),
+        let parsed = dockerfile::parse(&content, &BuildContextArgs::new(&args)).map_err(|e| {
+            Error::Input {
+                input: shown.display().to_string(),
+                reason: format!(
+                    "{e} (service {:?}); fix the Dockerfile or pass the missing --build-arg",
+                    service.name
+                ),
+            }
         })?;
         let mut deps: BTreeSet<String> = service.depends_on.iter().cloned().collect();
         let mut mine = Vec::new();
@@ -184,9 +245,15 @@ pub fn plan(project: &Project, naming: &Naming, extra_args: &BTreeMap<String, St
             if !mine.contains(&image.reference.to_string()) {
                 mine.push(image.reference.to_string());
             }
-            needs.entry(image.reference).or_default().push(Use { dockerfile: shown.clone(), line: image.line });
+            needs.entry(image.reference).or_default().push(Use {
+                dockerfile: shown.clone(),
+                line: image.line,
+            });
         }
-        edges.push((service.name.clone(), deps.iter().cloned().collect::<Vec<_>>()));
+        edges.push((
+            service.name.clone(),
+            deps.iter().cloned().collect::<Vec<_>>(),
+        ));
         let (image, tags) = images[i].clone();
         services.push(ServicePlan {
             name: service.name.clone(),
@@ -201,11 +268,25 @@ pub fn plan(project: &Project, naming: &Naming, extra_args: &BTreeMap<String, St
         });
     }
     let mut seen = BTreeSet::new();
-    if let Some(dup) = project.services.iter().find(|s| !seen.insert(s.name.as_str())) {
-        return Err(Error::Input { input: project.source.clone(), reason: format!("service {:?} is defined twice; rename one", dup.name) });
+    if let Some(dup) = project
+        .services
+        .iter()
+        .find(|s| !seen.insert(s.name.as_str()))
+    {
+        return Err(Error::Input {
+            input: project.source.clone(),
+            reason: format!("service {:?} is defined twice; rename one", dup.name),
+        });
     }
-    let graph = Graph::new(&edges).map_err(|e| Error::Input { input: project.source.clone(), reason: e.to_string() })?;
-    let order = graph.order().into_iter().map(|i| graph.names[i].clone()).collect();
+    let graph = Graph::new(&edges).map_err(|e| Error::Input {
+        input: project.source.clone(),
+        reason: e.to_string(),
+    })?;
+    let order = graph
+        .order()
+        .into_iter()
+        .map(|i| graph.names[i].clone())
+        .collect();
     let base_images = needs
         .into_iter()
         .map(|(reference, mut uses)| {
@@ -214,7 +295,14 @@ pub fn plan(project: &Project, naming: &Naming, extra_args: &BTreeMap<String, St
             ImageNeed { reference, uses }
         })
         .collect();
-    Ok(Plan { source: project.source.clone(), naming: naming.clone(), services, base_images, order, graph })
+    Ok(Plan {
+        source: project.source.clone(),
+        naming: naming.clone(),
+        services,
+        base_images,
+        order,
+        graph,
+    })
 }
 
 #[cfg(test)]
@@ -223,10 +311,25 @@ mod tests {
 
     #[test]
     fn tags_follow_dockers_grammar() {
-        for ok in ["v0.3.6-dev", "latest", "1.0", "_x", "a".repeat(128).as_str()] {
+        for ok in [
+            "v0.3.6-dev",
+            "latest",
+            "1.0",
+            "_x",
+            "a".repeat(128).as_str(),
+        ] {
             assert!(valid_tag(ok), "{ok}");
         }
-        for bad in ["", "-x", ".x", "a b", "a:b", "ä", "a".repeat(129).as_str(), "x\n::error::y"] {
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "a b",
+            "a:b",
+            "ä",
+            "a".repeat(129).as_str(),
+            "x\n::error::y",
+        ] {
             assert!(!valid_tag(bad), "{bad}");
         }
     }

@@ -13,7 +13,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 pub const CONFIG_FILE: &str = "ai-infra-build.yml";
-pub const COMPOSE_FILES: [&str; 4] = ["compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"];
+pub const COMPOSE_FILES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
 
 /// One buildable service.
 #[derive(Debug, Clone, Serialize)]
@@ -103,13 +108,24 @@ impl Project {
     pub fn load(root: &Path, config: Option<&Path>) -> Result<Project, Error> {
         let default = root.join(CONFIG_FILE);
         if let Some(path) = config {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            return if COMPOSE_FILES.contains(&name) { Self::from_compose(root, path) } else { Self::from_config(root, path) };
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            return if COMPOSE_FILES.contains(&name) {
+                Self::from_compose(root, path)
+            } else {
+                Self::from_config(root, path)
+            };
         }
         if default.is_file() {
             return Self::from_config(root, &default);
         }
-        if let Some(compose) = COMPOSE_FILES.iter().map(|f| root.join(f)).find(|p| p.is_file()) {
+        if let Some(compose) = COMPOSE_FILES
+            .iter()
+            .map(|f| root.join(f))
+            .find(|p| p.is_file())
+        {
             return Self::from_compose(root, &compose);
         }
         Self::discover(root)
@@ -142,7 +158,10 @@ impl Project {
                 )));
             }
             if !context.is_dir() {
-                return Err(bad(format!("service {name:?}: context {} is not a directory; fix `context`", context.display())));
+                return Err(bad(format!(
+                    "service {name:?}: context {} is not a directory; fix `context`",
+                    context.display()
+                )));
             }
             validate_name(&name).map_err(|reason| bad(format!("service {name:?}: {reason}")))?;
             services.push(Service {
@@ -174,38 +193,76 @@ impl Project {
     /// Reads the services with a `build:` section from a compose file (other keys are the
     /// compose file's business and are ignored).
     fn from_compose(root: &Path, path: &Path) -> Result<Project, Error> {
-        let bad = |reason: String| Error::Input { input: path.display().to_string(), reason };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        let doc: serde_json::Value = serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(root);
+        let bad = |reason: String| Error::Input {
+            input: path.display().to_string(),
+            reason,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let doc: serde_json::Value =
+            serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(root);
         let origin = path.display().to_string();
         let Some(entries) = doc.get("services").and_then(|s| s.as_object()) else {
             return Err(bad("it has no `services:` map".into()));
         };
         let strings = |v: Option<&serde_json::Value>| -> BTreeMap<String, String> {
             match v {
-                Some(serde_json::Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect(),
-                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect(),
+                Some(serde_json::Value::Object(m)) => m
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                        )
+                    })
+                    .collect(),
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|x| {
+                        x.as_str()?
+                            .split_once('=')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                    })
+                    .collect(),
                 _ => BTreeMap::new(),
             }
         };
         let mut services = Vec::new();
         for (name, svc) in entries {
-            let Some(build) = svc.get("build") else { continue };
+            let Some(build) = svc.get("build") else {
+                continue;
+            };
             let (context, dockerfile) = match build {
                 serde_json::Value::String(ctx) => (base.join(ctx), None),
                 serde_json::Value::Object(b) => (
                     base.join(b.get("context").and_then(|c| c.as_str()).unwrap_or(".")),
-                    b.get("dockerfile").and_then(|d| d.as_str()).map(PathBuf::from),
+                    b.get("dockerfile")
+                        .and_then(|d| d.as_str())
+                        .map(PathBuf::from),
                 ),
-                _ => return Err(bad(format!("service {name:?}: `build` must be a path or a map"))),
+                _ => {
+                    return Err(bad(format!(
+                        "service {name:?}: `build` must be a path or a map"
+                    )));
+                }
             };
-            let dockerfile = context.join(dockerfile.unwrap_or_else(|| PathBuf::from("Dockerfile")));
+            let dockerfile =
+                context.join(dockerfile.unwrap_or_else(|| PathBuf::from("Dockerfile")));
             if !dockerfile.is_file() {
-                return Err(bad(format!("service {name:?}: Dockerfile {} does not exist; fix `build.context`/`build.dockerfile`", dockerfile.display())));
+                return Err(bad(format!(
+                    "service {name:?}: Dockerfile {} does not exist; fix `build.context`/`build.dockerfile`",
+                    dockerfile.display()
+                )));
             }
             let depends_on = match svc.get("depends_on") {
-                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect(),
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect(),
                 Some(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
                 _ => Vec::new(),
             };
@@ -214,20 +271,34 @@ impl Project {
                 context,
                 dockerfile,
                 build_args: strings(build.get("args")),
-                target: build.get("target").and_then(|t| t.as_str()).map(str::to_string),
+                target: build
+                    .get("target")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string),
                 depends_on,
                 tags: Vec::new(),
                 labels: strings(build.get("labels")),
                 platforms: Vec::new(),
-                network: build.get("network").and_then(|t| t.as_str()).map(str::to_string),
-                image: svc.get("image").and_then(|i| i.as_str()).map(str::to_string),
+                network: build
+                    .get("network")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string),
+                image: svc
+                    .get("image")
+                    .and_then(|i| i.as_str())
+                    .map(str::to_string),
                 origin: origin.clone(),
             });
         }
         if services.is_empty() {
             return Err(bad("no service in it has a `build:` section".into()));
         }
-        Ok(Project { root: root.to_path_buf(), services, source: origin, settings: Settings::default() })
+        Ok(Project {
+            root: root.to_path_buf(),
+            services,
+            source: origin,
+            settings: Settings::default(),
+        })
     }
 
     fn discover(root: &Path) -> Result<Project, Error> {
@@ -289,8 +360,13 @@ impl Project {
 /// Service names become image names: lowercase letters, digits and `._-`, starting with a
 /// letter or digit (Docker's repository path component rule).
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok_start = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    let ok_start = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
     if ok_start && ok_chars && name.len() <= 128 {
         Ok(())
     } else {

@@ -18,16 +18,38 @@ async fn issue4_build_all_builds_the_example_with_each_backend() {
         assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
         let report = project.report();
         assert_eq!(report["totals"]["succeeded"], 11, "{backend}: {report:#}");
-        assert!(report["run"]["builder"].as_str().unwrap().starts_with(backend), "{}", report["run"]["builder"]);
+        assert!(
+            report["run"]["builder"]
+                .as_str()
+                .unwrap()
+                .starts_with(backend),
+            "{}",
+            report["run"]["builder"]
+        );
         // backend-init is built FROM the backend image of this very run.
         let init = service(&report, "backend-init");
         assert_eq!(init["status"], "success");
-        assert_eq!(init["image"], format!("ai-infra-backend-init:{}", project.tag));
+        assert_eq!(
+            init["image"],
+            format!("ai-infra-backend-init:{}", project.tag)
+        );
         let run = std::process::Command::new("docker")
-            .args(["run", "--rm", &format!("ai-infra-backend-init:{}", project.tag), "cat", "/app/BUILD", "/app/INIT"])
+            .args([
+                "run",
+                "--rm",
+                &format!("ai-infra-backend-init:{}", project.tag),
+                "cat",
+                "/app/BUILD",
+                "/app/INIT",
+            ])
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&run.stdout), "backend built\ninit\n", "{}", String::from_utf8_lossy(&run.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&run.stdout),
+            "backend built\ninit\n",
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         // Every base image came from the mirror (or was already there from an earlier run).
         for image in report["base_images"].as_array().unwrap() {
             assert_ne!(image["status"], "failed", "{image:#}");
@@ -39,7 +61,10 @@ async fn issue4_build_all_builds_the_example_with_each_backend() {
 #[tokio::test]
 async fn issue4_a_syntax_error_fails_one_service_and_skips_its_dependants() {
     let project = Project::example().await;
-    project.write("backend/Dockerfile", "FROM python:3.11-slim\nWORKDIR /app\nBOGUSINSTR oops\nRUN echo never\n");
+    project.write(
+        "backend/Dockerfile",
+        "FROM python:3.11-slim\nWORKDIR /app\nBOGUSINSTR oops\nRUN echo never\n",
+    );
     for backend in BACKENDS {
         let out = project.run(&["build-all", "--builder", backend]);
         assert_eq!(out.status.code(), Some(1), "{backend}: {}", text(&out));
@@ -47,7 +72,10 @@ async fn issue4_a_syntax_error_fails_one_service_and_skips_its_dependants() {
         let backend_result = service(&report, "backend");
         assert_eq!(backend_result["status"], "failed", "{backend}");
         assert_eq!(backend_result["failure"]["class"], "syntax");
-        assert_eq!(backend_result["failure"]["line"], 3, "{backend}: {backend_result:#}");
+        assert_eq!(
+            backend_result["failure"]["line"], 3,
+            "{backend}: {backend_result:#}"
+        );
         for dependant in ["backend-init", "migrations"] {
             let r = service(&report, dependant);
             assert_eq!(r["status"], "skipped", "{backend}: {dependant}");
@@ -79,10 +107,14 @@ fn flaky_server(drop_first: usize) -> u16 {
                         continue;
                     }
                     stream.set_nonblocking(false).unwrap();
-                    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
                     let mut buf = [0u8; 2048];
                     let _ = stream.read(&mut buf);
-                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n");
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n",
+                    );
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
@@ -99,21 +131,46 @@ async fn issue4_a_network_failure_inside_a_build_is_retried_and_exit_3_is_not() 
         "ai-infra-build.yml",
         "services:\n  fetcher:\n    network: host\n  failer: {}\n",
     );
-    project.write("failer/Dockerfile", "FROM ubuntu:22.04\nRUN echo about to fail\nRUN exit 3\n");
+    project.write(
+        "failer/Dockerfile",
+        "FROM ubuntu:22.04\nRUN echo about to fail\nRUN exit 3\n",
+    );
     for backend in BACKENDS {
         // A fresh server per backend: each build's first connection is cut.
         let port = flaky_server(1);
-        project.write("fetcher/Dockerfile", &format!("FROM ubuntu:22.04\nRUN wget -q -O /got http://127.0.0.1:{port}/file && cat /got\n"));
-        let out = project.run(&["build-all", "--builder", backend, "--build-retries", "2", "--force"]);
+        project.write(
+            "fetcher/Dockerfile",
+            &format!(
+                "FROM ubuntu:22.04\nRUN wget -q -O /got http://127.0.0.1:{port}/file && cat /got\n"
+            ),
+        );
+        let out = project.run(&[
+            "build-all",
+            "--builder",
+            backend,
+            "--build-retries",
+            "2",
+            "--force",
+        ]);
         assert_eq!(out.status.code(), Some(1), "{backend}: {}", text(&out));
         let report = project.report();
         let fetcher = service(&report, "fetcher");
         assert_eq!(fetcher["status"], "success", "{backend}: {fetcher:#}");
-        assert_eq!(fetcher["attempts"], 2, "{backend}: the first connection was cut: {fetcher:#}");
-        assert_eq!(report["network"]["build_retries"], 1, "{backend}: {:#}", report["network"]);
+        assert_eq!(
+            fetcher["attempts"], 2,
+            "{backend}: the first connection was cut: {fetcher:#}"
+        );
+        assert_eq!(
+            report["network"]["build_retries"], 1,
+            "{backend}: {:#}",
+            report["network"]
+        );
         let failer = service(&report, "failer");
         assert_eq!(failer["status"], "failed");
-        assert_eq!(failer["attempts"], 1, "{backend}: exit 3 is not a network failure");
+        assert_eq!(
+            failer["attempts"], 1,
+            "{backend}: exit 3 is not a network failure"
+        );
         assert_eq!(failer["failure"]["class"], "run-failed");
         assert_eq!(failer["failure"]["line"], 3, "{backend}: {failer:#}");
         let log = std::fs::read_to_string(failer["log_path"].as_str().unwrap()).unwrap();
@@ -130,7 +187,9 @@ async fn issue4_sigterm_during_build_all_exits_within_5s_with_a_partial_report()
     project.write("slow/Dockerfile", "FROM ubuntu:22.04\nRUN sleep 60\n");
     for backend in BACKENDS {
         let mut cmd = project.command(&["build-all", "--builder", backend, "--force"]);
-        cmd.args(project.common_args()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd.args(project.common_args())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         // Collect stderr as it comes; wait (bounded) until quick has finished and slow runs.
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -139,7 +198,10 @@ async fn issue4_sigterm_during_build_all_exits_within_5s_with_a_partial_report()
             let stderr = child.stderr.take().unwrap();
             std::thread::spawn(move || {
                 use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
                     lines.lock().unwrap().push(line);
                 }
             })
@@ -147,12 +209,21 @@ async fn issue4_sigterm_during_build_all_exits_within_5s_with_a_partial_report()
         let slow_log = project.path().join(".ai-infra-build/logs/slow.log");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let quick_done = lines.lock().unwrap().iter().any(|l| l.contains("build quick built"));
-            let slow_running = std::fs::read_to_string(&slow_log).is_ok_and(|l| l.contains("sleep 60"));
+            let quick_done = lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("build quick built"));
+            let slow_running =
+                std::fs::read_to_string(&slow_log).is_ok_and(|l| l.contains("sleep 60"));
             if quick_done && slow_running {
                 break;
             }
-            assert!(Instant::now() < deadline, "{backend}: quick never finished: {:?}", lines.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "{backend}: quick never finished: {:?}",
+                lines.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -162,37 +233,79 @@ async fn issue4_sigterm_during_build_all_exits_within_5s_with_a_partial_report()
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
             }
-            assert!(sent.elapsed() < Duration::from_secs(10), "{backend}: no exit 10 s after SIGTERM");
+            assert!(
+                sent.elapsed() < Duration::from_secs(10),
+                "{backend}: no exit 10 s after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         let took = sent.elapsed();
         reader.join().unwrap();
         let stderr = lines.lock().unwrap().join("\n");
-        assert!(took < Duration::from_secs(5), "{backend}: took {took:?} to stop");
+        assert!(
+            took < Duration::from_secs(5),
+            "{backend}: took {took:?} to stop"
+        );
         assert_eq!(status.code(), Some(143), "{backend}: {stderr}");
         let report = project.report();
         assert_eq!(report["run"]["interrupted"], true);
-        assert_eq!(service(&report, "quick")["status"], "success", "{backend}: {report:#}");
-        assert_eq!(service(&report, "slow")["status"], "cancelled", "{backend}: {report:#}");
+        assert_eq!(
+            service(&report, "quick")["status"],
+            "success",
+            "{backend}: {report:#}"
+        );
+        assert_eq!(
+            service(&report, "slow")["status"],
+            "cancelled",
+            "{backend}: {report:#}"
+        );
         let _ = std::fs::remove_dir_all(project.path().join(".ai-infra-build"));
         project.remove_built_images();
     }
 }
 
 fn unsafe_kill(pid: u32, signal: i32) {
-    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
 #[tokio::test]
 async fn issue4_bad_configs_exit_2_naming_the_input_and_doing_nothing() {
     let cases: [(&str, &str, &[&str]); 6] = [
-        ("unknown key", "services:\n  api:\n    dockerfiel: Dockerfile\n", &["ai-infra-build.yml", "dockerfiel"]),
-        ("duplicate names", "services:\n  api: {}\n  api: {}\n", &["ai-infra-build.yml", "api"]),
-        ("missing Dockerfile", "services:\n  api:\n    dockerfile: Nope.Dockerfile\n", &["ai-infra-build.yml", "api", "Nope.Dockerfile"]),
-        ("missing context", "services:\n  ghost: {}\n  api: {}\n", &["ai-infra-build.yml", "ghost"]),
-        ("unknown depends-on", "services:\n  api:\n    depends-on: [dbb]\n", &["ai-infra-build.yml", "api", "dbb"]),
-        ("cycle", "services:\n  api:\n    depends-on: [web]\n  web:\n    depends-on: [api]\n", &["ai-infra-build.yml", "cycle", "api -> web -> api"]),
+        (
+            "unknown key",
+            "services:\n  api:\n    dockerfiel: Dockerfile\n",
+            &["ai-infra-build.yml", "dockerfiel"],
+        ),
+        (
+            "duplicate names",
+            "services:\n  api: {}\n  api: {}\n",
+            &["ai-infra-build.yml", "api"],
+        ),
+        (
+            "missing Dockerfile",
+            "services:\n  api:\n    dockerfile: Nope.Dockerfile\n",
+            &["ai-infra-build.yml", "api", "Nope.Dockerfile"],
+        ),
+        (
+            "missing context",
+            "services:\n  ghost: {}\n  api: {}\n",
+            &["ai-infra-build.yml", "ghost"],
+        ),
+        (
+            "unknown depends-on",
+            "services:\n  api:\n    depends-on: [dbb]\n",
+            &["ai-infra-build.yml", "api", "dbb"],
+        ),
+        (
+            "cycle",
+            "services:\n  api:\n    depends-on: [web]\n  web:\n    depends-on: [api]\n",
+            &["ai-infra-build.yml", "cycle", "api -> web -> api"],
+        ),
     ];
     for (what, config, expect) in cases {
         let project = Project::empty().await;
@@ -201,13 +314,24 @@ async fn issue4_bad_configs_exit_2_naming_the_input_and_doing_nothing() {
         project.write("ai-infra-build.yml", config);
         for command in ["plan", "build-all"] {
             let out = project.command(&[command]).output().unwrap();
-            assert_eq!(out.status.code(), Some(2), "{what} / {command}: {}", text(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{what} / {command}: {}",
+                text(&out)
+            );
             let err = String::from_utf8_lossy(&out.stderr);
             for needle in expect {
-                assert!(err.contains(needle), "{what} / {command}: {needle:?} not in {err}");
+                assert!(
+                    err.contains(needle),
+                    "{what} / {command}: {needle:?} not in {err}"
+                );
             }
             assert!(!err.contains("panicked"), "{err}");
-            assert!(!project.path().join(".ai-infra-build").exists(), "{what}: {command} left files behind");
+            assert!(
+                !project.path().join(".ai-infra-build").exists(),
+                "{what}: {command} left files behind"
+            );
         }
     }
 }
@@ -217,16 +341,35 @@ async fn push_sends_every_built_image_to_its_registry() {
     let project = Project::empty().await;
     project.push_bases(&[("library/ubuntu", "22.04")]).await;
     let target = testbed::registry::Registry::start().await.unwrap();
-    project.write("ai-infra-build.yml", "services:\n  api:\n    tags: [stable]\n");
+    project.write(
+        "ai-infra-build.yml",
+        "services:\n  api:\n    tags: [stable]\n",
+    );
     project.write("api/Dockerfile", "FROM ubuntu:22.04\nRUN echo api > /api\n");
     let prefix = format!("{}/team/", target.host());
     let out = project.run(&["build-all", "--prefix", &prefix, "--push"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     for tag in [project.tag.as_str(), "stable"] {
         let url = format!("{}/v2/team/api/manifests/{tag}", target.url());
-        let resp = testbed::http::send(hyper::Method::HEAD, &url, &[("Accept", "application/vnd.docker.distribution.manifest.v2+json")], bytes::Bytes::new()).await;
+        let resp = testbed::http::send(
+            hyper::Method::HEAD,
+            &url,
+            &[(
+                "Accept",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            )],
+            bytes::Bytes::new(),
+        )
+        .await;
         let resp = resp.unwrap_or_else(|e| panic!("HEAD {url}: {e:#}"));
         assert_eq!(resp.status, 200, "{url}");
     }
-    let _ = std::process::Command::new("docker").args(["rmi", "-f", &format!("{prefix}api:{}", project.tag), &format!("{prefix}api:stable")]).output();
+    let _ = std::process::Command::new("docker")
+        .args([
+            "rmi",
+            "-f",
+            &format!("{prefix}api:{}", project.tag),
+            &format!("{prefix}api:stable"),
+        ])
+        .output();
 }

@@ -70,8 +70,16 @@ impl Log {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
-        Log { file, path, tail: VecDeque::with_capacity(TAIL_LINES) }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .ok();
+        Log {
+            file,
+            path,
+            tail: VecDeque::with_capacity(TAIL_LINES),
+        }
     }
 
     pub fn line(&mut self, text: &str) {
@@ -95,8 +103,13 @@ impl Log {
 /// Which backend builds.
 #[derive(Debug)]
 pub enum Backend {
-    Engine { engine: Engine, buildkit: AtomicBool },
-    Buildx { builder: Option<String> },
+    Engine {
+        engine: Engine,
+        buildkit: AtomicBool,
+    },
+    Buildx {
+        builder: Option<String>,
+    },
 }
 
 impl Backend {
@@ -104,7 +117,11 @@ impl Backend {
     pub fn label(&self) -> String {
         match self {
             Backend::Engine { buildkit, .. } => {
-                if buildkit.load(Ordering::Relaxed) { "engine (buildkit)".into() } else { "engine (classic)".into() }
+                if buildkit.load(Ordering::Relaxed) {
+                    "engine (buildkit)".into()
+                } else {
+                    "engine (classic)".into()
+                }
             }
             Backend::Buildx { builder: Some(b) } => format!("buildx ({b})"),
             Backend::Buildx { builder: None } => "buildx".into(),
@@ -135,16 +152,30 @@ impl Backend {
 }
 
 fn buildkit_unusable(message: &str) -> bool {
-    message.contains("failed to read downloaded context") || message.contains("build-context-") || message.contains("buildkit not supported")
+    message.contains("failed to read downloaded context")
+        || message.contains("build-context-")
+        || message.contains("buildkit not supported")
 }
 
-async fn engine_build(engine: &Engine, job: &BuildJob, log: &mut Log, buildkit: bool) -> Result<BuildOutput, BuildFailure> {
+async fn engine_build(
+    engine: &Engine,
+    job: &BuildJob,
+    log: &mut Log,
+    buildkit: bool,
+) -> Result<BuildOutput, BuildFailure> {
     let (context, dockerfile) = (job.context.clone(), job.dockerfile.clone());
     let archive = tokio::task::spawn_blocking(move || context_tar(&context, &dockerfile))
         .await
-        .map_err(|e| BuildFailure { message: format!("archiving the build context failed: {e}") })?
-        .map_err(|e| BuildFailure { message: e.to_string() })?;
-    log.line(&format!("context: {} files, {} bytes", archive.files, archive.size));
+        .map_err(|e| BuildFailure {
+            message: format!("archiving the build context failed: {e}"),
+        })?
+        .map_err(|e| BuildFailure {
+            message: e.to_string(),
+        })?;
+    log.line(&format!(
+        "context: {} files, {} bytes",
+        archive.files, archive.size
+    ));
     let mut build_args: HashMap<String, String> = job.build_args.clone().into_iter().collect();
     if job.inline_cache {
         build_args.insert("BUILDKIT_INLINE_CACHE".into(), "1".into());
@@ -182,8 +213,14 @@ async fn engine_build(engine: &Engine, job: &BuildJob, log: &mut Log, buildkit: 
         options = options.cachefrom(&job.cache_from);
     }
     if buildkit {
-        let session = format!("ai-infra-build-{}-{:016x}", job.service, rand::random::<u64>());
-        options = options.version(BuilderVersion::BuilderBuildKit).session(&session);
+        let session = format!(
+            "ai-infra-build-{}-{:016x}",
+            job.service,
+            rand::random::<u64>()
+        );
+        options = options
+            .version(BuilderVersion::BuilderBuildKit)
+            .session(&session);
     }
     let body = bollard::body_full(archive.bytes.into());
     let mut stream = engine.docker.build_image(options.build(), None, Some(body));
@@ -193,13 +230,24 @@ async fn engine_build(engine: &Engine, job: &BuildJob, log: &mut Log, buildkit: 
     let mut begun: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         let item = match tokio::time::timeout(job.idle_timeout, stream.next()).await {
-            Err(_) => return Err(BuildFailure { message: format!("no progress for {}s; the build was cut", job.idle_timeout.as_secs()) }),
+            Err(_) => {
+                return Err(BuildFailure {
+                    message: format!(
+                        "no progress for {}s; the build was cut",
+                        job.idle_timeout.as_secs()
+                    ),
+                });
+            }
             Ok(None) => break,
             Ok(Some(item)) => item,
         };
         let info = match item {
             Ok(info) => info,
-            Err(err) => return Err(BuildFailure { message: docker_message(err) }),
+            Err(err) => {
+                return Err(BuildFailure {
+                    message: docker_message(err),
+                });
+            }
         };
         if let Some(text) = &info.stream {
             let text = text.trim_end_matches('\n');
@@ -221,7 +269,10 @@ async fn engine_build(engine: &Engine, job: &BuildJob, log: &mut Log, buildkit: 
             Some(BuildInfoAux::BuildKit(status)) => {
                 for v in &status.vertexes {
                     vertex_names.insert(v.digest.clone(), v.name.clone());
-                    if v.started.is_some() && v.completed.is_none() && begun.insert(v.digest.clone()) {
+                    if v.started.is_some()
+                        && v.completed.is_none()
+                        && begun.insert(v.digest.clone())
+                    {
                         log.line(&v.name);
                     }
                     if v.completed.is_some() && done.insert(v.digest.clone()) {
@@ -238,7 +289,10 @@ async fn engine_build(engine: &Engine, job: &BuildJob, log: &mut Log, buildkit: 
                     }
                 }
                 for l in &status.logs {
-                    let name = vertex_names.get(&l.vertex).map(String::as_str).unwrap_or("");
+                    let name = vertex_names
+                        .get(&l.vertex)
+                        .map(String::as_str)
+                        .unwrap_or("");
                     for line in String::from_utf8_lossy(&l.msg).lines() {
                         log.line(&format!("{name}: {line}"));
                     }
@@ -248,7 +302,12 @@ async fn engine_build(engine: &Engine, job: &BuildJob, log: &mut Log, buildkit: 
         }
     }
     if output.image_id.is_none() {
-        output.image_id = engine.docker.inspect_image(&job.image).await.ok().and_then(|i| i.id);
+        output.image_id = engine
+            .docker
+            .inspect_image(&job.image)
+            .await
+            .ok()
+            .and_then(|i| i.id);
     }
     tag_extra(engine, job, log).await?;
     Ok(output)
@@ -257,12 +316,17 @@ async fn engine_build(engine: &Engine, job: &BuildJob, log: &mut Log, buildkit: 
 async fn tag_extra(engine: &Engine, job: &BuildJob, log: &mut Log) -> Result<(), BuildFailure> {
     for tag in &job.tags {
         let (repo, t) = split_tag(tag);
-        let options = bollard::query_parameters::TagImageOptionsBuilder::default().repo(repo).tag(t).build();
+        let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(t)
+            .build();
         engine
             .docker
             .tag_image(&job.image, Some(options))
             .await
-            .map_err(|e| BuildFailure { message: format!("built {} but could not tag it {tag}: {e}", job.image) })?;
+            .map_err(|e| BuildFailure {
+                message: format!("built {} but could not tag it {tag}: {e}", job.image),
+            })?;
         log.line(&format!("tagged {tag}"));
     }
     Ok(())
@@ -279,18 +343,27 @@ fn split_tag(reference: &str) -> (&str, &str) {
 fn docker_message(err: bollard::errors::Error) -> String {
     match err {
         bollard::errors::Error::DockerStreamError { error } => error,
-        bollard::errors::Error::DockerResponseServerError { status_code, message } => format!("{message} (HTTP {status_code})"),
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => format!("{message} (HTTP {status_code})"),
         other => other.to_string(),
     }
 }
 
 /// `docker buildx build` as a child process; its plain progress goes to the log.
-async fn buildx_build(builder: Option<&str>, job: &BuildJob, log: &mut Log) -> Result<BuildOutput, BuildFailure> {
+async fn buildx_build(
+    builder: Option<&str>,
+    job: &BuildJob,
+    log: &mut Log,
+) -> Result<BuildOutput, BuildFailure> {
     let metadata = tempfile::Builder::new()
         .prefix("ai-infra-build-metadata-")
         .suffix(".json")
         .tempfile()
-        .map_err(|e| BuildFailure { message: format!("cannot create a metadata file: {e}") })?;
+        .map_err(|e| BuildFailure {
+            message: format!("cannot create a metadata file: {e}"),
+        })?;
     let mut cmd = tokio::process::Command::new("docker");
     cmd.arg("buildx");
     if let Some(b) = builder {
@@ -328,14 +401,24 @@ async fn buildx_build(builder: Option<&str>, job: &BuildJob, log: &mut Log) -> R
         cmd.args(["--cache-to", "type=inline"]);
     }
     cmd.arg(&job.context);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     cmd.env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1");
-    log.line(&format!("running: docker buildx build ... {}", job.context.display()));
-    let mut child = cmd.spawn().map_err(|e| BuildFailure { message: format!("cannot run `docker buildx`: {e}") })?;
+    log.line(&format!(
+        "running: docker buildx build ... {}",
+        job.context.display()
+    ));
+    let mut child = cmd.spawn().map_err(|e| BuildFailure {
+        message: format!("cannot run `docker buildx`: {e}"),
+    })?;
     let stdout = child.stdout.take().map(|s| BufReader::new(s).lines());
     let stderr = child.stderr.take().map(|s| BufReader::new(s).lines());
     let (Some(mut out), Some(mut err)) = (stdout, stderr) else {
-        return Err(BuildFailure { message: "cannot read `docker buildx` output".into() });
+        return Err(BuildFailure {
+            message: "cannot read `docker buildx` output".into(),
+        });
     };
     let mut output = BuildOutput::default();
     let mut last_error: Option<String> = None;
@@ -351,7 +434,12 @@ async fn buildx_build(builder: Option<&str>, job: &BuildJob, log: &mut Log) -> R
         let (which, line) = match line {
             Err(_) => {
                 let _ = child.kill().await;
-                return Err(BuildFailure { message: format!("no progress for {}s; the build was cut", job.idle_timeout.as_secs()) });
+                return Err(BuildFailure {
+                    message: format!(
+                        "no progress for {}s; the build was cut",
+                        job.idle_timeout.as_secs()
+                    ),
+                });
             }
             Ok(x) => x,
         };
@@ -363,23 +451,36 @@ async fn buildx_build(builder: Option<&str>, job: &BuildJob, log: &mut Log) -> R
                 if text.starts_with('#') && text.contains(" DONE ") || text.contains(" CACHED") {
                     output.total_steps += 1;
                 }
-                if let Some(e) = text.strip_prefix("ERROR: ").or_else(|| text.strip_prefix("error: ")) {
+                if let Some(e) = text
+                    .strip_prefix("ERROR: ")
+                    .or_else(|| text.strip_prefix("error: "))
+                {
                     last_error = Some(e.to_string());
                 }
                 log.line(&text);
             }
             Ok(None) | Err(_) => {
-                if which == 0 { out_open = false } else { err_open = false }
+                if which == 0 {
+                    out_open = false
+                } else {
+                    err_open = false
+                }
             }
         }
     }
-    let status = child.wait().await.map_err(|e| BuildFailure { message: format!("`docker buildx` did not finish: {e}") })?;
+    let status = child.wait().await.map_err(|e| BuildFailure {
+        message: format!("`docker buildx` did not finish: {e}"),
+    })?;
     if !status.success() {
         return Err(BuildFailure {
-            message: last_error.unwrap_or_else(|| format!("`docker buildx build` exited with {status}")),
+            message: last_error
+                .unwrap_or_else(|| format!("`docker buildx build` exited with {status}")),
         });
     }
-    let meta: serde_json::Value = std::fs::read(metadata.path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let meta: serde_json::Value = std::fs::read(metadata.path())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
     output.image_id = meta
         .get("containerimage.config.digest")
         .or_else(|| meta.get("containerimage.digest"))
@@ -395,8 +496,14 @@ mod tests {
     #[test]
     fn tags_split_after_the_last_colon_outside_the_host() {
         assert_eq!(split_tag("a:1"), ("a", "1"));
-        assert_eq!(split_tag("localhost:5000/a/b:v2"), ("localhost:5000/a/b", "v2"));
-        assert_eq!(split_tag("localhost:5000/a"), ("localhost:5000/a", "latest"));
+        assert_eq!(
+            split_tag("localhost:5000/a/b:v2"),
+            ("localhost:5000/a/b", "v2")
+        );
+        assert_eq!(
+            split_tag("localhost:5000/a"),
+            ("localhost:5000/a", "latest")
+        );
         assert_eq!(split_tag("a"), ("a", "latest"));
     }
 

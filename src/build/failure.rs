@@ -24,7 +24,10 @@ pub enum BuildFailureClass {
 
 impl BuildFailureClass {
     pub fn is_transient(self) -> bool {
-        matches!(self, BuildFailureClass::Network | BuildFailureClass::Stalled)
+        matches!(
+            self,
+            BuildFailureClass::Network | BuildFailureClass::Stalled
+        )
     }
 }
 
@@ -73,22 +76,44 @@ const NETWORK_FRAGMENTS: &[&str] = &[
 /// Classifies a failed build from its error message and the last lines of its log.
 pub fn classify(error: &str, log_tail: &[String]) -> (BuildFailureClass, Option<ErrorClass>) {
     let lower = error.to_ascii_lowercase();
-    if lower.contains("dockerfile parse error") || lower.contains("unknown instruction") || lower.contains("unknown flag") {
+    if lower.contains("dockerfile parse error")
+        || lower.contains("unknown instruction")
+        || lower.contains("unknown flag")
+    {
         return (BuildFailureClass::Syntax, None);
     }
     if lower.contains("no progress for") {
         return (BuildFailureClass::Stalled, Some(ErrorClass::Stalled));
     }
-    let tail = log_tail.iter().rev().take(30).map(|l| l.to_ascii_lowercase()).collect::<Vec<_>>().join("\n");
+    let tail = log_tail
+        .iter()
+        .rev()
+        .take(30)
+        .map(|l| l.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join("\n");
     let haystack = format!("{lower}\n{tail}");
     if NETWORK_FRAGMENTS.iter().any(|f| haystack.contains(f)) {
         let class = crate::retry::classify_message(&haystack);
-        return (BuildFailureClass::Network, Some(if class == ErrorClass::Other { ErrorClass::Eof } else { class }));
+        return (
+            BuildFailureClass::Network,
+            Some(if class == ErrorClass::Other {
+                ErrorClass::Eof
+            } else {
+                class
+            }),
+        );
     }
-    if lower.contains("returned a non-zero code") || lower.contains("exit code:") || lower.contains("did not complete successfully") {
+    if lower.contains("returned a non-zero code")
+        || lower.contains("exit code:")
+        || lower.contains("did not complete successfully")
+    {
         return (BuildFailureClass::RunFailed, None);
     }
-    if lower.contains("not found") || lower.contains("no such file") || lower.contains("failed to compute cache key") {
+    if lower.contains("not found")
+        || lower.contains("no such file")
+        || lower.contains("failed to compute cache key")
+    {
         return (BuildFailureClass::Input, None);
     }
     (BuildFailureClass::Other, None)
@@ -111,7 +136,9 @@ pub fn instructions(content: &str) -> Vec<Instruction> {
         .find_map(|l| {
             let d = l.trim_start().trim_start_matches('#').trim();
             let (k, v) = d.split_once('=')?;
-            (k.trim().eq_ignore_ascii_case("escape")).then(|| v.trim().chars().next()).flatten()
+            (k.trim().eq_ignore_ascii_case("escape"))
+                .then(|| v.trim().chars().next())
+                .flatten()
         })
         .unwrap_or('\\');
     let mut out = Vec::new();
@@ -128,7 +155,10 @@ pub fn instructions(content: &str) -> Vec<Instruction> {
             Some(body) => (body.trim_end(), true),
             None => (trimmed, false),
         };
-        let inst = current.get_or_insert_with(|| Instruction { line: i + 1, text: String::new() });
+        let inst = current.get_or_insert_with(|| Instruction {
+            line: i + 1,
+            text: String::new(),
+        });
         if !inst.text.is_empty() && !body.is_empty() {
             inst.text.push(' ');
         }
@@ -142,7 +172,10 @@ pub fn instructions(content: &str) -> Vec<Instruction> {
 }
 
 fn squash(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase()
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase()
 }
 
 /// The Dockerfile line that failed, from the builders' own words:
@@ -158,21 +191,28 @@ pub fn failing_line(dockerfile: &str, error: &str, log: &[String]) -> Option<usi
     }
     for text in all() {
         for marker in ["Dockerfile:", "dockerfile:"] {
-            if let Some(n) = number_after(text.trim_start(), marker).filter(|_| text.trim_start().starts_with(marker)) {
+            if let Some(n) = number_after(text.trim_start(), marker)
+                .filter(|_| text.trim_start().starts_with(marker))
+            {
                 return Some(n);
             }
         }
     }
     let insts = instructions(dockerfile);
     // Classic builder: "Step 3/5 : RUN exit 3" (the last step shown is the one that failed).
-    if let Some(step) = log.iter().rev().find_map(|l| number_after(l.trim_start(), "Step ").filter(|_| l.trim_start().starts_with("Step "))) {
+    if let Some(step) = log.iter().rev().find_map(|l| {
+        number_after(l.trim_start(), "Step ").filter(|_| l.trim_start().starts_with("Step "))
+    }) {
         return insts.get(step.checked_sub(1)?).map(|i| i.line);
     }
     // BuildKit: the failing vertex "[2/3] RUN exit 3 ERROR: …", else the command of
     // "executor failed running [/bin/sh -c exit 3]", else the last vertex shown.
     let vertex_of = |t: &str| -> Option<String> {
         let t = t.trim_start();
-        let t = t.strip_prefix('#').map_or(t, |rest| rest.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start());
+        let t = t.strip_prefix('#').map_or(t, |rest| {
+            rest.trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+        });
         let close = t.find("] ")?;
         let head = &t[..close];
         if !(head.starts_with('[') && head.contains('/')) {
@@ -180,19 +220,27 @@ pub fn failing_line(dockerfile: &str, error: &str, log: &[String]) -> Option<usi
         }
         let body = &t[close + 2..];
         let body = body.split(" ERROR:").next().unwrap_or(body);
-        let body = body.trim_end_matches(" DONE").trim_end_matches(" CACHED").trim_end_matches(':');
+        let body = body
+            .trim_end_matches(" DONE")
+            .trim_end_matches(" CACHED")
+            .trim_end_matches(':');
         Some(body.to_string())
     };
     let failed_vertex = all().filter(|t| t.contains("ERROR:")).find_map(vertex_of);
     let command = all().find_map(|t| {
         let start = t.find("running [")? + "running [".len();
         let end = t[start..].find(']')? + start;
-        Some(format!("RUN {}", t[start..end].trim_start_matches("/bin/sh -c ")))
+        Some(format!(
+            "RUN {}",
+            t[start..end].trim_start_matches("/bin/sh -c ")
+        ))
     });
     let any_vertex = log.iter().rev().find_map(|l| vertex_of(l));
     for want in [failed_vertex, command, any_vertex].into_iter().flatten() {
         let want = squash(&want);
-        let found = insts.iter().find(|i| squash(&i.text) == want || (want.len() > 8 && squash(&i.text).starts_with(&want)));
+        let found = insts.iter().find(|i| {
+            squash(&i.text) == want || (want.len() > 8 && squash(&i.text).starts_with(&want))
+        });
         if let Some(inst) = found {
             return Some(inst.line);
         }
@@ -202,7 +250,10 @@ pub fn failing_line(dockerfile: &str, error: &str, log: &[String]) -> Option<usi
 
 fn number_after(text: &str, marker: &str) -> Option<usize> {
     let start = text.find(marker)? + marker.len();
-    let digits: String = text[start..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = text[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
@@ -222,14 +273,26 @@ mod tests {
         let got: Vec<(usize, &str)> = insts.iter().map(|i| (i.line, i.text.as_str())).collect();
         assert_eq!(
             got,
-            vec![(2, "ARG BASE=ubuntu:22.04"), (3, "FROM ${BASE}"), (6, "RUN apt-get update && apt-get install -y curl"), (8, "RUN exit 3"), (9, "COPY . /app")]
+            vec![
+                (2, "ARG BASE=ubuntu:22.04"),
+                (3, "FROM ${BASE}"),
+                (6, "RUN apt-get update && apt-get install -y curl"),
+                (8, "RUN exit 3"),
+                (9, "COPY . /app")
+            ]
         );
     }
 
     #[test]
     fn escape_directive_changes_the_continuation_character() {
         let insts = instructions("# escape=`\nFROM x\nRUN a `\n  b\n");
-        assert_eq!(insts[1], Instruction { line: 3, text: "RUN a b".into() });
+        assert_eq!(
+            insts[1],
+            Instruction {
+                line: 3,
+                text: "RUN a b".into()
+            }
+        );
     }
 
     #[test]
@@ -243,13 +306,31 @@ mod tests {
 
     #[test]
     fn buildx_names_the_dockerfile_line() {
-        let log = lines(&["#6 ERROR: process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3", "------", "Dockerfile:8", "--------------------"]);
-        assert_eq!(failing_line(DOCKERFILE, "ERROR: failed to solve: process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3", &log), Some(8));
+        let log = lines(&[
+            "#6 ERROR: process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3",
+            "------",
+            "Dockerfile:8",
+            "--------------------",
+        ]);
+        assert_eq!(
+            failing_line(
+                DOCKERFILE,
+                "ERROR: failed to solve: process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3",
+                &log
+            ),
+            Some(8)
+        );
     }
 
     #[test]
     fn classic_builder_steps_map_to_instructions() {
-        let log = lines(&["Step 1/5 : ARG BASE=ubuntu:22.04", "Step 2/5 : FROM ${BASE}", "Step 3/5 : RUN apt-get update && apt-get install -y curl", "Step 4/5 : RUN exit 3", " ---> Running in abc"]);
+        let log = lines(&[
+            "Step 1/5 : ARG BASE=ubuntu:22.04",
+            "Step 2/5 : FROM ${BASE}",
+            "Step 3/5 : RUN apt-get update && apt-get install -y curl",
+            "Step 4/5 : RUN exit 3",
+            " ---> Running in abc",
+        ]);
         let err = "The command '/bin/sh -c exit 3' returned a non-zero code: 3";
         assert_eq!(failing_line(DOCKERFILE, err, &log), Some(8));
         assert_eq!(classify(err, &log).0, BuildFailureClass::RunFailed);
@@ -261,21 +342,57 @@ mod tests {
         assert_eq!(failing_line(DOCKERFILE, err, &[]), Some(8));
         let vertex = lines(&["[2/3] RUN exit 3"]);
         assert_eq!(failing_line(DOCKERFILE, "exit code: 3", &vertex), Some(8));
-        let logged = lines(&["[3/3] RUN exit 3", "[3/3] RUN exit 3 ERROR: executor failed running [/bin/sh -c exit 3]: exit code: 3", "=== failed"]);
+        let logged = lines(&[
+            "[3/3] RUN exit 3",
+            "[3/3] RUN exit 3 ERROR: executor failed running [/bin/sh -c exit 3]: exit code: 3",
+            "=== failed",
+        ]);
         assert_eq!(failing_line(DOCKERFILE, "exit code: 3", &logged), Some(8));
-        let buildx = lines(&["#6 [2/3] RUN apt-get update &&     apt-get install -y curl", "#6 DONE 0.1s", "#7 [3/3] RUN exit 3", "#7 ERROR: process did not complete successfully: exit code: 3"]);
-        assert_eq!(failing_line(DOCKERFILE, "process did not complete", &buildx), Some(8));
+        let buildx = lines(&[
+            "#6 [2/3] RUN apt-get update &&     apt-get install -y curl",
+            "#6 DONE 0.1s",
+            "#7 [3/3] RUN exit 3",
+            "#7 ERROR: process did not complete successfully: exit code: 3",
+        ]);
+        assert_eq!(
+            failing_line(DOCKERFILE, "process did not complete", &buildx),
+            Some(8)
+        );
     }
 
     #[test]
     fn network_failures_inside_builds_are_transient() {
         let cases = [
-            ("failed to solve: failed to resolve reference \"docker.io/library/ubuntu:22.04\": failed to do request: Head \"https://registry-1.docker.io/v2/library/ubuntu/manifests/22.04\": EOF", vec![]),
-            ("The command '/bin/sh -c apt-get update' returned a non-zero code: 100", lines(&["W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Temporary failure resolving 'deb.debian.org'"])),
-            ("The command '/bin/sh -c wget -q http://127.0.0.1:1/x' returned a non-zero code: 1", lines(&["wget: error getting response: Connection reset by peer"])),
-            ("executor failed running [/bin/sh -c apk add curl]: exit code: 1", lines(&["ERROR: http://dl-cdn.alpinelinux.org/alpine/v3.19/main: temporary error (try again later)"])),
-            ("exit code: 1", lines(&["pip._vendor.urllib3.exceptions.ReadTimeoutError: HTTPSConnectionPool(host='pypi.org', port=443): Read timed out."])),
-            ("exit code: 6", lines(&["curl: (6) Could not resolve host: example.com"])),
+            (
+                "failed to solve: failed to resolve reference \"docker.io/library/ubuntu:22.04\": failed to do request: Head \"https://registry-1.docker.io/v2/library/ubuntu/manifests/22.04\": EOF",
+                vec![],
+            ),
+            (
+                "The command '/bin/sh -c apt-get update' returned a non-zero code: 100",
+                lines(&[
+                    "W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Temporary failure resolving 'deb.debian.org'",
+                ]),
+            ),
+            (
+                "The command '/bin/sh -c wget -q http://127.0.0.1:1/x' returned a non-zero code: 1",
+                lines(&["wget: error getting response: Connection reset by peer"]),
+            ),
+            (
+                "executor failed running [/bin/sh -c apk add curl]: exit code: 1",
+                lines(&[
+                    "ERROR: http://dl-cdn.alpinelinux.org/alpine/v3.19/main: temporary error (try again later)",
+                ]),
+            ),
+            (
+                "exit code: 1",
+                lines(&[
+                    "pip._vendor.urllib3.exceptions.ReadTimeoutError: HTTPSConnectionPool(host='pypi.org', port=443): Read timed out.",
+                ]),
+            ),
+            (
+                "exit code: 6",
+                lines(&["curl: (6) Could not resolve host: example.com"]),
+            ),
         ];
         for (err, log) in cases {
             let (class, _) = classify(err, &log);
@@ -286,10 +403,16 @@ mod tests {
 
     #[test]
     fn a_run_that_fails_on_its_own_is_not_retried() {
-        let (class, _) = classify("The command '/bin/sh -c exit 3' returned a non-zero code: 3", &lines(&["Step 4/5 : RUN exit 3"]));
+        let (class, _) = classify(
+            "The command '/bin/sh -c exit 3' returned a non-zero code: 3",
+            &lines(&["Step 4/5 : RUN exit 3"]),
+        );
         assert_eq!(class, BuildFailureClass::RunFailed);
         assert!(!class.is_transient());
-        let (class, _) = classify("COPY failed: file not found in build context or excluded by .dockerignore: stat missing.txt: file does not exist", &[]);
+        let (class, _) = classify(
+            "COPY failed: file not found in build context or excluded by .dockerignore: stat missing.txt: file does not exist",
+            &[],
+        );
         assert_eq!(class, BuildFailureClass::Input);
     }
 }

@@ -13,8 +13,14 @@ pub struct Graph {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
-    #[error("service {service:?} depends on {missing:?}, which is not a service; known services: {known}")]
-    UnknownDependency { service: String, missing: String, known: String },
+    #[error(
+        "service {service:?} depends on {missing:?}, which is not a service; known services: {known}"
+    )]
+    UnknownDependency {
+        service: String,
+        missing: String,
+        known: String,
+    },
     #[error("dependency cycle: {}; remove one of these depends-on entries or FROM references", cycle.join(" -> "))]
     Cycle { cycle: Vec<String> },
 }
@@ -23,16 +29,22 @@ impl Graph {
     /// Builds the graph from `(service, dependency names)`; a dependency on itself is ignored.
     pub fn new(services: &[(String, Vec<String>)]) -> Result<Graph, GraphError> {
         let names: Vec<String> = services.iter().map(|(n, _)| n.clone()).collect();
-        let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let index: BTreeMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
         let mut deps = Vec::with_capacity(services.len());
         for (name, wanted) in services {
             let mut mine = BTreeSet::new();
             for dep in wanted {
-                let &d = index.get(dep.as_str()).ok_or_else(|| GraphError::UnknownDependency {
-                    service: name.clone(),
-                    missing: dep.clone(),
-                    known: names.join(", "),
-                })?;
+                let &d = index
+                    .get(dep.as_str())
+                    .ok_or_else(|| GraphError::UnknownDependency {
+                        service: name.clone(),
+                        missing: dep.clone(),
+                        known: names.join(", "),
+                    })?;
                 if dep != name {
                     mine.insert(d);
                 }
@@ -70,7 +82,10 @@ impl Graph {
                         }
                         Mark::Active => {
                             let from = stack.iter().position(|(n, _)| *n == dep).unwrap_or(0);
-                            let mut cycle: Vec<String> = stack[from..].iter().map(|(n, _)| self.names[*n].clone()).collect();
+                            let mut cycle: Vec<String> = stack[from..]
+                                .iter()
+                                .map(|(n, _)| self.names[*n].clone())
+                                .collect();
                             cycle.push(self.names[dep].clone());
                             return Err(GraphError::Cycle { cycle });
                         }
@@ -164,15 +179,27 @@ mod tests {
     use super::*;
 
     fn g(edges: &[(&str, &[&str])]) -> Result<Graph, GraphError> {
-        let services: Vec<(String, Vec<String>)> =
-            edges.iter().map(|(n, d)| (n.to_string(), d.iter().map(|s| s.to_string()).collect())).collect();
+        let services: Vec<(String, Vec<String>)> = edges
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.iter().map(|s| s.to_string()).collect()))
+            .collect();
         Graph::new(&services)
     }
 
     #[test]
     fn dependencies_come_first_in_the_order() {
-        let graph = g(&[("backend-init", &["backend"]), ("backend", &["base"]), ("base", &[]), ("web", &[])]).unwrap();
-        let order: Vec<&str> = graph.order().iter().map(|i| graph.names[*i].as_str()).collect();
+        let graph = g(&[
+            ("backend-init", &["backend"]),
+            ("backend", &["base"]),
+            ("base", &[]),
+            ("web", &[]),
+        ])
+        .unwrap();
+        let order: Vec<&str> = graph
+            .order()
+            .iter()
+            .map(|i| graph.names[*i].as_str())
+            .collect();
         let pos = |n: &str| order.iter().position(|x| *x == n).unwrap();
         assert!(pos("base") < pos("backend") && pos("backend") < pos("backend-init"));
         assert_eq!(order.len(), 4);
@@ -181,14 +208,23 @@ mod tests {
     #[test]
     fn unknown_dependencies_name_the_service_and_the_known_ones() {
         let err = g(&[("api", &["dbb"]), ("db", &[])]).unwrap_err();
-        assert_eq!(err, GraphError::UnknownDependency { service: "api".into(), missing: "dbb".into(), known: "api, db".into() });
+        assert_eq!(
+            err,
+            GraphError::UnknownDependency {
+                service: "api".into(),
+                missing: "dbb".into(),
+                known: "api, db".into()
+            }
+        );
         assert!(err.to_string().contains("\"dbb\""));
     }
 
     #[test]
     fn cycles_are_named_in_order() {
         let err = g(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"]), ("d", &[])]).unwrap_err();
-        let GraphError::Cycle { cycle } = &err else { panic!("{err}") };
+        let GraphError::Cycle { cycle } = &err else {
+            panic!("{err}")
+        };
         assert_eq!(cycle.first(), cycle.last());
         assert_eq!(cycle.len(), 4);
         assert!(err.to_string().contains("a -> b -> c -> a"), "{err}");
@@ -212,8 +248,20 @@ mod tests {
     #[test]
     fn a_long_chain_does_not_overflow() {
         let names: Vec<String> = (0..5000).map(|i| format!("s{i}")).collect();
-        let services: Vec<(String, Vec<String>)> =
-            names.iter().enumerate().map(|(i, n)| (n.clone(), if i > 0 { vec![names[i - 1].clone()] } else { vec![] })).collect();
+        let services: Vec<(String, Vec<String>)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    n.clone(),
+                    if i > 0 {
+                        vec![names[i - 1].clone()]
+                    } else {
+                        vec![]
+                    },
+                )
+            })
+            .collect();
         let graph = Graph::new(&services).unwrap();
         assert_eq!(graph.order().len(), 5000);
     }

@@ -38,8 +38,15 @@ pub struct BuildOptions {
 /// Events the scheduler reports as it goes (for progress views).
 #[derive(Debug, Clone)]
 pub enum BuildEvent {
-    Started { service: String, attempt: u32 },
-    Finished { service: String, status: ServiceStatus, duration: Duration },
+    Started {
+        service: String,
+        attempt: u32,
+    },
+    Finished {
+        service: String,
+        status: ServiceStatus,
+        duration: Duration,
+    },
 }
 
 /// The outcome of all builds.
@@ -50,7 +57,9 @@ pub struct BuildRun {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Builds the `selected` services of `plan` (indices into `plan.services`).
@@ -69,8 +78,11 @@ pub async fn run(
     cancel: CancellationToken,
     on_event: &(dyn Fn(BuildEvent) + Sync),
 ) -> BuildRun {
-    let mut waiting_images: Vec<BTreeSet<String>> =
-        plan.services.iter().map(|s| s.base_images.iter().cloned().collect()).collect();
+    let mut waiting_images: Vec<BTreeSet<String>> = plan
+        .services
+        .iter()
+        .map(|s| s.base_images.iter().cloned().collect())
+        .collect();
     let mut results: HashMap<usize, ServiceResult> = HashMap::new();
     let mut failure_log = Vec::new();
     let mut running = FuturesUnordered::new();
@@ -84,10 +96,23 @@ pub async fn run(
             if started.contains(&i) || results.contains_key(&i) {
                 continue;
             }
-            let bad = deps[i].iter().find(|d| results.get(d).is_some_and(|r| r.status != ServiceStatus::Success));
+            let bad = deps[i].iter().find(|d| {
+                results
+                    .get(d)
+                    .is_some_and(|r| r.status != ServiceStatus::Success)
+            });
             if let Some(&d) = bad {
-                let r = skipped(plan, i, format!("dependency failed: {}", plan.services[d].name), ServiceStatus::Skipped);
-                on_event(BuildEvent::Finished { service: r.name.clone(), status: r.status, duration: Duration::ZERO });
+                let r = skipped(
+                    plan,
+                    i,
+                    format!("dependency failed: {}", plan.services[d].name),
+                    ServiceStatus::Skipped,
+                );
+                on_event(BuildEvent::Finished {
+                    service: r.name.clone(),
+                    status: r.status,
+                    duration: Duration::ZERO,
+                });
                 results.insert(i, r);
             }
         }
@@ -100,12 +125,22 @@ pub async fn run(
                 if started.contains(&i) || results.contains_key(&i) {
                     continue;
                 }
-                let deps_ok = deps[i].iter().all(|d| !selected.contains(d) || results.get(d).is_some_and(|r| r.status == ServiceStatus::Success));
+                let deps_ok = deps[i].iter().all(|d| {
+                    !selected.contains(d)
+                        || results
+                            .get(d)
+                            .is_some_and(|r| r.status == ServiceStatus::Success)
+                });
                 let images_ok = waiting_images[i].is_empty() || images_done.is_none();
                 if deps_ok && images_ok {
                     started.insert(i);
                     let cancel = cancel.clone();
-                    running.push(async move { (i, build_one(engine, backend, plan, i, options, cancel, on_event).await) });
+                    running.push(async move {
+                        (
+                            i,
+                            build_one(engine, backend, plan, i, options, cancel, on_event).await,
+                        )
+                    });
                 }
             }
         }
@@ -116,17 +151,34 @@ pub async fn run(
         let stuck = running.is_empty() && images_done.is_none();
         if running.is_empty() && (stop_new || cancel.is_cancelled() || stuck) {
             // Nothing runs and nothing may start: the rest did not get to build.
-            let rest: Vec<usize> = selected.iter().copied().filter(|i| !results.contains_key(i)).collect();
+            let rest: Vec<usize> = selected
+                .iter()
+                .copied()
+                .filter(|i| !results.contains_key(i))
+                .collect();
             for i in rest {
                 let (reason, status) = if cancel.is_cancelled() {
-                    ("cancelled before it started".to_string(), ServiceStatus::Cancelled)
+                    (
+                        "cancelled before it started".to_string(),
+                        ServiceStatus::Cancelled,
+                    )
                 } else if stop_new {
-                    ("not started: --fail-fast stopped the run after a failure".to_string(), ServiceStatus::Skipped)
+                    (
+                        "not started: --fail-fast stopped the run after a failure".to_string(),
+                        ServiceStatus::Skipped,
+                    )
                 } else {
-                    ("not started: its dependencies could not be scheduled".to_string(), ServiceStatus::Skipped)
+                    (
+                        "not started: its dependencies could not be scheduled".to_string(),
+                        ServiceStatus::Skipped,
+                    )
                 };
                 let r = skipped(plan, i, reason, status);
-                on_event(BuildEvent::Finished { service: r.name.clone(), status: r.status, duration: Duration::ZERO });
+                on_event(BuildEvent::Finished {
+                    service: r.name.clone(),
+                    status: r.status,
+                    duration: Duration::ZERO,
+                });
                 results.insert(i, r);
             }
             break;
@@ -151,7 +203,10 @@ pub async fn run(
     }
     let mut ordered: Vec<(usize, ServiceResult)> = results.into_iter().collect();
     ordered.sort_by_key(|(i, _)| *i);
-    BuildRun { results: ordered.into_iter().map(|(_, r)| r).collect(), failure_log }
+    BuildRun {
+        results: ordered.into_iter().map(|(_, r)| r).collect(),
+        failure_log,
+    }
 }
 
 async fn recv(rx: &mut Option<UnboundedReceiver<ImageResult>>) -> Option<ImageResult> {
@@ -211,12 +266,21 @@ async fn build_one(
         network: svc.network.clone(),
         platforms: svc.platforms.clone(),
         no_cache: options.no_cache,
-        cache_from: if options.inline_cache && !options.no_cache { vec![s.image.clone()] } else { Vec::new() },
+        cache_from: if options.inline_cache && !options.no_cache {
+            vec![s.image.clone()]
+        } else {
+            Vec::new()
+        },
         inline_cache: options.inline_cache,
         idle_timeout: options.idle_timeout,
     };
     let dockerfile_text = std::fs::read_to_string(&svc.dockerfile).unwrap_or_default();
-    let policy = RetryPolicy { max_retries: options.build_retries, base_delay: Duration::from_secs(1), max_delay: Duration::from_secs(15), deadline: Duration::from_secs(3600) };
+    let policy = RetryPolicy {
+        max_retries: options.build_retries,
+        base_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(15),
+        deadline: Duration::from_secs(3600),
+    };
     let mut waits = policy.backoff();
     let mut attempts = 0u32;
     let mut failure_log = Vec::new();
@@ -226,8 +290,15 @@ async fn build_one(
     result.log_path = Some(log_path.display().to_string());
     loop {
         attempts += 1;
-        on_event(BuildEvent::Started { service: s.name.clone(), attempt: attempts });
-        log.line(&format!("=== {} attempt {attempts} with {}", s.name, backend.label()));
+        on_event(BuildEvent::Started {
+            service: s.name.clone(),
+            attempt: attempts,
+        });
+        log.line(&format!(
+            "=== {} attempt {attempts} with {}",
+            s.name,
+            backend.label()
+        ));
         let outcome = tokio::select! {
             outcome = backend.build(&job, &mut log) => Some(outcome),
             _ = cancel.cancelled() => None,
@@ -239,28 +310,37 @@ async fn build_one(
                 result.skipped_reason = Some("cancelled while building".into());
                 break;
             }
-            Some(Ok(out)) if options.push => match push(&s.image, &s.tags, &policy, &mut log, &cancel).await {
-                Ok(()) => {
-                    result.status = ServiceStatus::Success;
-                    result.cached_steps = Some(out.cached_steps);
-                    result.total_steps = Some(out.total_steps);
-                    result.image_id = out.image_id;
-                    break;
+            Some(Ok(out)) if options.push => {
+                match push(&s.image, &s.tags, &policy, &mut log, &cancel).await {
+                    Ok(()) => {
+                        result.status = ServiceStatus::Success;
+                        result.cached_steps = Some(out.cached_steps);
+                        result.total_steps = Some(out.total_steps);
+                        result.image_id = out.image_id;
+                        break;
+                    }
+                    Err(message) => {
+                        let (class, network_class) = failure::classify(&message, &[]);
+                        result.failure = Some(ServiceFailure {
+                            class,
+                            network_class,
+                            line: None,
+                            message,
+                        });
+                        result.status = ServiceStatus::Failed;
+                        break;
+                    }
                 }
-                Err(message) => {
-                    let (class, network_class) = failure::classify(&message, &[]);
-                    result.failure = Some(ServiceFailure { class, network_class, line: None, message });
-                    result.status = ServiceStatus::Failed;
-                    break;
-                }
-            },
+            }
             Some(Ok(out)) => {
                 result.status = ServiceStatus::Success;
                 result.builder = backend.label();
                 result.cached_steps = Some(out.cached_steps);
                 result.total_steps = Some(out.total_steps);
                 let inspect = engine.docker.inspect_image(&s.image).await.ok();
-                result.image_id = out.image_id.or_else(|| inspect.as_ref().and_then(|i| i.id.clone()));
+                result.image_id = out
+                    .image_id
+                    .or_else(|| inspect.as_ref().and_then(|i| i.id.clone()));
                 result.size = inspect.and_then(|i| i.size).map(|s| s.max(0) as u64);
                 break;
             }
@@ -273,7 +353,10 @@ async fn build_one(
                     subject: s.name.clone(),
                     kind: "build".into(),
                     class: match class {
-                        BuildFailureClass::Network => format!("network ({})", network_class.map(|c| c.to_string()).unwrap_or_default()),
+                        BuildFailureClass::Network => format!(
+                            "network ({})",
+                            network_class.map(|c| c.to_string()).unwrap_or_default()
+                        ),
                         other => format!("{other:?}").to_ascii_lowercase(),
                     },
                     message: f.message.clone(),
@@ -284,10 +367,17 @@ async fn build_one(
                     line: failure::failing_line(&dockerfile_text, &f.message, &tail),
                     message: f.message,
                 });
-                let wait = if class.is_transient() { waits.next() } else { None };
+                let wait = if class.is_transient() {
+                    waits.next()
+                } else {
+                    None
+                };
                 match wait {
                     Some(wait) => {
-                        log.line(&format!("=== retrying in {:.1}s (network failure)", wait.as_secs_f64()));
+                        log.line(&format!(
+                            "=== retrying in {:.1}s (network failure)",
+                            wait.as_secs_f64()
+                        ));
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             _ = cancel.cancelled() => {
@@ -315,9 +405,19 @@ async fn build_one(
 
 /// Pushes `image` and `tags` with `docker push` (which reads the user's registry credentials),
 /// retrying transient registry failures.
-async fn push(image: &str, tags: &[String], policy: &RetryPolicy, log: &mut Log, cancel: &CancellationToken) -> Result<(), String> {
+async fn push(
+    image: &str,
+    tags: &[String],
+    policy: &RetryPolicy,
+    log: &mut Log,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
     for reference in std::iter::once(image.to_string()).chain(tags.iter().cloned()) {
-        let mut waits = RetryPolicy { max_retries: policy.max_retries.max(3), ..*policy }.backoff();
+        let mut waits = RetryPolicy {
+            max_retries: policy.max_retries.max(3),
+            ..*policy
+        }
+        .backoff();
         loop {
             log.line(&format!("=== push {reference}"));
             let out = tokio::process::Command::new("docker")
@@ -329,7 +429,11 @@ async fn push(image: &str, tags: &[String], policy: &RetryPolicy, log: &mut Log,
                 out = out => out.map_err(|e| format!("cannot run `docker push`: {e}"))?,
                 _ = cancel.cancelled() => return Err("cancelled while pushing".into()),
             };
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             log.line(text.trim_end());
             if out.status.success() {
                 break;

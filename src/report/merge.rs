@@ -15,11 +15,29 @@ fn shard_of(report: &Report) -> Option<(usize, usize)> {
 /// Merges shard reports. `expected` is the number of shards (else taken from the reports'
 /// own `I/N`); every shard without a report is named in `missing_shards`.
 pub fn merge(reports: &[(PathBuf, Report)], expected: Option<usize>) -> Report {
-    let total = expected.or_else(|| reports.iter().filter_map(|(_, r)| shard_of(r)).map(|(_, n)| n).max());
-    let present: Vec<usize> = reports.iter().filter_map(|(_, r)| shard_of(r)).map(|(i, _)| i).collect();
-    let missing_shards = total.map_or_else(Vec::new, |n| (1..=n).filter(|i| !present.contains(i)).map(|i| format!("{i}/{n}")).collect());
+    let total = expected.or_else(|| {
+        reports
+            .iter()
+            .filter_map(|(_, r)| shard_of(r))
+            .map(|(_, n)| n)
+            .max()
+    });
+    let present: Vec<usize> = reports
+        .iter()
+        .filter_map(|(_, r)| shard_of(r))
+        .map(|(i, _)| i)
+        .collect();
+    let missing_shards = total.map_or_else(Vec::new, |n| {
+        (1..=n)
+            .filter(|i| !present.contains(i))
+            .map(|i| format!("{i}/{n}"))
+            .collect()
+    });
 
-    let mut services: Vec<_> = reports.iter().flat_map(|(_, r)| r.services.iter().cloned()).collect();
+    let mut services: Vec<_> = reports
+        .iter()
+        .flat_map(|(_, r)| r.services.iter().cloned())
+        .collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
 
     let mut images: BTreeMap<String, BaseImageResult> = BTreeMap::new();
@@ -63,15 +81,34 @@ pub fn merge(reports: &[(PathBuf, Report)], expected: Option<usize>) -> Report {
             *network.failures_by_class.entry(*class).or_default() += n;
         }
     }
-    network.failed_pulls = base_images.iter().filter(|b| b.status == ImageStatus::Failed).count();
+    network.failed_pulls = base_images
+        .iter()
+        .filter(|b| b.status == ImageStatus::Failed)
+        .count();
 
-    let mut failure_log: Vec<_> = reports.iter().flat_map(|(_, r)| r.failure_log.iter().cloned()).collect();
+    let mut failure_log: Vec<_> = reports
+        .iter()
+        .flat_map(|(_, r)| r.failure_log.iter().cloned())
+        .collect();
     failure_log.sort_by(|a, b| a.at.cmp(&b.at));
 
-    let first = reports.iter().map(|(_, r)| &r.run).min_by(|a, b| a.started_at.cmp(&b.started_at));
-    let start_ms = |run: &RunMeta| chrono::DateTime::parse_from_rfc3339(&run.started_at).map_or(0, |t| t.timestamp_millis());
-    let begin = reports.iter().map(|(_, r)| start_ms(&r.run)).min().unwrap_or(0);
-    let end = reports.iter().map(|(_, r)| start_ms(&r.run) + r.run.duration_ms as i64).max().unwrap_or(0);
+    let first = reports
+        .iter()
+        .map(|(_, r)| &r.run)
+        .min_by(|a, b| a.started_at.cmp(&b.started_at));
+    let start_ms = |run: &RunMeta| {
+        chrono::DateTime::parse_from_rfc3339(&run.started_at).map_or(0, |t| t.timestamp_millis())
+    };
+    let begin = reports
+        .iter()
+        .map(|(_, r)| start_ms(&r.run))
+        .min()
+        .unwrap_or(0);
+    let end = reports
+        .iter()
+        .map(|(_, r)| start_ms(&r.run) + r.run.duration_ms as i64)
+        .max()
+        .unwrap_or(0);
     let run = RunMeta {
         started_at: first.map(|r| r.started_at.clone()).unwrap_or_default(),
         duration_ms: (end - begin).max(0) as u64,
@@ -85,5 +122,12 @@ pub fn merge(reports: &[(PathBuf, Report)], expected: Option<usize>) -> Report {
         shard: None,
         interrupted: reports.iter().any(|(_, r)| r.run.interrupted),
     };
-    Report::assemble(run, services, base_images, network, failure_log, missing_shards)
+    Report::assemble(
+        run,
+        services,
+        base_images,
+        network,
+        failure_log,
+        missing_shards,
+    )
 }

@@ -70,7 +70,8 @@ pub enum Command {
     /// pulling or building anything.
     Plan(PlanCommandArgs),
     /// Check the environment: the Docker daemon (version, storage, image store, mirrors),
-    /// buildx, and later the registries. Run this first when something does not work.
+    /// buildx and its builders, and every registry and mirror the plan needs (DNS, TCP, TLS,
+    /// API ping, token, manifest). Run this first when something does not work.
     Doctor(DoctorArgs),
     /// Re-render a saved JSON report as a step summary, annotations, step outputs, JSON or
     /// the terminal table.
@@ -265,6 +266,10 @@ pub struct PrefetchArgs {
     /// still succeed from a local copy), or `fail` at once.
     #[arg(long, value_enum, default_value_t = PrefetchFailure::Warn, env = "INPUT_PREFETCH_FAILURE")]
     pub prefetch_failure: PrefetchFailure,
+    /// The cache directory (restored before, saved after the run): base images, the layer
+    /// cache and per-source health, which orders the sources of the next run.
+    #[arg(long, value_name = "DIR", env = "INPUT_CACHE_DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
     /// `relay`: through our per-request retrying relay on 127.0.0.1 (needs a local daemon);
     /// `direct`: the daemon pulls itself; `auto`: relay for a local daemon.
     #[arg(long, value_enum, default_value_t = crate::prefetch::PullVia::Auto)]

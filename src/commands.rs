@@ -178,6 +178,9 @@ pub fn prefetch_options(args: &PrefetchArgs, project: &Project) -> Result<Prefet
         pull: args.pull,
         via: args.pull_via,
         notify: None,
+        health: args.cache_dir.as_deref().map(|dir| {
+            std::sync::Arc::new(crate::health::HealthStore::load(dir).unwrap_or_default())
+        }),
     })
 }
 
@@ -195,6 +198,11 @@ pub async fn run_prefetch(
             what: "prefetch".into(),
             reason: format!("{e:#}"),
         })?;
+    if let Some(dir) = &args.cache_dir {
+        if let Err(err) = crate::health::HealthStore::update(dir, &report, now_ms()) {
+            ui.note(&format!("warning: {err}"));
+        }
+    }
     match ui.format {
         OutputFormat::Json => ui.json(&report),
         OutputFormat::Human => ui.result(&render_prefetch(&report, ui)),
@@ -204,6 +212,12 @@ pub async fn run_prefetch(
         (0, _) => Exit::Success,
         (_, PrefetchFailure::Warn | PrefetchFailure::Fail) => Exit::ImagesMissing,
     })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn render_prefetch(report: &PrefetchReport, ui: &Ui) -> String {
@@ -256,6 +270,10 @@ fn render_prefetch(report: &PrefetchReport, ui: &Ui) -> String {
             error.map_or("", |e| e.message.as_str()),
             uses.join(", ")
         ));
+    }
+    if let Some(d) = crate::report::diagnosis::diagnose(report) {
+        out.push_str(&crate::report::terminal::render_diagnosis(&d, ui));
+        out.push('\n');
     }
     out.push_str(&format!(
         "Network: {} retries, {} failed pulls, {:.1}s waiting on retries",
@@ -583,6 +601,11 @@ pub async fn run_build(
         }
     };
     let prefetch_report = prefetch_report.ok();
+    if let (Some(dir), Some(p)) = (&args.prefetch.cache_dir, &prefetch_report) {
+        if let Err(err) = crate::health::HealthStore::update(dir, p, now_ms()) {
+            ui.note(&format!("warning: {err}"));
+        }
+    }
     let builds = builds.unwrap_or_default();
     let run = RunMeta {
         started_at,

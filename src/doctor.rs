@@ -262,6 +262,8 @@ pub fn render(report: &DoctorReport, ui: &Ui) -> String {
         ("HTTPS proxy", opt(&e.https_proxy)),
         ("No proxy", opt(&e.no_proxy)),
         ("buildx", buildx),
+    ];
+    let more = [
         (
             "Our proxy env",
             format!(
@@ -273,7 +275,12 @@ pub fn render(report: &DoctorReport, ui: &Ui) -> String {
         ),
         ("Project", text::clean_line(&report.project.note, 300)),
     ];
-    let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .chain(&more)
+        .map(|(label, _)| label.len())
+        .max()
+        .unwrap_or(0);
     let mut lines: Vec<String> = rows
         .iter()
         .map(|(label, value)| format!("{label:<width$}  {value}"))
@@ -293,6 +300,10 @@ pub fn render(report: &DoctorReport, ui: &Ui) -> String {
             if b.cache_export { "yes" } else { "no" }
         ));
     }
+    lines.extend(
+        more.iter()
+            .map(|(label, value)| format!("{label:<width$}  {value}")),
+    );
     if !report.registries.is_empty() {
         lines.push(String::new());
         lines.push(registries_table(report, ui));
@@ -328,11 +339,7 @@ fn registries_table(report: &DoctorReport, ui: &Ui) -> String {
                 row.push(match step.status {
                     StepStatus::Ok => text::duration(step.duration_ms),
                     StepStatus::Failed => "FAIL".to_string(),
-                    StepStatus::Skipped
-                        if step.step == probe::Step::Tls && s.url.starts_with("http://") =>
-                    {
-                        "plain".to_string()
-                    }
+                    StepStatus::Skipped if step.detail == probe::PLAIN_HTTP => "plain".to_string(),
                     StepStatus::Skipped => "-".to_string(),
                 });
             }

@@ -521,6 +521,7 @@ mod tests {
             images,
             requests,
             duration_ms: 1,
+            source_orders: Vec::new(),
         }
     }
 

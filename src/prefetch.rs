@@ -112,6 +112,9 @@ pub struct PrefetchOptions {
     pub via: PullVia,
     /// Told about each image as soon as it is done (so builds can start before the rest).
     pub notify: Option<tokio::sync::mpsc::UnboundedSender<ImageResult>>,
+    /// Source health from the cache directory: orders each registry's sources
+    /// ([`crate::health::order_sources`]); `None` keeps the configured order.
+    pub health: Option<Arc<crate::health::HealthStore>>,
 }
 
 /// Where an image is referenced (for annotations).
@@ -185,6 +188,8 @@ pub struct PrefetchReport {
     /// Every registry request the relay sent (empty when pulling direct).
     pub requests: Vec<RequestEvent>,
     pub duration_ms: u64,
+    /// Per registry: the order its sources were tried in, and why.
+    pub source_orders: Vec<crate::health::OrderDecision>,
 }
 
 impl PrefetchReport {
@@ -261,6 +266,8 @@ pub async fn prefetch(
         options: options.clone(),
         relay,
         last_good: Mutex::new(HashMap::new()),
+        orders: Mutex::new(BTreeMap::new()),
+        started_ms: now_ms(),
     });
     // Unordered: a slow image must not hold a free slot (`buffered` starts the next pull only
     // once every earlier one is done); the report keeps the input order.
@@ -282,11 +289,17 @@ pub async fn prefetch(
     images.sort_by_key(|(index, _)| *index);
     let images: Vec<ImageResult> = images.into_iter().map(|(_, image)| image).collect();
     let requests = ctx.relay.as_ref().map(Relay::events).unwrap_or_default();
+    let source_orders = ctx
+        .orders
+        .lock()
+        .map(|o| o.values().cloned().collect())
+        .unwrap_or_default();
     Ok(PrefetchReport {
         via: if use_relay { "relay" } else { "direct" },
         images,
         requests,
         duration_ms: started.elapsed().as_millis() as u64,
+        source_orders,
     })
 }
 
@@ -309,6 +322,10 @@ struct Context {
     relay: Option<Relay>,
     /// Per registry: the source that served the last success in this run (tried first).
     last_good: Mutex<HashMap<String, String>>,
+    /// Per registry: the first order decision of the run (the report's `source_orders`).
+    orders: Mutex<BTreeMap<String, crate::health::OrderDecision>>,
+    /// When the run started: the "now" of every order decision, so they all agree.
+    started_ms: u64,
 }
 
 impl Context {
@@ -388,6 +405,15 @@ impl Context {
                 .collect()
         };
         order.dedup();
+        let (mut order, decision) = crate::health::order_sources(
+            &reference.domain,
+            order,
+            self.options.health.as_deref(),
+            self.started_ms,
+        );
+        if let Ok(mut orders) = self.orders.lock() {
+            orders.entry(reference.domain.clone()).or_insert(decision);
+        }
         let good = self
             .last_good
             .lock()

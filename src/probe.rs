@@ -29,10 +29,14 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use serde::{Deserialize, Serialize};
 
 use crate::prefetch::{ImageNeed, Mirrors};
+use crate::reference::Reference;
 use crate::registry::parse_bearer_challenge;
 use crate::relay::Source;
 use crate::report::diagnosis::SourceRole;
 use crate::retry::{ErrorClass, classify_message, classify_status};
+
+/// The detail of a TLS step skipped for a plain-HTTP registry.
+pub const PLAIN_HTTP: &str = "plain HTTP (a loopback registry, as the Docker daemon treats it)";
 
 /// What a manifest `HEAD` accepts: the media types a pull accepts.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -261,66 +265,63 @@ pub fn targets(
     mirrors: &Mirrors,
     only: &[String],
 ) -> Vec<(RegistryHealth, Vec<Target>)> {
-    // registry -> (origin host, needed by, image)
-    let mut registries: BTreeMap<String, (String, Vec<String>, Option<(String, String)>)> =
-        BTreeMap::new();
-    let version = |r: &crate::reference::Reference| {
+    /// A registry to probe: its origin host, the images that need it, the image to HEAD.
+    struct Wanted {
+        origin: String,
+        needed_by: Vec<String>,
+        image: Option<(String, String)>,
+    }
+    let wanted = |origin: String| Wanted {
+        origin,
+        needed_by: Vec::new(),
+        image: None,
+    };
+    let version = |r: &Reference| {
         r.digest
             .clone()
             .or_else(|| r.tag.clone())
             .unwrap_or_else(|| "latest".into())
     };
+    let mut registries: BTreeMap<String, Wanted> = BTreeMap::new();
     for need in needs {
         let r = &need.reference;
         let entry = registries
             .entry(r.domain.clone())
-            .or_insert_with(|| (r.registry_host(), Vec::new(), None));
-        entry.1.push(r.to_string());
-        entry.2.get_or_insert_with(|| (r.path.clone(), version(r)));
+            .or_insert_with(|| wanted(r.registry_host()));
+        entry.needed_by.push(r.to_string());
+        entry
+            .image
+            .get_or_insert_with(|| (r.path.clone(), version(r)));
     }
     let mut required: Vec<String> = registries.keys().cloned().collect();
     if !only.is_empty() {
         required.clear();
         for spec in only {
             let spec = spec.trim().trim_end_matches('/');
-            let parsed = spec
+            let image = spec
                 .contains('/')
-                .then(|| crate::reference::Reference::parse(spec).ok())
+                .then(|| Reference::parse(spec).ok())
                 .flatten();
-            let (domain, origin, image) = match &parsed {
-                Some(r) => (
-                    r.domain.clone(),
-                    r.registry_host(),
-                    Some((r.path.clone(), version(r))),
-                ),
-                None => {
-                    let r = crate::reference::Reference::parse(&format!("{spec}/probe"))
-                        .ok()
-                        .filter(|r| !r.domain.is_empty());
-                    match r {
-                        Some(r) => (r.domain.clone(), r.registry_host(), None),
-                        None => (spec.to_ascii_lowercase(), spec.to_ascii_lowercase(), None),
-                    }
-                }
+            let (domain, origin) = match &image {
+                Some(r) => (r.domain.clone(), r.registry_host()),
+                None => match Reference::parse(&format!("{spec}/probe")) {
+                    Ok(r) if !r.domain.is_empty() => (r.domain.clone(), r.registry_host()),
+                    _ => (spec.to_ascii_lowercase(), spec.to_ascii_lowercase()),
+                },
             };
             let entry = registries
                 .entry(domain.clone())
-                .or_insert_with(|| (origin, Vec::new(), None));
-            if image.is_some() {
-                entry.2 = image;
+                .or_insert_with(|| wanted(origin));
+            if let Some(r) = &image {
+                entry.image = Some((r.path.clone(), version(r)));
             }
             if !required.contains(&domain) {
                 required.push(domain);
             }
         }
     }
-    let mut out = Vec::new();
-    let mut push = |domain: &str,
-                    origin: &str,
-                    needed_by: Vec<String>,
-                    image: Option<(String, String)>,
-                    required: bool| {
-        let mut sources = vec![(Source::parse(origin), SourceRole::Origin)];
+    let plan = |domain: &str, w: &Wanted, required: bool| {
+        let mut sources = vec![(Source::parse(&w.origin), SourceRole::Origin)];
         sources.extend(
             mirrors
                 .for_registry(domain)
@@ -331,35 +332,33 @@ pub fn targets(
             .into_iter()
             .map(|(source, role)| Target {
                 registry: domain.to_string(),
-                image: image
+                image: w
+                    .image
                     .as_ref()
                     .map(|(path, version)| (source.path_for(path), version.clone())),
                 source,
                 role,
             })
             .collect();
-        out.push((
-            RegistryHealth {
-                registry: domain.to_string(),
-                needed_by,
-                required,
-                healthy: false,
-                sources: Vec::new(),
-            },
-            targets,
-        ));
+        let health = RegistryHealth {
+            registry: domain.to_string(),
+            needed_by: w.needed_by.clone(),
+            required,
+            healthy: false,
+            sources: Vec::new(),
+        };
+        (health, targets)
     };
-    for domain in &required {
-        if let Some((origin, needed_by, image)) = registries.get(domain) {
-            push(domain, origin, needed_by.clone(), image.clone(), true);
-        }
-    }
+    let mut out: Vec<(RegistryHealth, Vec<Target>)> = required
+        .iter()
+        .filter_map(|domain| registries.get(domain).map(|w| plan(domain, w, true)))
+        .collect();
     if only.is_empty() {
         for domain in mirrors.0.keys().filter(|d| !registries.contains_key(*d)) {
-            let origin = crate::reference::Reference::parse(&format!("{domain}/probe"))
+            let origin = Reference::parse(&format!("{domain}/probe"))
                 .map(|r| r.registry_host())
                 .unwrap_or_else(|_| domain.clone());
-            push(domain, &origin, Vec::new(), None, false);
+            out.push(plan(domain, &wanted(origin), false));
         }
     }
     out
@@ -502,7 +501,10 @@ async fn probe_with(
 
     let t = Instant::now();
     let stream = match addrs {
-        Err(()) => None,
+        Err(()) => {
+            steps.skip(Step::Tcp, "not reached");
+            None
+        }
         Ok(addrs) => match connect(&addrs, timeout).await {
             Ok((addr, stream)) => {
                 steps.ok(Step::Tcp, t, format!("connected to {addr}"));
@@ -518,10 +520,7 @@ async fn probe_with(
     let t = Instant::now();
     match stream {
         _ if steps.failed() => steps.skip(Step::Tls, "not reached"),
-        _ if !https => steps.skip(
-            Step::Tls,
-            "plain HTTP (a loopback registry, as the Docker daemon treats it)",
-        ),
+        _ if !https => steps.skip(Step::Tls, PLAIN_HTTP),
         _ if proxy.is_some() => steps.skip(Step::Tls, "through the proxy: the ping checks TLS"),
         None => steps.skip(Step::Tls, "not reached"),
         Some(stream) => {
@@ -857,7 +856,7 @@ async fn ping(
         .get(&url)
         .send()
         .await
-        .map_err(|e| transport_failure(&format!("GET {url}"), &e))?;
+        .map_err(|e| transport_failure("GET", &e))?;
     let status = resp.status();
     if status == StatusCode::UNAUTHORIZED {
         let header = resp
@@ -947,7 +946,7 @@ async fn fetch_token(
     }
     let what = format!("failed to fetch token: GET {url}");
     let resp = client.get(url.clone()).send().await.map_err(|e| {
-        let (class, message) = transport_failure(&what, &e);
+        let (class, message) = transport_failure("failed to fetch token: GET", &e);
         (token_class(class), message)
     })?;
     if let Some(class) = classify_status(resp.status().as_u16()) {
@@ -995,7 +994,10 @@ async fn head_manifest(
         req = req.header(AUTHORIZATION, format!("Bearer {token}"));
     }
     let what = format!("HEAD {url}");
-    let resp = req.send().await.map_err(|e| transport_failure(&what, &e))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| transport_failure("HEAD", &e))?;
     if let Some(class) = classify_status(resp.status().as_u16()) {
         return Err((class, status_message(&what, resp).await));
     }

@@ -79,6 +79,7 @@ impl Fixture {
             pull,
             via: PullVia::Auto,
             notify: None,
+            health: None,
         }
     }
 

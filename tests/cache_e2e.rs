@@ -21,6 +21,17 @@ fn issue7_warm_run_asks_no_registry_and_hits_the_cache_for_every_service() {
     scenario_warm_cold_kill_change("inline");
 }
 
+/// The same through the Engine API backend (BuildKit over the API; `BUILDKIT_INLINE_CACHE=1`
+/// and `cachefrom`).
+#[test]
+fn issue7_warm_run_with_the_engine_backend_hits_the_cache_for_every_service() {
+    let _serial = serial();
+    require_engine("20.10");
+    let mut e = E2e::new();
+    e.builder = "engine";
+    scenario_cold_then_warm(&e, "inline");
+}
+
 /// A corrupted archive is discarded with a warning and its image pulled again (only that
 /// one); a cache directory of another format version is ignored with a warning and replaced.
 #[test]

@@ -49,8 +49,11 @@ async fn doctor_lists_builders_and_build_all_uses_a_remote_one_without_prefetch(
     project.push_bases(&[("library/ubuntu", "22.04")]).await;
     project.write("api/Dockerfile", "FROM ubuntu:22.04\n");
 
+    // Only the local registry is probed: doctor would otherwise probe Docker Hub for the
+    // plan's base image (unreachable here: exit 4, issue #8).
+    let registry = project.registry.host();
     let out = project
-        .command(&["doctor", "--output", "json"])
+        .command(&["doctor", "--output", "json", "--registry", &registry])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

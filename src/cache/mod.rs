@@ -22,6 +22,9 @@
 //!   lock                       the pid of the run using the directory
 //! ```
 //!
+//! Other modules may keep their own files in the same directory (the prefetch's
+//! `source-health.json`); this module only ever removes the names above.
+//!
 //! # Life of a run
 //!
 //! 1. [`Cache::open`]: creates or validates the directory. An index of another format version

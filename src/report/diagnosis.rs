@@ -371,6 +371,12 @@ pub fn evidence(prefetch: &PrefetchReport) -> Evidence {
         sources.push(SourceStats::new(label, &registry, role));
         sources.len() - 1
     };
+    // Every configured source, tried or not, in the order the images name them.
+    for image in &prefetch.images {
+        for label in &image.source_order {
+            index(&mut sources, label);
+        }
+    }
     for r in &prefetch.requests {
         let i = index(&mut sources, &r.source);
         let s = &mut sources[i];
@@ -525,10 +531,10 @@ fn classes(s: &SourceStats, pick: impl Fn(ErrorClass) -> bool) -> String {
 }
 
 /// The lost images of which `pick` accepts the class, grouped by registry.
-fn lost_by_registry<'a>(
-    e: &'a Evidence,
+fn lost_by_registry(
+    e: &Evidence,
     pick: impl Fn(ErrorClass) -> bool,
-) -> BTreeMap<&'a str, Vec<&'a LostImage>> {
+) -> BTreeMap<&str, Vec<&LostImage>> {
     let mut out: BTreeMap<&str, Vec<&LostImage>> = BTreeMap::new();
     for l in e.images.lost.iter().filter(|l| pick(l.class)) {
         out.entry(l.registry.as_str()).or_default().push(l);
@@ -590,8 +596,8 @@ fn lost_rate_limited(e: &Evidence) -> Vec<Finding> {
 
 fn lost_not_found(e: &Evidence) -> Vec<Finding> {
     lost_by_registry(e, is_not_found)
-        .into_iter()
-        .map(|(_, lost)| {
+        .into_values()
+        .map(|lost| {
             let class = lost[0].class;
             let sources: Vec<String> = lost[0].tried.clone();
             finding(
@@ -720,6 +726,14 @@ fn recoveries(e: &Evidence, registry: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
+/// A configured mirror of `registry` (tried or not).
+fn mirror_of<'a>(e: &'a Evidence, registry: &str) -> Option<&'a str> {
+    e.sources
+        .iter()
+        .find(|s| s.registry == registry && s.role == SourceRole::Mirror)
+        .map(|s| s.source.as_str())
+}
+
 fn mirror_saved(e: &Evidence, registry: &str) -> bool {
     e.images
         .recovered_by_mirror
@@ -795,10 +809,15 @@ fn source_down(e: &Evidence) -> Vec<Finding> {
                 SourceRole::Origin if mirror_saved(e, &s.registry) => {
                     "check the network path to it (firewall, proxy); meanwhile consider `mirror-first: true`".to_string()
                 }
-                SourceRole::Origin => format!(
-                    "check the network path to it (firewall, proxy), or add a mirror: `--mirror {}=HOST`",
-                    s.registry
-                ),
+                SourceRole::Origin => match mirror_of(e, &s.registry) {
+                    Some(mirror) => format!(
+                        "check the network path to it (firewall, proxy); meanwhile `mirror-first: true` tries the mirror `{mirror}` first"
+                    ),
+                    None => format!(
+                        "check the network path to it (firewall, proxy), or add a mirror: `--mirror {}=HOST`",
+                        s.registry
+                    ),
+                },
             };
             finding("source-down", cause, remediation)
         })
@@ -856,10 +875,15 @@ fn flaky_source(e: &Evidence) -> Vec<Finding> {
                 SourceRole::Origin if mirror_saved(e, &s.registry) => {
                     "consider `mirror-first: true` (or keep a `--cache-dir`, so the next run tries the healthy source first)".to_string()
                 }
-                SourceRole::Origin => format!(
-                    "retries absorbed it; add a mirror (`--mirror {}=HOST`) so a worse day does not fail the build",
-                    s.registry
-                ),
+                SourceRole::Origin => match mirror_of(e, &s.registry) {
+                    Some(mirror) => format!(
+                        "retries absorbed it; `mirror-first: true` would try the mirror `{mirror}` first and spare them"
+                    ),
+                    None => format!(
+                        "retries absorbed it; add a mirror (`--mirror {}=HOST`) so a worse day does not fail the build",
+                        s.registry
+                    ),
+                },
                 SourceRole::Mirror => format!(
                     "the mirror `{}` is unreliable: check it, or list a second mirror",
                     s.source
@@ -998,6 +1022,7 @@ mod tests {
             images,
             requests,
             duration_ms: 100,
+            source_orders: Vec::new(),
         }
     }
 
@@ -1141,6 +1166,32 @@ mod tests {
             d.remediation.contains("--mirror docker.io=HOST"),
             "{}",
             d.remediation
+        );
+        // With a mirror configured but not needed: it is named as the way to spare retries,
+        // and listed (untried) among the sources.
+        let d = diagnose(&report(
+            vec![ok(&[HUB, MIRROR], "docker.io/library/a:1", HUB)],
+            vec![
+                request(
+                    HUB,
+                    "library/a",
+                    RequestKind::Manifest,
+                    Some(ErrorClass::Eof),
+                ),
+                request(HUB, "library/a", RequestKind::Manifest, None),
+            ],
+        ))
+        .unwrap();
+        assert!(
+            d.remediation
+                .contains("`mirror-first: true` would try the mirror `mirror.example.com` first"),
+            "{}",
+            d.remediation
+        );
+        assert_eq!(d.sources.len(), 2);
+        assert_eq!(
+            (d.sources[1].role, d.sources[1].requests),
+            (SourceRole::Mirror, 0)
         );
     }
 

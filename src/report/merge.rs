@@ -122,12 +122,7 @@ pub fn merge(reports: &[(PathBuf, Report)], expected: Option<usize>) -> Report {
         shard: None,
         interrupted: reports.iter().any(|(_, r)| r.run.interrupted),
     };
-    Report::assemble(
-        run,
-        services,
-        base_images,
-        network,
-        failure_log,
-        missing_shards,
-    )
+    let mut merged = Report::assemble(run, services, base_images, network, failure_log, missing_shards);
+    merged.diagnosis = super::diagnosis::merge(reports.iter().filter_map(|(_, r)| r.diagnosis.as_ref()));
+    merged
 }

@@ -279,6 +279,7 @@ impl Report {
         failure_log.sort_by(|a, b| a.at.cmp(&b.at));
         let mut report = Report::assemble(run, services, base_images, network, failure_log, Vec::new());
         report.diagnosis = prefetch.and_then(diagnosis::diagnose);
+        report.source_order = prefetch.map(|p| p.source_orders.clone()).unwrap_or_default();
         report
     }
 

@@ -3,7 +3,8 @@
 //!
 //! Layout: a headline with the count, the network diagnosis when anything failed (root
 //! cause, fix, what each registry and mirror did), a `<details>` block per failure (error
-//! and last log lines), the service table, the base-image table, network statistics, the failure log.
+//! and last log lines), the service table, the base-image table (and a learned source
+//! order), network statistics, the failure log.
 //! Everything taken from the run (names, messages, log lines) is escaped for where it goes:
 //! table cells and `<summary>` lines get HTML entities and Markdown escapes, log lines go into
 //! fenced code blocks whose fence is longer than any backtick run inside.

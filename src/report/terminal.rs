@@ -193,7 +193,7 @@ pub fn render(report: &Report, ui: &Ui) -> String {
 
     if let Some(d) = &report.diagnosis {
         out.push('\n');
-        out.push_str(&diagnosis(d, ui));
+        out.push_str(&render_diagnosis(d, ui));
     }
     for o in report.source_order.iter().filter(|o| o.learned) {
         let _ = writeln!(
@@ -258,7 +258,8 @@ pub fn render(report: &Report, ui: &Ui) -> String {
 }
 
 /// The diagnosis block: root cause, fix, the other findings, per-source counts, outcomes.
-fn diagnosis(d: &Diagnosis, ui: &Ui) -> String {
+/// (Also for views of a prefetch alone.)
+pub fn render_diagnosis(d: &Diagnosis, ui: &Ui) -> String {
     let line = |t: &str| text::clean_line(t, 400);
     let mut out = String::new();
     let _ = writeln!(
@@ -276,9 +277,10 @@ fn diagnosis(d: &Diagnosis, ui: &Ui) -> String {
     for f in d.findings.iter().skip(1) {
         let _ = writeln!(
             out,
-            "  {} {} ({})",
+            "  {} {}; {} {}",
             ui.dim("also:"),
             line(&f.cause),
+            ui.dim("fix:"),
             line(&f.remediation)
         );
     }

@@ -5,8 +5,9 @@
 //! - [`images`]: base images built offline (a busybox rootfs plus random-data layers) and
 //!   uploaded through the registry HTTP API under Docker Hub-like names.
 //! - [`proxy::FaultProxy`]: a deterministic fault-injecting reverse proxy in front of a
-//!   registry (EOF, 503, 429 + `Retry-After`, truncated bodies, stalls, latency, windows,
-//!   an optional Bearer token flow), with counters and a control endpoint.
+//!   registry (EOF, 503, 429 + `Retry-After`, truncated bodies, stalls before the answer or
+//!   mid-body, latency, windows, an optional Bearer token flow), with counters, a log of
+//!   every request with its arrival time, and a control endpoint (faults, seed, counters).
 //! - [`docker`]: the few daemon operations tests need (pull with the exact error text,
 //!   remove an image by name, run a container).
 //!

@@ -57,20 +57,27 @@ pub fn require_engine(want: &str) {
     assert!(
         ok,
         "this test needs the Docker {want} engine{}, but the daemon is {version:?} (containerd image store: {}). \
-         Switch with `scripts/engine use {want}` (CI), or run it in a private daemon: \
-         `scripts/engine sandbox {want} -- cargo test --test <this file> -- --ignored`",
+         Switch with `scripts/engine use {want}` (CI), or run it with a private daemon beside this one: \
+         `scripts/engine sandbox {want} -- cargo test --test {}`",
         if want == "26" {
             " with the containerd image store"
         } else {
             ""
         },
-        containerd_image_store()
+        containerd_image_store(),
+        if want == "26" {
+            "cache_engine26 -- --ignored"
+        } else {
+            "cache_e2e"
+        }
     );
 }
 
 /// A copy of the example in its own namespace, a registry with a counting proxy in front
 /// (the only "Docker Hub" the runs see), and a cache directory.
 pub struct E2e {
+    /// `--builder`: `buildx` unless a test says otherwise.
+    pub builder: &'static str,
     pub ns: String,
     pub tag: String,
     pub project: tempfile::TempDir,
@@ -101,6 +108,7 @@ impl E2e {
             .expect("registry and proxy start (run scripts/setup)");
         let ns = testbed::unique_name("e2e");
         let e2e = E2e {
+            builder: "buildx",
             tag: testbed::unique_name("t"),
             project: tempfile::tempdir().unwrap(),
             cache: tempfile::tempdir().unwrap(),
@@ -173,7 +181,7 @@ impl E2e {
             .args([
                 "build-all",
                 "--builder",
-                "buildx",
+                self.builder,
                 "--mirror-first",
                 "--max-retries",
                 "1",
@@ -366,25 +374,34 @@ impl E2e {
         );
     }
 
-    /// Starts a run and kills it (SIGKILL) as soon as it writes a cache archive
-    /// (`tmp/*.partial`). Returns whether it was caught mid-save.
-    pub fn kill_mid_save(&self, extra: &[&str]) -> bool {
+    /// Starts a run and kills it (SIGKILL) while it saves the cache: for `inline`, as soon as
+    /// an image archive is being written (`tmp/*.tar.*.partial`); for `buildx-local`, as soon
+    /// as BuildKit exports into `buildx-new/`. Returns whether it was caught mid-save.
+    pub fn kill_mid_save(&self, mode: &str, extra: &[&str]) -> bool {
         let mut child: Child = self
             .command(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let tmp = self.cache.path().join("tmp");
+        let (tmp, new) = (
+            self.cache.path().join("tmp"),
+            self.cache.path().join("buildx-new"),
+        );
+        let saving = || match mode {
+            "buildx-local" => new.join("index.json").is_file(),
+            _ => std::fs::read_dir(&tmp)
+                .map(|d| {
+                    d.flatten().any(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.contains(".tar.") && name.ends_with(".partial")
+                    })
+                })
+                .unwrap_or(false),
+        };
         let deadline = Instant::now() + Duration::from_secs(600);
         let caught = loop {
-            let partial = std::fs::read_dir(&tmp)
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-                })
-                .unwrap_or(false);
-            if partial {
+            if saving() {
                 child.kill().unwrap();
                 break true;
             }
@@ -451,6 +468,15 @@ pub fn requested_repositories(stats: &ProxyStats) -> std::collections::BTreeSet<
         .collect()
 }
 
+/// The report (with its `cache` section) is valid against `schemas/report.schema.json`.
+pub fn assert_matches_report_schema(report: &serde_json::Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/report.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the report schema compiles");
+    let errors: Vec<String> = validator.iter_errors(report).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "the report does not match its schema: {errors:#?}");
+}
+
 pub fn services(report: &serde_json::Value) -> Vec<String> {
     report["services"]
         .as_array()
@@ -474,6 +500,13 @@ pub fn assert_all_built(out: &Output, report: &serde_json::Value) {
 /// The scenario shared with `cache_engine26.rs`; `mode` is the layer cache the engine gets.
 pub fn scenario_warm_cold_kill_change(mode: &str) {
     let e = E2e::new();
+    let cold_layers = scenario_cold_then_warm(&e, mode);
+    kill_then_change(&e, mode, &cold_layers);
+}
+
+/// Cold run, fresh daemon state, warm run: no registry request, a hit for every service, the
+/// cold run's layers. Returns the cold run's layers per service.
+pub fn scenario_cold_then_warm(e: &E2e, mode: &str) -> Vec<(String, Vec<String>)> {
     let cold = e.run(&["--output", "json"]);
     let report = e.report();
     assert_all_built(&cold, &report);
@@ -522,7 +555,13 @@ pub fn scenario_warm_cold_kill_change(mode: &str) {
     for image in report["base_images"].as_array().unwrap() {
         assert_eq!(image["status"], "present", "{image:#}");
     }
+    assert_matches_report_schema(&report);
+    cold_layers
+}
 
+/// A run killed while saving the cache, then a run after one Dockerfile changed: the previous
+/// cache still serves, and only the changed service builds a new layer.
+pub fn kill_then_change(e: &E2e, mode: &str, cold_layers: &[(String, Vec<String>)]) {
     // One Dockerfile changes; the run that builds it is killed while saving the cache.
     let scheduler = std::fs::read_to_string(e.project.path().join("scheduler/Dockerfile")).unwrap();
     e.write(
@@ -531,7 +570,7 @@ pub fn scenario_warm_cold_kill_change(mode: &str) {
     );
     e.forget_daemon_state();
     assert!(
-        e.kill_mid_save(&[]),
+        e.kill_mid_save(mode, &[]),
         "the run finished before it could be killed mid-save"
     );
     assert!(
@@ -566,7 +605,7 @@ pub fn scenario_warm_cold_kill_change(mode: &str) {
                 .next()
                 .is_none()
     );
-    for (service, layers) in &cold_layers {
+    for (service, layers) in cold_layers {
         let now = e.layers(service);
         if service == "scheduler" {
             assert_eq!(now.len(), layers.len() + 1, "one new layer");

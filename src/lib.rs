@@ -50,6 +50,8 @@ async fn dispatch(cli: &Cli, ui: &ui::Ui) -> Result<Exit, Error> {
         Command::Prefetch(args) => commands::run_prefetch(&cli.global, args, ui).await,
         Command::Report(args) => report::command::run(args, ui).await,
         Command::BuildAll(args) => commands::run_build(&cli.global, args, &[], ui).await,
-        Command::Build(args) => commands::run_build(&cli.global, &args.build, &args.services, ui).await,
+        Command::Build(args) => {
+            commands::run_build(&cli.global, &args.build, &args.services, ui).await
+        }
     }
 }

@@ -198,7 +198,7 @@ mod tests {
             ("f", &[]),
             ("g", &[]),
         ]);
-        let shards = shard(&g, &vec![1.0; 7], 3);
+        let shards = shard(&g, &[1.0; 7], 3);
         assert_eq!(shards.len(), 3);
         let holder = |name: &str| {
             shards

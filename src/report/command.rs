@@ -109,9 +109,11 @@ async fn run_merge(args: &ReportArgs, ui: &Ui) -> Result<Exit, Error> {
     let ctx = super::PublishContext::from_env(out_dir, root, Vec::new(), args.github_token.clone());
     super::Publisher::start(ctx, ui).finish(&merged).await?;
     let t = &merged.totals;
-    Ok(if t.failed + t.skipped + t.cancelled > 0 || !merged.missing_shards.is_empty() {
-        Exit::BuildFailed
-    } else {
-        Exit::Success
-    })
+    Ok(
+        if t.failed + t.skipped + t.cancelled > 0 || !merged.missing_shards.is_empty() {
+            Exit::BuildFailed
+        } else {
+            Exit::Success
+        },
+    )
 }

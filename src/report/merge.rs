@@ -122,7 +122,15 @@ pub fn merge(reports: &[(PathBuf, Report)], expected: Option<usize>) -> Report {
         shard: None,
         interrupted: reports.iter().any(|(_, r)| r.run.interrupted),
     };
-    let mut merged = Report::assemble(run, services, base_images, network, failure_log, missing_shards);
-    merged.diagnosis = super::diagnosis::merge(reports.iter().filter_map(|(_, r)| r.diagnosis.as_ref()));
+    let mut merged = Report::assemble(
+        run,
+        services,
+        base_images,
+        network,
+        failure_log,
+        missing_shards,
+    );
+    merged.diagnosis =
+        super::diagnosis::merge(reports.iter().filter_map(|(_, r)| r.diagnosis.as_ref()));
     merged
 }

@@ -4,8 +4,8 @@
 pub mod annotations;
 pub mod command;
 pub mod diagnosis;
-pub mod merge;
 pub mod github;
+pub mod merge;
 pub mod outputs;
 pub mod publish;
 pub mod summary;
@@ -196,7 +196,10 @@ impl Totals {
             skipped: count(ServiceStatus::Skipped),
             cancelled: count(ServiceStatus::Cancelled),
             base_images: base_images.len(),
-            base_images_missing: base_images.iter().filter(|b| b.status == ImageStatus::Failed).count(),
+            base_images_missing: base_images
+                .iter()
+                .filter(|b| b.status == ImageStatus::Failed)
+                .count(),
         }
     }
 }
@@ -228,7 +231,12 @@ impl Report {
     }
 
     /// Assembles a report from the prefetch and the service results.
-    pub fn new(run: RunMeta, prefetch: Option<&PrefetchReport>, services: Vec<ServiceResult>, build_failures: Vec<FailureLogEntry>) -> Report {
+    pub fn new(
+        run: RunMeta,
+        prefetch: Option<&PrefetchReport>,
+        services: Vec<ServiceResult>,
+        build_failures: Vec<FailureLogEntry>,
+    ) -> Report {
         let mut base_images = Vec::new();
         let mut network = NetworkStats::default();
         let mut failure_log = Vec::new();
@@ -245,7 +253,12 @@ impl Report {
                         subject: image.reference.clone(),
                         kind: "pull".into(),
                         class: class.to_string(),
-                        message: format!("{} (attempt {} via {})", a.message.clone().unwrap_or_default(), a.attempt, a.source),
+                        message: format!(
+                            "{} (attempt {} via {})",
+                            a.message.clone().unwrap_or_default(),
+                            a.attempt,
+                            a.source
+                        ),
                     });
                 }
                 base_images.push(BaseImageResult {
@@ -258,7 +271,14 @@ impl Report {
                     duration_ms: image.duration_ms,
                     error_class: image.error.as_ref().map(|e| e.class),
                     error: image.error.as_ref().map(|e| e.message.clone()),
-                    used_at: image.uses.iter().map(|u| ImageUseSite { dockerfile: u.dockerfile.display().to_string(), line: u.line }).collect(),
+                    used_at: image
+                        .uses
+                        .iter()
+                        .map(|u| ImageUseSite {
+                            dockerfile: u.dockerfile.display().to_string(),
+                            line: u.line,
+                        })
+                        .collect(),
                 });
             }
             for r in p.requests.iter().filter(|r| r.class.is_some()) {
@@ -269,22 +289,35 @@ impl Report {
                     subject: format!("{}/{}", r.source, r.repository),
                     kind: "request".into(),
                     class: class.to_string(),
-                    message: format!("{:?} request: {}", r.kind, r.message.clone().unwrap_or_default()),
+                    message: format!(
+                        "{:?} request: {}",
+                        r.kind,
+                        r.message.clone().unwrap_or_default()
+                    ),
                 });
             }
             network.failed_pulls = p.failed().count();
         }
-        network.build_retries = build_failures.iter().filter(|f| f.class.starts_with("network")).count();
+        network.build_retries = build_failures
+            .iter()
+            .filter(|f| f.class.starts_with("network"))
+            .count();
         failure_log.extend(build_failures);
         failure_log.sort_by(|a, b| a.at.cmp(&b.at));
-        let mut report = Report::assemble(run, services, base_images, network, failure_log, Vec::new());
+        let mut report =
+            Report::assemble(run, services, base_images, network, failure_log, Vec::new());
         report.diagnosis = prefetch.and_then(diagnosis::diagnose);
-        report.source_order = prefetch.map(|p| p.source_orders.clone()).unwrap_or_default();
+        report.source_order = prefetch
+            .map(|p| p.source_orders.clone())
+            .unwrap_or_default();
         report
     }
 
     /// "9/11 succeeded".
     pub fn headline(&self) -> String {
-        format!("{}/{} succeeded", self.totals.succeeded, self.totals.services)
+        format!(
+            "{}/{} succeeded",
+            self.totals.succeeded, self.totals.services
+        )
     }
 }

@@ -176,7 +176,11 @@ fn image_icon(status: ImageStatus) -> &'static str {
 
 fn headline_icon(report: &Report) -> &'static str {
     let t = &report.totals;
-    if t.failed > 0 || t.cancelled > 0 || report.run.interrupted || !report.missing_shards.is_empty() {
+    if t.failed > 0
+        || t.cancelled > 0
+        || report.run.interrupted
+        || !report.missing_shards.is_empty()
+    {
         "❌"
     } else if t.skipped > 0 || t.base_images_missing > 0 || t.services == 0 {
         "⚠️"
@@ -205,7 +209,11 @@ fn render_with(
     out.push_str(&stats_line(report));
     out.push_str("\n\n");
     for shard in &report.missing_shards {
-        let _ = writeln!(out, "> **shard {}: no report**: its job uploaded none, so its services are missing below.\n", cell(shard));
+        let _ = writeln!(
+            out,
+            "> **shard {}: no report**: its job uploaded none, so its services are missing below.\n",
+            cell(shard)
+        );
     }
     if report.run.interrupted {
         out.push_str("> **Interrupted:** the run was stopped before every service was built; these results are partial.\n\n");
@@ -730,7 +738,11 @@ fn diagnosis_section(d: &Diagnosis) -> String {
             cell(&s.registry),
             s.requests,
             s.failed_requests,
-            if classes.is_empty() { dash() } else { classes.join(", ") },
+            if classes.is_empty() {
+                dash()
+            } else {
+                classes.join(", ")
+            },
             s.pull_attempts,
             s.failed_pull_attempts,
             s.images_served,
@@ -741,10 +753,18 @@ fn diagnosis_section(d: &Diagnosis) -> String {
     let i = &d.images;
     let mut outcomes = Vec::new();
     if !i.recovered_by_retry.is_empty() {
-        let names: Vec<String> = i.recovered_by_retry.iter().map(|r| r.image.clone()).collect();
+        let names: Vec<String> = i
+            .recovered_by_retry
+            .iter()
+            .map(|r| r.image.clone())
+            .collect();
         outcomes.push(format!("**Recovered by retries:** {}", image_list(&names)));
     }
-    let mut mirrors: Vec<&str> = i.recovered_by_mirror.iter().map(|r| r.source.as_str()).collect();
+    let mut mirrors: Vec<&str> = i
+        .recovered_by_mirror
+        .iter()
+        .map(|r| r.source.as_str())
+        .collect();
     mirrors.dedup();
     for mirror in mirrors {
         let names: Vec<String> = i
@@ -764,7 +784,10 @@ fn diagnosis_section(d: &Diagnosis) -> String {
         outcomes.push(format!("**Lost:** {}", image_list(&names)));
     }
     if d.wait_ms > 0 {
-        outcomes.push(format!("**Waiting on retries:** {}", text::duration(d.wait_ms)));
+        outcomes.push(format!(
+            "**Waiting on retries:** {}",
+            text::duration(d.wait_ms)
+        ));
     }
     if !outcomes.is_empty() {
         let _ = writeln!(out, "{}\n", outcomes.join("<br>\n"));
@@ -776,7 +799,11 @@ fn diagnosis_section(d: &Diagnosis) -> String {
 fn source_order_lines(report: &Report) -> String {
     let mut out = String::new();
     for o in report.source_order.iter().filter(|o| o.learned) {
-        let order: Vec<String> = o.order.iter().map(|s| format!("<code>{}</code>", cell(s))).collect();
+        let order: Vec<String> = o
+            .order
+            .iter()
+            .map(|s| format!("<code>{}</code>", cell(s)))
+            .collect();
         let _ = writeln!(
             out,
             "Source order for <code>{}</code>: {} ({})\n",

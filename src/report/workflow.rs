@@ -114,9 +114,12 @@ pub fn group(title: &str, content: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A parsed workflow command: name, properties, data.
+    type Parsed = (String, Vec<(String, String)>, String);
+
     /// The runner's parser (`ActionCommand.TryParseV2`) and unescaping, ported: the test
     /// oracle for our escaping.
-    fn parse(line: &str) -> Option<(String, Vec<(String, String)>, String)> {
+    fn parse(line: &str) -> Option<Parsed> {
         let line = line.trim_start();
         let rest = line.strip_prefix("::")?;
         let end = rest.find("::")?;

@@ -471,10 +471,17 @@ pub fn requested_repositories(stats: &ProxyStats) -> std::collections::BTreeSet<
 /// The report (with its `cache` section) is valid against `schemas/report.schema.json`.
 pub fn assert_matches_report_schema(report: &serde_json::Value) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/report.schema.json");
-    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the report schema compiles");
-    let errors: Vec<String> = validator.iter_errors(report).map(|e| format!("{e} at {}", e.instance_path())).collect();
-    assert!(errors.is_empty(), "the report does not match its schema: {errors:#?}");
+    let errors: Vec<String> = validator
+        .iter_errors(report)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the report does not match its schema: {errors:#?}"
+    );
 }
 
 pub fn services(report: &serde_json::Value) -> Vec<String> {

@@ -179,7 +179,11 @@ pub struct BuildArgs {
 pub enum BuilderChoice {
     Auto,
     Buildx,
+    /// The Engine API with BuildKit (falls back to the classic builder where BuildKit over
+    /// the API does not work).
     Engine,
+    /// The Engine API with the classic builder.
+    EngineClassic,
 }
 
 #[derive(Debug, Args)]

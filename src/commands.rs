@@ -410,6 +410,10 @@ async fn choose_backend(args: &BuildArgs, engine: &Engine) -> Result<Backend, Er
     };
     Ok(match args.builder {
         BuilderChoice::Engine => engine_backend(),
+        BuilderChoice::EngineClassic => Backend::Engine {
+            engine: engine.clone(),
+            buildkit: AtomicBool::new(false),
+        },
         BuilderChoice::Buildx => match crate::engine::buildx(Duration::from_secs(10)).await {
             Buildx::Available { .. } => buildx(),
             Buildx::Unavailable { reason } => {

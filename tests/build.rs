@@ -8,7 +8,16 @@ use std::time::{Duration, Instant};
 
 use support::{Project, service, text};
 
-const BACKENDS: [&str; 2] = ["buildx", "engine"];
+const BACKENDS: [&str; 3] = ["buildx", "engine", "engine-classic"];
+
+/// The report's builder label for a `--builder` value.
+fn label(backend: &str) -> &'static str {
+    match backend {
+        "buildx" => "buildx",
+        "engine" => "engine (buildkit)",
+        _ => "engine (classic)",
+    }
+}
 
 #[tokio::test]
 async fn issue4_build_all_builds_the_example_with_each_backend() {
@@ -18,14 +27,7 @@ async fn issue4_build_all_builds_the_example_with_each_backend() {
         assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
         let report = project.report();
         assert_eq!(report["totals"]["succeeded"], 11, "{backend}: {report:#}");
-        assert!(
-            report["run"]["builder"]
-                .as_str()
-                .unwrap()
-                .starts_with(backend),
-            "{}",
-            report["run"]["builder"]
-        );
+        assert_eq!(report["run"]["builder"], label(backend), "{backend}");
         // backend-init is built FROM the backend image of this very run.
         let init = service(&report, "backend-init");
         assert_eq!(init["status"], "success");

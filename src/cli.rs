@@ -274,6 +274,16 @@ pub struct PrefetchArgs {
     /// cache and per-source health, which orders the sources of the next run.
     #[arg(long, value_name = "DIR", env = "INPUT_CACHE_DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Size budget of the cache directory (`2GiB`, `500m`, bytes): least recently used
+    /// entries are evicted first.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "2GiB",
+        env = "INPUT_CACHE_MAX_SIZE",
+        value_parser = crate::cache::parse_size
+    )]
+    pub cache_max_size: u64,
     /// `relay`: through our per-request retrying relay on 127.0.0.1 (needs a local daemon);
     /// `direct`: the daemon pulls itself; `auto`: relay for a local daemon.
     #[arg(long, value_enum, default_value_t = crate::prefetch::PullVia::Auto)]

@@ -62,7 +62,8 @@ fn load_plan(global: &GlobalArgs, args: &PlanArgs) -> Result<(Project, Plan), Er
 }
 
 pub async fn run_plan(global: &GlobalArgs, args: &PlanCommandArgs, ui: &Ui) -> Result<Exit, Error> {
-    let (_, plan) = load_plan(global, &args.plan)?;
+    let (project, plan) = load_plan(global, &args.plan)?;
+    let key = crate::cache::cache_key(&plan, &config_bytes(&project));
     if args.matrix {
         let n = match (args.shards, args.max_per_shard) {
             (Some(n), _) => n,
@@ -75,8 +76,17 @@ pub async fn run_plan(global: &GlobalArgs, args: &PlanCommandArgs, ui: &Ui) -> R
         return Ok(Exit::Success);
     }
     match ui.format {
-        OutputFormat::Json => ui.json(&plan),
-        OutputFormat::Human => ui.result(&render_plan(&plan)),
+        OutputFormat::Json => {
+            let mut value = serde_json::to_value(&plan).unwrap_or_default();
+            value["cache_key"] = serde_json::to_value(&key).unwrap_or_default();
+            ui.json(&value)
+        }
+        OutputFormat::Human => ui.result(&format!(
+            "{}\nCache key: {}\n  restore keys: {}",
+            render_plan(&plan),
+            key.key,
+            key.restore_keys.join(", ")
+        )),
     }
     Ok(Exit::Success)
 }
@@ -192,12 +202,24 @@ pub async fn run_prefetch(
     let (project, plan) = load_plan(global, &args.plan)?;
     let options = prefetch_options(args, &project)?;
     let engine = Engine::connect(Duration::from_secs(10)).await?;
-    let report = prefetch::prefetch(&engine, plan.base_images, &options)
+    let mut cache = open_cache(args, &plan, &project, ui);
+    let mut needs = plan.base_images.clone();
+    let mut vouched = Vec::new();
+    if let Some(c) = cache.as_mut() {
+        vouched = restore_from_cache(c, &engine, &mut needs, &options, ui).await;
+    }
+    let mut report = prefetch::prefetch(&engine, needs, &options)
         .await
         .map_err(|e| Error::Usage {
             what: "prefetch".into(),
             reason: format!("{e:#}"),
         })?;
+    report.images.extend(vouched);
+    if let Some(mut c) = cache {
+        c.save_base_images(&engine, &report.images).await;
+        cache_warnings(&mut c, ui);
+        ui.note(&render_cache(&c.close()));
+    }
     if let Some(dir) = &args.cache_dir {
         if let Err(err) = crate::health::HealthStore::update(dir, &report, now_ms()) {
             ui.note(&format!("warning: {err}"));
@@ -449,6 +471,88 @@ async fn interrupted() -> Exit {
 
 /// `build-all` and `build SERVICE...`: prefetch and build, overlapping both: a service builds
 /// as soon as its own base images and its dependencies are ready.
+/// Opens `--cache-dir` (issue 7) with this run's cache key. A cache that cannot be used is a
+/// warning, never a failure.
+fn open_cache(
+    args: &PrefetchArgs,
+    plan: &Plan,
+    project: &Project,
+    ui: &Ui,
+) -> Option<crate::cache::Cache> {
+    let dir = args
+        .cache_dir
+        .as_ref()
+        .filter(|d| !d.as_os_str().is_empty())?;
+    match crate::cache::Cache::open(dir, args.cache_max_size) {
+        Ok(mut cache) => {
+            cache.set_key(&crate::cache::cache_key(plan, &config_bytes(project)));
+            cache_warnings(&mut cache, ui);
+            Some(cache)
+        }
+        Err(e) => {
+            ui.note(&format!("warning: {e}"));
+            None
+        }
+    }
+}
+
+/// The config file's bytes (empty when the services were discovered).
+fn config_bytes(project: &Project) -> Vec<u8> {
+    std::fs::read(project.root.join(&project.source)).unwrap_or_default()
+}
+
+fn cache_warnings(cache: &mut crate::cache::Cache, ui: &Ui) {
+    for w in cache.take_warnings() {
+        ui.note(&format!("warning: {w}"));
+    }
+}
+
+/// Restores base images from the cache before the prefetch; with `--pull always`, returns the
+/// images a manifest check vouched for (taken out of `needs`).
+async fn restore_from_cache(
+    cache: &mut crate::cache::Cache,
+    engine: &Engine,
+    needs: &mut Vec<prefetch::ImageNeed>,
+    options: &PrefetchOptions,
+    ui: &Ui,
+) -> Vec<prefetch::ImageResult> {
+    let restored = cache.restore_base_images(engine, needs).await;
+    if !restored.loaded.is_empty() || !restored.already_present.is_empty() {
+        ui.note(&format!(
+            "cache: {} base images loaded from {} ({:.1}s), {} already present",
+            restored.loaded.len(),
+            cache.dir().display(),
+            restored.duration_ms as f64 / 1000.0,
+            restored.already_present.len()
+        ));
+    }
+    let mut vouched = Vec::new();
+    if options.pull == prefetch::PullPolicy::Always {
+        vouched = cache
+            .vouch_current(engine, needs, &options.mirrors, options.mirror_first)
+            .await;
+        needs.retain(|n| {
+            !vouched
+                .iter()
+                .any(|v| v.reference == n.reference.to_string())
+        });
+    }
+    cache_warnings(cache, ui);
+    vouched
+}
+
+fn render_cache(stats: &crate::cache::CacheStats) -> String {
+    format!(
+        "cache: {} hits, {} misses ({} layer cache); {:.1} MB of {:.1} MB budget, {} evictions",
+        stats.hits,
+        stats.misses,
+        stats.mode,
+        stats.size as f64 / 1e6,
+        stats.max_size as f64 / 1e6,
+        stats.evictions
+    )
+}
+
 pub async fn run_build(
     global: &GlobalArgs,
     args: &BuildArgs,
@@ -509,7 +613,7 @@ pub async fn run_build(
         .collect();
     // A builder that is not the local daemon's pulls base images by itself: prefetching into
     // the local daemon would not help it.
-    let needs: Vec<_> = if remote.is_some() {
+    let mut needs: Vec<_> = if remote.is_some() {
         Vec::new()
     } else {
         plan.base_images
@@ -518,6 +622,20 @@ pub async fn run_build(
             .cloned()
             .collect()
     };
+    let mut cache = open_cache(&args.prefetch, &plan, &project, ui);
+    let mut vouched = Vec::new();
+    let mut layer_cache = None;
+    if let Some(c) = cache.as_mut() {
+        vouched = restore_from_cache(c, &engine, &mut needs, &options, ui).await;
+        if let Ok(facts) = engine.facts().await {
+            let names: Vec<String> = plan.services.iter().map(|s| s.name.clone()).collect();
+            layer_cache = Some(
+                c.prepare_build_cache(&engine, &facts, &backend, &names)
+                    .await,
+            );
+        }
+        cache_warnings(c, ui);
+    }
     let builder_label = match &remote {
         Some((b, _)) => format!("buildx ({}, driver {})", b.name, b.driver),
         None => backend.label(),
@@ -534,6 +652,7 @@ pub async fn run_build(
         out_dir: out_dir.clone(),
         inline_cache: false,
         push: args.push,
+        cache: layer_cache,
     };
     let cancel = CancellationToken::new();
     let mut exit_on_signal = None;
@@ -553,10 +672,19 @@ pub async fn run_build(
         let work = async {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let engine_ref = &engine;
+            let vouched = &vouched;
             let prefetch_run = async move {
                 let mut options = options;
+                // Images the cache vouched for (--pull always) are ready now.
+                for v in vouched {
+                    let _ = tx.send(v.clone());
+                }
                 options.notify = Some(tx);
-                prefetch::prefetch(engine_ref, needs, &options).await
+                let mut report = prefetch::prefetch(engine_ref, needs, &options).await;
+                if let Ok(r) = report.as_mut() {
+                    r.images.extend(vouched.iter().cloned());
+                }
+                report
             };
             if stop_early {
                 let report = prefetch_run.await;
@@ -653,7 +781,26 @@ pub async fn run_build(
             });
         }
     }
-    let report = Report::new(run, prefetch_report.as_ref(), results, builds.failure_log);
+    let cache_stats = match cache {
+        Some(mut c) => {
+            // Interrupted: no new archives (the runner may kill us any moment); the previous
+            // cache stays as it was.
+            if exit_on_signal.is_none() {
+                if let Some(p) = &prefetch_report {
+                    c.save_base_images(&engine, &p.images).await;
+                }
+            }
+            c.save_build_cache(&engine, &results, exit_on_signal.is_some())
+                .await;
+            cache_warnings(&mut c, ui);
+            let stats = c.close();
+            ui.note(&render_cache(&stats));
+            Some(stats)
+        }
+        None => None,
+    };
+    let mut report = Report::new(run, prefetch_report.as_ref(), results, builds.failure_log);
+    report.cache = cache_stats;
     publisher.finish(&report).await?;
     Ok(if let Some(signal) = exit_on_signal {
         signal

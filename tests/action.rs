@@ -112,7 +112,7 @@ fn step<'a>(action: &'a Action, id: &str) -> &'a Step {
         .unwrap_or_else(|| panic!("no step with id {id}"))
 }
 
-const ISSUE_INPUTS: [&str; 27] = [
+const ISSUE_INPUTS: [&str; 28] = [
     "config",
     "services",
     "only",
@@ -141,6 +141,8 @@ const ISSUE_INPUTS: [&str; 27] = [
     // Issue #9: a matrix job builds one shard.
     "shard",
     "merge-reports",
+    // Issue #7: the cache budget.
+    "cache-max-size",
 ];
 
 const ISSUE_OUTPUTS: [&str; 7] = [

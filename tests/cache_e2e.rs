@@ -15,7 +15,6 @@ use cache_support::*;
 /// a run after one Dockerfile changed: the previous cache still serves, and only the changed
 /// service builds a new layer.
 #[test]
-#[ignore = "issue 7: the cache directory is not wired into build-all yet (see the issue note)"]
 fn issue7_warm_run_asks_no_registry_and_hits_the_cache_for_every_service() {
     let _serial = serial();
     require_engine("20.10");
@@ -25,7 +24,6 @@ fn issue7_warm_run_asks_no_registry_and_hits_the_cache_for_every_service() {
 /// The same through the Engine API backend (BuildKit over the API; `BUILDKIT_INLINE_CACHE=1`
 /// and `cachefrom`).
 #[test]
-#[ignore = "issue 7: the cache directory is not wired into build-all yet (see the issue note)"]
 fn issue7_warm_run_with_the_engine_backend_hits_the_cache_for_every_service() {
     let _serial = serial();
     require_engine("20.10");
@@ -37,7 +35,6 @@ fn issue7_warm_run_with_the_engine_backend_hits_the_cache_for_every_service() {
 /// A corrupted archive is discarded with a warning and its image pulled again (only that
 /// one); a cache directory of another format version is ignored with a warning and replaced.
 #[test]
-#[ignore = "issue 7: the cache directory is not wired into build-all yet (see the issue note)"]
 fn issue7_corrupted_archive_and_wrong_version_dir_warn_and_recover() {
     let _serial = serial();
     require_engine("20.10");
@@ -107,7 +104,6 @@ fn issue7_corrupted_archive_and_wrong_version_dir_warn_and_recover() {
 /// With a budget smaller than the content, the least recently used entries go and the
 /// directory stays under the budget.
 #[test]
-#[ignore = "issue 7: the cache directory is not wired into build-all yet (see the issue note)"]
 fn issue7_budget_evicts_least_recently_used_first() {
     let _serial = serial();
     require_engine("20.10");

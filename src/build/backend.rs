@@ -37,6 +37,8 @@ pub struct BuildJob {
     pub cache_from: Vec<String>,
     /// Write inline cache metadata into the image (so it can serve as `cache-from` later).
     pub inline_cache: bool,
+    /// `--cache-to` values (buildx only): the cache directory's local cache export.
+    pub cache_to: Vec<String>,
     pub idle_timeout: Duration,
 }
 
@@ -397,7 +399,10 @@ async fn buildx_build(
     for c in &job.cache_from {
         cmd.arg("--cache-from").arg(c);
     }
-    if job.inline_cache {
+    for c in &job.cache_to {
+        cmd.arg("--cache-to").arg(c);
+    }
+    if job.inline_cache && job.cache_to.is_empty() {
         cmd.args(["--cache-to", "type=inline"]);
     }
     cmd.arg(&job.context);

@@ -31,6 +31,8 @@ pub struct BuildOptions {
     pub out_dir: PathBuf,
     /// Write inline cache metadata and use the previous image as cache source.
     pub inline_cache: bool,
+    /// The cache directory's layer cache: per service `cache-from`/`cache-to` (issue 7).
+    pub cache: Option<crate::cache::BuildCachePlan>,
     /// Push the image and its tags after a successful build.
     pub push: bool,
 }
@@ -254,6 +256,11 @@ async fn build_one(
     let log_path = options.out_dir.join("logs").join(format!("{}.log", s.name));
     let _ = std::fs::remove_file(&log_path);
     let mut log = Log::create(log_path.clone());
+    let dir_cache = options
+        .cache
+        .as_ref()
+        .map(|c| c.job(&s.name))
+        .unwrap_or_default();
     let job = BuildJob {
         service: s.name.clone(),
         image: s.image.clone(),
@@ -266,12 +273,17 @@ async fn build_one(
         network: svc.network.clone(),
         platforms: svc.platforms.clone(),
         no_cache: options.no_cache,
-        cache_from: if options.inline_cache && !options.no_cache {
+        cache_from: if options.no_cache {
+            Vec::new()
+        } else if !dir_cache.cache_from.is_empty() {
+            dir_cache.cache_from.clone()
+        } else if options.inline_cache {
             vec![s.image.clone()]
         } else {
             Vec::new()
         },
-        inline_cache: options.inline_cache,
+        inline_cache: options.inline_cache || dir_cache.inline_cache,
+        cache_to: dir_cache.cache_to,
         idle_timeout: options.idle_timeout,
     };
     let dockerfile_text = std::fs::read_to_string(&svc.dockerfile).unwrap_or_default();

@@ -49,6 +49,9 @@ pub struct Report {
     /// health kept in the cache directory, or as configured).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_order: Vec<crate::health::OrderDecision>,
+    /// The cache directory (`--cache-dir`): mode, size, hits, evictions, warnings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::CacheStats>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -227,6 +230,7 @@ impl Report {
             missing_shards,
             diagnosis: None,
             source_order: Vec::new(),
+            cache: None,
         }
     }
 

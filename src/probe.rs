@@ -815,30 +815,11 @@ impl rustls::client::danger::ServerCertVerifier for HandshakeOnly {
     }
 }
 
-/// The whole cause chain of a reqwest error (where "connection refused" or "unexpected EOF"
-/// is said).
-fn describe(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        let part = inner.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = inner.source();
-    }
-    if err.is_timeout() && !text.contains("timed out") {
-        text.push_str(" (timed out)");
-    }
-    text
-}
-
 /// A request that got no answer: classified by the table; a connection closed in a way the
 /// table does not name ("connection closed before message completed") is an EOF, as the
 /// prefetch's registry client counts it.
 fn transport_failure(what: &str, err: &reqwest::Error) -> Failure {
-    let message = format!("{what}: {}", describe(err));
+    let message = format!("{what}: {}", crate::registry::describe_reqwest(err));
     let class = match classify_message(&message) {
         ErrorClass::Other => ErrorClass::Eof,
         class => class,

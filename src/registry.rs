@@ -450,7 +450,7 @@ fn transport_error(host: &str, kind: RequestKind, message: String) -> RegistryEr
 
 /// The whole cause chain of a reqwest error, which is where "connection refused" or
 /// "unexpected EOF" lives.
-fn describe_reqwest(err: &reqwest::Error) -> String {
+pub fn describe_reqwest(err: &reqwest::Error) -> String {
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(inner) = source {

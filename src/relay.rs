@@ -511,7 +511,7 @@ impl Upstream {
                     format!("no progress for {}s {}", idle.as_secs(), progress(next)),
                 ),
                 Ok(Some(Err(err))) => {
-                    let cause = describe(&err);
+                    let cause = crate::registry::describe_reqwest(&err);
                     let class = match classify_message(&cause) {
                         ErrorClass::Other => ErrorClass::Eof,
                         class => class,
@@ -598,21 +598,6 @@ fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     let (from, to) = span.split_once('-')?;
     let (from, to): (u64, u64) = (from.trim().parse().ok()?, to.trim().parse().ok()?);
     (from <= to).then_some((from, to + 1))
-}
-
-/// A reqwest error with its causes ("error decoding response body: connection reset").
-fn describe(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        let part = inner.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = inner.source();
-    }
-    text
 }
 
 /// `/v2/s<N>/<repository>/(manifests|blobs)/<ref>` -> (source N, repository, upstream path).

@@ -204,7 +204,7 @@ pub async fn run_prefetch(
     let engine = Engine::connect(Duration::from_secs(10)).await?;
     let mut cache = open_cache(args, &plan, &project, ui);
     let mut needs = plan.base_images.clone();
-    let mut vouched = Vec::new();
+    let mut vouched = prefetch::Vouched::default();
     if let Some(c) = cache.as_mut() {
         vouched = restore_from_cache(c, &engine, &mut needs, &options, ui).await;
     }
@@ -214,7 +214,7 @@ pub async fn run_prefetch(
             what: "prefetch".into(),
             reason: format!("{e:#}"),
         })?;
-    report.images.extend(vouched);
+    vouched.merge_into(&mut report);
     if let Some(mut c) = cache {
         c.save_base_images(&engine, &report.images).await;
         cache_warnings(&mut c, ui);
@@ -515,7 +515,7 @@ async fn restore_from_cache(
     needs: &mut Vec<prefetch::ImageNeed>,
     options: &PrefetchOptions,
     ui: &Ui,
-) -> Vec<prefetch::ImageResult> {
+) -> prefetch::Vouched {
     let restored = cache.restore_base_images(engine, needs).await;
     if !restored.loaded.is_empty() || !restored.already_present.is_empty() {
         ui.note(&format!(
@@ -526,13 +526,14 @@ async fn restore_from_cache(
             restored.already_present.len()
         ));
     }
-    let mut vouched = Vec::new();
+    let mut vouched = prefetch::Vouched::default();
     if options.pull == prefetch::PullPolicy::Always {
         vouched = cache
-            .vouch_current(engine, needs, &options.mirrors, options.mirror_first)
+            .vouch_current(engine, needs, options)
             .await;
         needs.retain(|n| {
             !vouched
+                .images
                 .iter()
                 .any(|v| v.reference == n.reference.to_string())
         });
@@ -623,7 +624,7 @@ pub async fn run_build(
             .collect()
     };
     let mut cache = open_cache(&args.prefetch, &plan, &project, ui);
-    let mut vouched = Vec::new();
+    let mut vouched = prefetch::Vouched::default();
     let mut layer_cache = None;
     if let Some(c) = cache.as_mut() {
         vouched = restore_from_cache(c, &engine, &mut needs, &options, ui).await;
@@ -676,13 +677,13 @@ pub async fn run_build(
             let prefetch_run = async move {
                 let mut options = options;
                 // Images the cache vouched for (--pull always) are ready now.
-                for v in vouched {
+                for v in &vouched.images {
                     let _ = tx.send(v.clone());
                 }
                 options.notify = Some(tx);
                 let mut report = prefetch::prefetch(engine_ref, needs, &options).await;
                 if let Ok(r) = report.as_mut() {
-                    r.images.extend(vouched.iter().cloned());
+                    vouched.merge_into(r);
                 }
                 report
             };

@@ -192,6 +192,34 @@ pub struct PrefetchReport {
     pub source_orders: Vec<crate::health::OrderDecision>,
 }
 
+/// Base images the cache vouched for before the prefetch (`--pull always`, still current
+/// upstream), and the source order each registry's check used.
+#[derive(Debug, Clone, Default)]
+pub struct Vouched {
+    pub images: Vec<ImageResult>,
+    pub orders: Vec<crate::health::OrderDecision>,
+}
+
+impl Vouched {
+    /// Adds the vouched images to `report`, and the order decisions of registries the prefetch
+    /// itself did not contact.
+    pub fn merge_into(&self, report: &mut PrefetchReport) {
+        report.images.extend(self.images.iter().cloned());
+        for order in &self.orders {
+            if !report
+                .source_orders
+                .iter()
+                .any(|o| o.registry == order.registry)
+            {
+                report.source_orders.push(order.clone());
+            }
+        }
+        report
+            .source_orders
+            .sort_by(|a, b| a.registry.cmp(&b.registry));
+    }
+}
+
 impl PrefetchReport {
     pub fn failed(&self) -> impl Iterator<Item = &ImageResult> {
         self.images
@@ -303,6 +331,39 @@ pub async fn prefetch(
     })
 }
 
+/// The sources to try for `reference`, in order: origin then mirrors (or mirrors first),
+/// reordered by the learned source health ([`crate::health::order_sources`]). The prefetch
+/// and the cache's freshness check both ask this, so they try the same source first.
+pub fn planned_sources(
+    reference: &Reference,
+    options: &PrefetchOptions,
+    now_ms: u64,
+) -> (Vec<Source>, crate::health::OrderDecision) {
+    let origin = Source {
+        endpoint: Endpoint::new(&reference.registry_host()),
+        prefix: String::new(),
+    };
+    let mirrors = options.mirrors.for_registry(&reference.domain);
+    let mut order: Vec<Source> = if options.mirror_first {
+        mirrors
+            .iter()
+            .cloned()
+            .chain(std::iter::once(origin))
+            .collect()
+    } else {
+        std::iter::once(origin)
+            .chain(mirrors.iter().cloned())
+            .collect()
+    };
+    order.dedup();
+    crate::health::order_sources(
+        &reference.domain,
+        order,
+        options.health.as_deref(),
+        now_ms,
+    )
+}
+
 /// A daemon on a Unix socket or on loopback TCP shares our 127.0.0.1 and can reach the relay.
 pub fn daemon_is_local(host: &str) -> bool {
     if host.starts_with("unix://") || host.starts_with("npipe://") {
@@ -385,32 +446,10 @@ impl Context {
         result
     }
 
-    /// Origin then mirrors (or mirrors first); the source of this run's last success for the
-    /// same registry goes to the front.
+    /// [`planned_sources`]; the source of this run's last success for the same registry goes
+    /// to the front.
     fn source_order(&self, reference: &Reference) -> Vec<Source> {
-        let origin = Source {
-            endpoint: Endpoint::new(&reference.registry_host()),
-            prefix: String::new(),
-        };
-        let mirrors = self.options.mirrors.for_registry(&reference.domain);
-        let mut order: Vec<Source> = if self.options.mirror_first {
-            mirrors
-                .iter()
-                .cloned()
-                .chain(std::iter::once(origin))
-                .collect()
-        } else {
-            std::iter::once(origin)
-                .chain(mirrors.iter().cloned())
-                .collect()
-        };
-        order.dedup();
-        let (mut order, decision) = crate::health::order_sources(
-            &reference.domain,
-            order,
-            self.options.health.as_deref(),
-            self.started_ms,
-        );
+        let (mut order, decision) = planned_sources(reference, &self.options, self.started_ms);
         if let Ok(mut orders) = self.orders.lock() {
             orders.entry(reference.domain.clone()).or_insert(decision);
         }

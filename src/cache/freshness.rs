@@ -11,9 +11,9 @@ use reqwest::header::{ACCEPT, HeaderMap, HeaderValue};
 
 use super::{Cache, age, now};
 use crate::engine::Engine;
-use crate::prefetch::{ImageNeed, ImageResult, ImageStatus, Mirrors};
+use crate::prefetch::{ImageNeed, ImageResult, ImageStatus, Vouched};
 use crate::reference::Reference;
-use crate::registry::{Endpoint, RegistryClient, Timeouts};
+use crate::registry::{RegistryClient, Timeouts};
 use crate::relay::Source;
 
 /// What the registry says about a cached image.
@@ -97,16 +97,15 @@ impl Cache {
         &mut self,
         engine: &Engine,
         needs: &[ImageNeed],
-        mirrors: &Mirrors,
-        mirror_first: bool,
-    ) -> Vec<ImageResult> {
+        options: &crate::prefetch::PrefetchOptions,
+    ) -> Vouched {
         let Ok(client) = RegistryClient::new(Timeouts {
             connect: Duration::from_secs(5),
             idle: Duration::from_secs(15),
         }) else {
-            return Vec::new();
+            return Vouched::default();
         };
-        let mut vouched = Vec::new();
+        let mut vouched = Vouched::default();
         for need in needs {
             let started = Instant::now();
             let key = need.reference.to_string();
@@ -129,16 +128,9 @@ impl Cache {
             if local.as_deref() != Some(entry.image_id.as_str()) {
                 continue;
             }
-            let origin = Source {
-                endpoint: Endpoint::new(&reference.registry_host()),
-                prefix: String::new(),
-            };
-            let mut sources: Vec<Source> = vec![origin];
-            let extra = mirrors.for_registry(&reference.domain).iter().cloned();
-            if mirror_first {
-                sources = extra.chain(sources).collect();
-            } else {
-                sources.extend(extra);
+            let (sources, order) = crate::prefetch::planned_sources(reference, options, now());
+            if !vouched.orders.iter().any(|o| o.registry == order.registry) {
+                vouched.orders.push(order);
             }
             let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
             let mut answers = Vec::new();
@@ -163,7 +155,7 @@ impl Cache {
                 }
             };
             self.restored.insert(key.clone());
-            vouched.push(ImageResult {
+            vouched.images.push(ImageResult {
                 reference: key,
                 uses: need.uses.clone(),
                 status: ImageStatus::Present,

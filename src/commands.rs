@@ -528,9 +528,7 @@ async fn restore_from_cache(
     }
     let mut vouched = prefetch::Vouched::default();
     if options.pull == prefetch::PullPolicy::Always {
-        vouched = cache
-            .vouch_current(engine, needs, options)
-            .await;
+        vouched = cache.vouch_current(engine, needs, options).await;
         needs.retain(|n| {
             !vouched
                 .images

@@ -356,12 +356,7 @@ pub fn planned_sources(
             .collect()
     };
     order.dedup();
-    crate::health::order_sources(
-        &reference.domain,
-        order,
-        options.health.as_deref(),
-        now_ms,
-    )
+    crate::health::order_sources(&reference.domain, order, options.health.as_deref(), now_ms)
 }
 
 /// A daemon on a Unix socket or on loopback TCP shares our 127.0.0.1 and can reach the relay.

@@ -283,10 +283,12 @@ async fn issue7_pull_always_asks_for_the_manifest_digest_and_falls_back_to_the_c
 
     // Current: one HEAD per image, no blob, both vouched for.
     f.bed.proxy.reset_stats();
-    let options = f.options(PullPolicy::Always);
+    let mut options = f.options(PullPolicy::Always);
+    options.mirror_first = true;
     let vouched = cache
-        .vouch_current(&f.engine, &f.needs, &options.mirrors, true)
-        .await;
+        .vouch_current(&f.engine, &f.needs, &options)
+        .await
+        .images;
     assert_eq!(vouched.len(), 2, "{vouched:#?}");
     assert!(vouched.iter().all(|v| v.status == ImageStatus::Present));
     assert!(
@@ -307,8 +309,9 @@ async fn issue7_pull_always_asks_for_the_manifest_digest_and_falls_back_to_the_c
     let spec = ImageSpec::new(format!("{}/beta", f.ns), "1").with_layer(1000);
     push_image(&f.bed.registry.host(), &spec).await.unwrap();
     let vouched = cache
-        .vouch_current(&f.engine, &f.needs, &options.mirrors, true)
-        .await;
+        .vouch_current(&f.engine, &f.needs, &options)
+        .await
+        .images;
     let names: Vec<&str> = vouched.iter().map(|v| v.reference.as_str()).collect();
     assert_eq!(
         names,
@@ -324,7 +327,12 @@ async fn issue7_pull_always_asks_for_the_manifest_digest_and_falls_back_to_the_c
         testbed::free_port().unwrap()
     ))
     .unwrap();
-    let vouched = cache.vouch_current(&f.engine, &f.needs, &down, false).await;
+    let mut options = f.options(PullPolicy::Always);
+    options.mirrors = down;
+    let vouched = cache
+        .vouch_current(&f.engine, &f.needs, &options)
+        .await
+        .images;
     assert_eq!(vouched.len(), 2, "{vouched:#?}");
     assert_eq!(
         vouched[1].source.as_deref(),

@@ -232,6 +232,16 @@ pub struct PlanCommandArgs {
     /// At most this many services per shard (with --matrix).
     #[arg(long, value_name = "K", requires = "matrix")]
     pub max_per_shard: Option<usize>,
+    /// Put this before the cache key (to keep several caches of one repository apart).
+    /// In GitHub Actions (`GITHUB_OUTPUT` set), `plan` writes the step outputs `cache-key` and
+    /// `cache-restore-keys` (one per line) for actions/cache.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "INPUT_CACHE_KEY_PREFIX",
+        default_value = ""
+    )]
+    pub cache_key_prefix: String,
 }
 
 /// How base images are pulled.

@@ -63,7 +63,26 @@ fn load_plan(global: &GlobalArgs, args: &PlanArgs) -> Result<(Project, Plan), Er
 
 pub async fn run_plan(global: &GlobalArgs, args: &PlanCommandArgs, ui: &Ui) -> Result<Exit, Error> {
     let (project, plan) = load_plan(global, &args.plan)?;
-    let key = crate::cache::cache_key(&plan, &config_bytes(&project));
+    let key = crate::cache::cache_key(&plan, &config_bytes(&project))
+        .with_prefix(&args.cache_key_prefix)
+        .map_err(|reason| Error::Input {
+            input: "--cache-key-prefix (INPUT_CACHE_KEY_PREFIX)".into(),
+            reason,
+        })?;
+    if let Some(path) = std::env::var_os("GITHUB_OUTPUT").filter(|p| !p.is_empty()) {
+        let text = crate::report::outputs::render(&[
+            ("cache-key".to_string(), key.key.clone()),
+            (
+                "cache-restore-keys".to_string(),
+                key.restore_keys.join("\n"),
+            ),
+        ]);
+        let path = std::path::PathBuf::from(path);
+        crate::report::outputs::append(&path, &text).map_err(|e| Error::Environment {
+            what: format!("GITHUB_OUTPUT ({})", path.display()),
+            reason: e.to_string(),
+        })?;
+    }
     if args.matrix {
         let n = match (args.shards, args.max_per_shard) {
             (Some(n), _) => n,

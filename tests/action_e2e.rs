@@ -2,10 +2,12 @@
 //! mode (`-P ubuntu-latest=-self-hosted`), runs .github/workflows/self-test.yml, the workflow
 //! that uses the action from the working tree (`uses: ./`): the binary under test is released
 //! on 127.0.0.1 and installed by dist/install.sh through `binary-url`; Docker Hub is a local
-//! registry behind the test bed's fault proxy (`mirrors`); the Actions cache is off
-//! (`cache: false`; actions/cache, which cannot be cloned here, is mapped to a stub that fails
-//! if it ever runs). The workflow builds the bundled example (11 services) and a project with a
-//! broken service (`continue-on-error`).
+//! registry behind the test bed's fault proxy (`mirrors`). GitHub's cache service cannot be
+//! reached here: actions/cache is mapped to a test double on a local folder
+//! (tests/fixtures/actions-cache-local), which logs every restore and save. The workflow
+//! builds the bundled example (11 services, `cache: false`: no cache request), a project with
+//! a broken service (`continue-on-error`), and the example again with `cache: true` (one
+//! restore and one save, under the key `plan` prints).
 //!
 //! act runs in a copy of the files the workflow needs, made into a git repository, with its
 //! own cache directory (XDG_CACHE_HOME: act's tool cache and work dirs), so that nothing is
@@ -29,7 +31,6 @@ use serde_json::Value;
 const REPORT_VIEWS_IN_BUILD_ALL: bool = true;
 
 const CACHE_ACTION: &str = "actions/cache@5a3ec84eff668545956fd18022155c47e93e2684";
-const STUB_MARKER: &str = "the actions/cache stub ran";
 
 /// The files of this repository the workflow uses.
 const FILES: [&str; 9] = [
@@ -208,16 +209,13 @@ fn the_action_builds_the_example_under_act_from_a_local_release_and_mirror() {
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "the action under test"]);
 
-    // actions/cache cannot be cloned here; with `cache: false` it must not run at all.
-    let stub = work.path().join("actions-cache-stub");
-    for part in ["restore", "save"] {
-        std::fs::create_dir_all(stub.join(part)).unwrap();
-        std::fs::write(
-            stub.join(part).join("action.yml"),
-            format!("name: stub\ndescription: stub\nruns:\n  using: composite\n  steps:\n    - shell: bash\n      run: echo '{STUB_MARKER}'; exit 1\n"),
-        )
-        .unwrap();
-    }
+    // actions/cache cannot be cloned here: a local folder stands in for the cache service.
+    let stub = work.path().join("actions-cache-local");
+    copy_tree(
+        &install_support::repo_root().join("tests/fixtures/actions-cache-local"),
+        &stub,
+    );
+    let local_cache = work.path().join("local-cache");
 
     let mut act = Command::new("timeout");
     act.arg("1200")
@@ -235,7 +233,9 @@ fn the_action_builds_the_example_under_act_from_a_local_release_and_mirror() {
         .arg("--env")
         .arg(format!("AIB_E2E_BINARY={}", release.binary.display()))
         .arg("--env")
-        .arg(format!("AIB_TESTBED={}", testbed.display()));
+        .arg(format!("AIB_TESTBED={}", testbed.display()))
+        .arg("--env")
+        .arg(format!("AIB_LOCAL_CACHE={}", local_cache.display()));
     if !REPORT_VIEWS_IN_BUILD_ALL {
         act.args(["-j", "example"]);
     }
@@ -329,10 +329,6 @@ fn the_action_builds_the_example_under_act_from_a_local_release_and_mirror() {
         Some("success"),
         "{messages}"
     );
-    assert!(
-        !log.contains(STUB_MARKER),
-        "a cache step ran with cache: false:\n{messages}"
-    );
     for action_step in ["cache-restore", "5"] {
         assert_eq!(
             run.step_result("example", &["build", action_step]),
@@ -368,6 +364,75 @@ fn the_action_builds_the_example_under_act_from_a_local_release_and_mirror() {
     if REPORT_VIEWS_IN_BUILD_ALL {
         assert_report_views(&run, &messages, tag.as_deref().unwrap_or_default());
     }
+    assert_cache_requests(&run, &messages, &release.binary, &repo, &local_cache);
+}
+
+/// With `cache: true` (and only then), the cache steps ran with the key `plan` computes: one
+/// restore (nothing saved yet: a miss), then one save of the filled cache directory.
+fn assert_cache_requests(run: &ActRun, messages: &str, binary: &Path, repo: &Path, store: &Path) {
+    assert_eq!(
+        run.step_result("example", &["cached", "build"]).as_deref(),
+        Some("success"),
+        "{messages}"
+    );
+    let plan = Command::new(binary)
+        .args([
+            "plan",
+            "--output",
+            "json",
+            "--cache-key-prefix",
+            "self-test",
+        ])
+        .current_dir(repo.join("examples/monorepo"))
+        .env_remove("GITHUB_OUTPUT")
+        .output()
+        .expect("plan runs");
+    assert!(plan.status.success(), "{plan:?}");
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let key = plan["cache_key"]["key"].as_str().unwrap().to_string();
+    let restore_keys: Vec<&str> = plan["cache_key"]["restore_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(key.starts_with("self-test-ai-infra-build-cache-v"), "{key}");
+    assert_eq!(
+        run.output("example", &["cached", "plan"], "cache-key")
+            .as_deref(),
+        Some(key.as_str()),
+        "{messages}"
+    );
+
+    let log = std::fs::read_to_string(store.join("requests.log"))
+        .unwrap_or_else(|e| panic!("no cache request was made ({e}):\n{messages}"));
+    let requests: Vec<Vec<&str>> = log.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(requests.len(), 2, "one restore and one save only:\n{log}");
+    let (restore, save) = (&requests[0], &requests[1]);
+    assert_eq!(restore[0], "restore", "{log}");
+    assert_eq!(restore[1], key, "{log}");
+    assert_eq!(
+        restore[2].trim_end_matches('|'),
+        restore_keys.join("|"),
+        "{log}"
+    );
+    assert!(
+        restore[3].ends_with("/ai-infra-build-cache-self-test"),
+        "{log}"
+    );
+    assert_eq!(save[0], "save", "{log}");
+    assert_eq!(save[1], key, "{log}");
+    assert_eq!(save[3], restore[3], "{log}");
+    // What was saved is a filled cache directory: the base images and their index.
+    let saved = store.join("entries").join(&key);
+    let index = std::fs::read_to_string(saved.join("index.json"))
+        .unwrap_or_else(|e| panic!("{}: {e}", saved.display()));
+    let index: Value = serde_json::from_str(&index).unwrap();
+    assert_eq!(
+        index["base-images"].as_object().map(|m| m.len()),
+        Some(7),
+        "the example's 7 base images: {index:#}"
+    );
 }
 
 /// The outputs, summaries and annotations that `build-all` publishes (issue #5).

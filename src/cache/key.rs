@@ -86,6 +86,40 @@ pub fn cache_key(plan: &Plan, config: &[u8]) -> CacheKey {
     }
 }
 
+impl CacheKey {
+    /// The key and restore keys behind a user's prefix (the action's `cache-key-prefix`), which
+    /// keeps several caches of one repository apart. Empty keeps the key as it is. The Actions
+    /// cache refuses commas and keys over 512 characters; a prefix that would break either is
+    /// an error naming the input.
+    pub fn with_prefix(self, prefix: &str) -> Result<CacheKey, String> {
+        if prefix.is_empty() {
+            return Ok(self);
+        }
+        if let Some(c) = prefix
+            .chars()
+            .find(|c| *c == ',' || c.is_control() || c.is_whitespace())
+        {
+            return Err(format!(
+                "the cache key prefix {prefix:?} contains {c:?}; use letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if prefix.len() > 200 {
+            return Err(format!(
+                "the cache key prefix is {} characters long; keep it under 200",
+                prefix.len()
+            ));
+        }
+        Ok(CacheKey {
+            key: format!("{prefix}-{}", self.key),
+            restore_keys: self
+                .restore_keys
+                .iter()
+                .map(|k| format!("{prefix}-{k}"))
+                .collect(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -4,7 +4,8 @@
 //! warm run with no registry request and a cache hit for every service, a run killed
 //! mid-save, and one changed Dockerfile.
 //!
-//! Ignored in the normal test run (the CI machine runs Docker 20.10 there). Run it alone
+//! Ignored in `cargo test` (the shared daemon is Docker 20.10); scripts/test (the README's test
+//! command, and so .ci/run) runs it in a sandboxed 26.1 engine after the rest. By hand, alone
 //! on the 26 engine, where it fails loudly if the engine is another one:
 //!
 //! ```text

@@ -796,6 +796,7 @@ pub async fn run_build(
                 failure: None,
                 skipped_reason: Some("cancelled".into()),
                 log_tail: Vec::new(),
+                reused: false,
             });
         }
     }

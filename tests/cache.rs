@@ -369,6 +369,7 @@ fn service_result(name: &str, image: &str) -> ServiceResult {
         failure: None,
         skipped_reason: None,
         log_tail: Vec::new(),
+        reused: false,
     }
 }
 

@@ -282,6 +282,7 @@ fn big_report(services: usize, failures: usize, log_lines: usize) -> Report {
             } else {
                 vec!["#12 DONE 0.4s".into()]
             },
+            reused: false,
         });
     }
     let mut report = Report::new(
@@ -594,6 +595,7 @@ fn failing_service(i: usize, class: BuildFailureClass, line: Option<usize>) -> S
         }),
         skipped_reason: None,
         log_tail: vec![],
+        reused: false,
     }
 }
 

@@ -4,4 +4,5 @@
 pub mod backend;
 pub mod failure;
 pub mod graph;
+pub mod inputs;
 pub mod run;

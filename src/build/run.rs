@@ -237,6 +237,7 @@ fn skipped(plan: &Plan, i: usize, reason: String, status: ServiceStatus) -> Serv
         failure: None,
         skipped_reason: Some(reason),
         log_tail: Vec::new(),
+        reused: false,
     }
 }
 
@@ -300,6 +301,75 @@ async fn build_one(
     result.skipped_reason = None;
     result.builder = backend.label();
     result.log_path = Some(log_path.display().to_string());
+
+    // Issue 7: the build inputs, and the cache directory's image made from the same ones.
+    let tracked = options.cache.as_ref().filter(|c| c.tracks_inputs());
+    let mut inputs = None;
+    if let Some(cache) = tracked {
+        match super::inputs::digest(engine, &backend.label(), plan, i).await {
+            Ok(digest) => inputs = Some(digest),
+            Err(why) => log.line(&format!("=== {}: build inputs not tracked: {why}", s.name)),
+        }
+        let reusable = inputs
+            .as_deref()
+            .filter(|_| !options.no_cache)
+            .and_then(|d| cache.reusable(&s.name, d));
+        if let Some(reuse) = reusable {
+            on_event(BuildEvent::Started {
+                service: s.name.clone(),
+                attempt: 1,
+            });
+            match reuse_image(engine, &reuse.image_id, s).await {
+                Ok(()) => {
+                    log.line(&format!(
+                        "=== {}: not built: the cache directory's image {} was made from the same inputs ({})",
+                        s.name,
+                        short(&reuse.image_id),
+                        short(inputs.as_deref().unwrap_or_default())
+                    ));
+                    let pushed = if options.push {
+                        push(&s.image, &s.tags, &policy, &mut log, &cancel).await
+                    } else {
+                        Ok(())
+                    };
+                    attempts = 1;
+                    match pushed {
+                        Ok(()) => {
+                            result.status = ServiceStatus::Success;
+                            result.reused = true;
+                            result.cached_steps = reuse.total_steps;
+                            result.total_steps = reuse.total_steps;
+                            result.image_id = Some(reuse.image_id.clone());
+                            result.size = engine
+                                .docker
+                                .inspect_image(&reuse.image_id)
+                                .await
+                                .ok()
+                                .and_then(|i| i.size)
+                                .map(|s| s.max(0) as u64);
+                            if let Some(d) = inputs.take() {
+                                cache.record_inputs(&s.name, d);
+                            }
+                        }
+                        Err(message) => {
+                            let (class, network_class) = failure::classify(&message, &[]);
+                            result.failure = Some(ServiceFailure {
+                                class,
+                                network_class,
+                                line: None,
+                                message,
+                            });
+                        }
+                    }
+                    result.attempts = attempts;
+                    result.duration_ms = started.elapsed().as_millis() as u64;
+                    result.log_tail = log.tail();
+                    return (result, failure_log);
+                }
+                Err(why) => log.line(&format!("=== {}: building: {why}", s.name)),
+            }
+        }
+    }
     loop {
         attempts += 1;
         on_event(BuildEvent::Started {
@@ -408,11 +478,41 @@ async fn build_one(
     }
     if result.status == ServiceStatus::Success {
         result.failure = None;
+        if let (Some(cache), Some(d)) = (tracked, inputs) {
+            cache.record_inputs(&s.name, d);
+        }
     }
     result.attempts = attempts;
     result.duration_ms = started.elapsed().as_millis() as u64;
     result.log_tail = log.tail();
     (result, failure_log)
+}
+
+fn short(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
+/// Gives the image `id` the service's name and tags (instead of building it).
+async fn reuse_image(
+    engine: &Engine,
+    id: &str,
+    s: &crate::plan::ServicePlan,
+) -> Result<(), String> {
+    for name in std::iter::once(&s.image).chain(&s.tags) {
+        let reference = crate::reference::Reference::parse(name)
+            .map_err(|e| format!("cannot tag {name}: {e}"))?;
+        let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+            .repo(&reference.familiar_name())
+            .tag(reference.tag.as_deref().unwrap_or("latest"))
+            .build();
+        engine
+            .docker
+            .tag_image(id, Some(options))
+            .await
+            .map_err(|e| format!("cannot tag {} as {name}: {e}", short(id)))?;
+    }
+    Ok(())
 }
 
 /// Pushes `image` and `tags` with `docker push` (which reads the user's registry credentials),

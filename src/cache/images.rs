@@ -54,14 +54,20 @@ fn short_id(id: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-/// The layer digests (`RootFS.Layers`) of a local image.
-async fn layers_of(docker: &Docker, id: &str) -> Option<Vec<String>> {
-    docker
-        .inspect_image(id)
-        .await
-        .ok()
-        .and_then(|i| i.root_fs)
-        .and_then(|r| r.layers)
+/// Whether two local images are the same but for their creation time: the same layers and the
+/// same config (what a fully cached rebuild gives).
+async fn equivalent(docker: &Docker, a: &str, b: &str) -> bool {
+    let (Ok(a), Ok(b)) = (docker.inspect_image(a).await, docker.inspect_image(b).await) else {
+        return false;
+    };
+    let layers =
+        |i: &bollard::models::ImageInspect| i.root_fs.as_ref().and_then(|r| r.layers.clone());
+    let config = |i: &bollard::models::ImageInspect| serde_json::to_value(&i.config).ok();
+    layers(&a).is_some()
+        && layers(&a) == layers(&b)
+        && config(&a) == config(&b)
+        && a.architecture == b.architecture
+        && a.os == b.os
 }
 
 /// Reads a file as a stream of chunks (for the load request body).
@@ -390,11 +396,7 @@ impl Cache {
         };
         let mode = BuildCacheMode::decide(driver.as_deref(), facts.containerd_image_store);
         self.stats.mode = mode.label().into();
-        let mut plan = BuildCachePlan {
-            mode,
-            root: self.root.clone(),
-            sources: BTreeMap::new(),
-        };
+        let mut plan = BuildCachePlan::new(mode, &self.root);
         match mode {
             BuildCacheMode::BuildxLocal => self.prepare_buildx(&mut plan, services),
             BuildCacheMode::Inline => {
@@ -496,6 +498,16 @@ impl Cache {
             };
             if tag(&docker, &entry.image_id, &reference).await.is_ok() {
                 self.cache_tags.push(name.clone());
+                if let Some(inputs) = entry.inputs.clone() {
+                    plan.reusable.insert(
+                        service.clone(),
+                        layers::Reusable {
+                            image_id: entry.image_id.clone(),
+                            inputs,
+                            total_steps: entry.total_steps,
+                        },
+                    );
+                }
                 plan.sources.insert(service, name);
             }
         }
@@ -524,7 +536,7 @@ impl Cache {
             }
             let hit = r.status == ServiceStatus::Success
                 && plan.has_source(&r.name)
-                && r.cached_steps.unwrap_or(0) > 0;
+                && (r.reused || r.cached_steps.unwrap_or(0) > 0);
             self.stats.services.insert(r.name.clone(), hit);
             if hit {
                 self.stats.service_hits += 1;
@@ -589,16 +601,25 @@ impl Cache {
             }
             unchanged = match self.index.services.get(service) {
                 Some(e) if &e.image_id == id => true,
-                Some(e) => {
-                    let (a, b) = (
-                        layers_of(&docker, id).await,
-                        layers_of(&docker, &e.image_id).await,
-                    );
-                    a.is_some() && a == b
-                }
+                Some(e) => equivalent(&docker, id, &e.image_id).await,
                 None => false,
             };
         }
+        // What each service that built (or was reused) this run was made from; the others
+        // keep what their entry says.
+        let plan = self.build_plan.clone();
+        let built: BTreeMap<String, (Option<String>, Option<u32>)> = results
+            .iter()
+            .filter(|r| r.status == ServiceStatus::Success)
+            .map(|r| {
+                let inputs = plan.as_ref().and_then(|p| p.recorded_inputs(&r.name));
+                (r.name.clone(), (inputs, r.total_steps))
+            })
+            .collect();
+        let made_from = |service: &str, old: Option<&ServiceImage>| match built.get(service) {
+            Some((inputs, steps)) => (inputs.clone(), *steps),
+            None => old.map_or((None, None), |e| (e.inputs.clone(), e.total_steps)),
+        };
         if !unchanged && !images.is_empty() {
             let ids: Vec<String> = images
                 .values()
@@ -626,14 +647,16 @@ impl Cache {
                     self.index.services = images
                         .into_iter()
                         .map(|(service, image_id)| {
-                            (
-                                service,
-                                ServiceImage {
-                                    image_id,
-                                    archive: rel.clone(),
-                                    saved_at_ms: now(),
-                                },
-                            )
+                            let (inputs, total_steps) =
+                                made_from(&service, self.index.services.get(&service));
+                            let entry = ServiceImage {
+                                image_id,
+                                archive: rel.clone(),
+                                saved_at_ms: now(),
+                                inputs,
+                                total_steps,
+                            };
+                            (service, entry)
                         })
                         .collect();
                     self.drop_unreferenced();
@@ -652,6 +675,16 @@ impl Cache {
         {
             if let Some(a) = self.index.archives.get_mut(&rel) {
                 a.last_used_ms = now();
+            }
+            // The saved image of each service is this run's or one with the same layers and
+            // config: it stands for this run's inputs.
+            let services: Vec<String> = self.index.services.keys().cloned().collect();
+            for service in services {
+                let (inputs, total_steps) = made_from(&service, self.index.services.get(&service));
+                if let Some(e) = self.index.services.get_mut(&service) {
+                    e.inputs = inputs;
+                    e.total_steps = total_steps;
+                }
             }
             self.write_index();
         }

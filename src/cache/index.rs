@@ -82,6 +82,12 @@ pub struct ServiceImage {
     pub image_id: String,
     pub archive: String,
     pub saved_at_ms: u64,
+    /// The build inputs digest the image was made from ([`crate::build::inputs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<String>,
+    /// The steps of the build that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_steps: Option<u32>,
 }
 
 /// The BuildKit local cache directory (`buildx/`, an OCI layout with one tag per service).

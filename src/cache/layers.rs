@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -73,6 +74,16 @@ pub struct JobCache {
     pub inline_cache: bool,
 }
 
+/// A restored service image (inline mode) and the build inputs it was made from
+/// ([`crate::build::inputs`]): when this run's inputs are the same, the image is used as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reusable {
+    pub image_id: String,
+    pub inputs: String,
+    /// The steps of the build that made it (reported as all cached).
+    pub total_steps: Option<u32>,
+}
+
 /// The layer cache of this run: its mode, and per service the cache source that exists.
 #[derive(Debug, Clone)]
 pub struct BuildCachePlan {
@@ -80,15 +91,48 @@ pub struct BuildCachePlan {
     pub(super) root: PathBuf,
     /// Service -> the tag in `buildx/` (local mode) or the restored image (inline mode).
     pub(super) sources: BTreeMap<String, String>,
+    /// Inline mode: the restored images that carry their build inputs.
+    pub(super) reusable: BTreeMap<String, Reusable>,
+    /// The build inputs of each service built or reused this run (shared by the clones the
+    /// builds get and the cache keeps; saved with the service images).
+    pub(super) inputs: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl BuildCachePlan {
     pub fn off(root: &Path) -> BuildCachePlan {
+        BuildCachePlan::new(BuildCacheMode::Off, root)
+    }
+
+    pub(super) fn new(mode: BuildCacheMode, root: &Path) -> BuildCachePlan {
         BuildCachePlan {
-            mode: BuildCacheMode::Off,
+            mode,
             root: root.to_path_buf(),
             sources: BTreeMap::new(),
+            reusable: BTreeMap::new(),
+            inputs: Arc::default(),
         }
+    }
+
+    /// Whether the builds should work out their inputs digest (only inline mode keeps the
+    /// images it could be checked against).
+    pub fn tracks_inputs(&self) -> bool {
+        self.mode == BuildCacheMode::Inline
+    }
+
+    /// The restored image of `service` that was built from `inputs`, if there is one.
+    pub fn reusable(&self, service: &str, inputs: &str) -> Option<&Reusable> {
+        self.reusable.get(service).filter(|r| r.inputs == inputs)
+    }
+
+    /// Records the inputs `service` was built (or reused) from this run.
+    pub fn record_inputs(&self, service: &str, inputs: String) {
+        if let Ok(mut map) = self.inputs.lock() {
+            map.insert(service.to_string(), inputs);
+        }
+    }
+
+    pub(super) fn recorded_inputs(&self, service: &str) -> Option<String> {
+        self.inputs.lock().ok()?.get(service).cloned()
     }
 
     /// Whether `service` has something to build from.
@@ -401,9 +445,8 @@ mod tests {
     #[test]
     fn local_mode_flags_name_the_service_tag_and_quote_odd_paths() {
         let plan = BuildCachePlan {
-            mode: BuildCacheMode::BuildxLocal,
-            root: PathBuf::from("/c,d"),
             sources: [("api".to_string(), "api".to_string())].into(),
+            ..BuildCachePlan::new(BuildCacheMode::BuildxLocal, Path::new("/c,d"))
         };
         let job = plan.job("api");
         assert_eq!(job.cache_from, ["type=local,\"src=/c,d/buildx\",tag=api"]);
@@ -423,13 +466,12 @@ mod tests {
     #[test]
     fn inline_mode_uses_the_restored_image() {
         let plan = BuildCachePlan {
-            mode: BuildCacheMode::Inline,
-            root: PathBuf::from("/c"),
             sources: [(
                 "api".to_string(),
                 "ai-infra-build-cache-1/api:cache".to_string(),
             )]
             .into(),
+            ..BuildCachePlan::new(BuildCacheMode::Inline, Path::new("/c"))
         };
         assert_eq!(
             plan.job("api"),

@@ -118,6 +118,10 @@ pub struct ServiceResult {
     pub skipped_reason: Option<String>,
     /// The last lines of the build log.
     pub log_tail: Vec<String>,
+    /// Not built: the cache directory's image of the service was made from the very same
+    /// inputs (Dockerfile, context, build args, base images), and was used as it is.
+    #[serde(default)]
+    pub reused: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -590,6 +590,7 @@ fn services_table(report: &Report, all_rows: bool) -> String {
             let _ = write!(image, " +{extra} tag{}", if extra == 1 { "" } else { "s" });
         }
         let cached = match (s.cached_steps, s.total_steps) {
+            _ if s.reused => "reused".to_string(),
             (Some(c), Some(t)) if t > 0 => format!("{c}/{t}"),
             _ => dash(),
         };
@@ -925,7 +926,9 @@ fn service_view(report: &Report, s: &ServiceResult, log_lines: usize) -> String 
         ));
         facts.push(text::duration(s.duration_ms));
     }
-    if let (Some(c), Some(t)) = (s.cached_steps, s.total_steps) {
+    if s.reused {
+        facts.push("not built: the cached image has the same inputs".into());
+    } else if let (Some(c), Some(t)) = (s.cached_steps, s.total_steps) {
         facts.push(format!("{c}/{t} steps cached"));
     }
     if let Some(size) = s.size {

@@ -79,6 +79,7 @@ pub fn render(report: &Report, ui: &Ui) -> String {
                     s.attempts.to_string()
                 },
                 match (s.cached_steps, s.total_steps) {
+                    _ if s.reused => "reused".into(),
                     (Some(c), Some(t)) if t > 0 => format!("{c}/{t}"),
                     _ => "-".into(),
                 },

@@ -562,8 +562,29 @@ pub fn scenario_cold_then_warm(e: &E2e, mode: &str) -> Vec<(String, Vec<String>)
     for image in report["base_images"].as_array().unwrap() {
         assert_eq!(image["status"], "present", "{image:#}");
     }
+    // Inline mode keeps the service images: with the same inputs, they are used as they are
+    // (not built at all); the buildx local cache keeps layers only, so its services build.
+    for service in services(&report) {
+        assert_eq!(
+            reused(&report, &service),
+            mode == "inline",
+            "{service} reused: {report:#}"
+        );
+    }
     assert_matches_report_schema(&report);
     cold_layers
+}
+
+/// Whether the report says `service` was reused from the cache (not built).
+pub fn reused(report: &serde_json::Value, service: &str) -> bool {
+    report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == service)
+        .unwrap_or_else(|| panic!("no {service} in {report:#}"))["reused"]
+        .as_bool()
+        .expect("reused is a boolean")
 }
 
 /// A run killed while saving the cache, then a run after one Dockerfile changed: the previous
@@ -629,4 +650,29 @@ pub fn kill_then_change(e: &E2e, mode: &str, cold_layers: &[(String, Vec<String>
         report["cache"]["services"]["scheduler"], true,
         "a partial hit is a hit"
     );
+    assert!(!reused(&report, "scheduler"), "its Dockerfile changed");
+    if mode != "inline" {
+        return;
+    }
+    for service in services(&report).iter().filter(|s| *s != "scheduler") {
+        assert!(reused(&report, service), "{service} was rebuilt");
+    }
+
+    // A file of one service's build context changes (its Dockerfile does not): that service
+    // builds, the others are still reused. Then --force builds everything.
+    let readme = std::fs::read_to_string(e.project.path().join("docs/README.md")).unwrap();
+    e.write("docs/README.md", &format!("{readme}\nOne more line.\n"));
+    let out = e.run(&["--output", "json"]);
+    let report = e.report();
+    assert_all_built(&out, &report);
+    assert!(!reused(&report, "docs"), "docs/README.md changed");
+    for service in services(&report).iter().filter(|s| *s != "docs") {
+        assert!(reused(&report, service), "{service} was rebuilt");
+    }
+    let out = e.run(&["--output", "json", "--force"]);
+    let report = e.report();
+    assert_all_built(&out, &report);
+    for service in services(&report) {
+        assert!(!reused(&report, &service), "--force reused {service}");
+    }
 }

@@ -1,0 +1,255 @@
+//! A service's build inputs, as one digest: when it equals the digest recorded with the
+//! service image the cache directory restored, building again would only replay cache hits,
+//! so the restored image is used as it is (issue 7: a warm run builds nothing unchanged).
+//!
+//! The digest covers what BuildKit's own cache keys depend on, and nothing it ignores:
+//!
+//! - the builder kind (an image from another backend is not taken for this one's);
+//! - the build context exactly as it is sent ([`crate::context::context_tar`]: `.dockerignore`
+//!   applied, the Dockerfile included): each entry's path, type, permission bits, link target
+//!   and content, but not its modification time or owner (a fresh `git clone` gives every file
+//!   a new mtime; BuildKit's COPY cache does not look at it either);
+//! - the build arguments, target, platforms, network mode and labels;
+//! - the image ID of every base image and of every service image it is built `FROM`
+//!   (a rebuilt dependency changes its dependents' digests).
+//!
+//! Where BuildKit itself looks outside those inputs, there is no digest and the service is
+//! built: `ADD` of a URL or a git repository (BuildKit asks the remote each time), and a base
+//! image that is not in the daemon.
+
+use std::io::Read;
+
+use sha2::{Digest, Sha256};
+
+use crate::engine::Engine;
+use crate::plan::Plan;
+use crate::reference::Reference;
+
+/// Bumped when what goes into the digest changes, so old digests never match.
+const SCHEME: &[u8] = b"ai-infra-build build inputs v1";
+
+fn field(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// The digest of service `i`'s build inputs (`sha256:<hex>`), or why it has none.
+pub async fn digest(
+    engine: &Engine,
+    builder: &str,
+    plan: &Plan,
+    i: usize,
+) -> Result<String, String> {
+    let s = &plan.services[i];
+    let svc = &s.service;
+    let dockerfile = std::fs::read_to_string(&svc.dockerfile)
+        .map_err(|e| format!("cannot read {}: {e}", svc.dockerfile.display()))?;
+    if let Some(line) = remote_add(&dockerfile) {
+        return Err(format!(
+            "line {line} ADDs from a remote source, which BuildKit checks each build"
+        ));
+    }
+    let mut h = Sha256::new();
+    field(&mut h, SCHEME);
+    field(&mut h, builder.as_bytes());
+
+    let (context, file) = (svc.context.clone(), svc.dockerfile.clone());
+    let tree = tokio::task::spawn_blocking(move || context_digest(&context, &file))
+        .await
+        .map_err(|e| format!("hashing the build context failed: {e}"))??;
+    field(&mut h, tree.as_bytes());
+
+    for (k, v) in &s.build_args {
+        field(&mut h, format!("arg {k}={v}").as_bytes());
+    }
+    field(&mut h, format!("target {:?}", svc.target).as_bytes());
+    for p in &svc.platforms {
+        field(&mut h, format!("platform {p}").as_bytes());
+    }
+    field(&mut h, format!("network {:?}", svc.network).as_bytes());
+    for (k, v) in &svc.labels {
+        field(&mut h, format!("label {k}={v}").as_bytes());
+    }
+
+    let mut parents: Vec<String> = Vec::new();
+    for base in &s.base_images {
+        let name = Reference::parse(base)
+            .map(|r| r.familiar())
+            .unwrap_or_else(|_| base.clone());
+        parents.push(name);
+    }
+    for &d in &plan.graph.deps[i] {
+        parents.push(plan.services[d].image.clone());
+    }
+    for name in parents {
+        let id = engine
+            .docker
+            .inspect_image(&name)
+            .await
+            .ok()
+            .and_then(|i| i.id)
+            .ok_or_else(|| format!("{name} is not in the daemon"))?;
+        field(&mut h, format!("from {name} {id}").as_bytes());
+    }
+    Ok(format!("sha256:{}", hex(&h.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The digest of the build context as it is sent, without mtimes and owners.
+fn context_digest(
+    context: &std::path::Path,
+    dockerfile: &std::path::Path,
+) -> Result<String, String> {
+    let archive = crate::context::context_tar(context, dockerfile).map_err(|e| e.to_string())?;
+    // A Dockerfile outside the context goes in under a random name: hash a fixed one.
+    let outside = archive
+        .dockerfile_in_context
+        .starts_with(".dockerfile.")
+        .then(|| archive.dockerfile_in_context.clone());
+    let fixed = |text: &str| match &outside {
+        Some(name) => text.replace(name.as_str(), ".dockerfile"),
+        None => text.to_string(),
+    };
+    let mut h = Sha256::new();
+    field(&mut h, fixed(&archive.dockerfile_in_context).as_bytes());
+    let mut tar = tar::Archive::new(archive.bytes.as_slice());
+    let entries = tar
+        .entries()
+        .map_err(|e| format!("reading the context archive: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("reading the context archive: {e}"))?;
+        let path = fixed(&String::from_utf8_lossy(&entry.path_bytes()));
+        let header = entry.header();
+        let kind = header.entry_type().as_byte();
+        let mode = header.mode().unwrap_or(0) & 0o7777;
+        let link = entry
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned())
+            .unwrap_or_default();
+        field(
+            &mut h,
+            format!("{path}\0{}\0{mode:o}\0{link}", kind as char).as_bytes(),
+        );
+        let mut content = Vec::new();
+        entry
+            .read_to_end(&mut content)
+            .map_err(|e| format!("reading the context archive: {e}"))?;
+        if outside.is_some() && path == ".dockerignore" {
+            content = fixed(&String::from_utf8_lossy(&content)).into_bytes();
+        }
+        field(&mut h, &Sha256::digest(&content));
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// The 1-based line of the first `ADD` whose source is a URL or a git repository.
+fn remote_add(dockerfile: &str) -> Option<usize> {
+    let mut logical = String::new();
+    let mut first_line = 0;
+    for (n, line) in dockerfile.lines().enumerate() {
+        if logical.is_empty() {
+            first_line = n + 1;
+        }
+        let trimmed = line.trim_end();
+        if let Some(body) = trimmed.strip_suffix('\\') {
+            logical.push_str(body);
+            logical.push(' ');
+            continue;
+        }
+        logical.push_str(trimmed);
+        let mut words = logical.split_whitespace();
+        let is_add = words.next().is_some_and(|w| w.eq_ignore_ascii_case("ADD"));
+        if is_add
+            && words.any(|w| {
+                let w = w.trim_matches(|c| c == '"' || c == '[' || c == ']' || c == ',');
+                w.contains("://") || w.starts_with("git@")
+            })
+        {
+            return Some(first_line);
+        }
+        logical.clear();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_adds_are_found_on_their_first_line() {
+        assert_eq!(
+            remote_add("FROM a\nADD https://example.com/x /x\n"),
+            Some(2)
+        );
+        assert_eq!(
+            remote_add("FROM a\nadd \\\n  git@github.com:o/r.git /src\n"),
+            Some(2)
+        );
+        assert_eq!(
+            remote_add("FROM a\nADD [\"http://h/f\", \"/f\"]\n"),
+            Some(2)
+        );
+        assert_eq!(remote_add("FROM a\nADD local.tar /x\nCOPY . .\n"), None);
+        assert_eq!(remote_add("FROM a\nRUN curl https://h/f\n"), None);
+    }
+
+    fn write(dir: &std::path::Path, rel: &str, content: &str) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    #[test]
+    fn the_context_digest_follows_content_and_ignores_mtimes_and_ignored_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "Dockerfile", "FROM a\nCOPY . /app\n");
+        write(root, "src/main.txt", "one");
+        write(root, "notes.log", "ignored");
+        write(root, ".dockerignore", "*.log\n");
+        let df = root.join("Dockerfile");
+        let first = context_digest(root, &df).unwrap();
+        assert_eq!(first, context_digest(root, &df).unwrap(), "stable");
+
+        // A new mtime (a fresh checkout) changes nothing.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(root.join("src/main.txt"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7))
+            .unwrap();
+        assert_eq!(first, context_digest(root, &df).unwrap(), "mtime");
+
+        // An ignored file changes nothing; a sent one does.
+        write(root, "notes.log", "still ignored, other bytes");
+        assert_eq!(first, context_digest(root, &df).unwrap(), "ignored file");
+        write(root, "src/main.txt", "two");
+        let second = context_digest(root, &df).unwrap();
+        assert_ne!(first, second, "content");
+
+        // Permission bits count (an executable script behaves differently).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            root.join("src/main.txt"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        assert_ne!(second, context_digest(root, &df).unwrap(), "mode");
+    }
+
+    #[test]
+    fn a_dockerfile_outside_the_context_hashes_the_same_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ctx/a.txt", "a");
+        write(dir.path(), "Dockerfile.app", "FROM a\nCOPY a.txt /\n");
+        let (ctx, df) = (dir.path().join("ctx"), dir.path().join("Dockerfile.app"));
+        assert_eq!(
+            context_digest(&ctx, &df).unwrap(),
+            context_digest(&ctx, &df).unwrap()
+        );
+    }
+}

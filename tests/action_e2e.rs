@@ -409,11 +409,24 @@ fn assert_cache_requests(run: &ActRun, messages: &str, binary: &Path, repo: &Pat
     let requests: Vec<Vec<&str>> = log.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(requests.len(), 2, "one restore and one save only:\n{log}");
     let (restore, save) = (&requests[0], &requests[1]);
+    // Saved per run: <key>-<run id>-<attempt>; restored by the key's prefix, then plan's.
     assert_eq!(restore[0], "restore", "{log}");
-    assert_eq!(restore[1], key, "{log}");
+    let run_part = restore[1]
+        .strip_prefix(&format!("{key}-"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        run_part.split('-').count() == 2
+            && run_part
+                .split('-')
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        "{log}"
+    );
+    let expected: Vec<String> = std::iter::once(format!("{key}-"))
+        .chain(restore_keys.iter().map(|k| k.to_string()))
+        .collect();
     assert_eq!(
         restore[2].trim_end_matches('|'),
-        restore_keys.join("|"),
+        expected.join("|"),
         "{log}"
     );
     assert!(
@@ -421,10 +434,10 @@ fn assert_cache_requests(run: &ActRun, messages: &str, binary: &Path, repo: &Pat
         "{log}"
     );
     assert_eq!(save[0], "save", "{log}");
-    assert_eq!(save[1], key, "{log}");
+    assert_eq!(save[1], restore[1], "{log}");
     assert_eq!(save[3], restore[3], "{log}");
     // What was saved is a filled cache directory: the base images and their index.
-    let saved = store.join("entries").join(&key);
+    let saved = store.join("entries").join(save[1]);
     let index = std::fs::read_to_string(saved.join("index.json"))
         .unwrap_or_else(|e| panic!("{}: {e}", saved.display()));
     let index: Value = serde_json::from_str(&index).unwrap();

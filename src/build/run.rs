@@ -351,15 +351,7 @@ async fn build_one(
                                 cache.record_inputs(&s.name, d);
                             }
                         }
-                        Err(message) => {
-                            let (class, network_class) = failure::classify(&message, &[]);
-                            result.failure = Some(ServiceFailure {
-                                class,
-                                network_class,
-                                line: None,
-                                message,
-                            });
-                        }
+                        Err(message) => result.failure = Some(push_failure(message)),
                     }
                     result.attempts = attempts;
                     result.duration_ms = started.elapsed().as_millis() as u64;
@@ -402,13 +394,7 @@ async fn build_one(
                         break;
                     }
                     Err(message) => {
-                        let (class, network_class) = failure::classify(&message, &[]);
-                        result.failure = Some(ServiceFailure {
-                            class,
-                            network_class,
-                            line: None,
-                            message,
-                        });
+                        result.failure = Some(push_failure(message));
                         result.status = ServiceStatus::Failed;
                         break;
                     }
@@ -486,6 +472,17 @@ async fn build_one(
     result.duration_ms = started.elapsed().as_millis() as u64;
     result.log_tail = log.tail();
     (result, failure_log)
+}
+
+/// A failed push, classified like a build failure.
+fn push_failure(message: String) -> ServiceFailure {
+    let (class, network_class) = failure::classify(&message, &[]);
+    ServiceFailure {
+        class,
+        network_class,
+        line: None,
+        message,
+    }
 }
 
 fn short(id: &str) -> &str {

@@ -136,21 +136,59 @@ async fn tag(docker: &Docker, id: &str, reference: &Reference) -> Result<(), Str
     })
 }
 
+/// How many cache archives are checked and loaded at once.
+const RESTORE_CONCURRENCY: usize = 4;
+
+/// Why an archive could not be restored.
+enum Trouble {
+    /// Not what the index recorded: to be discarded.
+    Corrupted(String),
+    /// Intact, but the daemon did not take it.
+    Refused(String),
+}
+
+/// Checks the archive at `path` against its `record` (size, SHA-256) and, unless the daemon
+/// has `image_id` already, loads it. `Ok(true)` when it was loaded.
+async fn check_and_load(
+    docker: &Docker,
+    path: std::path::PathBuf,
+    record: Option<Archive>,
+    image_id: &str,
+) -> Result<bool, Trouble> {
+    let record = record.ok_or_else(|| Trouble::Corrupted("not in the index".into()))?;
+    let file = path.clone();
+    let written = tokio::task::spawn_blocking(move || store::sha256_file(&file))
+        .await
+        .map_err(|e| Trouble::Corrupted(e.to_string()))?
+        .map_err(|e| Trouble::Corrupted(e.to_string()))?;
+    matches_record(&written, &record).map_err(Trouble::Corrupted)?;
+    if local_id(docker, image_id).await.is_some() {
+        return Ok(false);
+    }
+    load(docker, &path).await.map_err(Trouble::Refused)?;
+    Ok(true)
+}
+
+/// Whether a file's size and SHA-256 are the ones on record.
+fn matches_record(w: &store::Written, record: &Archive) -> Result<(), String> {
+    if w.size != record.size {
+        return Err(format!(
+            "truncated or extended: {} bytes, {} on record",
+            w.size, record.size
+        ));
+    }
+    if w.sha256 != record.sha256 {
+        return Err("checksum mismatch".into());
+    }
+    Ok(())
+}
+
 impl Cache {
     /// Checks an archive against the size and SHA-256 on record.
     fn verify(&self, rel: &str) -> Result<(), String> {
         let archive = self.index.archives.get(rel).ok_or("not in the index")?;
         let w = store::sha256_file(&self.root.join(rel)).map_err(|e| e.to_string())?;
-        if w.size != archive.size {
-            return Err(format!(
-                "truncated or extended: {} bytes, {} on record",
-                w.size, archive.size
-            ));
-        }
-        if w.sha256 != archive.sha256 {
-            return Err("checksum mismatch".into());
-        }
-        Ok(())
+        matches_record(&w, archive)
     }
 
     /// Drops an archive found broken: file, index entries, and a warning.
@@ -204,20 +242,36 @@ impl Cache {
                     .push((need.reference.clone(), entry)),
             }
         }
-        for (rel, refs) in wanted {
+        // Check and load the archives a few at a time (hashing and the daemon's unpacking
+        // overlap), then deal with the outcomes in order.
+        let checked: Vec<(String, Vec<(Reference, BaseImage)>, Result<bool, Trouble>)> =
+            futures_util::stream::iter(wanted)
+                .map(|(rel, refs)| {
+                    let docker = docker.clone();
+                    let path = self.root.join(&rel);
+                    let record = self.index.archives.get(&rel).cloned();
+                    let image_id = refs[0].1.image_id.clone();
+                    async move {
+                        let outcome = check_and_load(&docker, path, record, &image_id).await;
+                        (rel, refs, outcome)
+                    }
+                })
+                .buffer_unordered(RESTORE_CONCURRENCY)
+                .collect()
+                .await;
+        for (rel, refs, outcome) in checked {
             let names: Vec<String> = refs.iter().map(|(r, _)| r.to_string()).collect();
-            if let Err(why) = self.verify(&rel) {
-                self.discard(
-                    &rel,
-                    &why,
-                    &format!("{} will be pulled again", names.join(", ")),
-                );
-                stats.discarded.push(rel);
-                continue;
-            }
-            let image_id = refs[0].1.image_id.clone();
-            if local_id(&docker, &image_id).await.is_none() {
-                if let Err(e) = load(&docker, &self.root.join(&rel)).await {
+            match outcome {
+                Err(Trouble::Corrupted(why)) => {
+                    self.discard(
+                        &rel,
+                        &why,
+                        &format!("{} will be pulled again", names.join(", ")),
+                    );
+                    stats.discarded.push(rel);
+                    continue;
+                }
+                Err(Trouble::Refused(e)) => {
                     // The checksum was right, so the daemon refused a good archive (disk
                     // full, an engine that cannot read it): keep it, pull this time.
                     self.warn(format!(
@@ -226,7 +280,8 @@ impl Cache {
                     ));
                     continue;
                 }
-                stats.bytes += self.index.archives.get(&rel).map_or(0, |a| a.size);
+                Ok(true) => stats.bytes += self.index.archives.get(&rel).map_or(0, |a| a.size),
+                Ok(false) => {}
             }
             for (reference, entry) in refs {
                 let key = reference.to_string();

@@ -139,6 +139,9 @@ async fn tag(docker: &Docker, id: &str, reference: &Reference) -> Result<(), Str
 /// How many cache archives are checked and loaded at once.
 const RESTORE_CONCURRENCY: usize = 4;
 
+/// An archive, the references it restores, and how checking and loading it went.
+type Checked = (String, Vec<(Reference, BaseImage)>, Result<bool, Trouble>);
+
 /// Why an archive could not be restored.
 enum Trouble {
     /// Not what the index recorded: to be discarded.
@@ -244,21 +247,20 @@ impl Cache {
         }
         // Check and load the archives a few at a time (hashing and the daemon's unpacking
         // overlap), then deal with the outcomes in order.
-        let checked: Vec<(String, Vec<(Reference, BaseImage)>, Result<bool, Trouble>)> =
-            futures_util::stream::iter(wanted)
-                .map(|(rel, refs)| {
-                    let docker = docker.clone();
-                    let path = self.root.join(&rel);
-                    let record = self.index.archives.get(&rel).cloned();
-                    let image_id = refs[0].1.image_id.clone();
-                    async move {
-                        let outcome = check_and_load(&docker, path, record, &image_id).await;
-                        (rel, refs, outcome)
-                    }
-                })
-                .buffer_unordered(RESTORE_CONCURRENCY)
-                .collect()
-                .await;
+        let checked: Vec<Checked> = futures_util::stream::iter(wanted)
+            .map(|(rel, refs)| {
+                let docker = docker.clone();
+                let path = self.root.join(&rel);
+                let record = self.index.archives.get(&rel).cloned();
+                let image_id = refs[0].1.image_id.clone();
+                async move {
+                    let outcome = check_and_load(&docker, path, record, &image_id).await;
+                    (rel, refs, outcome)
+                }
+            })
+            .buffer_unordered(RESTORE_CONCURRENCY)
+            .collect()
+            .await;
         for (rel, refs, outcome) in checked {
             let names: Vec<String> = refs.iter().map(|(r, _)| r.to_string()).collect();
             match outcome {

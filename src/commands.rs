@@ -239,10 +239,10 @@ pub async fn run_prefetch(
         cache_warnings(&mut c, ui);
         ui.note(&render_cache(&c.close()));
     }
-    if let Some(dir) = &args.cache_dir {
-        if let Err(err) = crate::health::HealthStore::update(dir, &report, now_ms()) {
-            ui.note(&format!("warning: {err}"));
-        }
+    if let Some(dir) = &args.cache_dir
+        && let Err(err) = crate::health::HealthStore::update(dir, &report, now_ms())
+    {
+        ui.note(&format!("warning: {err}"));
     }
     match ui.format {
         OutputFormat::Json => ui.json(&report),
@@ -751,10 +751,10 @@ pub async fn run_build(
         }
     };
     let prefetch_report = prefetch_report.ok();
-    if let (Some(dir), Some(p)) = (&args.prefetch.cache_dir, &prefetch_report) {
-        if let Err(err) = crate::health::HealthStore::update(dir, p, now_ms()) {
-            ui.note(&format!("warning: {err}"));
-        }
+    if let (Some(dir), Some(p)) = (&args.prefetch.cache_dir, &prefetch_report)
+        && let Err(err) = crate::health::HealthStore::update(dir, p, now_ms())
+    {
+        ui.note(&format!("warning: {err}"));
     }
     let builds = builds.unwrap_or_default();
     let run = RunMeta {
@@ -804,10 +804,10 @@ pub async fn run_build(
         Some(mut c) => {
             // Interrupted: no new archives (the runner may kill us any moment); the previous
             // cache stays as it was.
-            if exit_on_signal.is_none() {
-                if let Some(p) = &prefetch_report {
-                    c.save_base_images(&engine, &p.images).await;
-                }
+            if exit_on_signal.is_none()
+                && let Some(p) = &prefetch_report
+            {
+                c.save_base_images(&engine, &p.images).await;
             }
             c.save_build_cache(&engine, &results, exit_on_signal.is_some())
                 .await;

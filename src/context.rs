@@ -1471,21 +1471,20 @@ mod goregexp {
                 if self.peek() == Some('[')
                     && self.peek_at(1) == Some(':')
                     && self.peek_at(2).is_some()
+                    && let Some(end) = self.find(":]", self.pos + 2)
                 {
-                    if let Some(end) = self.find(":]", self.pos + 2) {
-                        let name: String = self
-                            .chars
-                            .get(self.pos..end + 2)
-                            .unwrap_or_default()
-                            .iter()
-                            .collect();
-                        let Some((neg, group)) = posix_group(&name) else {
-                            return Err(format!("invalid character class range `{name}`"));
-                        };
-                        add_group(&mut ranges, neg, group);
-                        self.pos = end + 2;
-                        continue;
-                    }
+                    let name: String = self
+                        .chars
+                        .get(self.pos..end + 2)
+                        .unwrap_or_default()
+                        .iter()
+                        .collect();
+                    let Some((neg, group)) = posix_group(&name) else {
+                        return Err(format!("invalid character class range `{name}`"));
+                    };
+                    add_group(&mut ranges, neg, group);
+                    self.pos = end + 2;
+                    continue;
                 }
                 if self.peek() == Some('\\') {
                     match self.peek_at(1) {

@@ -356,10 +356,10 @@ fn samples(report: &PrefetchReport, now_ms: u64) -> BTreeMap<String, RunSample> 
             }
             began = a.at_ms + a.wait_ms;
         }
-        if image.status == ImageStatus::Pulled {
-            if let Some(source) = &image.source {
-                out.entry(source.clone()).or_default().served += 1;
-            }
+        if image.status == ImageStatus::Pulled
+            && let Some(source) = &image.source
+        {
+            out.entry(source.clone()).or_default().served += 1;
         }
     }
     for (label, sample) in &mut out {

@@ -71,10 +71,10 @@ impl Naming {
 }
 
 fn repository_name(root: &Path) -> String {
-    if let Ok(repo) = std::env::var("GITHUB_REPOSITORY") {
-        if let Some(name) = repo.rsplit('/').next().filter(|n| !n.is_empty()) {
-            return name.to_string();
-        }
+    if let Ok(repo) = std::env::var("GITHUB_REPOSITORY")
+        && let Some(name) = repo.rsplit('/').next().filter(|n| !n.is_empty())
+    {
+        return name.to_string();
     }
     let top = git(root, &["rev-parse", "--show-toplevel"]).map(std::path::PathBuf::from);
     let dir = top.unwrap_or_else(|| root.to_path_buf());

@@ -400,14 +400,14 @@ impl Context {
             duration_ms: 0,
             error: None,
         };
-        if self.options.pull == PullPolicy::Missing {
-            if let Some(digest) = self.local_digest(&reference).await {
-                result.status = ImageStatus::Present;
-                result.digest = digest;
-                result.source = Some("local".to_string());
-                result.duration_ms = started.elapsed().as_millis() as u64;
-                return result;
-            }
+        if self.options.pull == PullPolicy::Missing
+            && let Some(digest) = self.local_digest(&reference).await
+        {
+            result.status = ImageStatus::Present;
+            result.digest = digest;
+            result.source = Some("local".to_string());
+            result.duration_ms = started.elapsed().as_millis() as u64;
+            return result;
         }
         let sources = self.source_order(&reference);
         result.source_order = sources.iter().map(Source::label).collect();
@@ -646,11 +646,10 @@ impl Context {
             );
             if matches!(class, ErrorClass::ServerError | ErrorClass::Other)
                 && message.contains("502")
+                && let Some(event) = relay.last_failure(source, path)
             {
-                if let Some(event) = relay.last_failure(source, path) {
-                    class = event.class.unwrap_or(class);
-                    message = format!("{}: {}", event.source, event.message.unwrap_or_default());
-                }
+                class = event.class.unwrap_or(class);
+                message = format!("{}: {}", event.source, event.message.unwrap_or_default());
             }
         }
         PullError { class, message }

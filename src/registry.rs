@@ -258,12 +258,12 @@ impl RegistryClient {
         let url = format!("{}{}", endpoint.base_url(), path);
         let key = Self::token_key(endpoint, path);
         let mut token = self.cached_token(&key);
-        if token.is_none() {
-            if let Some(challenge) = self.cached_challenge(&key) {
-                let fresh = self.fetch_token(&endpoint.host, &challenge).await?;
-                self.store(&self.tokens, &key, fresh.clone());
-                token = Some(fresh);
-            }
+        if token.is_none()
+            && let Some(challenge) = self.cached_challenge(&key)
+        {
+            let fresh = self.fetch_token(&endpoint.host, &challenge).await?;
+            self.store(&self.tokens, &key, fresh.clone());
+            token = Some(fresh);
         }
         let first = self
             .request(
@@ -332,10 +332,10 @@ impl RegistryClient {
         token: Option<&str>,
     ) -> Result<Response, RegistryError> {
         let mut req = self.http.request(method, url).headers(headers);
-        if let Some(token) = token {
-            if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
-                req = req.header(AUTHORIZATION, value);
-            }
+        if let Some(token) = token
+            && let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            req = req.header(AUTHORIZATION, value);
         }
         let send = req.send();
         match tokio::time::timeout(self.timeouts.idle, send).await {

@@ -131,12 +131,12 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Ok(mut inflight) = self.state.inflight.lock() {
-            if let Some(count) = inflight.get_mut(&self.key) {
-                *count -= 1;
-                if *count == 0 {
-                    inflight.remove(&self.key);
-                }
+        if let Ok(mut inflight) = self.state.inflight.lock()
+            && let Some(count) = inflight.get_mut(&self.key)
+        {
+            *count -= 1;
+            if *count == 0 {
+                inflight.remove(&self.key);
             }
         }
     }
@@ -349,10 +349,10 @@ impl Upstream {
                     .client
                     .send(&self.source.endpoint, method, &self.path, headers)
                     .await;
-                if let Err(err) = &result {
-                    if let Some(wait) = err.retry_after {
-                        set_gate(state, host, wait);
-                    }
+                if let Err(err) = &result
+                    && let Some(wait) = err.retry_after
+                {
+                    set_gate(state, host, wait);
                 }
                 result
             }

@@ -92,12 +92,11 @@ fn keys_in_order(section: &str) -> Vec<String> {
             inside = line == format!("{section}:");
             continue;
         }
-        if inside {
-            if let Some(key) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')) {
-                if !key.starts_with(' ') {
-                    keys.push(key.to_string());
-                }
-            }
+        if inside
+            && let Some(key) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+            && !key.starts_with(' ')
+        {
+            keys.push(key.to_string());
         }
     }
     keys

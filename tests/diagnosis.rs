@@ -40,33 +40,6 @@ const IMAGES: usize = 5;
 /// mirror (found by trying seeds; fixed, so the run is the same every time).
 const SEED: u64 = 2;
 
-/// Removes, on drop, every local image whose name contains the test's unique name.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(listed) = std::process::Command::new("docker")
-            .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output()
-        else {
-            return;
-        };
-        let ours: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-            .lines()
-            .filter(|image| image.contains(self.0.as_str()))
-            .map(str::to_owned)
-            .collect();
-        if !ours.is_empty() {
-            let _ = std::process::Command::new("docker")
-                .args(["image", "rm", "--force"])
-                .args(&ours)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 struct Run {
     code: i32,
     stdout: String,
@@ -189,7 +162,7 @@ fn images_of(report: &Value, list: &str) -> Vec<String> {
 #[tokio::test]
 async fn issue8_diagnosis_names_the_flaky_origin_and_what_saved_each_image() -> anyhow::Result<()> {
     let name = testbed::unique_name("diag");
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = testbed::RemoveImagesOnDrop(vec![name.clone()]);
     let origin = TestBed::start(|o| o.with_seed(SEED)).await?;
     let mirror = Registry::start().await?;
     // Two projects with their own images: a manifest the daemon fetched once stays in its

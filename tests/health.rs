@@ -23,33 +23,6 @@ const IMAGES: usize = 4;
 /// The origin's proxy seed (any seed makes it fail often at 40%; fixed for repeatability).
 const SEED: u64 = 2;
 
-/// Removes, on drop, every local image whose name contains the test's unique name.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(listed) = std::process::Command::new("docker")
-            .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output()
-        else {
-            return;
-        };
-        let ours: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-            .lines()
-            .filter(|image| image.contains(self.0.as_str()))
-            .map(str::to_owned)
-            .collect();
-        if !ours.is_empty() {
-            let _ = std::process::Command::new("docker")
-                .args(["image", "rm", "--force"])
-                .args(&ours)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 /// `prefetch --output json ARGS` in `dir`; the exit code and the JSON report.
 async fn prefetch(dir: &Path, args: &[String]) -> (i32, Value, String) {
     let child = tokio::process::Command::new(BIN)
@@ -110,7 +83,7 @@ fn decision<'a>(report: &'a Value, registry: &str) -> &'a Value {
 async fn issue8_the_next_run_tries_the_healthy_mirror_first_until_the_origin_recovers()
 -> anyhow::Result<()> {
     let name = testbed::unique_name("health");
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = testbed::RemoveImagesOnDrop(vec![name.clone()]);
     let origin = TestBed::start(|o| o.with_seed(SEED)).await?;
     let mirror = TestBed::start(|o| o).await?;
     let project = tempfile::tempdir()?;

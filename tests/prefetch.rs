@@ -41,34 +41,6 @@ const LAYER_BYTES: usize = 256 * 1024;
 /// Exit code for "base images missing" (README, "Exit codes").
 const EXIT_IMAGES_MISSING: i32 = 4;
 
-/// Removes, on drop, every local image whose name contains one of the test's unique names
-/// (the canonical tags and any relay tag a failed run left behind).
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(listed) = std::process::Command::new("docker")
-            .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output()
-        else {
-            return;
-        };
-        let ours: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-            .lines()
-            .filter(|image| self.0.iter().any(|name| image.contains(name.as_str())))
-            .map(str::to_owned)
-            .collect();
-        if !ours.is_empty() {
-            let _ = std::process::Command::new("docker")
-                .args(["image", "rm", "--force"])
-                .args(&ours)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 /// A project directory with one `<service>/Dockerfile` per service.
 struct Project {
     dir: tempfile::TempDir,
@@ -252,7 +224,7 @@ fn requests_by_target(stats: &ProxyStats) -> BTreeMap<(String, String), Vec<Arri
 async fn issue3_eof_on_half_the_manifest_requests_pulls_all_six_images() -> anyhow::Result<()> {
     let docker = testbed::docker::connect().await?;
     let name = testbed::unique_name("pf-eof");
-    let _cleanup = Cleanup(vec![name.clone()]);
+    let _cleanup = testbed::RemoveImagesOnDrop(vec![name.clone()]);
     let eof = KindFaults::default().with_rate(FaultType::Eof, 0.5);
     let faults = FaultConfig::default()
         .with_kind(RequestKind::ManifestHead, eof.clone())
@@ -327,7 +299,7 @@ async fn issue3_rate_limit_retries_wait_for_retry_after() -> anyhow::Result<()> 
     const RETRY_AFTER_US: u64 = 2_000_000;
     let docker = testbed::docker::connect().await?;
     let name = testbed::unique_name("pf-429");
-    let _cleanup = Cleanup(vec![name.clone()]);
+    let _cleanup = testbed::RemoveImagesOnDrop(vec![name.clone()]);
     let bed = TestBed::start(|o| o).await?;
     let pushed = push_images(&bed, &name, 2).await?;
     let references: Vec<String> = pushed
@@ -405,7 +377,7 @@ async fn issue3_token_endpoint_failing_half_the_time_still_pulls() -> anyhow::Re
     const IMAGES: u64 = 3;
     let docker = testbed::docker::connect().await?;
     let name = testbed::unique_name("pf-token");
-    let _cleanup = Cleanup(vec![name.clone()]);
+    let _cleanup = testbed::RemoveImagesOnDrop(vec![name.clone()]);
     let faults = FaultConfig::default().with_kind(
         RequestKind::Token,
         KindFaults::default().with_rate(FaultType::Eof, 0.5),
@@ -456,7 +428,7 @@ async fn issue3_token_endpoint_failing_half_the_time_still_pulls() -> anyhow::Re
 #[tokio::test]
 async fn issue3_manifest_unknown_is_one_attempt_naming_image_and_lines() -> anyhow::Result<()> {
     let name = testbed::unique_name("pf-unknown");
-    let _cleanup = Cleanup(vec![name.clone()]);
+    let _cleanup = testbed::RemoveImagesOnDrop(vec![name.clone()]);
     let bed = TestBed::start(|o| o).await?;
     let pushed = push_images(&bed, &name, 1).await?;
     let missing = format!("{}/{}:missing", bed.proxy.host(), pushed[0].repo);
@@ -527,7 +499,7 @@ async fn issue3_unreachable_origin_falls_back_to_the_mirror_and_builds() -> anyh
     let docker = testbed::docker::connect().await?;
     let name = testbed::unique_name("pf-mirror");
     let built = format!("{name}-built:1");
-    let _cleanup = Cleanup(vec![name.clone()]);
+    let _cleanup = testbed::RemoveImagesOnDrop(vec![name.clone()]);
     let bed = TestBed::start(|o| o).await?;
     let spec = ImageSpec::new(format!("library/{name}"), "22.04").with_layer(LAYER_BYTES);
     let pushed = push_image(&bed.registry.host(), &spec).await?;
@@ -624,7 +596,7 @@ async fn issue3_stalled_blob_stream_is_cut_by_the_idle_timeout_and_retried() -> 
     const STALL_SECS: f64 = 30.0;
     let docker = testbed::docker::connect().await?;
     let name = testbed::unique_name("pf-stall");
-    let _cleanup = Cleanup(vec![name.clone()]);
+    let _cleanup = testbed::RemoveImagesOnDrop(vec![name.clone()]);
     let bed = TestBed::start(|o| o).await?;
     let spec = ImageSpec::new(format!("library/{name}"), "1.0").with_layer(2 << 20);
     let pushed = push_image(&bed.registry.host(), &spec).await?;
@@ -688,7 +660,7 @@ async fn issue3_stalled_blob_stream_is_cut_by_the_idle_timeout_and_retried() -> 
 async fn issue3_truncated_blob_is_resumed_within_the_pull() -> anyhow::Result<()> {
     let docker = testbed::docker::connect().await?;
     let name = testbed::unique_name("pf-cut");
-    let _cleanup = Cleanup(vec![name.clone()]);
+    let _cleanup = testbed::RemoveImagesOnDrop(vec![name.clone()]);
     let bed = TestBed::start(|o| o).await?;
     let spec = ImageSpec::new(format!("library/{name}"), "1.0").with_layer(2 << 20);
     let pushed = push_image(&bed.registry.host(), &spec).await?;
@@ -746,7 +718,7 @@ async fn issue3_truncated_blob_is_resumed_within_the_pull() -> anyhow::Result<()
 async fn issue3_half_missing_pulls_the_rest_reports_both_and_exits_4() -> anyhow::Result<()> {
     let docker = testbed::docker::connect().await?;
     let name = testbed::unique_name("pf-half");
-    let _cleanup = Cleanup(vec![name.clone()]);
+    let _cleanup = testbed::RemoveImagesOnDrop(vec![name.clone()]);
     let bed = TestBed::start(|o| o).await?;
     let pushed = push_images(&bed, &name, 2).await?;
     let proxy = bed.proxy.host();

@@ -195,10 +195,10 @@ async fn handle(
         f.times -= 1;
         fault = Some(f.clone());
     }
-    if let Some(f) = &fault {
-        if !f.apply {
-            return reply(f.status, json!({"message": "injected"}));
-        }
+    if let Some(f) = &fault
+        && !f.apply
+    {
+        return reply(f.status, json!({"message": "injected"}));
     }
     // Routes, with any base path (GHES: /api/v3) in front.
     let Some(at) = path.find("/repos/acme/shop/") else {

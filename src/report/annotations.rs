@@ -372,10 +372,10 @@ pub enum LogSource {
 const MAX_GROUP_LOG_BYTES: u64 = 4 * 1024 * 1024;
 
 fn service_log(s: &ServiceResult, source: LogSource) -> String {
-    if source == LogSource::FileOrTail {
-        if let Some(text) = s.log_path.as_deref().and_then(|p| read_tail(Path::new(p))) {
-            return text;
-        }
+    if source == LogSource::FileOrTail
+        && let Some(text) = s.log_path.as_deref().and_then(|p| read_tail(Path::new(p)))
+    {
+        return text;
     }
     let mut out = s.log_tail.join("\n");
     if !out.is_empty() {

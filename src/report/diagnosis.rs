@@ -405,11 +405,11 @@ pub fn evidence(prefetch: &PrefetchReport) -> Evidence {
                 }
             }
         }
-        if image.status == ImageStatus::Pulled {
-            if let Some(label) = &image.source {
-                let i = index(&mut sources, label);
-                sources[i].images_served += 1;
-            }
+        if image.status == ImageStatus::Pulled
+            && let Some(label) = &image.source
+        {
+            let i = index(&mut sources, label);
+            sources[i].images_served += 1;
         }
     }
     Evidence {

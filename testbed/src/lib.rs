@@ -62,6 +62,36 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
 
+/// Removes, when dropped, every local image whose `repository:tag` contains one of the names
+/// (a test's [`unique_name`]s: its canonical tags and any relay tag a failed run left behind).
+/// Best effort: a daemon that does not answer is left as it is.
+pub struct RemoveImagesOnDrop(pub Vec<String>);
+
+impl Drop for RemoveImagesOnDrop {
+    fn drop(&mut self) {
+        use std::process::{Command, Stdio};
+        let Ok(listed) = Command::new("docker")
+            .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+        else {
+            return;
+        };
+        let ours: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter(|image| self.0.iter().any(|name| image.contains(name.as_str())))
+            .map(str::to_owned)
+            .collect();
+        if !ours.is_empty() {
+            let _ = Command::new("docker")
+                .args(["image", "rm", "--force"])
+                .args(&ours)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// Finds a free TCP port on 127.0.0.1 (bind to port 0, read it back, release it).
 ///
 /// Another process may take the port before the caller binds it; callers that start a child

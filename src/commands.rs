@@ -1,5 +1,6 @@
 //! Glue between the command line and the library: load, validate, run, render.
 
+use crate::report::now_ms;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 
@@ -253,12 +254,6 @@ pub async fn run_prefetch(
         (0, _) => Exit::Success,
         (_, PrefetchFailure::Warn | PrefetchFailure::Fail) => Exit::ImagesMissing,
     })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn render_prefetch(report: &PrefetchReport, ui: &Ui) -> String {

@@ -8,10 +8,11 @@
 //! retried. After a pull from a mirror (or the relay) the image is re-tagged to its canonical
 //! name, so Dockerfiles need no change.
 
+use crate::report::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{
@@ -260,12 +261,6 @@ impl RetryHint for PullError {
     fn class(&self) -> ErrorClass {
         self.class
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Pulls every image in `needs`; never fails as a whole: each image's result says what happened.

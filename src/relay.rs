@@ -18,11 +18,12 @@
 //! registry (and optional path prefix) that serves it. After the pull, the image is re-tagged
 //! to its canonical name (see `prefetch`).
 
+use crate::report::now_ms;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -241,12 +242,6 @@ impl Relay {
             .find(|e| e.source == label && e.repository == repository && e.class.is_some())
             .cloned()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {

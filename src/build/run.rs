@@ -2,9 +2,10 @@
 //! are ready, at most `parallel` at once; retries builds that failed for network reasons;
 //! keeps every service's result; stops cleanly when cancelled.
 
+use crate::report::now_ms;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -56,12 +57,6 @@ pub enum BuildEvent {
 pub struct BuildRun {
     pub results: Vec<ServiceResult>,
     pub failure_log: Vec<FailureLogEntry>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Builds the `selected` services of `plan` (indices into `plan.services`).

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use reqwest::header::{ACCEPT, HeaderMap, HeaderValue};
 
-use super::{Cache, age, now};
+use super::{Cache, age};
 use crate::engine::Engine;
 use crate::prefetch::{ImageNeed, ImageResult, ImageStatus, Vouched};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, Timeouts};
 use crate::relay::Source;
+use crate::report::now_ms;
 
 /// What the registry says about a cached image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +129,7 @@ impl Cache {
             if local.as_deref() != Some(entry.image_id.as_str()) {
                 continue;
             }
-            let (sources, order) = crate::prefetch::planned_sources(reference, options, now());
+            let (sources, order) = crate::prefetch::planned_sources(reference, options, now_ms());
             if !vouched.orders.iter().any(|o| o.registry == order.registry) {
                 vouched.orders.push(order);
             }
@@ -149,7 +150,7 @@ impl Cache {
                     self.warn(format!(
                         "{key}: no registry answered ({}); using the cached copy saved {} ago",
                         errors.join("; "),
-                        age(entry.saved_at_ms, now())
+                        age(entry.saved_at_ms, now_ms())
                     ));
                     "cache (registry unreachable)".to_string()
                 }

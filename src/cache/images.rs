@@ -16,11 +16,12 @@ use tokio::io::AsyncReadExt;
 
 use super::index::{Archive, ArchiveKind, BaseImage, ServiceImage};
 use super::layers::{self, BuildCacheMode, BuildCachePlan};
-use super::{Cache, TRANSFER_TIMEOUT, now, store};
+use super::{Cache, TRANSFER_TIMEOUT, store};
 use crate::build::backend::Backend;
 use crate::engine::{Engine, EngineFacts};
 use crate::prefetch::{ImageNeed, ImageResult, ImageStatus};
 use crate::reference::Reference;
+use crate::report::now_ms;
 use crate::report::{ServiceResult, ServiceStatus};
 
 /// What [`Cache::restore_base_images`] did.
@@ -235,7 +236,7 @@ impl Cache {
                     stats.already_present.push(key.clone());
                     self.restored.insert(key);
                     if let Some(a) = self.index.archives.get_mut(&entry.archive) {
-                        a.last_used_ms = now();
+                        a.last_used_ms = now_ms();
                     }
                 }
                 Some(_) => stats.local_differs.push(key),
@@ -303,7 +304,7 @@ impl Cache {
                 }
             }
             if let Some(a) = self.index.archives.get_mut(&rel) {
-                a.last_used_ms = now();
+                a.last_used_ms = now_ms();
             }
         }
         stats.duration_ms = started.elapsed().as_millis() as u64;
@@ -371,8 +372,8 @@ impl Cache {
                                     size: w.size,
                                     sha256: w.sha256,
                                     image_ids: vec![id.clone()],
-                                    saved_at_ms: now(),
-                                    last_used_ms: now(),
+                                    saved_at_ms: now_ms(),
+                                    last_used_ms: now_ms(),
                                 },
                             );
                             rel
@@ -388,11 +389,11 @@ impl Cache {
                 }
             };
             if let Some(a) = self.index.archives.get_mut(&rel) {
-                a.last_used_ms = now();
+                a.last_used_ms = now_ms();
             }
             let saved_at_ms = previous
                 .filter(|p| p.image_id == id)
-                .map_or_else(now, |p| p.saved_at_ms);
+                .map_or_else(now_ms, |p| p.saved_at_ms);
             self.index.base_images.insert(
                 key,
                 BaseImage {
@@ -486,7 +487,7 @@ impl Cache {
                         saved_at_ms: 0,
                         last_used_ms: 0,
                     });
-                    b.last_used_ms = now();
+                    b.last_used_ms = now_ms();
                 }
                 Err(why) => {
                     let _ = store::remove(&dir);
@@ -542,7 +543,7 @@ impl Cache {
                 self.stats.restored_bytes += self.index.archives.get(&rel).map_or(0, |a| a.size);
             }
             if let Some(a) = self.index.archives.get_mut(&rel) {
-                a.last_used_ms = now();
+                a.last_used_ms = now_ms();
             }
         }
         for (service, entry) in wanted {
@@ -611,8 +612,8 @@ impl Cache {
                         self.index.buildx = Some(super::index::BuildxDir {
                             size: store::disk_size(&self.root.join(layers::BUILDX)),
                             tags,
-                            saved_at_ms: now(),
-                            last_used_ms: now(),
+                            saved_at_ms: now_ms(),
+                            last_used_ms: now_ms(),
                         });
                         self.write_index();
                     }
@@ -697,8 +698,8 @@ impl Cache {
                             size: w.size,
                             sha256: w.sha256,
                             image_ids: ids,
-                            saved_at_ms: now(),
-                            last_used_ms: now(),
+                            saved_at_ms: now_ms(),
+                            last_used_ms: now_ms(),
                         },
                     );
                     self.index.services = images
@@ -709,7 +710,7 @@ impl Cache {
                             let entry = ServiceImage {
                                 image_id,
                                 archive: rel.clone(),
-                                saved_at_ms: now(),
+                                saved_at_ms: now_ms(),
                                 inputs,
                                 total_steps,
                             };
@@ -731,7 +732,7 @@ impl Cache {
             .map(|e| e.archive.clone())
         {
             if let Some(a) = self.index.archives.get_mut(&rel) {
-                a.last_used_ms = now();
+                a.last_used_ms = now_ms();
             }
             // The saved image of each service is this run's or one with the same layers and
             // config: it stands for this run's inputs.

@@ -61,7 +61,7 @@ mod layers;
 pub mod store;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -156,13 +156,6 @@ pub struct Cache {
     cache_tags: Vec<String>,
     build_plan: Option<BuildCachePlan>,
     _lock: Lock,
-}
-
-/// Unix milliseconds now.
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// "30 s", "10 min", "3 h", "2 days": how old something saved at `then_ms` is at `now_ms`.

@@ -185,6 +185,13 @@ pub struct FailureLogEntry {
     pub message: String,
 }
 
+/// Milliseconds since the Unix epoch, now (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
 pub fn rfc3339_ms(at_ms: u64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at_ms as i64)

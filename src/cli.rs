@@ -116,8 +116,10 @@ pub struct BuildArgs {
         env = "INPUT_BUILD_RETRIES"
     )]
     pub build_retries: u32,
-    /// `buildx` (docker buildx build), `engine` (the Docker Engine API), or `auto`
-    /// (buildx when `docker buildx version` works).
+    /// `buildx` (docker buildx build), `engine` (the Docker Engine API, with BuildKit), or
+    /// `auto`: the Engine API, unless buildx is needed (--buildx-builder, a service with
+    /// several platforms, an engine with the containerd image store) and `docker buildx
+    /// version` works.
     #[arg(long, value_enum, default_value_t = BuilderChoice::Auto, env = "INPUT_BUILDER")]
     pub builder: BuilderChoice,
     /// An existing buildx builder to use (remote, kubernetes, docker-container driver).

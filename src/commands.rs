@@ -664,6 +664,9 @@ pub async fn run_build(
     let mut vouched = prefetch::Vouched::default();
     let mut layer_cache = None;
     if let Some(c) = cache.as_mut() {
+        if !args.force && !args.no_cache {
+            c.preload_service_images();
+        }
         vouched = restore_from_cache(c, &engine, &mut needs, &options, ui).await;
         if let Ok(facts) = engine.facts().await {
             let names: Vec<String> = plan.services.iter().map(|s| s.name.clone()).collect();

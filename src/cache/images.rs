@@ -12,6 +12,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use serde::Serialize;
+use sha2::Digest;
 use tokio::io::AsyncReadExt;
 
 use super::index::{Archive, ArchiveKind, BaseImage, ServiceImage};
@@ -71,31 +72,39 @@ async fn equivalent(docker: &Docker, a: &str, b: &str) -> bool {
         && a.os == b.os
 }
 
-/// Reads a file as a stream of chunks (for the load request body).
+/// What a load hashes the archive's bytes into, as they are sent.
+type Hasher = std::sync::Arc<std::sync::Mutex<sha2::Sha256>>;
+
+/// Reads a file as a stream of chunks (for the load request body), hashing them into
+/// `hasher` if given.
 fn file_stream(
     file: tokio::fs::File,
+    hasher: Option<Hasher>,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
-    futures_util::stream::unfold(Some(file), |state| async move {
-        let mut file = state?;
+    futures_util::stream::unfold(Some((file, hasher)), |state| async move {
+        let (mut file, hasher) = state?;
         let mut buf = vec![0u8; 1 << 20];
         match file.read(&mut buf).await {
             Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
-                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+                if let Some(Ok(mut h)) = hasher.as_ref().map(|h| h.lock()) {
+                    h.update(&buf);
+                }
+                Some((Ok(bytes::Bytes::from(buf)), Some((file, hasher))))
             }
             Err(e) => Some((Err(e), None)),
         }
     })
 }
 
-/// Loads an archive into the daemon.
-async fn load(docker: &Docker, path: &Path) -> Result<(), String> {
+/// Loads an archive into the daemon (hashing what it sends into `hasher`, if given).
+async fn load(docker: &Docker, path: &Path, hasher: Option<Hasher>) -> Result<(), String> {
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let options = ImportImageOptionsBuilder::default().quiet(true).build();
-    let mut stream = docker.import_image_stream(options, file_stream(file), None);
+    let mut stream = docker.import_image_stream(options, file_stream(file, hasher), None);
     while let Some(item) = stream.next().await {
         item.map_err(|e| match e {
             bollard::errors::Error::DockerStreamError { error } => error,
@@ -140,8 +149,11 @@ async fn tag(docker: &Docker, id: &str, reference: &Reference) -> Result<(), Str
 /// How many cache archives are checked and loaded at once.
 const RESTORE_CONCURRENCY: usize = 4;
 
+/// The base image references an archive restores, with their index entries.
+type Restores = Vec<(Reference, BaseImage)>;
+
 /// An archive, the references it restores, and how checking and loading it went.
-type Checked = (String, Vec<(Reference, BaseImage)>, Result<bool, Trouble>);
+type Checked = (String, Restores, Result<bool, Trouble>);
 
 /// Why an archive could not be restored.
 enum Trouble {
@@ -151,8 +163,12 @@ enum Trouble {
     Refused(String),
 }
 
-/// Checks the archive at `path` against its `record` (size, SHA-256) and, unless the daemon
-/// has `image_id` already, loads it. `Ok(true)` when it was loaded.
+/// Loads the archive at `path` unless the daemon has `image_id` already (`Ok(true)` when it
+/// loaded it), checking it against its `record` on the way: the size before, the SHA-256 of
+/// the bytes streamed to the daemon after (one read of the file, not two). A mismatch is
+/// `Corrupted`, and images it loaded that were not there before are removed again (the
+/// daemon checks every layer against its image config, so they would be sound, but the
+/// archive is not what was saved).
 async fn check_and_load(
     docker: &Docker,
     path: std::path::PathBuf,
@@ -160,41 +176,42 @@ async fn check_and_load(
     image_id: &str,
 ) -> Result<bool, Trouble> {
     let record = record.ok_or_else(|| Trouble::Corrupted("not in the index".into()))?;
-    let file = path.clone();
-    let written = tokio::task::spawn_blocking(move || store::sha256_file(&file))
+    let size = tokio::fs::metadata(&path)
         .await
         .map_err(|e| Trouble::Corrupted(e.to_string()))?
-        .map_err(|e| Trouble::Corrupted(e.to_string()))?;
-    matches_record(&written, &record).map_err(Trouble::Corrupted)?;
+        .len();
+    if size != record.size {
+        return Err(Trouble::Corrupted(format!(
+            "truncated or extended: {size} bytes, {} on record",
+            record.size
+        )));
+    }
     if local_id(docker, image_id).await.is_some() {
         return Ok(false);
     }
-    load(docker, &path).await.map_err(Trouble::Refused)?;
+    let hasher = std::sync::Arc::new(std::sync::Mutex::new(sha2::Sha256::new()));
+    let loaded = load(docker, &path, Some(hasher.clone())).await;
+    let streamed = std::sync::Arc::try_unwrap(hasher)
+        .ok()
+        .and_then(|m| m.into_inner().ok())
+        .map(|h| store::hex(&h.finalize()));
+    let intact = match (&loaded, streamed) {
+        (Ok(()), Some(sha256)) => sha256 == record.sha256,
+        // The load stopped early: hash the whole file to tell a bad archive from a refusal.
+        _ => store::sha256_file(&path).is_ok_and(|w| w.sha256 == record.sha256),
+    };
+    if !intact {
+        if loaded.is_ok() {
+            let options = RemoveImageOptionsBuilder::default().force(true).build();
+            let _ = docker.remove_image(image_id, Some(options), None).await;
+        }
+        return Err(Trouble::Corrupted("checksum mismatch".into()));
+    }
+    loaded.map_err(Trouble::Refused)?;
     Ok(true)
 }
 
-/// Whether a file's size and SHA-256 are the ones on record.
-fn matches_record(w: &store::Written, record: &Archive) -> Result<(), String> {
-    if w.size != record.size {
-        return Err(format!(
-            "truncated or extended: {} bytes, {} on record",
-            w.size, record.size
-        ));
-    }
-    if w.sha256 != record.sha256 {
-        return Err("checksum mismatch".into());
-    }
-    Ok(())
-}
-
 impl Cache {
-    /// Checks an archive against the size and SHA-256 on record.
-    fn verify(&self, rel: &str) -> Result<(), String> {
-        let archive = self.index.archives.get(rel).ok_or("not in the index")?;
-        let w = store::sha256_file(&self.root.join(rel)).map_err(|e| e.to_string())?;
-        matches_record(&w, archive)
-    }
-
     /// Drops an archive found broken: file, index entries, and a warning.
     fn discard(&mut self, rel: &str, why: &str, what: &str) {
         let _ = store::remove(&self.root.join(rel));
@@ -246,14 +263,36 @@ impl Cache {
                     .push((need.reference.clone(), entry)),
             }
         }
+        // Archive, the references it restores, an image it holds.
+        let mut jobs: Vec<(String, Restores, String)> = wanted
+            .into_iter()
+            .map(|(rel, refs)| {
+                let id = refs[0].1.image_id.clone();
+                (rel, refs, id)
+            })
+            .collect();
+        // The service images (inline mode) go along, rather than after (see
+        // `preload_service_images`); no references: `restore_service_images` tags them.
+        if self.preload_services {
+            let archives: BTreeSet<String> = self
+                .index
+                .services
+                .values()
+                .map(|e| e.archive.clone())
+                .collect();
+            for rel in archives {
+                if let Some(id) = self.missing_service_image(&docker, &rel).await {
+                    jobs.push((rel, Vec::new(), id));
+                }
+            }
+        }
         // Check and load the archives a few at a time (hashing and the daemon's unpacking
         // overlap), then deal with the outcomes in order.
-        let checked: Vec<Checked> = futures_util::stream::iter(wanted)
-            .map(|(rel, refs)| {
+        let checked: Vec<Checked> = futures_util::stream::iter(jobs)
+            .map(|(rel, refs, image_id)| {
                 let docker = docker.clone();
                 let path = self.root.join(&rel);
                 let record = self.index.archives.get(&rel).cloned();
-                let image_id = refs[0].1.image_id.clone();
                 async move {
                     let outcome = check_and_load(&docker, path, record, &image_id).await;
                     (rel, refs, outcome)
@@ -263,6 +302,10 @@ impl Cache {
             .collect()
             .await;
         for (rel, refs, outcome) in checked {
+            if refs.is_empty() {
+                self.took_services_archive(&rel, outcome);
+                continue;
+            }
             let names: Vec<String> = refs.iter().map(|(r, _)| r.to_string()).collect();
             match outcome {
                 Err(Trouble::Corrupted(why)) => {
@@ -419,7 +462,6 @@ impl Cache {
 
     /// The local tag a restored service image gets: unique to this cache directory.
     fn cache_tag(&self, service: &str) -> String {
-        use sha2::Digest;
         let dir = store::hex(&sha2::Sha256::digest(
             self.root.to_string_lossy().as_bytes(),
         ));
@@ -509,6 +551,45 @@ impl Cache {
         }
     }
 
+    /// Has [`Cache::restore_base_images`] load the saved service images too, alongside the
+    /// base images (for `build-all`, whose builds use them; the later
+    /// [`Cache::prepare_build_cache`] then finds them loaded).
+    pub fn preload_service_images(&mut self) {
+        self.preload_services = true;
+    }
+
+    /// An image of the services archive `rel` that the daemon lacks, if any.
+    async fn missing_service_image(&self, docker: &Docker, rel: &str) -> Option<String> {
+        for e in self.index.services.values().filter(|e| e.archive == rel) {
+            if local_id(docker, &e.image_id).await.is_none() {
+                return Some(e.image_id.clone());
+            }
+        }
+        None
+    }
+
+    /// Deals with how loading the services archive `rel` went; whether it can serve.
+    fn took_services_archive(&mut self, rel: &str, outcome: Result<bool, Trouble>) -> bool {
+        match outcome {
+            Err(Trouble::Corrupted(why)) => {
+                self.discard(rel, &why, "services build without a cache source this time");
+                false
+            }
+            Err(Trouble::Refused(e)) => {
+                self.warn(format!(
+                    "cannot load cache archive {rel} ({e}); services build without a cache source"
+                ));
+                false
+            }
+            Ok(loaded) => {
+                if loaded {
+                    self.stats.restored_bytes += self.index.archives.get(rel).map_or(0, |a| a.size);
+                }
+                true
+            }
+        }
+    }
+
     async fn restore_service_images(
         &mut self,
         engine: &Engine,
@@ -523,24 +604,12 @@ impl Cache {
             .collect();
         let archives: BTreeSet<String> = wanted.iter().map(|(_, e)| e.archive.clone()).collect();
         for rel in archives {
-            let mut missing = false;
-            for (_, e) in wanted.iter().filter(|(_, e)| e.archive == rel) {
-                missing |= local_id(&docker, &e.image_id).await.is_none();
-            }
-            if missing {
-                if let Err(why) = self.verify(&rel) {
-                    self.discard(
-                        &rel,
-                        &why,
-                        "services build without a cache source this time",
-                    );
+            if let Some(id) = self.missing_service_image(&docker, &rel).await {
+                let record = self.index.archives.get(&rel).cloned();
+                let outcome = check_and_load(&docker, self.root.join(&rel), record, &id).await;
+                if !self.took_services_archive(&rel, outcome) {
                     continue;
                 }
-                if let Err(e) = load(&docker, &self.root.join(&rel)).await {
-                    self.warn(format!("cannot load cache archive {rel} ({e}); services build without a cache source"));
-                    continue;
-                }
-                self.stats.restored_bytes += self.index.archives.get(&rel).map_or(0, |a| a.size);
             }
             if let Some(a) = self.index.archives.get_mut(&rel) {
                 a.last_used_ms = now_ms();
@@ -685,7 +754,6 @@ impl Cache {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            use sha2::Digest;
             let h = store::hex(&sha2::Sha256::digest(ids.join("\n").as_bytes()));
             let rel = format!("images/services-{}.tar", &h[..12]);
             match export(&docker, &self.root, &rel, &ids).await {

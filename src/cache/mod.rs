@@ -155,6 +155,8 @@ pub struct Cache {
     /// Cache tags this run created in the daemon (removed again when saving).
     cache_tags: Vec<String>,
     build_plan: Option<BuildCachePlan>,
+    /// Load the service images with the base images ([`Cache::preload_service_images`]).
+    preload_services: bool,
     _lock: Lock,
 }
 
@@ -289,6 +291,7 @@ impl Cache {
             restored: Default::default(),
             cache_tags: Vec::new(),
             build_plan: None,
+            preload_services: false,
             _lock: lock,
         };
         cache.repair();

@@ -42,11 +42,10 @@ fn issue7_corrupted_archive_and_wrong_version_dir_warn_and_recover() {
     let cold = e.run(&[]);
     assert_all_built(&cold, &e.report());
 
-    let archive = e.base_archive("ubuntu");
-    let mut bytes = std::fs::read(&archive).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x40;
-    std::fs::write(&archive, bytes).unwrap();
+    // Both kinds of archive: the service images (which hold the base images too, and are
+    // loaded first) and one base image's, which is then needed.
+    corrupt(&e.services_archive());
+    corrupt(&e.base_archive("ubuntu"));
     e.forget_daemon_state();
     e.reset_proxy();
     let out = e.run(&[]);
@@ -54,12 +53,18 @@ fn issue7_corrupted_archive_and_wrong_version_dir_warn_and_recover() {
     assert_all_built(&out, &report);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("corrupted (checksum mismatch)")
-            && stderr.contains(&format!("{}/ubuntu", e.ns)),
+        stderr.contains("images/services-")
+            && stderr.contains("corrupted (checksum mismatch)")
+            && stderr.contains("services build without a cache source"),
         "{}",
         text(&out)
     );
-    assert_eq!(report["cache"]["discarded"], 1);
+    assert!(
+        stderr.contains(&format!("{}/ubuntu", e.ns)) && stderr.contains("will be pulled again"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(report["cache"]["discarded"], 2);
     assert_eq!(
         report["cache"]["base_image_hits"], 6,
         "{:#}",

@@ -149,11 +149,8 @@ async fn tag(docker: &Docker, id: &str, reference: &Reference) -> Result<(), Str
 /// How many cache archives are checked and loaded at once.
 const RESTORE_CONCURRENCY: usize = 4;
 
-/// The base image references an archive restores, with their index entries.
-type Restores = Vec<(Reference, BaseImage)>;
-
 /// An archive, the references it restores, and how checking and loading it went.
-type Checked = (String, Restores, Result<bool, Trouble>);
+type Checked = (String, Vec<(Reference, BaseImage)>, Result<bool, Trouble>);
 
 /// Why an archive could not be restored.
 enum Trouble {
@@ -166,7 +163,7 @@ enum Trouble {
 /// Loads the archive at `path` unless the daemon has `image_id` already (`Ok(true)` when it
 /// loaded it), checking it against its `record` on the way: the size before, the SHA-256 of
 /// the bytes streamed to the daemon after (one read of the file, not two). A mismatch is
-/// `Corrupted`, and images it loaded that were not there before are removed again (the
+/// `Corrupted`, and the images it loaded that were not there before are removed again (the
 /// daemon checks every layer against its image config, so they would be sound, but the
 /// archive is not what was saved).
 async fn check_and_load(
@@ -189,6 +186,12 @@ async fn check_and_load(
     if local_id(docker, image_id).await.is_some() {
         return Ok(false);
     }
+    let mut had = BTreeSet::new();
+    for id in &record.image_ids {
+        if local_id(docker, id).await.is_some() {
+            had.insert(id.clone());
+        }
+    }
     let hasher = std::sync::Arc::new(std::sync::Mutex::new(sha2::Sha256::new()));
     let loaded = load(docker, &path, Some(hasher.clone())).await;
     let streamed = std::sync::Arc::try_unwrap(hasher)
@@ -202,8 +205,11 @@ async fn check_and_load(
     };
     if !intact {
         if loaded.is_ok() {
-            let options = RemoveImageOptionsBuilder::default().force(true).build();
-            let _ = docker.remove_image(image_id, Some(options), None).await;
+            // Best effort; loaded images have no parent links, so the order does not matter.
+            for id in record.image_ids.iter().filter(|id| !had.contains(*id)) {
+                let options = RemoveImageOptionsBuilder::default().force(true).build();
+                let _ = docker.remove_image(id, Some(options), None).await;
+            }
         }
         return Err(Trouble::Corrupted("checksum mismatch".into()));
     }
@@ -236,6 +242,23 @@ impl Cache {
         let started = Instant::now();
         let docker = docker(engine);
         let mut stats = RestoreStats::default();
+        // The services archive (inline mode) holds the base images too: loaded first, it
+        // leaves their own archives nothing to load (see `preload_service_images`).
+        if self.preload_services {
+            let archives: BTreeSet<String> = self
+                .index
+                .services
+                .values()
+                .map(|e| e.archive.clone())
+                .collect();
+            for rel in archives {
+                if let Some(id) = self.missing_service_image(&docker, &rel).await {
+                    let record = self.index.archives.get(&rel).cloned();
+                    let outcome = check_and_load(&docker, self.root.join(&rel), record, &id).await;
+                    self.took_services_archive(&rel, outcome);
+                }
+            }
+        }
         // Archive -> the references to restore from it.
         let mut wanted: BTreeMap<String, Vec<(Reference, BaseImage)>> = BTreeMap::new();
         for need in needs {
@@ -263,36 +286,14 @@ impl Cache {
                     .push((need.reference.clone(), entry)),
             }
         }
-        // Archive, the references it restores, an image it holds.
-        let mut jobs: Vec<(String, Restores, String)> = wanted
-            .into_iter()
-            .map(|(rel, refs)| {
-                let id = refs[0].1.image_id.clone();
-                (rel, refs, id)
-            })
-            .collect();
-        // The service images (inline mode) go along, rather than after (see
-        // `preload_service_images`); no references: `restore_service_images` tags them.
-        if self.preload_services {
-            let archives: BTreeSet<String> = self
-                .index
-                .services
-                .values()
-                .map(|e| e.archive.clone())
-                .collect();
-            for rel in archives {
-                if let Some(id) = self.missing_service_image(&docker, &rel).await {
-                    jobs.push((rel, Vec::new(), id));
-                }
-            }
-        }
         // Check and load the archives a few at a time (hashing and the daemon's unpacking
         // overlap), then deal with the outcomes in order.
-        let checked: Vec<Checked> = futures_util::stream::iter(jobs)
-            .map(|(rel, refs, image_id)| {
+        let checked: Vec<Checked> = futures_util::stream::iter(wanted)
+            .map(|(rel, refs)| {
                 let docker = docker.clone();
                 let path = self.root.join(&rel);
                 let record = self.index.archives.get(&rel).cloned();
+                let image_id = refs[0].1.image_id.clone();
                 async move {
                     let outcome = check_and_load(&docker, path, record, &image_id).await;
                     (rel, refs, outcome)
@@ -302,10 +303,6 @@ impl Cache {
             .collect()
             .await;
         for (rel, refs, outcome) in checked {
-            if refs.is_empty() {
-                self.took_services_archive(&rel, outcome);
-                continue;
-            }
             let names: Vec<String> = refs.iter().map(|(r, _)| r.to_string()).collect();
             match outcome {
                 Err(Trouble::Corrupted(why)) => {
@@ -551,9 +548,9 @@ impl Cache {
         }
     }
 
-    /// Has [`Cache::restore_base_images`] load the saved service images too, alongside the
-    /// base images (for `build-all`, whose builds use them; the later
-    /// [`Cache::prepare_build_cache`] then finds them loaded).
+    /// Has [`Cache::restore_base_images`] load the saved service images first (for
+    /// `build-all`, whose builds use them): their archive holds the base images too, so one
+    /// load restores both, and the later [`Cache::prepare_build_cache`] finds them loaded.
     pub fn preload_service_images(&mut self) {
         self.preload_services = true;
     }
@@ -748,12 +745,15 @@ impl Cache {
             None => old.map_or((None, None), |e| (e.inputs.clone(), e.total_steps)),
         };
         if !unchanged && !images.is_empty() {
-            let ids: Vec<String> = images
-                .values()
-                .cloned()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
+            // With the base images the daemon has: one load of this archive restores
+            // everything a warm build-all needs (the layers are in it anyway).
+            let mut ids: BTreeSet<String> = images.values().cloned().collect();
+            for base in self.index.base_images.values() {
+                if local_id(&docker, &base.image_id).await.is_some() {
+                    ids.insert(base.image_id.clone());
+                }
+            }
+            let ids: Vec<String> = ids.into_iter().collect();
             let h = store::hex(&sha2::Sha256::digest(ids.join("\n").as_bytes()));
             let rel = format!("images/services-{}.tar", &h[..12]);
             match export(&docker, &self.root, &rel, &ids).await {

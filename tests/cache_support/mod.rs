@@ -436,6 +436,23 @@ impl E2e {
             .unwrap_or_else(|| panic!("{key} not in {index:#}"));
         self.cache.path().join(rel)
     }
+
+    /// The archive of the service images (inline mode).
+    pub fn services_archive(&self) -> PathBuf {
+        let index = self.index();
+        let rel = index["services"]["backend"]["archive"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no services archive in {index:#}"));
+        self.cache.path().join(rel)
+    }
+}
+
+/// Flips one bit in the middle of `file` (same size: only the checksum can tell).
+pub fn corrupt(file: &Path) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(file, bytes).unwrap();
 }
 
 impl Drop for E2e {

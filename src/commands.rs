@@ -1,6 +1,5 @@
 //! Glue between the command line and the library: load, validate, run, render.
 
-use crate::report::now_ms;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 
@@ -25,6 +24,7 @@ use crate::error::{Error, Exit};
 use crate::plan::{Naming, Plan, plan};
 use crate::prefetch::{self, ImageStatus, Mirrors, PrefetchOptions, PrefetchReport};
 use crate::project::Project;
+use crate::report::now_ms;
 use crate::retry::RetryPolicy;
 use crate::ui::Ui;
 

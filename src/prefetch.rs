@@ -8,7 +8,6 @@
 //! retried. After a pull from a mirror (or the relay) the image is re-tagged to its canonical
 //! name, so Dockerfiles need no change.
 
-use crate::report::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,6 +24,7 @@ use crate::engine::Engine;
 use crate::reference::Reference;
 use crate::registry::{Endpoint, RegistryClient, Timeouts};
 use crate::relay::{Relay, RequestEvent, Source};
+use crate::report::now_ms;
 use crate::retry::{ErrorClass, RetryHint, RetryPolicy, classify_message, classify_status};
 
 /// When to pull an image that is already present locally.

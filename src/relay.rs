@@ -18,7 +18,6 @@
 //! registry (and optional path prefix) that serves it. After the pull, the image is re-tagged
 //! to its canonical name (see `prefetch`).
 
-use crate::report::now_ms;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::registry::{Endpoint, RegistryClient, RegistryError, RequestKind};
+use crate::report::now_ms;
 use crate::retry::{ErrorClass, RetryPolicy, classify_message};
 
 type Body = BoxBody<Bytes, std::io::Error>;

@@ -2,7 +2,6 @@
 //! are ready, at most `parallel` at once; retries builds that failed for network reasons;
 //! keeps every service's result; stops cleanly when cancelled.
 
-use crate::report::now_ms;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -17,7 +16,9 @@ use super::failure::{self, BuildFailureClass};
 use crate::engine::Engine;
 use crate::plan::Plan;
 use crate::prefetch::ImageResult;
-use crate::report::{FailureLogEntry, ServiceFailure, ServiceResult, ServiceStatus, rfc3339_ms};
+use crate::report::{
+    FailureLogEntry, ServiceFailure, ServiceResult, ServiceStatus, now_ms, rfc3339_ms,
+};
 use crate::retry::RetryPolicy;
 
 #[derive(Debug, Clone)]

@@ -184,17 +184,7 @@ pub fn prefetch_options(args: &PrefetchArgs, project: &Project) -> Result<Prefet
                 reason,
             })?;
     }
-    for spec in args
-        .mirrors
-        .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-    {
-        mirrors.add(spec).map_err(|reason| Error::Usage {
-            what: "--mirror".into(),
-            reason,
-        })?;
-    }
+    add_mirror_flags(&mut mirrors, &args.mirrors)?;
     Ok(PrefetchOptions {
         concurrency: usize::from(args.pull_concurrency),
         policy: RetryPolicy {
@@ -254,6 +244,17 @@ pub async fn run_prefetch(
         (0, _) => Exit::Success,
         (_, PrefetchFailure::Warn | PrefetchFailure::Fail) => Exit::ImagesMissing,
     })
+}
+
+/// Adds the `--mirror` values (`REGISTRY=HOST[,HOST...]`; blank ones skipped) to `mirrors`.
+pub(crate) fn add_mirror_flags(mirrors: &mut Mirrors, specs: &[String]) -> Result<(), Error> {
+    for spec in specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        mirrors.add(spec).map_err(|reason| Error::Usage {
+            what: "--mirror".into(),
+            reason,
+        })?;
+    }
+    Ok(())
 }
 
 fn render_prefetch(report: &PrefetchReport, ui: &Ui) -> String {

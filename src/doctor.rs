@@ -105,20 +105,8 @@ fn load_needs(
     args: &DoctorArgs,
 ) -> Result<(ProjectFound, Vec<ImageNeed>, Mirrors), Error> {
     let mut mirrors = Mirrors::default();
-    let add_flags = |mirrors: &mut Mirrors| -> Result<(), Error> {
-        for spec in args
-            .mirrors
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-        {
-            mirrors.add(spec).map_err(|reason| Error::Usage {
-                what: "--mirror".into(),
-                reason,
-            })?;
-        }
-        Ok(())
-    };
+    let add_flags =
+        |mirrors: &mut Mirrors| crate::commands::add_mirror_flags(mirrors, &args.mirrors);
     let not_found = |note: String| ProjectFound { found: false, note };
     let root = match std::env::current_dir() {
         Ok(root) => root,

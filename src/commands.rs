@@ -175,16 +175,7 @@ fn render_plan(plan: &Plan) -> String {
 
 /// Turns the prefetch flags (and the config file's settings) into options.
 pub fn prefetch_options(args: &PrefetchArgs, project: &Project) -> Result<PrefetchOptions, Error> {
-    let mut mirrors = Mirrors::default();
-    for (registry, hosts) in &project.settings.mirrors {
-        mirrors
-            .add(&format!("{registry}={}", hosts.join(",")))
-            .map_err(|reason| Error::Input {
-                input: project.source.clone(),
-                reason,
-            })?;
-    }
-    add_mirror_flags(&mut mirrors, &args.mirrors)?;
+    let mirrors = project_mirrors(project, &args.mirrors)?;
     Ok(PrefetchOptions {
         concurrency: usize::from(args.pull_concurrency),
         policy: RetryPolicy {
@@ -244,6 +235,21 @@ pub async fn run_prefetch(
         (0, _) => Exit::Success,
         (_, PrefetchFailure::Warn | PrefetchFailure::Fail) => Exit::ImagesMissing,
     })
+}
+
+/// The mirrors of the project's config file, then the `--mirror` values.
+pub(crate) fn project_mirrors(project: &Project, flags: &[String]) -> Result<Mirrors, Error> {
+    let mut mirrors = Mirrors::default();
+    for (registry, hosts) in &project.settings.mirrors {
+        mirrors
+            .add(&format!("{registry}={}", hosts.join(",")))
+            .map_err(|reason| Error::Input {
+                input: project.source.clone(),
+                reason,
+            })?;
+    }
+    add_mirror_flags(&mut mirrors, flags)?;
+    Ok(mirrors)
 }
 
 /// Adds the `--mirror` values (`REGISTRY=HOST[,HOST...]`; blank ones skipped) to `mirrors`.

@@ -104,18 +104,20 @@ fn load_needs(
     global: &GlobalArgs,
     args: &DoctorArgs,
 ) -> Result<(ProjectFound, Vec<ImageNeed>, Mirrors), Error> {
-    let mut mirrors = Mirrors::default();
-    let add_flags =
-        |mirrors: &mut Mirrors| crate::commands::add_mirror_flags(mirrors, &args.mirrors);
+    // Without a project: the `--mirror` values only.
+    let flag_mirrors = || -> Result<Mirrors, Error> {
+        let mut mirrors = Mirrors::default();
+        crate::commands::add_mirror_flags(&mut mirrors, &args.mirrors)?;
+        Ok(mirrors)
+    };
     let not_found = |note: String| ProjectFound { found: false, note };
     let root = match std::env::current_dir() {
         Ok(root) => root,
         Err(e) => {
-            add_flags(&mut mirrors)?;
             return Ok((
                 not_found(format!("no working directory ({e})")),
                 Vec::new(),
-                mirrors,
+                flag_mirrors()?,
             ));
         }
     };
@@ -125,23 +127,14 @@ fn load_needs(
         // anywhere.
         Err(err) if global.config.is_some() => return Err(err),
         Err(err) => {
-            add_flags(&mut mirrors)?;
             return Ok((
                 not_found(format!("no project here ({err})")),
                 Vec::new(),
-                mirrors,
+                flag_mirrors()?,
             ));
         }
     };
-    for (registry, hosts) in &project.settings.mirrors {
-        mirrors
-            .add(&format!("{registry}={}", hosts.join(",")))
-            .map_err(|reason| Error::Input {
-                input: project.source.clone(),
-                reason,
-            })?;
-    }
-    add_flags(&mut mirrors)?;
+    let mirrors = crate::commands::project_mirrors(&project, &args.mirrors)?;
     let build_args: BTreeMap<String, String> = args
         .build_args
         .iter()

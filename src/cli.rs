@@ -1,9 +1,20 @@
 //! The command line: one definition shared by the CLI flags and the GitHub Action's inputs
-//! (each flag that is also an action input reads `INPUT_…` from the environment).
+//! (each flag that is also an action input reads `INPUT_…` from the environment). Values are
+//! parsed into typed values here (mirrors, shards, build args, sizes); [`crate::settings`]
+//! resolves them with the config file and the environment before any work starts. The
+//! domain's enums get their command-line names here ([`ValueEnum`]), so no module below
+//! knows about clap.
 
 use std::path::PathBuf;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::build::PrefetchFailure;
+use crate::build::backend::BuilderChoice;
+use crate::prefetch::Mirrors;
+use crate::prefetch::{PullPolicy, PullVia};
+use crate::ui::{ColorChoice, OutputFormat};
 
 /// Builds every Docker image of a multi-service repository reliably, even on networks
 /// where registries fail: base images are prefetched with retries and mirror fall-back,
@@ -43,18 +54,49 @@ pub struct GlobalArgs {
     pub color: ColorChoice,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Human,
-    Json,
+/// `impl ValueEnum` for a fieldless enum defined elsewhere: its variants, each with its name
+/// on the command line and optionally a line of help.
+macro_rules! value_enum {
+    ($ty:ty { $($variant:expr => $name:literal $(: $help:literal)?),* $(,)? }) => {
+        impl ValueEnum for $ty {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$($variant),*]
+            }
+
+            fn to_possible_value(&self) -> Option<PossibleValue> {
+                $(
+                    if *self == $variant {
+                        return Some(PossibleValue::new($name)$(.help($help))?);
+                    }
+                )*
+                None
+            }
+        }
+    };
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ColorChoice {
-    Auto,
-    Always,
-    Never,
-}
+value_enum!(OutputFormat { OutputFormat::Human => "human", OutputFormat::Json => "json" });
+value_enum!(ColorChoice {
+    ColorChoice::Auto => "auto",
+    ColorChoice::Always => "always",
+    ColorChoice::Never => "never",
+});
+value_enum!(BuilderChoice {
+    BuilderChoice::Auto => "auto",
+    BuilderChoice::Buildx => "buildx",
+    BuilderChoice::Engine => "engine": "The Engine API with BuildKit (falls back to the classic builder where BuildKit over the API does not work)",
+    BuilderChoice::EngineClassic => "engine-classic": "The Engine API with the classic builder",
+});
+value_enum!(PullPolicy {
+    PullPolicy::Missing => "missing": "Only images that are not present locally",
+    PullPolicy::Always => "always": "Every image, to get the registry's current version",
+});
+value_enum!(PullVia {
+    PullVia::Auto => "auto": "The relay when the daemon is on this machine, else direct",
+    PullVia::Relay => "relay": "Through our per-request retrying relay on 127.0.0.1",
+    PullVia::Direct => "direct": "The daemon pulls from the registry itself; only whole pulls are retried",
+});
+value_enum!(PrefetchFailure { PrefetchFailure::Warn => "warn", PrefetchFailure::Fail => "fail" });
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -146,8 +188,8 @@ pub struct BuildArgs {
     pub no_deps: bool,
     /// Build only shard I of N (as `plan --matrix --shards N` printed it; give the same
     /// --durations report to both).
-    #[arg(long, value_name = "I/N", env = "INPUT_SHARD")]
-    pub shard: Option<String>,
+    #[arg(long, value_name = "I/N", env = "INPUT_SHARD", value_parser = parse_shard)]
+    pub shard: Option<ShardSpec>,
     /// Push every built image (and its extra tags) with `docker push`, retrying transient
     /// registry failures. Image names must include the registry (see --prefix).
     #[arg(long, env = "INPUT_PUSH")]
@@ -177,17 +219,6 @@ pub struct BuildArgs {
     pub out_dir: std::path::PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BuilderChoice {
-    Auto,
-    Buildx,
-    /// The Engine API with BuildKit (falls back to the classic builder where BuildKit over
-    /// the API does not work).
-    Engine,
-    /// The Engine API with the classic builder.
-    EngineClassic,
-}
-
 #[derive(Debug, Args)]
 pub struct BuildServicesArgs {
     /// The services to build, by name.
@@ -201,8 +232,8 @@ pub struct BuildServicesArgs {
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
     /// A build argument for every service, used to expand `ARG`s in FROM lines (repeatable).
-    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
-    pub build_args: Vec<String>,
+    #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_build_arg)]
+    pub build_args: Vec<BuildArg>,
     /// The tag of every service image (default: VERSION file, `git describe`, short commit).
     #[arg(long, value_name = "TAG", env = "INPUT_TAG")]
     pub tag: Option<String>,
@@ -257,9 +288,9 @@ pub struct PrefetchArgs {
         long = "mirror",
         value_name = "REGISTRY=HOST[,HOST...]",
         env = "INPUT_MIRRORS",
-        value_delimiter = '\n'
+        value_parser = parse_mirrors
     )]
-    pub mirrors: Vec<String>,
+    pub mirrors: Vec<MirrorList>,
     /// Try the mirrors before the registry itself.
     #[arg(long, env = "INPUT_MIRROR_FIRST")]
     pub mirror_first: bool,
@@ -276,8 +307,8 @@ pub struct PrefetchArgs {
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub retry_deadline: u64,
     /// `missing`: pull only images not present locally; `always`: pull every image.
-    #[arg(long, value_enum, default_value_t = crate::prefetch::PullPolicy::Missing, env = "INPUT_PULL")]
-    pub pull: crate::prefetch::PullPolicy,
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing, env = "INPUT_PULL")]
+    pub pull: PullPolicy,
     /// What a base image that cannot be had does to the run: `warn` and go on (a build may
     /// still succeed from a local copy), or `fail` at once.
     #[arg(long, value_enum, default_value_t = PrefetchFailure::Warn, env = "INPUT_PREFETCH_FAILURE")]
@@ -293,19 +324,13 @@ pub struct PrefetchArgs {
         value_name = "SIZE",
         default_value = "2GiB",
         env = "INPUT_CACHE_MAX_SIZE",
-        value_parser = crate::cache::parse_size
+        value_parser = parse_size
     )]
     pub cache_max_size: u64,
     /// `relay`: through our per-request retrying relay on 127.0.0.1 (needs a local daemon);
     /// `direct`: the daemon pulls itself; `auto`: relay for a local daemon.
-    #[arg(long, value_enum, default_value_t = crate::prefetch::PullVia::Auto)]
-    pub pull_via: crate::prefetch::PullVia,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PrefetchFailure {
-    Warn,
-    Fail,
+    #[arg(long, value_enum, default_value_t = PullVia::Auto)]
+    pub pull_via: PullVia,
 }
 
 /// Which saved report to show, and as what.
@@ -343,19 +368,9 @@ pub struct ReportArgs {
         hide_env_values = true
     )]
     pub github_token: Option<String>,
-    /// The view: `markdown` (the step summary), `json`, `annotations` (workflow commands with
-    /// the log groups), `outputs` (the step outputs) or `terminal` (the final table).
-    #[arg(long, value_enum, default_value_t = ReportFormat::Terminal)]
-    pub format: ReportFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReportFormat {
-    Markdown,
-    Json,
-    Annotations,
-    Outputs,
-    Terminal,
+    /// The view to print (the views a run publishes).
+    #[arg(long, default_value = "terminal", value_name = "VIEW", value_parser = report_views())]
+    pub format: String,
 }
 
 /// `doctor`: the daemon, buildx, and every registry and mirror the base images come from.
@@ -383,15 +398,105 @@ pub struct DoctorArgs {
         long = "mirror",
         value_name = "REGISTRY=HOST[,HOST...]",
         env = "INPUT_MIRRORS",
-        value_delimiter = '\n'
+        value_parser = parse_mirrors
     )]
-    pub mirrors: Vec<String>,
+    pub mirrors: Vec<MirrorList>,
     /// The most one probe step (lookup, connect, handshake, request) may take, in seconds.
     #[arg(long, default_value_t = 5, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=120))]
     pub probe_timeout: u64,
     /// A build argument for expanding `ARG`s in FROM lines, as for prefetch (repeatable).
-    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
-    pub build_args: Vec<String>,
+    #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_build_arg)]
+    pub build_args: Vec<BuildArg>,
+}
+
+/// `--build-arg KEY=VALUE`.
+fn parse_build_arg(text: &str) -> Result<BuildArg, ValueError> {
+    BuildArg::parse(text)
+}
+
+/// `--mirror REGISTRY=HOST[,HOST...]`, or several such lines (the `mirrors` input).
+fn parse_mirrors(text: &str) -> Result<MirrorList, ValueError> {
+    MirrorList::parse(text)
+}
+
+/// `--shard I/N`.
+fn parse_shard(text: &str) -> Result<ShardSpec, ValueError> {
+    ShardSpec::parse(text)
+}
+
+/// `2GiB`, `500m`, bytes.
+fn parse_size(text: &str) -> Result<u64, ValueError> {
+    crate::cache::parse_size(text).map_err(|e| ValueError(e.to_string()))
+}
+
+/// The names of the report's views, with what each is.
+fn report_views() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        crate::report::views::ALL
+            .iter()
+            .map(|v| PossibleValue::new(v.name()).help(v.about())),
+    )
+}
+
+/// A value a flag cannot take; clap shows it as `invalid value 'X' for '--flag': REASON`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValueError(pub String);
+
+/// `--build-arg KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildArg {
+    pub key: String,
+    pub value: String,
+}
+
+impl BuildArg {
+    pub fn parse(text: &str) -> Result<BuildArg, ValueError> {
+        text.split_once('=')
+            .filter(|(k, _)| !k.is_empty() && !k.contains(char::is_whitespace))
+            .map(|(k, v)| BuildArg {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .ok_or_else(|| ValueError("expected KEY=VALUE".into()))
+    }
+}
+
+/// One `--mirror` value: one or more `REGISTRY=HOST[,HOST...]` lines (the `mirrors` input is
+/// newline-separated; blank lines are skipped). Each line is checked when parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MirrorList(pub Vec<String>);
+
+impl MirrorList {
+    pub fn parse(text: &str) -> Result<MirrorList, ValueError> {
+        let mut lines = Vec::new();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            Mirrors::default().add(line).map_err(ValueError)?;
+            lines.push(line.to_string());
+        }
+        Ok(MirrorList(lines))
+    }
+}
+
+/// `--shard I/N`: shard I (1-based) of N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSpec {
+    pub index: usize,
+    pub total: usize,
+}
+
+impl ShardSpec {
+    pub fn parse(text: &str) -> Result<ShardSpec, ValueError> {
+        crate::matrix::parse_shard(text)
+            .map(|(index, total)| ShardSpec { index, total })
+            .map_err(|e| ValueError(e.to_string()))
+    }
+}
+
+impl std::fmt::Display for ShardSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.total)
+    }
 }
 
 #[cfg(test)]
@@ -431,5 +536,39 @@ mod tests {
         let err =
             Cli::try_parse_from(["ai-infra-build", "--color", "sometimes", "plan"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn build_args_need_a_key_without_spaces() {
+        assert_eq!(
+            BuildArg::parse("A=b=c"),
+            Ok(BuildArg {
+                key: "A".into(),
+                value: "b=c".into()
+            })
+        );
+        assert!(BuildArg::parse("A").is_err());
+        assert!(BuildArg::parse("=x").is_err());
+        assert!(BuildArg::parse("A B=x").is_err());
+    }
+
+    #[test]
+    fn mirror_lists_skip_blank_lines_and_check_each_line() {
+        let list = MirrorList::parse("docker.io=m1.example.com\n\n  \nghcr.io=m2.example.com\n")
+            .expect("parses");
+        assert_eq!(list.0.len(), 2);
+        assert!(MirrorList::parse("docker.io=ok.example.com\nnot-a-mirror").is_err());
+        assert_eq!(MirrorList::parse(""), Ok(MirrorList::default()));
+    }
+
+    #[test]
+    fn shards_are_one_based() {
+        assert_eq!(
+            ShardSpec::parse("2/3"),
+            Ok(ShardSpec { index: 2, total: 3 })
+        );
+        assert_eq!(ShardSpec::parse("2/3").unwrap().to_string(), "2/3");
+        assert!(ShardSpec::parse("0/3").is_err());
+        assert!(ShardSpec::parse("4/3").is_err());
     }
 }

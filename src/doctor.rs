@@ -3,20 +3,15 @@
 //! settings of this process, and every registry and mirror the project's base images come
 //! from, step by step ([`crate::probe`]).
 //!
-//! Exit status: [`Exit::ImagesMissing`] when a registry the plan needs (or one named with
+//! This module holds what doctor found and how it reads; `crate::cmd` runs it.
+//!
+//! Exit status: [`crate::Exit::ImagesMissing`] when a registry the plan needs (or one named with
 //! `--registry`) has no healthy source, else success.
-
-use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cli::{DoctorArgs, GlobalArgs, OutputFormat};
-use crate::engine::{self, Buildx, Engine, EngineFacts};
-use crate::error::{Error, Exit};
-use crate::prefetch::{ImageNeed, Mirrors};
-use crate::probe::{self, ProbeOptions, ProxyEnv, RegistryHealth, StepStatus};
-use crate::project::Project;
+use crate::engine::{self, Buildx, EngineFacts};
+use crate::probe::{self, ProxyEnv, RegistryHealth, StepStatus};
 use crate::report::text;
 use crate::ui::Ui;
 
@@ -47,147 +42,7 @@ pub struct ProjectFound {
     pub note: String,
 }
 
-pub async fn run(global: &GlobalArgs, args: &DoctorArgs, ui: &Ui) -> Result<Exit, Error> {
-    let timeout = Duration::from_secs(args.timeout.max(1));
-    let (project, needs, mirrors) = load_needs(global, args)?;
-    let engine = Engine::connect(timeout).await?;
-    let options = ProbeOptions {
-        step_timeout: Duration::from_secs(args.probe_timeout.max(1)),
-    };
-    let proxy_env = ProxyEnv::from_env();
-    let targets = probe::targets(&needs, &mirrors, &args.registries);
-    let daemon = async {
-        let facts = engine.facts().await?;
-        let buildx = engine::buildx(timeout).await;
-        let builders = match &buildx {
-            Buildx::Available { .. } => {
-                engine::buildx_builders(timeout, facts.containerd_image_store)
-                    .await
-                    .unwrap_or_default()
-            }
-            Buildx::Unavailable { .. } => Vec::new(),
-        };
-        Ok::<_, Error>((facts, buildx, builders))
-    };
-    let probes = probe::probe_registries(targets, &options, &proxy_env);
-    let (daemon, registries) = tokio::join!(daemon, probes);
-    let (facts, buildx, builders) = daemon?;
-    let registries = registries.map_err(|e| Error::Environment {
-        what: "registry probes".into(),
-        reason: format!("{e:#}"),
-    })?;
-    let registries_ok = registries.iter().filter(|r| r.required).all(|r| r.healthy);
-    let report = DoctorReport {
-        engine: facts,
-        buildx,
-        builders,
-        proxy_env,
-        project,
-        registries,
-        registries_ok,
-        probe_timeout_ms: options.step_timeout.as_millis() as u64,
-    };
-    match ui.format {
-        OutputFormat::Json => ui.json(&report),
-        OutputFormat::Human => ui.result(&render(&report, ui)),
-    }
-    Ok(if report.registries_ok {
-        Exit::Success
-    } else {
-        Exit::ImagesMissing
-    })
-}
-
-/// The base images of the project in the working directory (none when there is no project:
-/// doctor works anywhere), and the mirrors of its config file plus `--mirror`.
-fn load_needs(
-    global: &GlobalArgs,
-    args: &DoctorArgs,
-) -> Result<(ProjectFound, Vec<ImageNeed>, Mirrors), Error> {
-    // Without a project: the `--mirror` values only.
-    let flag_mirrors = || -> Result<Mirrors, Error> {
-        let mut mirrors = Mirrors::default();
-        crate::commands::add_mirror_flags(&mut mirrors, &args.mirrors)?;
-        Ok(mirrors)
-    };
-    let not_found = |note: String| ProjectFound { found: false, note };
-    let root = match std::env::current_dir() {
-        Ok(root) => root,
-        Err(e) => {
-            return Ok((
-                not_found(format!("no working directory ({e})")),
-                Vec::new(),
-                flag_mirrors()?,
-            ));
-        }
-    };
-    let project = match Project::load(&root, global.config.as_deref()) {
-        Ok(project) => project,
-        // A config named on the command line must be usable; without one, doctor works
-        // anywhere.
-        Err(err) if global.config.is_some() => return Err(err),
-        Err(err) => {
-            return Ok((
-                not_found(format!("no project here ({err})")),
-                Vec::new(),
-                flag_mirrors()?,
-            ));
-        }
-    };
-    let mirrors = crate::commands::project_mirrors(&project, &args.mirrors)?;
-    let build_args: BTreeMap<String, String> = args
-        .build_args
-        .iter()
-        .map(|arg| {
-            arg.split_once('=')
-                .filter(|(k, _)| !k.is_empty())
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| Error::Usage {
-                    what: format!("--build-arg {arg:?}"),
-                    reason: "expected KEY=VALUE".into(),
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    let tag = project
-        .settings
-        .tag
-        .as_deref()
-        .map(|t| (t, project.source.as_str()));
-    let planned = crate::plan::Naming::resolve(&root, project.settings.prefix.as_deref(), tag)
-        .and_then(|naming| crate::plan::plan(&project, &naming, &build_args));
-    match planned {
-        Ok(plan) => {
-            let registries: std::collections::BTreeSet<&str> = plan
-                .base_images
-                .iter()
-                .map(|n| n.reference.domain.as_str())
-                .collect();
-            let note = format!(
-                "{} ({}), {} on {}",
-                plural(project.services.len(), "service", "services"),
-                project.source,
-                plural(plan.base_images.len(), "base image", "base images"),
-                plural(registries.len(), "registry", "registries"),
-            );
-            Ok((
-                ProjectFound { found: true, note },
-                plan.base_images,
-                mirrors,
-            ))
-        }
-        Err(err) => Ok((
-            not_found(format!(
-                "{} ({}), but its plan failed: {err}",
-                plural(project.services.len(), "service", "services"),
-                project.source
-            )),
-            Vec::new(),
-            mirrors,
-        )),
-    }
-}
-
-fn plural(n: usize, one: &str, many: &str) -> String {
+pub fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 

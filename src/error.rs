@@ -2,8 +2,6 @@
 //!
 //! Every error says what failed, with which input, and what to do next (`help()`).
 
-use std::fmt;
-
 /// The documented exit codes of `ai-infra-build` (also listed in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -37,7 +35,10 @@ impl Exit {
     }
 }
 
-/// An error that ends the command.
+/// An error that ends the command: one enum for the whole crate, rendered in one place
+/// ([`crate::ui::Ui::error`]). Each variant knows its exit code ([`Error::exit`]) and what the
+/// user can do next ([`Error::help`]); module errors come in through `#[from]` and keep what
+/// a caller must decide on inspectable.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
@@ -50,6 +51,7 @@ pub enum Error {
         #[source]
         source: bollard::errors::Error,
     },
+    /// Bad flags or flag combinations.
     #[error("{what}: {reason}")]
     Usage { what: String, reason: String },
     /// Something the environment lacks (a tool, a writable directory).
@@ -58,12 +60,21 @@ pub enum Error {
     /// Bad input: a config file, a Dockerfile, a reference. Names the input and the fix.
     #[error("{input}: {reason}")]
     Input { input: String, reason: String },
+    /// The build backend asked for cannot build here.
+    #[error("{0}")]
+    Backend(#[from] crate::build::backend::BackendError),
+    /// The JSON report could not be written.
+    #[error("{0}")]
+    Publish(#[from] crate::report::publish::PublishError),
 }
 
 impl Error {
     pub fn exit(&self) -> Exit {
+        use crate::build::backend::BackendError;
         match self {
-            Error::Usage { .. } | Error::Input { .. } => Exit::Usage,
+            Error::Usage { .. } | Error::Input { .. } | Error::Publish(_) => Exit::Usage,
+            Error::Backend(BackendError::NoSuchBuilder { .. }) => Exit::Usage,
+            Error::Backend(_) => Exit::Environment,
             Error::DockerUnreachable { .. } | Error::Docker { .. } | Error::Environment { .. } => {
                 Exit::Environment
             }
@@ -72,28 +83,20 @@ impl Error {
 
     /// What the user can do about it, shown after the error.
     pub fn help(&self) -> Option<String> {
-        match self {
-            Error::DockerUnreachable { .. } | Error::Docker { .. } => None,
-            Error::Usage { .. } => Some("see `ai-infra-build --help`".to_string()),
-            Error::Input { .. } | Error::Environment { .. } => None,
-        }
-    }
-}
-
-/// Formats an error chain on one line: "outer: inner: innermost".
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(err) = source {
-            let text = err.to_string();
-            if !self.0.to_string().contains(&text) {
-                write!(f, ": {text}")?;
+        Some(match self {
+            Error::DockerUnreachable { .. } | Error::Docker { .. } => {
+                "`ai-infra-build doctor` shows what the daemon and each registry answer".into()
             }
-            source = err.source();
-        }
-        Ok(())
+            Error::Usage { .. } => "see `ai-infra-build --help`".into(),
+            Error::Environment { .. } => {
+                "`ai-infra-build doctor` checks the daemon, buildx and the registries".into()
+            }
+            Error::Input { .. } => {
+                "fix the input named above; `ai-infra-build plan` checks a project without building"
+                    .into()
+            }
+            Error::Backend(e) => e.help().into(),
+            Error::Publish(_) => "check that the output directory (--out-dir) is writable".into(),
+        })
     }
 }

@@ -1,13 +1,15 @@
 //! ai-infra-build: builds every Docker image of a multi-service repository reliably, even on
 //! networks where registries fail.
 //!
-//! The library never prints: everything a user sees goes through [`ui`].
-#![warn(clippy::print_stdout, clippy::print_stderr)]
+//! The library never prints: everything a user sees goes through the [`ui::Sink`] that the
+//! binary hands to [`run`]. docs/ARCHITECTURE.md maps the modules.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod actions_env;
 pub mod build;
 pub mod cache;
 pub mod cli;
-pub mod commands;
+pub mod cmd;
 pub mod context;
 pub mod dockerfile;
 pub mod doctor;
@@ -24,34 +26,8 @@ pub mod registry;
 pub mod relay;
 pub mod report;
 pub mod retry;
+pub mod settings;
 pub mod ui;
 
+pub use cmd::run;
 pub use error::{Error, Exit};
-
-use cli::{Cli, Command};
-
-/// Runs one invocation of the command line and returns the exit status to use.
-pub async fn run(cli: Cli) -> Exit {
-    let ui = ui::Ui::from_cli(&cli.global);
-    let outcome = dispatch(&cli, &ui).await;
-    match outcome {
-        Ok(exit) => exit,
-        Err(err) => {
-            ui.error(&err);
-            err.exit()
-        }
-    }
-}
-
-async fn dispatch(cli: &Cli, ui: &ui::Ui) -> Result<Exit, Error> {
-    match &cli.command {
-        Command::Doctor(args) => doctor::run(&cli.global, args, ui).await,
-        Command::Plan(args) => commands::run_plan(&cli.global, args, ui).await,
-        Command::Prefetch(args) => commands::run_prefetch(&cli.global, args, ui).await,
-        Command::Report(args) => report::command::run(args, ui).await,
-        Command::BuildAll(args) => commands::run_build(&cli.global, args, &[], ui).await,
-        Command::Build(args) => {
-            commands::run_build(&cli.global, &args.build, &args.services, ui).await
-        }
-    }
-}

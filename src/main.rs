@@ -1,7 +1,41 @@
 //! The `ai-infra-build` binary: parse arguments, build the runtime once, hand over to the
-//! library, and turn the outcome into a documented exit code.
+//! library with the one sink that writes to stdout and stderr, and turn the outcome into a
+//! documented exit code.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 
 use clap::Parser;
+
+/// The process's stdout (results, workflow commands) and stderr (notes, progress).
+struct StdSink;
+
+fn write_line(mut to: impl Write, text: &str) {
+    let _ = to.write_all(text.as_bytes());
+    if !text.ends_with('\n') {
+        let _ = to.write_all(b"\n");
+    }
+    let _ = to.flush();
+}
+
+impl ai_infra_build::ui::Sink for StdSink {
+    fn out(&self, text: &str) {
+        write_line(std::io::stdout().lock(), text);
+    }
+
+    fn err(&self, text: &str) {
+        write_line(std::io::stderr().lock(), text);
+    }
+
+    fn is_terminal(&self) -> bool {
+        std::io::stderr().is_terminal()
+    }
+
+    fn progress_target(&self) -> Option<indicatif::ProgressDrawTarget> {
+        self.is_terminal()
+            .then(indicatif::ProgressDrawTarget::stderr)
+    }
+}
 
 fn main() -> std::process::ExitCode {
     let cli = ai_infra_build::cli::Cli::parse();
@@ -11,10 +45,13 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            ai_infra_build::ui::Sink::err(
+                &StdSink,
+                &format!("error: cannot start the async runtime: {err}"),
+            );
             return std::process::ExitCode::from(ai_infra_build::Exit::Environment.code());
         }
     };
-    let exit = runtime.block_on(ai_infra_build::run(cli));
+    let exit = runtime.block_on(ai_infra_build::run(cli, Arc::new(StdSink)));
     std::process::ExitCode::from(exit.code())
 }

@@ -27,15 +27,17 @@ pub struct Naming {
 impl Naming {
     /// `prefix`/`tag` from flags or config win; else the repository name and `-`, and the
     /// VERSION file, `git describe --tags`, the short commit, or `latest`.
-    /// `tag` comes with where it was given (`--tag`, the config file).
+    /// `tag` comes with where it was given (`--tag`, the config file). `repository` is the
+    /// runner's `OWNER/REPO` (`GITHUB_REPOSITORY`), whose name wins over the directory's.
     pub fn resolve(
         root: &Path,
         prefix: Option<&str>,
         tag: Option<(&str, &str)>,
+        repository: Option<&str>,
     ) -> Result<Naming, Error> {
         let prefix = match prefix {
             Some(p) => p.to_string(),
-            None => format!("{}-", sanitize(&repository_name(root))),
+            None => format!("{}-", sanitize(&repository_name(root, repository))),
         };
         let (tag, tag_source) = match tag {
             Some((t, source)) => (t.to_string(), source.to_string()),
@@ -70,8 +72,8 @@ impl Naming {
     }
 }
 
-fn repository_name(root: &Path) -> String {
-    if let Ok(repo) = std::env::var("GITHUB_REPOSITORY")
+fn repository_name(root: &Path, repository: Option<&str>) -> String {
+    if let Some(repo) = repository
         && let Some(name) = repo.rsplit('/').next().filter(|n| !n.is_empty())
     {
         return name.to_string();

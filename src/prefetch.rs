@@ -28,7 +28,7 @@ use crate::report::now_ms;
 use crate::retry::{ErrorClass, RetryHint, RetryPolicy, classify_message, classify_status};
 
 /// When to pull an image that is already present locally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PullPolicy {
     /// Only images that are not present locally.
@@ -38,7 +38,7 @@ pub enum PullPolicy {
 }
 
 /// How the daemon reaches the registries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PullVia {
     /// The relay when the daemon is on this machine, else direct.

@@ -1,69 +1,194 @@
-//! The output layer: the only place that writes to the terminal.
+//! The output layer: everything a user sees goes through one [`Sink`].
 //!
-//! Commands build values (facts, reports) and hand them here; `Ui` decides on colour,
-//! verbosity and format (`human` or `json`).
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+//! Commands build values (facts, reports) and hand them to [`Ui`], which decides on colour,
+//! verbosity and format (`human` or `json`) and writes through its sink. The library itself
+//! never touches stdout or stderr: the binary (`src/main.rs`) gives the sink that does; tests
+//! give [`MemorySink`].
 
-use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 
 use console::Style;
 use serde::Serialize;
 
-use crate::cli::{ColorChoice, GlobalArgs, OutputFormat};
-use crate::error::{Chain, Error};
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// Tables and progress for people.
+    #[default]
+    Human,
+    /// Machine-readable JSON on stdout.
+    Json,
+}
+
+/// When to use colours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ColorChoice {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// Where text goes: results and workflow commands (`out`, stdout for the binary), notes for
+/// people (`err`, stderr).
+pub trait Sink: Send + Sync {
+    /// Writes `text` and a line break (unless it ends with one) to the result stream.
+    fn out(&self, text: &str);
+    /// Writes `text` and a line break (unless it ends with one) to the notes stream.
+    fn err(&self, text: &str);
+    /// Whether the notes stream is a terminal (spinners and colours make sense there).
+    fn is_terminal(&self) -> bool {
+        false
+    }
+    /// Where live progress bars draw, when the notes stream is a terminal.
+    fn progress_target(&self) -> Option<indicatif::ProgressDrawTarget> {
+        None
+    }
+}
+
+/// Collects the text in memory (tests, and views rendered for files).
+#[derive(Default)]
+pub struct MemorySink {
+    pub out: Mutex<String>,
+    pub err: Mutex<String>,
+}
+
+impl MemorySink {
+    pub fn out_text(&self) -> String {
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn err_text(&self) -> String {
+        self.err.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn push_line(buf: &Mutex<String>, text: &str) {
+    let mut buf = buf.lock().unwrap_or_else(|e| e.into_inner());
+    buf.push_str(text);
+    if !text.ends_with('\n') {
+        buf.push('\n');
+    }
+}
+
+impl Sink for MemorySink {
+    fn out(&self, text: &str) {
+        push_line(&self.out, text);
+    }
+
+    fn err(&self, text: &str) {
+        push_line(&self.err, text);
+    }
+}
+
+/// Discards everything.
+pub struct NullSink;
+
+impl Sink for NullSink {
+    fn out(&self, _: &str) {}
+    fn err(&self, _: &str) {}
+}
 
 /// Where and how to show things to the user.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ui {
     pub format: OutputFormat,
     pub color: bool,
     pub quiet: bool,
     pub verbose: u8,
+    pub sink: Arc<dyn Sink>,
+}
+
+impl std::fmt::Debug for Ui {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ui")
+            .field("format", &self.format)
+            .field("color", &self.color)
+            .field("quiet", &self.quiet)
+            .field("verbose", &self.verbose)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Ui {
+    /// Human output without colour into a [`NullSink`] (for rendering only).
+    fn default() -> Ui {
+        Ui {
+            format: OutputFormat::Human,
+            color: false,
+            quiet: false,
+            verbose: 0,
+            sink: Arc::new(NullSink),
+        }
+    }
 }
 
 impl Ui {
-    pub fn from_cli(args: &GlobalArgs) -> Ui {
-        let no_color_env = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    /// A `Ui` writing to `sink`; `color` is decided from `choice`, `NO_COLOR` and whether the
+    /// sink is a terminal.
+    pub fn new(
+        sink: Arc<dyn Sink>,
+        format: OutputFormat,
+        choice: ColorChoice,
+        no_color_env: bool,
+        quiet: bool,
+        verbose: u8,
+    ) -> Ui {
         Ui {
-            format: args.output,
-            color: use_color(args.color, no_color_env, std::io::stderr().is_terminal()),
-            quiet: args.quiet,
-            verbose: args.verbose,
+            format,
+            color: use_color(choice, no_color_env, sink.is_terminal()),
+            quiet,
+            verbose,
+            sink,
         }
     }
 
     /// Prints a result (the command's main output) on stdout.
     pub fn result(&self, text: &str) {
-        println!("{text}");
+        self.sink.out(text);
     }
 
     /// A progress note on stderr (not with --quiet).
     pub fn note(&self, text: &str) {
         if !self.quiet {
-            eprintln!("{}", self.dim(text));
+            self.sink.err(&self.dim(text));
+        }
+    }
+
+    /// A warning on stderr (not with --quiet).
+    pub fn warn(&self, text: &str) {
+        self.note(&format!("warning: {text}"));
+    }
+
+    /// A detail shown only with `-v`.
+    pub fn detail(&self, text: &str) {
+        if self.verbose > 0 && !self.quiet {
+            self.sink.err(&self.dim(text));
         }
     }
 
     /// Prints a value as pretty JSON on stdout.
     pub fn json<T: Serialize>(&self, value: &T) {
         match serde_json::to_string_pretty(value) {
-            Ok(text) => println!("{text}"),
-            Err(err) => eprintln!("error: cannot serialize the result as JSON: {err}"),
+            Ok(text) => self.sink.out(&text),
+            Err(err) => self.sink.err(&format!(
+                "error: cannot serialize the result as JSON: {err}"
+            )),
         }
     }
 
     /// Prints an error, with its causes on the same line and a `help:` line when there is one.
-    pub fn error(&self, err: &Error) {
-        eprintln!(
+    pub fn error(&self, err: &(dyn std::error::Error + 'static), help: Option<&str>) {
+        self.sink.err(&format!(
             "{} {}",
             self.paint(&Style::new().red().bold(), "error:"),
             Chain(err)
-        );
-        if let Some(help) = err.help() {
-            eprintln!(
+        ));
+        if let Some(help) = help {
+            self.sink.err(&format!(
                 "{} {help}",
                 self.paint(&Style::new().cyan().bold(), "help:")
-            );
+            ));
         }
     }
 
@@ -86,6 +211,24 @@ impl Ui {
 
     pub fn dim(&self, text: &str) -> String {
         self.paint(&Style::new().dim(), text)
+    }
+}
+
+/// Formats an error chain on one line: "outer: inner: innermost".
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            let text = err.to_string();
+            if !self.0.to_string().contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            source = err.source();
+        }
+        Ok(())
     }
 }
 
@@ -114,15 +257,24 @@ mod tests {
 
     #[test]
     fn paint_is_plain_without_colour() {
-        let ui = Ui {
-            format: OutputFormat::Human,
-            color: false,
-            quiet: false,
-            verbose: 0,
-        };
+        let ui = Ui::default();
         assert_eq!(ui.bad("x"), "x");
         let ui = Ui { color: true, ..ui };
         assert_ne!(ui.bad("x"), "x");
         assert!(ui.bad("x").contains('x'));
+    }
+
+    #[test]
+    fn notes_respect_quiet_and_results_do_not() {
+        let sink = Arc::new(MemorySink::default());
+        let ui = Ui {
+            quiet: true,
+            sink: sink.clone(),
+            ..Ui::default()
+        };
+        ui.note("hidden");
+        ui.result("shown");
+        assert_eq!(sink.out_text(), "shown\n");
+        assert_eq!(sink.err_text(), "");
     }
 }

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use ai_infra_build::cli::OutputFormat;
 use ai_infra_build::health::OrderDecision;
 use ai_infra_build::registry::RequestKind as Kind;
 use ai_infra_build::report::diagnosis::{
@@ -416,12 +415,7 @@ fn issue8_the_diagnosis_shows_in_every_view() {
             "{text}"
         );
     }
-    let ui = Ui {
-        format: OutputFormat::Human,
-        color: false,
-        quiet: false,
-        verbose: 0,
-    };
+    let ui = Ui::default();
     let table = terminal::render(&report, &ui);
     assert!(
         table.contains(&format!("diagnosis: {}", d.root_cause)),

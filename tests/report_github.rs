@@ -8,15 +8,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ai_infra_build::cli::{ColorChoice, OutputFormat};
 use ai_infra_build::report::annotations::{Annotation, Level};
 use ai_infra_build::report::github::{
     ApiSettings, CheckAnnotation, CheckCompletion, GitHub, GitHubTarget,
 };
-use ai_infra_build::report::publish::{MemorySink, PublishContext, Publisher};
-use ai_infra_build::report::terminal::Progress;
+use ai_infra_build::report::progress::Progress;
+use ai_infra_build::report::publish::{PublishContext, Publisher};
 use ai_infra_build::report::{REPORT_FILE, Report};
-use ai_infra_build::ui::{Ui, use_color};
+use ai_infra_build::ui::{ColorChoice, MemorySink, OutputFormat, Ui, use_color};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
@@ -665,6 +664,7 @@ fn ui() -> Ui {
         color: use_color(ColorChoice::Never, false, false),
         quiet: false,
         verbose: 0,
+        ..Ui::default()
     }
 }
 

@@ -6,16 +6,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ai_infra_build::actions_env::ActionsEnv;
 use ai_infra_build::build::failure::BuildFailureClass;
-use ai_infra_build::cli::{ColorChoice, OutputFormat, ReportFormat};
 use ai_infra_build::prefetch::ImageStatus;
 use ai_infra_build::report::annotations::{self, Level, LogSource, PathMapper};
 use ai_infra_build::report::summary::{self, STEP_SUMMARY_LIMIT, SummaryOptions};
 use ai_infra_build::report::{
     BaseImageResult, FailureLogEntry, ImageUseSite, Report, RunMeta, ServiceFailure, ServiceResult,
-    ServiceStatus, command, outputs, publish::ActionsEnv, terminal, workflow,
+    ServiceStatus, outputs, terminal, views, workflow,
 };
 use ai_infra_build::retry::ErrorClass;
+use ai_infra_build::ui::{ColorChoice, OutputFormat};
 use ai_infra_build::ui::{Ui, use_color};
 use comrak::nodes::{AstNode, NodeValue};
 use comrak::{Arena, Options};
@@ -37,6 +38,7 @@ fn plain_ui() -> Ui {
         color: use_color(ColorChoice::Never, false, false),
         quiet: false,
         verbose: 0,
+        ..Ui::default()
     }
 }
 
@@ -902,16 +904,37 @@ fn report_command_reproduces_every_view() {
         }
         s
     };
-    for (flag, format) in [
-        ("markdown", ReportFormat::Markdown),
-        ("json", ReportFormat::Json),
-        ("annotations", ReportFormat::Annotations),
-        ("outputs", ReportFormat::Outputs),
-        ("terminal", ReportFormat::Terminal),
-    ] {
+    let root = std::env::current_dir().unwrap();
+    let paths = PathMapper::new(&root, None);
+    let ctx = views::ViewContext {
+        ui: &ui,
+        actions: &env,
+        paths: &paths,
+        report_path: path.display().to_string(),
+        report_shown: path.display().to_string(),
+        log_source: LogSource::FileOrTail,
+    };
+    // Every view a run publishes can be printed, and prints what the run wrote.
+    assert_eq!(
+        views::names(),
+        [
+            "json",
+            "annotations",
+            "markdown",
+            "outputs",
+            "comment",
+            "terminal"
+        ]
+    );
+    for view in views::ALL {
+        let flag = view.name();
         let got = stdout(&report_cli(&path, flag));
-        let want = command::render(&report, format, &path, &env, &ui);
-        assert_eq!(redact(&got), redact(&want), "--format {flag}");
+        let want = view.render(&report, &ctx);
+        assert_eq!(
+            redact(&got),
+            redact(want.trim_end_matches('\n')),
+            "--format {flag}"
+        );
     }
     // The JSON view is the report itself.
     let json = stdout(&report_cli(&path, "json"));

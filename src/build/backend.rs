@@ -102,6 +102,112 @@ impl Log {
     }
 }
 
+/// Which backend the user asked for (`--builder`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BuilderChoice {
+    /// The Engine API, unless buildx is needed (see [`Backend::choose`]).
+    #[default]
+    Auto,
+    /// `docker buildx build`.
+    Buildx,
+    /// The Engine API with BuildKit (falls back to the classic builder where BuildKit over
+    /// the API does not work).
+    Engine,
+    /// The Engine API with the classic builder.
+    EngineClassic,
+}
+
+/// Why the chosen backend cannot build here.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("--builder buildx: buildx is not available ({reason})")]
+    BuildxUnavailable { reason: String },
+    #[error("--buildx-builder: cannot list the buildx builders ({reason})")]
+    BuildersUnlisted { reason: String },
+    #[error("--buildx-builder {name:?}: no such buildx builder; the builders are: {known}")]
+    NoSuchBuilder { name: String, known: String },
+}
+
+impl BackendError {
+    /// What the user can do about it.
+    pub fn help(&self) -> &'static str {
+        match self {
+            BackendError::BuildxUnavailable { .. } => {
+                "install the docker-buildx plugin or use --builder engine"
+            }
+            BackendError::BuildersUnlisted { .. } => "check `docker buildx ls`",
+            BackendError::NoSuchBuilder { .. } => "create one with `docker buildx create`",
+        }
+    }
+}
+
+/// A `--buildx-builder` that pulls base images by itself (any driver but `docker`), and the
+/// advice about mirrors we cannot apply to it.
+#[derive(Debug, Clone)]
+pub struct RemoteBuilder {
+    pub builder: crate::engine::BuildxBuilder,
+    pub advice: Vec<String>,
+}
+
+impl RemoteBuilder {
+    /// With `--buildx-builder NAME`: the builder (which must exist); `None` when there is no
+    /// such flag or the builder is the daemon's own (it sees the prefetched images).
+    pub async fn find(
+        name: Option<&str>,
+        mirrors: &crate::prefetch::Mirrors,
+        engine: &Engine,
+    ) -> Result<Option<RemoteBuilder>, BackendError> {
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        let store = engine
+            .facts()
+            .await
+            .map(|f| f.containerd_image_store)
+            .unwrap_or(false);
+        let builders = crate::engine::buildx_builders(Duration::from_secs(10), store)
+            .await
+            .map_err(|reason| BackendError::BuildersUnlisted { reason })?;
+        let Some(builder) = builders.iter().find(|b| b.name == name).cloned() else {
+            return Err(BackendError::NoSuchBuilder {
+                name: name.to_string(),
+                known: builders
+                    .iter()
+                    .map(|b| b.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        if !builder.pulls_by_itself() {
+            return Ok(None);
+        }
+        let advice = mirrors
+            .0
+            .iter()
+            .map(|(registry, sources)| {
+                let hosts: Vec<String> =
+                    sources.iter().map(|s| format!("\"{}\"", s.label())).collect();
+                format!(
+                    "builder {} (driver {}) pulls base images itself, so the prefetch is skipped and our mirrors are not applied to it; \
+                     add them to its buildkitd.toml: [registry.\"{registry}\"] mirrors = [{}]",
+                    builder.name,
+                    builder.driver,
+                    hosts.join(", ")
+                )
+            })
+            .collect();
+        Ok(Some(RemoteBuilder { builder, advice }))
+    }
+
+    /// The builder as the report names it.
+    pub fn label(&self) -> String {
+        format!(
+            "buildx ({}, driver {})",
+            self.builder.name, self.builder.driver
+        )
+    }
+}
+
 /// Which backend builds.
 #[derive(Debug)]
 pub enum Backend {
@@ -115,6 +221,55 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The backend for `choice`. `auto` takes the Engine API unless buildx is needed: each
+    /// `docker buildx build` is a process of its own (~0.2 s of CPU here even when every step
+    /// is cached): on the small services of a monorepo that is most of the build, and it made
+    /// build-all slower than one `docker buildx bake` (scripts/bench-build: 3.47 s vs 2.52 s
+    /// cold; the Engine API: 1.89 s). The Engine API builds with the daemon's BuildKit without
+    /// it, so auto takes it unless buildx is needed: a named buildx builder, a service with
+    /// several platforms, or an engine with the containerd image store (BuildKit over the API
+    /// does not work there, moby#47717, and buildx can export a layer cache there).
+    pub async fn choose(
+        choice: BuilderChoice,
+        buildx_builder: Option<&str>,
+        multi_platform: bool,
+        engine: &Engine,
+    ) -> Result<Backend, BackendError> {
+        let buildx = || Backend::Buildx {
+            builder: buildx_builder.map(str::to_string),
+        };
+        let engine_backend = |buildkit: bool| Backend::Engine {
+            engine: engine.clone(),
+            buildkit: AtomicBool::new(buildkit),
+        };
+        let timeout = Duration::from_secs(10);
+        Ok(match choice {
+            BuilderChoice::Engine => engine_backend(true),
+            BuilderChoice::EngineClassic => engine_backend(false),
+            BuilderChoice::Buildx => match crate::engine::buildx(timeout).await {
+                crate::engine::Buildx::Available { .. } => buildx(),
+                crate::engine::Buildx::Unavailable { reason } => {
+                    return Err(BackendError::BuildxUnavailable { reason });
+                }
+            },
+            BuilderChoice::Auto => {
+                let needs_buildx = buildx_builder.is_some()
+                    || multi_platform
+                    || engine
+                        .facts()
+                        .await
+                        .map_or(true, |facts| facts.containerd_image_store);
+                match needs_buildx {
+                    true => match crate::engine::buildx(timeout).await {
+                        crate::engine::Buildx::Available { .. } => buildx(),
+                        crate::engine::Buildx::Unavailable { .. } => engine_backend(true),
+                    },
+                    false => engine_backend(true),
+                }
+            }
+        })
+    }
+
     /// The name the report shows (`engine (buildkit)`, `engine (classic)`, `buildx`).
     pub fn label(&self) -> String {
         match self {

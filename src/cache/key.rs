@@ -154,7 +154,7 @@ mod tests {
 
     fn key_of(root: &Path, tag: &str) -> CacheKey {
         let project = Project::load(root, None).unwrap();
-        let naming = Naming::resolve(root, None, Some((tag, "--tag"))).unwrap();
+        let naming = Naming::resolve(root, None, Some((tag, "--tag")), None).unwrap();
         let plan = plan(&project, &naming, &BTreeMap::new()).unwrap();
         let config = std::fs::read(root.join("ai-infra-build.yml")).unwrap_or_default();
         cache_key(&plan, &config)

@@ -1,19 +1,17 @@
-//! One result model for a run, and its views (step summary, workflow commands, outputs,
-//! terminal, JSON). The JSON form is versioned: [`REPORT_VERSION`].
+//! One result model for a run ([`Report`]; its JSON form is versioned: [`REPORT_VERSION`]),
+//! its views ([`views`]: step summary, workflow commands, outputs, PR comment, terminal,
+//! JSON), the live progress of a run ([`progress`]) and the [`Publisher`] that delivers them.
 
-pub mod annotations;
-pub mod command;
 pub mod diagnosis;
-pub mod github;
 pub mod merge;
-pub mod outputs;
+pub mod progress;
 pub mod publish;
-pub mod summary;
-pub mod terminal;
 pub mod text;
+pub mod views;
 pub mod workflow;
 
 pub use publish::{PublishContext, Published, Publisher, publish};
+pub use views::{annotations, github, outputs, summary, terminal};
 
 use std::collections::BTreeMap;
 

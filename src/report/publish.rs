@@ -1,9 +1,10 @@
-//! Publishing a run's report: the one place `build-all` hands its results to.
+//! Publishing a run's report: the one place `build-all`, `prefetch` and `report --merge` hand
+//! their results to.
 //!
 //! [`Publisher::start`] at the beginning of a run (announces secrets with `::add-mask::`
 //! before anything else is printed, starts the live progress and the GitHub client), the
 //! `*_started`/`*_finished` hooks while it runs, and [`Publisher::finish`] at the end, which
-//! writes every view the environment asks for:
+//! delivers every view of [`views::ALL`] that applies to the environment:
 //!
 //! | view | when |
 //! |---|---|
@@ -23,59 +24,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::annotations::{self, LogSource, PathMapper};
-use super::github::{ApiSettings, CheckStarter, GitHub, GitHubTarget};
-use super::outputs;
-use super::summary::{self, SummaryOptions};
-use super::terminal::{self, Progress};
+use super::progress::Progress;
+use super::views::annotations::{LogSource, PathMapper};
+use super::views::github::{ApiSettings, CheckStarter, GitHub, GitHubTarget};
+use super::views::{self, Destination, ViewContext, outputs};
 use super::workflow;
 use super::{REPORT_FILE, Report, ServiceStatus};
-use crate::cli::OutputFormat;
-use crate::error::Error;
-use crate::ui::Ui;
-
-/// What the runner tells a step through its environment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ActionsEnv {
-    /// `GITHUB_ACTIONS=true`: workflow commands are understood.
-    pub in_actions: bool,
-    /// `RUNNER_DEBUG=1`.
-    pub debug: bool,
-    pub workspace: Option<PathBuf>,
-    pub step_summary: Option<PathBuf>,
-    pub output: Option<PathBuf>,
-    /// `GITHUB_SERVER_URL/GITHUB_REPOSITORY/actions/runs/GITHUB_RUN_ID`.
-    pub run_url: Option<String>,
-}
-
-impl ActionsEnv {
-    pub fn from_env() -> ActionsEnv {
-        ActionsEnv::from_lookup(&|k| std::env::var(k).ok())
-    }
-
-    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> ActionsEnv {
-        let var = |k: &str| lookup(k).filter(|v| !v.is_empty());
-        let run_url = match (
-            var("GITHUB_SERVER_URL"),
-            var("GITHUB_REPOSITORY"),
-            var("GITHUB_RUN_ID"),
-        ) {
-            (Some(server), Some(repo), Some(id)) => Some(format!(
-                "{}/{repo}/actions/runs/{id}",
-                server.trim_end_matches('/')
-            )),
-            _ => None,
-        };
-        ActionsEnv {
-            in_actions: var("GITHUB_ACTIONS").as_deref() == Some("true"),
-            debug: var("RUNNER_DEBUG").as_deref() == Some("1"),
-            workspace: var("GITHUB_WORKSPACE").map(PathBuf::from),
-            step_summary: var("GITHUB_STEP_SUMMARY").map(PathBuf::from),
-            output: var("GITHUB_OUTPUT").map(PathBuf::from),
-            run_url,
-        }
-    }
-}
+use crate::actions_env::ActionsEnv;
+use crate::ui::{Sink, Ui};
 
 /// The GitHub API part: a token and where it points. (`Debug` leaves the token out.)
 #[derive(Clone)]
@@ -128,31 +84,21 @@ impl std::fmt::Debug for PublishContext {
 }
 
 impl PublishContext {
-    /// From the process environment. The GitHub API is used only when `github_token` is
-    /// given (and the environment names a repository and commit).
-    pub fn from_env(
-        output_dir: PathBuf,
-        project_root: PathBuf,
-        secrets: Vec<String>,
-        github_token: Option<String>,
-    ) -> PublishContext {
-        let lookup = |k: &str| std::env::var(k).ok();
-        PublishContext::from_lookup(output_dir, project_root, secrets, github_token, &lookup)
-    }
-
-    pub fn from_lookup(
+    /// For a run in `actions`. The GitHub API is used only when `github_token` is given (and
+    /// the environment names a repository and commit).
+    pub fn new(
         output_dir: PathBuf,
         project_root: PathBuf,
         mut secrets: Vec<String>,
         github_token: Option<String>,
-        lookup: &dyn Fn(&str) -> Option<String>,
+        actions: ActionsEnv,
     ) -> PublishContext {
         let mut warnings = Vec::new();
         let github = github_token
             .filter(|t| !t.trim().is_empty())
             .and_then(|token| {
                 secrets.push(token.clone());
-                match GitHubTarget::from_env(lookup) {
+                match GitHubTarget::from_actions(&actions) {
                     Ok(target) => Some(GitHubConfig {
                         token,
                         target,
@@ -169,12 +115,24 @@ impl PublishContext {
         PublishContext {
             output_dir,
             project_root,
-            actions: ActionsEnv::from_lookup(lookup),
+            actions,
             secrets,
             github,
             log_source: LogSource::FileOrTail,
             warnings,
         }
+    }
+
+    /// As [`PublishContext::new`], with the runner's environment read through `lookup`.
+    pub fn from_lookup(
+        output_dir: PathBuf,
+        project_root: PathBuf,
+        secrets: Vec<String>,
+        github_token: Option<String>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> PublishContext {
+        let actions = ActionsEnv::from_lookup(lookup);
+        PublishContext::new(output_dir, project_root, secrets, github_token, actions)
     }
 
     pub fn report_path(&self) -> PathBuf {
@@ -183,58 +141,6 @@ impl PublishContext {
 
     fn paths(&self) -> PathMapper {
         PathMapper::new(&self.project_root, self.actions.workspace.as_deref())
-    }
-}
-
-/// Where the publisher's text goes: results and workflow commands (`out`), notes for people
-/// (`err`).
-pub trait Sink: Send + Sync {
-    fn out(&self, text: &str);
-    fn err(&self, text: &str);
-}
-
-/// The process's stdout (through [`Ui::result`]) and stderr.
-pub struct StdSink(pub Ui);
-
-impl Sink for StdSink {
-    fn out(&self, text: &str) {
-        if !text.is_empty() {
-            self.0.result(text.strip_suffix('\n').unwrap_or(text));
-        }
-    }
-
-    fn err(&self, text: &str) {
-        use std::io::Write as _;
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(text.as_bytes());
-        if !text.ends_with('\n') {
-            let _ = err.write_all(b"\n");
-        }
-    }
-}
-
-/// Collects the text in memory (tests).
-#[derive(Default)]
-pub struct MemorySink {
-    pub out: std::sync::Mutex<String>,
-    pub err: std::sync::Mutex<String>,
-}
-
-impl Sink for MemorySink {
-    fn out(&self, text: &str) {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        out.push_str(text);
-        if !text.ends_with('\n') {
-            out.push('\n');
-        }
-    }
-
-    fn err(&self, text: &str) {
-        let mut err = self.err.lock().unwrap_or_else(|e| e.into_inner());
-        err.push_str(text);
-        if !text.ends_with('\n') {
-            err.push('\n');
-        }
     }
 }
 
@@ -249,25 +155,12 @@ pub struct Published {
 /// A view that could not be written (the JSON report: fatal for the caller).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("cannot write the report {path}: {source}")]
+    #[error("{}: cannot write the report ({source})", path.display())]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-}
-
-impl From<PublishError> for Error {
-    fn from(err: PublishError) -> Error {
-        match err {
-            PublishError::Write { path, source } => Error::Input {
-                input: path.display().to_string(),
-                reason: format!(
-                    "cannot write the report ({source}); check that the output directory is writable"
-                ),
-            },
-        }
-    }
 }
 
 /// Replaces every line of every secret (4 characters or longer) by `***` in all strings of
@@ -315,11 +208,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Starts publishing to the process's stdout/stderr, with live progress on stderr.
+    /// Starts publishing to the ui's sink, with live progress.
     /// Prints the `::add-mask::` lines first (in Actions). Call inside the Tokio runtime.
     pub fn start(ctx: PublishContext, ui: &Ui) -> Publisher {
         let progress = Progress::new(ui);
-        Publisher::start_with(ctx, ui, Arc::new(StdSink(ui.clone())), progress)
+        Publisher::start_with(ctx, ui, ui.sink.clone(), progress)
     }
 
     /// As [`Publisher::start`], writing to `sink` and showing `progress`.
@@ -382,7 +275,7 @@ impl Publisher {
 
     /// Workflow commands: stdout, or stderr when stdout carries JSON (the runner reads both).
     fn commands(&self, text: &str) {
-        if self.ui.format == OutputFormat::Json {
+        if views::json_output(&self.ui) {
             self.sink.err(text);
         } else {
             self.sink.out(text);
@@ -431,10 +324,10 @@ impl Publisher {
         warnings.push(text);
     }
 
-    /// Writes and sends every view of `report` (see the module docs). Only a JSON report that
-    /// cannot be written is an error, and only after every other view was attempted.
+    /// Delivers every view of `report` that applies (see the module docs). Only a JSON report
+    /// that cannot be written is an error, and only after every other view was attempted.
     pub async fn finish(mut self, report: &Report) -> Result<Published, PublishError> {
-        let starter = self.starter.take();
+        let mut starter = self.starter.take();
         self.progress.finish();
         let report = redact(report, &self.ctx.secrets);
         let mut warnings = Vec::new();
@@ -442,77 +335,63 @@ impl Publisher {
             self.warn(&mut warnings, w);
         }
         let report_path = self.ctx.report_path();
-        let shown_path = self.shown_path(&report_path);
-
-        let written = write_json(&report_path, &report);
-        if written.is_ok() {
-            self.debug(&format!("wrote {}", report_path.display()));
-        }
-
         let paths = self.ctx.paths();
-        if self.ctx.actions.in_actions {
-            let hint = self.ctx.actions.run_url.clone().unwrap_or_default();
-            let all = annotations::collect(&report, &paths);
-            let shown = annotations::cap(all.clone(), &hint);
-            self.debug(&format!("{} annotations, {} shown", all.len(), shown.len()));
-            let mut text = annotations::log_groups(&report, self.ctx.log_source);
-            for a in &shown {
-                text.push_str(&a.to_command());
-                text.push('\n');
+        let ctx = ViewContext {
+            ui: &self.ui,
+            actions: &self.ctx.actions,
+            paths: &paths,
+            report_path: report_path.display().to_string(),
+            report_shown: self.shown_path(&report_path),
+            log_source: self.ctx.log_source,
+        };
+        let mut written = Ok(());
+        let mut results = Vec::new();
+        for view in views::ALL {
+            for to in view.destinations(&ctx) {
+                if let Some(note) = view.debug_note(&report, &ctx) {
+                    self.debug(&note);
+                }
+                match to {
+                    Destination::ReportFile => {
+                        written = write_file(&report_path, &view.render(&report, &ctx));
+                        if written.is_ok() {
+                            self.debug(&format!("wrote {}", report_path.display()));
+                        }
+                    }
+                    Destination::WorkflowCommands => self.commands(&view.render(&report, &ctx)),
+                    Destination::StepSummary | Destination::StepOutputs => {
+                        let (file, what) = if to == Destination::StepSummary {
+                            (&self.ctx.actions.step_summary, "step summary")
+                        } else {
+                            (&self.ctx.actions.output, "step outputs")
+                        };
+                        let Some(file) = file else { continue };
+                        let text = view.render(&report, &ctx);
+                        self.debug(&format!("{what}: {} bytes", text.len()));
+                        if let Err(e) = outputs::append(file, &text) {
+                            let text = format!("cannot write the {what} {}: {e}", file.display());
+                            self.warn(&mut warnings, text);
+                        }
+                    }
+                    Destination::GitHubApi => {
+                        let Some(gh) = &self.github else { continue };
+                        if let Some(starter) = starter.take() {
+                            starter.drain().await;
+                        }
+                        gh.publish(&report, &paths, &view.render(&report, &ctx))
+                            .await;
+                        for w in gh.warnings() {
+                            self.warn(&mut warnings, w);
+                        }
+                    }
+                    // Printed last, after everything the log shows.
+                    Destination::Result => results.push(view.render(&report, &ctx)),
+                }
             }
-            self.commands(&text);
         }
-
-        if let Some(path) = &self.ctx.actions.step_summary {
-            let opts = SummaryOptions {
-                run_url: self.ctx.actions.run_url.clone(),
-                report_path: Some(shown_path.clone()),
-                ..SummaryOptions::step_summary()
-            };
-            let markdown = summary::render(&report, &opts);
-            self.debug(&format!("step summary: {} bytes", markdown.len()));
-            if let Err(e) = outputs::append(path, &markdown) {
-                self.warn(
-                    &mut warnings,
-                    format!("cannot write the step summary {}: {e}", path.display()),
-                );
-            }
+        for text in results {
+            self.sink.out(text.strip_suffix('\n').unwrap_or(&text));
         }
-
-        if let Some(path) = &self.ctx.actions.output {
-            let text = outputs::render(&outputs::outputs(
-                &report,
-                &report_path.display().to_string(),
-            ));
-            if let Err(e) = outputs::append(path, &text) {
-                self.warn(
-                    &mut warnings,
-                    format!("cannot write the step outputs {}: {e}", path.display()),
-                );
-            }
-        }
-
-        if let Some(gh) = &self.github {
-            if let Some(starter) = starter {
-                starter.drain().await;
-            }
-            gh.publish(&report, &paths, Some(shown_path)).await;
-            for w in gh.warnings() {
-                self.warn(&mut warnings, w);
-            }
-        }
-
-        match self.ui.format {
-            OutputFormat::Json => match serde_json::to_string_pretty(&report) {
-                Ok(json) => self.sink.out(&json),
-                Err(e) => self
-                    .sink
-                    .err(&format!("error: cannot serialize the report: {e}")),
-            },
-            OutputFormat::Human if self.ui.quiet => self.sink.out(&report.headline()),
-            OutputFormat::Human => self.sink.out(&terminal::render(&report, &self.ui)),
-        }
-
         written.map(|()| Published {
             report_path,
             warnings,
@@ -532,7 +411,7 @@ impl Publisher {
     }
 }
 
-fn write_json(path: &Path, report: &Report) -> Result<(), PublishError> {
+fn write_file(path: &Path, text: &str) -> Result<(), PublishError> {
     let err = |source| PublishError::Write {
         path: path.to_path_buf(),
         source,
@@ -540,10 +419,9 @@ fn write_json(path: &Path, report: &Report) -> Result<(), PublishError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let json = serde_json::to_string_pretty(report).map_err(|e| err(std::io::Error::other(e)))?;
     // Write then rename: a reader never sees half a report.
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, json + "\n").map_err(err)?;
+    std::fs::write(&tmp, text).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
 

@@ -36,7 +36,8 @@ use tokio::sync::mpsc;
 
 use super::annotations::{self, Annotation, PathMapper};
 use super::summary::{self, SummaryOptions};
-use super::{Report, ServiceResult, ServiceStatus};
+use crate::actions_env::ActionsEnv;
+use crate::report::{Report, ServiceResult, ServiceStatus};
 
 /// The API takes at most this many annotations per request.
 pub const ANNOTATIONS_PER_REQUEST: usize = 50;
@@ -64,15 +65,19 @@ pub struct GitHubTarget {
 impl GitHubTarget {
     /// From the runner's environment: `GITHUB_API_URL`, `GITHUB_REPOSITORY`, `GITHUB_SHA`,
     /// `GITHUB_EVENT_PATH` (a pull request's number and head commit), `GITHUB_SERVER_URL`,
-    /// `GITHUB_RUN_ID` and `GITHUB_RUN_ATTEMPT`. `lookup` reads a variable.
-    pub fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<GitHubTarget, String> {
-        let var = |k: &str| lookup(k).filter(|v| !v.is_empty());
-        let repository = var("GITHUB_REPOSITORY").ok_or("GITHUB_REPOSITORY is not set")?;
+    /// `GITHUB_RUN_ID` and `GITHUB_RUN_ATTEMPT`.
+    pub fn from_actions(env: &ActionsEnv) -> Result<GitHubTarget, TargetError> {
+        let repository = env
+            .repository
+            .clone()
+            .ok_or(TargetError::Missing("GITHUB_REPOSITORY"))?;
         let (owner, repo) = repository
             .split_once('/')
             .filter(|(o, r)| !o.is_empty() && !r.is_empty() && !r.contains('/'))
-            .ok_or_else(|| format!("GITHUB_REPOSITORY {repository:?} is not OWNER/REPO"))?;
-        let event: Option<Value> = var("GITHUB_EVENT_PATH")
+            .ok_or_else(|| TargetError::Repository(repository.clone()))?;
+        let event: Option<Value> = env
+            .event_path
+            .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|t| serde_json::from_str(&t).ok());
         let pr = event.as_ref().and_then(|e| e.get("pull_request"));
@@ -81,7 +86,8 @@ impl GitHubTarget {
             .and_then(Value::as_u64)
             .or_else(|| {
                 // `refs/pull/N/merge` when the event file says nothing.
-                var("GITHUB_REF")?
+                env.git_ref
+                    .as_deref()?
                     .strip_prefix("refs/pull/")?
                     .split('/')
                     .next()?
@@ -92,10 +98,10 @@ impl GitHubTarget {
             .and_then(|p| p.pointer("/head/sha"))
             .and_then(Value::as_str)
             .map(str::to_string)
-            .or_else(|| var("GITHUB_SHA"))
-            .ok_or("GITHUB_SHA is not set")?;
-        let run_id = var("GITHUB_RUN_ID");
-        let details_url = match (&run_id, var("GITHUB_SERVER_URL")) {
+            .or_else(|| env.sha.clone())
+            .ok_or(TargetError::Missing("GITHUB_SHA"))?;
+        let run_id = env.run_id.clone();
+        let details_url = match (&run_id, &env.server_url) {
             (Some(id), Some(server)) => Some(format!(
                 "{}/{repository}/actions/runs/{id}",
                 server.trim_end_matches('/')
@@ -103,7 +109,10 @@ impl GitHubTarget {
             _ => None,
         };
         Ok(GitHubTarget {
-            api_url: var("GITHUB_API_URL").unwrap_or_else(|| "https://api.github.com".into()),
+            api_url: env
+                .api_url
+                .clone()
+                .unwrap_or_else(|| "https://api.github.com".into()),
             owner: owner.to_string(),
             repo: repo.to_string(),
             head_sha,
@@ -112,13 +121,23 @@ impl GitHubTarget {
             run_key: format!(
                 "ai-infra-build/{}/{}{}",
                 run_id.unwrap_or_else(|| "local".into()),
-                var("GITHUB_RUN_ATTEMPT").unwrap_or_else(|| "1".into()),
-                var("GITHUB_JOB")
+                env.run_attempt.clone().unwrap_or_else(|| "1".into()),
+                env.job
+                    .as_ref()
                     .map(|j| format!("/{j}"))
                     .unwrap_or_default()
             ),
         })
     }
+}
+
+/// Why the environment names no repository and commit for the GitHub API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("GITHUB_REPOSITORY {0:?} is not OWNER/REPO")]
+    Repository(String),
 }
 
 /// How hard we try.
@@ -265,7 +284,7 @@ impl CheckCompletion {
             }
             (ServiceStatus::Failed, None) => "failed".into(),
             (ServiceStatus::Success, _) => {
-                format!("built in {}", super::text::duration(s.duration_ms))
+                format!("built in {}", crate::report::text::duration(s.duration_ms))
             }
             (ServiceStatus::Skipped, _) => format!(
                 "skipped: {}",
@@ -280,7 +299,7 @@ impl CheckCompletion {
             .collect();
         CheckCompletion {
             conclusion: conclusion(s.status),
-            title: super::text::truncate(&title, 200),
+            title: crate::report::text::truncate(&title, 200),
             summary: summary::render_service(report, s, OUTPUT_LIMIT),
             annotations,
         }
@@ -347,7 +366,6 @@ impl GitHub {
     }
 
     fn warn(&self, text: String) {
-        tracing::warn!("{text}");
         self.warnings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -677,7 +695,8 @@ impl GitHub {
 
     /// Everything at the end of a run: completes every service's check run and posts the
     /// PR comment.
-    pub async fn publish(&self, report: &Report, paths: &PathMapper, report_path: Option<String>) {
+    /// `comment` is the PR comment's body (the [`GitHubView`]'s text).
+    pub async fn publish(&self, report: &Report, paths: &PathMapper, comment: &str) {
         let all = annotations::collect(report, paths);
         futures_util::stream::iter(&report.services)
             .for_each_concurrent(4, |s| {
@@ -686,13 +705,37 @@ impl GitHub {
             })
             .await;
         if self.target.pull_request.is_some() && self.settings.comment {
-            let opts = SummaryOptions {
-                run_url: self.target.details_url.clone(),
-                report_path,
-                ..SummaryOptions::comment()
-            };
-            self.upsert_comment(&summary::render(report, &opts)).await;
+            self.upsert_comment(comment).await;
         }
+    }
+}
+
+/// Check runs and the PR comment. Published through [`GitHub::publish`] (the API is async
+/// and needs a token); its text is the PR comment's body.
+pub struct GitHubView;
+
+impl super::View for GitHubView {
+    fn name(&self) -> &'static str {
+        "comment"
+    }
+
+    fn about(&self) -> &'static str {
+        "the PR comment (Markdown) that a run with a GitHub token posts"
+    }
+
+    fn destinations(&self, _: &super::ViewContext) -> Vec<super::Destination> {
+        vec![super::Destination::GitHubApi]
+    }
+
+    fn render(&self, report: &Report, ctx: &super::ViewContext) -> String {
+        summary::render(
+            report,
+            &SummaryOptions {
+                run_url: ctx.actions.run_url.clone(),
+                report_path: Some(ctx.report_shown.clone()),
+                ..SummaryOptions::comment()
+            },
+        )
     }
 }
 
@@ -763,7 +806,7 @@ mod tests {
             ("GITHUB_RUN_ATTEMPT", "2"),
             ("GITHUB_JOB", "build"),
         ]);
-        let t = GitHubTarget::from_env(&lookup).unwrap();
+        let t = GitHubTarget::from_actions(&ActionsEnv::from_lookup(&lookup)).unwrap();
         assert_eq!(t.api_url, "https://ghes.example.com/api/v3");
         assert_eq!((t.owner.as_str(), t.repo.as_str()), ("acme", "shop"));
         assert_eq!(t.head_sha, "abc123");
@@ -781,7 +824,7 @@ mod tests {
             ("GITHUB_REPOSITORY", "acme/shop"),
             ("GITHUB_SHA", "deadbeef"),
         ]);
-        let t = GitHubTarget::from_env(&lookup).unwrap();
+        let t = GitHubTarget::from_actions(&ActionsEnv::from_lookup(&lookup)).unwrap();
         assert_eq!(t.api_url, "https://api.github.com");
         assert_eq!(t.head_sha, "deadbeef");
         assert_eq!(t.pull_request, None);
@@ -791,21 +834,23 @@ mod tests {
             ("GITHUB_REF", "refs/pull/7/merge"),
         ]);
         assert_eq!(
-            GitHubTarget::from_env(&lookup).unwrap().pull_request,
+            GitHubTarget::from_actions(&ActionsEnv::from_lookup(&lookup))
+                .unwrap()
+                .pull_request,
             Some(7)
         );
     }
 
     #[test]
     fn target_needs_a_repository() {
-        assert!(GitHubTarget::from_env(&env(&[("GITHUB_SHA", "x")])).is_err());
-        assert!(
-            GitHubTarget::from_env(&env(&[
-                ("GITHUB_REPOSITORY", "noslash"),
-                ("GITHUB_SHA", "x")
-            ]))
-            .is_err()
+        let target = |vars: &[(&str, &str)]| {
+            GitHubTarget::from_actions(&ActionsEnv::from_lookup(&env(vars)))
+        };
+        assert_eq!(
+            target(&[("GITHUB_SHA", "x")]),
+            Err(TargetError::Missing("GITHUB_REPOSITORY"))
         );
+        assert!(target(&[("GITHUB_REPOSITORY", "noslash"), ("GITHUB_SHA", "x")]).is_err());
     }
 
     #[test]

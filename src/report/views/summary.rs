@@ -17,10 +17,10 @@
 use std::fmt::Write as _;
 
 use super::annotations::failure_label;
-use super::diagnosis::{Diagnosis, SourceRole};
-use super::text::{self, cell, code_block, html};
-use super::{BaseImageResult, Report, ServiceResult, ServiceStatus};
 use crate::prefetch::ImageStatus;
+use crate::report::diagnosis::{Diagnosis, SourceRole};
+use crate::report::text::{self, cell, code_block, html};
+use crate::report::{BaseImageResult, Report, ServiceResult, ServiceStatus};
 
 /// GitHub's limit for one step's summary.
 pub const STEP_SUMMARY_LIMIT: usize = 1024 * 1024;
@@ -955,6 +955,38 @@ fn service_view(report: &Report, s: &ServiceResult, log_lines: usize) -> String 
         out.push_str(&image_failure_block(report, b, log_lines.min(10)));
     }
     out
+}
+
+/// The step summary (GitHub-flavoured Markdown).
+pub struct StepSummary;
+
+impl super::View for StepSummary {
+    fn name(&self) -> &'static str {
+        "markdown"
+    }
+
+    fn about(&self) -> &'static str {
+        "the step summary (Markdown)"
+    }
+
+    fn destinations(&self, ctx: &super::ViewContext) -> Vec<super::Destination> {
+        if ctx.actions.step_summary.is_some() {
+            vec![super::Destination::StepSummary]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn render(&self, report: &Report, ctx: &super::ViewContext) -> String {
+        render(
+            report,
+            &SummaryOptions {
+                run_url: ctx.actions.run_url.clone(),
+                report_path: Some(ctx.report_shown.clone()),
+                ..SummaryOptions::step_summary()
+            },
+        )
+    }
 }
 
 #[cfg(test)]

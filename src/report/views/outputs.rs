@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{Report, ServiceStatus};
+use crate::report::{Report, ServiceStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageOutput {
@@ -55,6 +55,31 @@ pub fn outputs(report: &Report, report_path: &str) -> Vec<(String, String)> {
             serde_json::to_string(&images).unwrap_or_else(|_| "{}".into()),
         ),
     ]
+}
+
+/// The step outputs of a run.
+pub struct StepOutputs;
+
+impl super::View for StepOutputs {
+    fn name(&self) -> &'static str {
+        "outputs"
+    }
+
+    fn about(&self) -> &'static str {
+        "the step outputs (`GITHUB_OUTPUT` text)"
+    }
+
+    fn destinations(&self, ctx: &super::ViewContext) -> Vec<super::Destination> {
+        if ctx.actions.output.is_some() {
+            vec![super::Destination::StepOutputs]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn render(&self, report: &Report, ctx: &super::ViewContext) -> String {
+        render(&outputs(report, &ctx.report_path))
+    }
 }
 
 /// One output in the heredoc form, ending with a newline.

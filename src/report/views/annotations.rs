@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::text;
-use super::workflow;
-use super::{Report, ServiceResult, ServiceStatus};
 use crate::build::failure::BuildFailureClass;
 use crate::prefetch::ImageStatus;
+use crate::report::text;
+use crate::report::workflow;
+use crate::report::{Report, ServiceResult, ServiceStatus};
 
 /// GitHub shows at most this many annotations of one level per step.
 pub const MAX_PER_LEVEL: usize = 10;
@@ -449,6 +449,43 @@ pub fn render(
         out.push('\n');
     }
     out
+}
+
+/// The workflow commands of a run: log groups, then the capped annotations.
+pub struct Annotations;
+
+impl super::View for Annotations {
+    fn name(&self) -> &'static str {
+        "annotations"
+    }
+
+    fn about(&self) -> &'static str {
+        "workflow commands: the log groups, then the annotations"
+    }
+
+    fn destinations(&self, ctx: &super::ViewContext) -> Vec<super::Destination> {
+        if ctx.actions.in_actions {
+            vec![super::Destination::WorkflowCommands]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn render(&self, report: &Report, ctx: &super::ViewContext) -> String {
+        render(
+            report,
+            ctx.paths,
+            ctx.actions.run_url.as_deref().unwrap_or(""),
+            ctx.log_source,
+        )
+    }
+
+    fn debug_note(&self, report: &Report, ctx: &super::ViewContext) -> Option<String> {
+        let all = collect(report, ctx.paths);
+        let total = all.len();
+        let shown = cap(all, ctx.actions.run_url.as_deref().unwrap_or("")).len();
+        Some(format!("{total} annotations, {shown} shown"))
+    }
 }
 
 #[cfg(test)]

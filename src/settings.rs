@@ -1,0 +1,341 @@
+//! Settings: the flags, the config file, the environment and the runner's variables
+//! ([`ActionsEnv`]) resolved and checked once, before any work starts (ripgrep's LowArgs →
+//! HiArgs). The commands in [`crate::cmd`] take these and never look at a raw flag again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::actions_env::ActionsEnv;
+use crate::build::PrefetchFailure;
+use crate::build::backend::BuilderChoice;
+use crate::build::run::BuildOptions;
+use crate::cache::CacheKey;
+use crate::cli::{BuildArg, BuildArgs, GlobalArgs, MirrorList, PlanArgs, PrefetchArgs, ShardSpec};
+use crate::error::Error;
+use crate::plan::{Naming, Plan, plan};
+use crate::prefetch::{Mirrors, PrefetchOptions, PullPolicy};
+use crate::project::Project;
+use crate::report::{PublishContext, Report};
+use crate::retry::RetryPolicy;
+
+/// The build args as a map (a later `KEY` wins).
+pub fn build_arg_map(args: &[BuildArg]) -> BTreeMap<String, String> {
+    args.iter()
+        .map(|a| (a.key.clone(), a.value.clone()))
+        .collect()
+}
+
+/// The mirrors of the project's config file (when there is a project), then the `--mirror`
+/// values.
+pub fn mirrors(project: Option<&Project>, flags: &[MirrorList]) -> Result<Mirrors, Error> {
+    let mut mirrors = Mirrors::default();
+    if let Some(project) = project {
+        for (registry, hosts) in &project.settings.mirrors {
+            mirrors
+                .add(&format!("{registry}={}", hosts.join(",")))
+                .map_err(|reason| Error::Input {
+                    input: project.source.clone(),
+                    reason,
+                })?;
+        }
+    }
+    for line in flags.iter().flat_map(|l| l.0.iter()) {
+        mirrors.add(line).map_err(|reason| Error::Usage {
+            what: "--mirror".into(),
+            reason,
+        })?;
+    }
+    Ok(mirrors)
+}
+
+/// The project in the working directory and its plan, loaded once.
+#[derive(Debug)]
+pub struct Workspace {
+    pub root: PathBuf,
+    pub project: Project,
+    pub plan: Plan,
+    pub actions: ActionsEnv,
+}
+
+impl Workspace {
+    /// Loads the project (`--config`, else discovery) and plans it with `args`.
+    pub fn load(
+        global: &GlobalArgs,
+        args: &PlanArgs,
+        actions: ActionsEnv,
+    ) -> Result<Workspace, Error> {
+        let root = std::env::current_dir().map_err(|e| Error::Usage {
+            what: "the working directory".into(),
+            reason: e.to_string(),
+        })?;
+        let project = Project::load(&root, global.config.as_deref())?;
+        let plan = plan_project(&root, &project, args, &actions)?;
+        Ok(Workspace {
+            root,
+            project,
+            plan,
+            actions,
+        })
+    }
+
+    /// The config file's bytes (empty when the services were discovered).
+    pub fn config_bytes(&self) -> Vec<u8> {
+        std::fs::read(self.project.root.join(&self.project.source)).unwrap_or_default()
+    }
+
+    /// This run's cache key, with `prefix` (`--cache-key-prefix`) before it.
+    pub fn cache_key(&self, prefix: &str) -> Result<CacheKey, Error> {
+        crate::cache::cache_key(&self.plan, &self.config_bytes())
+            .with_prefix(prefix)
+            .map_err(|reason| Error::Input {
+                input: "--cache-key-prefix (INPUT_CACHE_KEY_PREFIX)".into(),
+                reason: reason.to_string(),
+            })
+    }
+
+    /// Per-service weights for sharding: durations from a previous report, else 1 each.
+    pub fn shard_weights(&self, report: Option<&Path>) -> Result<Vec<f64>, Error> {
+        let Some(path) = report else {
+            return Ok(vec![1.0; self.plan.services.len()]);
+        };
+        let bad = |reason: String| Error::Input {
+            input: path.display().to_string(),
+            reason,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let report: Report = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("not an ai-infra-build report: {e}")))?;
+        let durations = report
+            .services
+            .iter()
+            .filter(|s| s.duration_ms > 0)
+            .map(|s| (s.name.clone(), s.duration_ms as f64 / 1000.0))
+            .collect();
+        Ok(crate::matrix::weights_from_durations(
+            &self.plan.graph.names,
+            &durations,
+        ))
+    }
+}
+
+/// Plans `project` with the naming from flags, then the config file, then the repository.
+pub fn plan_project(
+    root: &Path,
+    project: &Project,
+    args: &PlanArgs,
+    actions: &ActionsEnv,
+) -> Result<Plan, Error> {
+    let tag = match (&args.tag, &project.settings.tag) {
+        (Some(tag), _) => Some((tag.as_str(), "--tag")),
+        (None, Some(tag)) => Some((tag.as_str(), project.source.as_str())),
+        (None, None) => None,
+    };
+    let prefix = args
+        .prefix
+        .as_deref()
+        .or(project.settings.prefix.as_deref());
+    let naming = Naming::resolve(root, prefix, tag, actions.repository.as_deref())?;
+    plan(project, &naming, &build_arg_map(&args.build_args))
+}
+
+/// The cache directory and its budget (`--cache-dir`, `--cache-max-size`).
+#[derive(Debug, Clone)]
+pub struct CacheDir {
+    pub dir: PathBuf,
+    pub max_size: u64,
+}
+
+/// How base images are had.
+#[derive(Debug)]
+pub struct PrefetchSettings {
+    pub options: PrefetchOptions,
+    pub cache: Option<CacheDir>,
+    pub failure: PrefetchFailure,
+}
+
+impl PrefetchSettings {
+    /// The prefetch flags with the config file's settings.
+    pub fn resolve(args: &PrefetchArgs, project: &Project) -> Result<PrefetchSettings, Error> {
+        let cache = args
+            .cache_dir
+            .as_ref()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|dir| CacheDir {
+                dir: dir.clone(),
+                max_size: args.cache_max_size,
+            });
+        let options = PrefetchOptions {
+            concurrency: usize::from(args.pull_concurrency),
+            policy: RetryPolicy {
+                max_retries: args.max_retries,
+                deadline: Duration::from_secs(args.retry_deadline),
+                ..RetryPolicy::default()
+            },
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            mirrors: mirrors(Some(project), &args.mirrors)?,
+            mirror_first: args.mirror_first || project.settings.mirror_first.unwrap_or(false),
+            pull: args.pull,
+            via: args.pull_via,
+            notify: None,
+            health: cache.as_ref().map(|c| {
+                std::sync::Arc::new(crate::health::HealthStore::load(&c.dir).unwrap_or_default())
+            }),
+        };
+        Ok(PrefetchSettings {
+            options,
+            cache,
+            failure: args.prefetch_failure,
+        })
+    }
+}
+
+/// Everything `build-all` and `build SERVICE...` need.
+#[derive(Debug)]
+pub struct BuildSettings {
+    pub prefetch: PrefetchSettings,
+    /// `build-all`, or `build a b`.
+    pub command: String,
+    /// The services to build (indices into the plan).
+    pub selected: BTreeSet<usize>,
+    pub builder: BuilderChoice,
+    pub buildx_builder: Option<String>,
+    /// `--force`: pull base images again and build without the layer cache.
+    pub force: bool,
+    /// `--no-cache` or `--force`.
+    pub no_cache: bool,
+    pub shard: Option<ShardSpec>,
+    pub options: BuildOptions,
+    pub publish: PublishContext,
+}
+
+impl BuildSettings {
+    pub fn resolve(
+        args: &BuildArgs,
+        names: &[String],
+        ws: &Workspace,
+    ) -> Result<BuildSettings, Error> {
+        let plan = &ws.plan;
+        let mut selected = select_services(plan, names, &args.only, &args.skip, args.no_deps)?;
+        if let Some(shard) = args.shard {
+            let weights = ws.shard_weights(args.prefetch.plan.durations.as_deref())?;
+            let shards = crate::matrix::shard(&plan.graph, &weights, shard.total);
+            let mine: BTreeSet<usize> = shards
+                .iter()
+                .find(|s| s.index == shard.index)
+                .map(|s| s.members.iter().copied().collect())
+                .unwrap_or_default();
+            selected.retain(|s| mine.contains(s));
+        }
+        let mut prefetch = PrefetchSettings::resolve(&args.prefetch, &ws.project)?;
+        if args.force {
+            prefetch.options.pull = PullPolicy::Always;
+        }
+        let out_dir = std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone());
+        let mut publish = PublishContext::new(
+            out_dir.clone(),
+            ws.project.root.clone(),
+            Vec::new(),
+            args.github_token.clone(),
+            ws.actions.clone(),
+        );
+        if let Some(github) = publish.github.as_mut() {
+            github.settings.comment = args.pr_comment;
+            if !args.checks {
+                github.settings.max_check_runs = 0;
+            }
+        }
+        let options = BuildOptions {
+            parallel: args.parallel.map_or_else(
+                || std::thread::available_parallelism().map_or(2, |n| n.get()),
+                usize::from,
+            ),
+            fail_fast: args.fail_fast,
+            no_cache: args.force || args.no_cache,
+            build_retries: args.build_retries,
+            idle_timeout: Duration::from_secs(args.prefetch.idle_timeout.max(60) * 10),
+            out_dir,
+            inline_cache: false,
+            push: args.push,
+            cache: None,
+        };
+        Ok(BuildSettings {
+            prefetch,
+            command: if names.is_empty() {
+                "build-all".into()
+            } else {
+                format!("build {}", names.join(" "))
+            },
+            selected,
+            builder: args.builder,
+            buildx_builder: args.buildx_builder.clone(),
+            force: args.force,
+            no_cache: args.force || args.no_cache,
+            shard: args.shard,
+            options,
+            publish,
+        })
+    }
+}
+
+/// Which services to build: `names` (from `build SERVICE...`) or `--only`, minus `--skip`,
+/// plus their dependencies unless `--no-deps`. Unknown names are an input error.
+pub fn select_services(
+    plan: &Plan,
+    names: &[String],
+    only: &[String],
+    skip: &[String],
+    no_deps: bool,
+) -> Result<BTreeSet<usize>, Error> {
+    let index = |name: &String, flag: &str| {
+        plan.services
+            .iter()
+            .position(|s| &s.name == name)
+            .ok_or_else(|| Error::Usage {
+                what: format!("{flag} {name:?}"),
+                reason: format!(
+                    "no such service; the services are: {}",
+                    plan.services
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    };
+    let wanted: Vec<&String> = names
+        .iter()
+        .chain(only.iter())
+        .filter(|n| !n.trim().is_empty())
+        .collect();
+    let roots: Vec<usize> = if wanted.is_empty() {
+        (0..plan.services.len()).collect()
+    } else {
+        wanted
+            .into_iter()
+            .map(|n| {
+                index(
+                    n,
+                    if names.contains(n) {
+                        "service"
+                    } else {
+                        "--only"
+                    },
+                )
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let skipped: BTreeSet<usize> = skip
+        .iter()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| index(n, "--skip"))
+        .collect::<Result<_, _>>()?;
+    let mut selected = if no_deps {
+        roots.iter().copied().collect()
+    } else {
+        plan.graph.closure(&roots)
+    };
+    selected.retain(|i| !skipped.contains(i));
+    Ok(selected)
+}

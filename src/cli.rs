@@ -368,7 +368,9 @@ pub struct ReportArgs {
         hide_env_values = true
     )]
     pub github_token: Option<String>,
-    /// The view to print (the views a run publishes).
+    /// The view to print: one of those a run publishes (`markdown` is the step summary,
+    /// `annotations` the workflow commands with the log groups, `outputs` the step outputs,
+    /// `comment` the PR comment, `terminal` the final table).
     #[arg(long, default_value = "terminal", value_name = "VIEW", value_parser = report_views())]
     pub format: String,
 }
@@ -434,7 +436,7 @@ fn report_views() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(
         crate::report::views::ALL
             .iter()
-            .map(|v| PossibleValue::new(v.name()).help(v.about())),
+            .map(|v| PossibleValue::new(v.name())),
     )
 }
 

@@ -81,22 +81,22 @@ impl Error {
         }
     }
 
-    /// What the user can do about it, shown after the error.
+    /// What the user can do about it, shown after the error. `None` where the message itself
+    /// already says it: an unreachable daemon (start dockerd or set DOCKER_HOST), input errors
+    /// and environment errors (their reason names the input and the fix).
     pub fn help(&self) -> Option<String> {
-        Some(match self {
-            Error::DockerUnreachable { .. } | Error::Docker { .. } => {
-                "`ai-infra-build doctor` shows what the daemon and each registry answer".into()
+        match self {
+            Error::DockerUnreachable { .. } | Error::Input { .. } | Error::Environment { .. } => {
+                None
             }
-            Error::Usage { .. } => "see `ai-infra-build --help`".into(),
-            Error::Environment { .. } => {
-                "`ai-infra-build doctor` checks the daemon, buildx and the registries".into()
+            Error::Docker { .. } => Some(
+                "`ai-infra-build doctor` shows what the daemon and each registry answer".into(),
+            ),
+            Error::Usage { .. } => Some("see `ai-infra-build --help`".into()),
+            Error::Backend(e) => Some(e.help().into()),
+            Error::Publish(_) => {
+                Some("check that the output directory (--out-dir) is writable".into())
             }
-            Error::Input { .. } => {
-                "fix the input named above; `ai-infra-build plan` checks a project without building"
-                    .into()
-            }
-            Error::Backend(e) => e.help().into(),
-            Error::Publish(_) => "check that the output directory (--out-dir) is writable".into(),
-        })
+        }
     }
 }

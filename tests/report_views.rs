@@ -930,10 +930,9 @@ fn report_command_reproduces_every_view() {
         let flag = view.name();
         let got = stdout(&report_cli(&path, flag));
         let want = view.render(&report, &ctx);
-        assert_eq!(
-            redact(&got),
-            redact(want.trim_end_matches('\n')),
-            "--format {flag}"
+        assert!(
+            redact(got.trim_end_matches('\n')) == redact(want.trim_end_matches('\n')),
+            "--format {flag} printed something else than the view"
         );
     }
     // The JSON view is the report itself.

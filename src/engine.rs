@@ -7,7 +7,20 @@ use std::time::Duration;
 use bollard::Docker;
 use serde::Serialize;
 
-use crate::error::Error;
+/// The daemon cannot be reached, or answered an error.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "cannot reach the Docker daemon at {host} ({reason}): start dockerd or set DOCKER_HOST to a running daemon"
+    )]
+    Unreachable { host: String, reason: String },
+    #[error("the Docker daemon at {host} answered an error: {source}")]
+    Api {
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
 
 /// A connected Docker daemon.
 #[derive(Debug, Clone)]
@@ -41,9 +54,9 @@ pub struct EngineFacts {
 impl Engine {
     /// Connects to DOCKER_HOST (or the default socket), negotiates the API version and
     /// checks that the daemon answers within `timeout`.
-    pub async fn connect(timeout: Duration) -> Result<Engine, Error> {
+    pub async fn connect(timeout: Duration) -> Result<Engine, EngineError> {
         let host = docker_host();
-        let unreachable = |reason: String| Error::DockerUnreachable {
+        let unreachable = |reason: String| EngineError::Unreachable {
             host: host.clone(),
             reason,
         };
@@ -58,8 +71,8 @@ impl Engine {
     }
 
     /// Reads the daemon's version and info.
-    pub async fn facts(&self) -> Result<EngineFacts, Error> {
-        let docker_err = |source| Error::Docker {
+    pub async fn facts(&self) -> Result<EngineFacts, EngineError> {
+        let docker_err = |source| EngineError::Api {
             host: self.host.clone(),
             source,
         };

@@ -41,16 +41,9 @@ impl Exit {
 /// a caller must decide on inspectable.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "cannot reach the Docker daemon at {host} ({reason}): start dockerd or set DOCKER_HOST to a running daemon"
-    )]
-    DockerUnreachable { host: String, reason: String },
-    #[error("the Docker daemon at {host} answered an error: {source}")]
-    Docker {
-        host: String,
-        #[source]
-        source: bollard::errors::Error,
-    },
+    /// The Docker daemon cannot be reached, or answered an error.
+    #[error("{0}")]
+    Engine(#[from] crate::engine::EngineError),
     /// Bad flags or flag combinations.
     #[error("{what}: {reason}")]
     Usage { what: String, reason: String },
@@ -75,9 +68,7 @@ impl Error {
             Error::Usage { .. } | Error::Input { .. } | Error::Publish(_) => Exit::Usage,
             Error::Backend(BackendError::NoSuchBuilder { .. }) => Exit::Usage,
             Error::Backend(_) => Exit::Environment,
-            Error::DockerUnreachable { .. } | Error::Docker { .. } | Error::Environment { .. } => {
-                Exit::Environment
-            }
+            Error::Engine(_) | Error::Environment { .. } => Exit::Environment,
         }
     }
 
@@ -86,10 +77,10 @@ impl Error {
     /// and environment errors (their reason names the input and the fix).
     pub fn help(&self) -> Option<String> {
         match self {
-            Error::DockerUnreachable { .. } | Error::Input { .. } | Error::Environment { .. } => {
-                None
-            }
-            Error::Docker { .. } => Some(
+            Error::Engine(crate::engine::EngineError::Unreachable { .. })
+            | Error::Input { .. }
+            | Error::Environment { .. } => None,
+            Error::Engine(crate::engine::EngineError::Api { .. }) => Some(
                 "`ai-infra-build doctor` shows what the daemon and each registry answer".into(),
             ),
             Error::Usage { .. } => Some("see `ai-infra-build --help`".into()),

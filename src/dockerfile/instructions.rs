@@ -35,7 +35,7 @@ impl Node {
             None => (line, None),
         };
         let (args, flags) = match rest {
-            Some(rest) => extract_builder_flags(rest),
+            Some(rest) => extract_builder_flags(rest, escape),
             None => (String::new(), Vec::new()),
         };
         let cmd = cmd.to_lowercase();
@@ -139,10 +139,12 @@ enum Phase {
     Quote,
 }
 
-/// `extractBuilderFlags`: leading `--flag[=value]` words (quotes and `\` processed; a flag
-/// without `=` takes the next word as its value) and the rest of the line. Upstream walks
-/// bytes and mis-splits multi-byte characters containing 0x85 or 0xA0; this walks chars.
-pub(super) fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
+/// `extractBuilderFlags`: leading `--flag[=value]` words (quotes and the escape token
+/// processed) and the rest of the line. A flag's value is only ever given with `=`: in
+/// `--from image`, `image` is the start of the arguments. Upstream walks bytes (and so
+/// mis-splits multi-byte characters containing 0x85 or 0xA0 and re-encodes each byte of one
+/// inside a flag); this walks chars.
+pub(super) fn extract_builder_flags(line: &str, escape: char) -> (String, Vec<String>) {
     let chars: Vec<(usize, char)> = line.char_indices().collect();
     let n = chars.len();
     let rest_at = |pos: usize| line[chars[pos].0..].to_owned();
@@ -151,8 +153,6 @@ pub(super) fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
     let mut word = String::new();
     let mut quote = '\0';
     let mut blank_ok = false;
-    let mut parsing_flag_arg = false;
-    let mut need_flag_arg = true;
     let mut pos = 0;
     while pos <= n {
         let mut ch = chars.get(pos).map_or('\0', |c| c.1);
@@ -164,8 +164,9 @@ pub(super) fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
                 pos += 1;
                 continue;
             }
+            // Only keep going if the next word starts with `--`.
             let next_is_dash = chars.get(pos + 1).is_some_and(|c| c.1 == '-');
-            if !parsing_flag_arg && (ch != '-' || !next_is_dash) {
+            if ch != '-' || !next_is_dash {
                 return (rest_at(pos), words);
             }
             phase = Phase::Word;
@@ -179,31 +180,16 @@ pub(super) fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
         if phase == Phase::Word {
             if is_space(ch) {
                 phase = Phase::Spaces;
-                if parsing_flag_arg {
-                    if let Some(last) = words.last_mut() {
-                        last.push('=');
-                        last.push_str(&word);
-                    }
-                    parsing_flag_arg = false;
-                    need_flag_arg = true;
-                } else {
-                    if word == "--" {
-                        return (rest_at(pos), words);
-                    }
-                    if blank_ok || !word.is_empty() {
-                        if need_flag_arg {
-                            parsing_flag_arg = true;
-                        }
-                        words.push(std::mem::take(&mut word));
-                    }
+                if word == "--" {
+                    return (rest_at(pos), words);
+                }
+                if blank_ok || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
                 }
                 word.clear();
                 blank_ok = false;
                 pos += 1;
                 continue;
-            }
-            if ch == '=' && need_flag_arg {
-                need_flag_arg = false;
             }
             if ch == '\'' || ch == '"' {
                 quote = ch;
@@ -212,7 +198,7 @@ pub(super) fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
                 pos += 1;
                 continue;
             }
-            if ch == '\\' {
+            if ch == escape {
                 if pos + 1 == n {
                     pos += 1;
                     continue;
@@ -230,7 +216,7 @@ pub(super) fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
             pos += 1;
             continue;
         }
-        if ch == '\\' {
+        if ch == escape {
             if pos + 1 == n {
                 phase = Phase::Word;
                 pos += 1;
@@ -369,12 +355,14 @@ const KNOWN: [&str; 18] = [
     "workdir",
 ];
 
-/// `instructions.Parse`, keeping what matters for images.
-pub(super) fn parse(raw: &[super::lines::RawInstruction]) -> Result<Vec<Parsed>, DockerfileError> {
+/// `instructions.Parse`, keeping what matters for images: the instructions as
+/// `(1-based line, node)`, in order.
+pub(super) fn parse<'a>(
+    nodes: impl IntoIterator<Item = (usize, &'a Node)>,
+) -> Result<Vec<Parsed>, DockerfileError> {
     let mut out = Vec::new();
     let mut in_stage = false;
-    for ins in raw {
-        let (line, node) = (ins.line, &ins.node);
+    for (line, node) in nodes {
         match node.cmd.as_str() {
             "from" => {
                 out.push(Parsed::From(parse_from(node, line)?));

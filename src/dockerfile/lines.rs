@@ -1,13 +1,22 @@
 //! `parser/parser.go` `Parse`: logical instructions from physical lines.
 
 use super::directives::DirectiveParser;
-use super::{DirectiveError, DockerfileError, instructions::Node, is_space};
+use super::heredoc::Heredoc;
+use super::instructions::Node;
+use super::{DirectiveError, DockerfileError, is_space};
 
 /// One instruction after continuation lines are joined.
 pub(super) struct RawInstruction {
     /// 1-based line where it starts.
     pub line: usize,
+    /// 1-based line where it ends (its last continuation line or heredoc terminator). Only
+    /// the BuildKit comparison tests read it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub end_line: usize,
     pub node: Node,
+    /// The heredocs it opens, with their bodies.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub heredocs: Vec<Heredoc>,
 }
 
 struct State {
@@ -110,19 +119,21 @@ pub(super) fn split(content: &str) -> Result<(Vec<RawInstruction>, char), Docker
             end = e;
         }
         let node = Node::from_line(&text, state.escape);
+        let mut heredocs = Vec::new();
         if node.can_contain_heredoc() && text.contains("<<") {
-            let heredocs =
+            heredocs =
                 super::heredoc::from_line(&text).map_err(|source| DockerfileError::Expansion {
                     line: start,
                     word: text.clone(),
                     source,
                 })?;
-            for heredoc in heredocs {
+            for heredoc in &mut heredocs {
                 let mut terminated = false;
                 while i < lines.len() {
-                    let body = trim_newline(lines[i]);
+                    let raw = lines[i];
                     i += 1;
                     current += 1;
+                    let body = trim_newline(raw);
                     let candidate = if heredoc.chomp {
                         body.trim_start_matches('\t')
                     } else {
@@ -132,16 +143,22 @@ pub(super) fn split(content: &str) -> Result<(Vec<RawInstruction>, char), Docker
                         terminated = true;
                         break;
                     }
+                    heredoc.content.push_str(raw);
                 }
                 if !terminated {
                     return Err(DockerfileError::UnterminatedHeredoc {
                         line: start,
-                        name: heredoc.name,
+                        name: std::mem::take(&mut heredoc.name),
                     });
                 }
             }
         }
-        out.push(RawInstruction { line: start, node });
+        out.push(RawInstruction {
+            line: start,
+            end_line: current,
+            node,
+            heredocs,
+        });
     }
     if out.is_empty() {
         return Err(DockerfileError::NoInstructions);

@@ -3,7 +3,10 @@
 //! leftmost-first semantics (where `.` does not match a newline). Matched here directly.
 
 use super::ExpansionError;
-use super::shell::Failed;
+use std::collections::HashSet;
+
+/// Failed states of the matcher, shared across start positions.
+type Failed = HashSet<(usize, usize)>;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Tok {

@@ -1,7 +1,7 @@
 //! BuildKit's `shell/lex.go`: quotes, escapes and `$VAR` / `${VAR...}` substitution.
 
 use super::{ExpansionError, MAX_NESTING};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 /// Variables in scope. A missing key is unset; an empty value is set but empty.
 pub(super) type Env = BTreeMap<String, String>;
@@ -156,6 +156,12 @@ impl Lexer<'_> {
                     self.add_raw_string(&mut words, &tmp);
                     continue;
                 }
+                '<' => {
+                    let tmp = self.process_possible_heredoc();
+                    result.push_str(&tmp);
+                    self.add_raw_string(&mut words, &tmp);
+                    continue;
+                }
                 _ => {}
             }
             self.pos += 1;
@@ -184,6 +190,23 @@ impl Lexer<'_> {
             }));
         }
         Ok((result, self.get_words(words)))
+    }
+
+    /// `processPossibleHeredoc` (BuildKit since moby/buildkit#5817, Dockerfile frontend 1.16):
+    /// `<<` and the blanks (`\t`, `\r`, space) right after it stay in the word, so
+    /// `<< EOF` is one word. The text is unchanged; only word splitting sees a difference.
+    fn process_possible_heredoc(&mut self) -> String {
+        self.pos += 1;
+        if self.peek() != Some('<') {
+            return "<".into();
+        }
+        self.pos += 1;
+        let mut out = String::from("<<");
+        while let Some(c @ ('\t' | '\r' | ' ')) = self.peek() {
+            out.push(c);
+            self.pos += 1;
+        }
+        out
     }
 
     /// Everything up to the next `'` is literal.
@@ -396,6 +419,3 @@ impl Lexer<'_> {
         name
     }
 }
-
-/// Failed states of the pattern matcher, shared across start positions.
-pub(super) type Failed = HashSet<(usize, usize)>;

@@ -423,6 +423,107 @@ fn heredoc_json_form_and_other_instructions_do_not_open_heredocs() {
     assert_eq!(d.stages.len(), 3);
 }
 
+/// Issue 17: BuildKit (Dockerfile frontend 1.16, moby/buildkit#5817) accepts blanks between
+/// `<<` and the heredoc name. A Python body is not read as instructions: no `FROM x` stage,
+/// no image to pull, and no error from its lines.
+#[test]
+fn issue17_heredoc_with_space_after_operator() {
+    let content = "\
+FROM python:3.12-slim
+RUN << EOF python3
+import sys
+FROM = {\"x\": 1}
+print(FROM, file=sys.stderr)
+FROM x
+EOF
+RUN python3 - << \"PY\"
+FROM busybox AS evil
+PY
+COPY <<  'CFG'  /etc/app.cfg
+FROM debian
+CFG
+RUN <<\tTAB
+FROM alpine
+TAB
+FROM scratch
+";
+    let d = ok(content);
+    assert_eq!(d.stages.len(), 2, "{:?}", d.stages);
+    assert_eq!(d.stages[1].line, 17);
+    assert_eq!(d.stages[1].base, StageBase::Scratch);
+    assert_eq!(
+        uses(&d),
+        [("docker.io/library/python:3.12-slim".to_owned(), 1)]
+    );
+    // An unterminated one is still an error, naming the instruction.
+    assert_eq!(
+        err("FROM alpine\nRUN << EOF\necho hi\n"),
+        DockerfileError::UnterminatedHeredoc {
+            line: 2,
+            name: "EOF".into()
+        }
+    );
+}
+
+/// Issue 17: `<<-` strips leading tabs from the terminator line; the body, tab-indented, is
+/// not parsed. BuildKit keeps only the blanks right after `<<` with the operator, so
+/// `<<- EOF` (a blank after the `-`) is *not* a heredoc there: its lines stay instructions,
+/// and `<< -EOF` is a heredoc named `-EOF`. Both as BuildKit does.
+#[test]
+fn issue17_dash_heredoc_with_tabs() {
+    let d =
+        ok("FROM alpine\nRUN <<-EOF\n\tFROM x\n\t\tEOF\nRUN << -EOF\nFROM y\n-EOF\nFROM debian\n");
+    assert_eq!(d.stages.len(), 2);
+    assert_eq!(d.stages[1].line, 8);
+    assert_eq!(
+        uses(&d),
+        [
+            ("docker.io/library/alpine:latest".to_owned(), 1),
+            ("docker.io/library/debian:latest".to_owned(), 8),
+        ]
+    );
+    // `<< -EOF` does not strip tabs: a tab-indented `-EOF` does not end it.
+    assert!(matches!(
+        err("FROM alpine\nRUN << -EOF\n\t-EOF\n"),
+        DockerfileError::UnterminatedHeredoc { line: 2, .. }
+    ));
+    let d = ok("FROM alpine\nRUN <<- EOF\n\tFROM x\n\tEOF\n");
+    assert_eq!(d.stages.len(), 2);
+    assert_eq!(d.stages[1].line, 3);
+}
+
+/// Issue 17: several heredocs on one line, with and without blanks and quotes, are read in
+/// order, each body up to its own terminator.
+#[test]
+fn issue17_multiple_heredocs_on_one_line() {
+    let content = "\
+FROM alpine
+COPY <<-\"B\" <<C << A /dst/
+\tFROM b
+\tB
+FROM c
+C
+FROM a
+A
+RUN --mount=type=cache,target=/c cat <<EOF1 - << EOF2 | sh
+B
+EOF1
+FROM e
+EOF2
+FROM debian
+";
+    let d = ok(content);
+    assert_eq!(d.stages.len(), 2, "{:?}", d.stages);
+    assert_eq!(d.stages[1].line, 14);
+    assert_eq!(
+        uses(&d),
+        [
+            ("docker.io/library/alpine:latest".to_owned(), 1),
+            ("docker.io/library/debian:latest".to_owned(), 14),
+        ]
+    );
+}
+
 #[test]
 fn unterminated_heredoc() {
     let e = err("FROM alpine\nRUN <<EOF\necho hi\n");
@@ -700,8 +801,17 @@ fn blank_base_and_platform() {
         err("FROM --platform=$NOPE alpine\n"),
         DockerfileError::EmptyPlatform { line: 1, .. }
     ));
-    assert!(matches!(
+    // `--platform alpine`: the flag has no value (only `=` gives one), `alpine` is the image.
+    assert_eq!(
         err("FROM --platform alpine\n"),
+        DockerfileError::FlagWithoutValue {
+            line: 1,
+            instruction: "FROM".into(),
+            flag: "platform".into()
+        }
+    );
+    assert!(matches!(
+        err("FROM --platform=linux/amd64\n"),
         DockerfileError::FromWithoutImage { .. }
     ));
     assert!(matches!(
@@ -771,10 +881,11 @@ fn copy_from_index_out_of_range() {
 
 #[test]
 fn copy_flag_forms() {
-    // `--from value` (no `=`) takes the next word, like extractBuilderFlags...
-    let d = ok("FROM alpine\nCOPY --from python:3.12 --chown=1:1 /a /b\n");
-    assert_eq!(d.images[1].raw, "python:3.12");
-    // ...but only until a flag with `=` was seen (upstream quirk).
+    // `--from value` (no `=`) is a flag without a value: BuildKit's "missing a value on flag".
+    assert!(matches!(
+        err("FROM alpine\nCOPY --from python:3.12 --chown=1:1 /a /b\n"),
+        DockerfileError::FlagWithoutValue { line: 2, .. }
+    ));
     assert!(matches!(
         err("FROM alpine\nCOPY --chown=1:1 --from python:3.12 /a /b\n"),
         DockerfileError::FlagWithoutValue { line: 2, .. }
@@ -899,9 +1010,24 @@ fn platform_parsing_and_display() {
 
 #[test]
 fn extract_builder_flags_like_upstream() {
-    let f = |s: &str| instructions::extract_builder_flags(s);
+    let f = |s: &str| instructions::extract_builder_flags(s, '\\');
     assert_eq!(f("--a=b rest"), ("rest".into(), vec!["--a=b".into()]));
-    assert_eq!(f("--a b rest"), ("rest".into(), vec!["--a=b".into()]));
+    // A value only ever follows `=` (moby/buildkit#562, which would have taken the next word,
+    // was not merged).
+    assert_eq!(f("--a b rest"), ("b rest".into(), vec!["--a".into()]));
+    assert_eq!(
+        f("--a --b=c rest"),
+        ("rest".into(), vec!["--a".into(), "--b=c".into()])
+    );
+    // The escape token is the file's: with `# escape=``, a backslash is just a character.
+    assert_eq!(
+        instructions::extract_builder_flags("--src=C:\\x`=y rest", '`'),
+        ("rest".into(), vec!["--src=C:\\x=y".into()])
+    );
+    assert_eq!(
+        f("--src=a\\=b rest"),
+        ("rest".into(), vec!["--src=a=b".into()])
+    );
     assert_eq!(
         f("--a=\"x y\" rest"),
         ("rest".into(), vec!["--a=x y".into()])
@@ -986,6 +1112,10 @@ fn dockerfile_token() -> impl Strategy<Value = String> {
         Just("\r\n".to_owned()),
         Just("<<EOF".to_owned()),
         Just("<<-'X'".to_owned()),
+        Just("<< ".to_owned()),
+        Just("<<- ".to_owned()),
+        Just("<<\t\"EOF\"".to_owned()),
+        Just("<".to_owned()),
         Just("EOF".to_owned()),
         Just("${".to_owned()),
         Just("}".to_owned()),
@@ -1039,11 +1169,44 @@ proptest! {
     }
 
     #[test]
-    fn lexer_never_panics(s in "[-a-zA-Z0-9${}:?#%/*\\\\'\" ]{0,60}") {
+    fn lexer_never_panics(s in "[-a-zA-Z0-9${}:?#%/*\\\\'\" <\t]{0,60}") {
         let env = args(&[("A", "a.b.c"), ("E", "")]);
         for escape in ['\\', '`'] {
             let _ = shell::process(&s, &env, escape, shell::Options::default());
             let _ = shell::process(&s, &env, escape, shell::Options { raw_quotes: true, raw_escapes: true, skip_unset_env: true });
         }
+    }
+
+    /// The heredoc rule of the lexer (`<<` keeps the blanks after it) changes word
+    /// splitting only: text without `$`, quotes or escapes comes out as it went in.
+    #[test]
+    fn lexer_keeps_text_without_substitutions(s in "[a-z0-9 <\t\r-]{0,40}") {
+        for opts in [
+            shell::Options::default(),
+            shell::Options { raw_quotes: true, raw_escapes: true, skip_unset_env: true },
+        ] {
+            let out = shell::process(&s, &args(&[]), '\\', opts).unwrap();
+            prop_assert_eq!(&out.result, &s);
+            let joined: String = out.words.concat();
+            let without_blanks: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+            prop_assert_eq!(joined.chars().filter(|c| !c.is_whitespace()).collect::<String>(), without_blanks);
+        }
+    }
+
+    /// Whatever a heredoc body holds, it is not parsed: the file has exactly the stages and
+    /// images outside it.
+    #[test]
+    fn heredoc_bodies_never_add_stages_or_images(
+        tokens in proptest::collection::vec(dockerfile_token(), 0..30),
+        operator in prop_oneof![Just("<<"), Just("<< "), Just("<<  "), Just("<<\t"), Just("<<-"), Just("<< \"")],
+    ) {
+        let body: String = tokens.concat();
+        prop_assume!(!body.split('\n').any(|l| l.trim_end_matches('\r').trim_start_matches('\t') == "END"));
+        let close = if operator.ends_with('"') { "END\"" } else { "END" };
+        let content = format!("FROM alpine\nRUN {operator}{close} sh\n{body}\nEND\nFROM debian AS last\n");
+        let d = parse_with(&content, &[]).map_err(|e| TestCaseError::fail(format!("{e}\n{content}")))?;
+        prop_assert_eq!(d.stages.len(), 2, "{}", content);
+        prop_assert_eq!(d.images.len(), 2, "{}", content);
+        prop_assert_eq!(d.stages[1].name.as_deref(), Some("last"));
     }
 }

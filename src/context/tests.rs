@@ -2,6 +2,7 @@
 //! outside the context, and the errors.
 
 use super::*;
+use proptest::prelude::*;
 use std::io::Read;
 
 // ---- real directories -------------------------------------------------------------------
@@ -478,4 +479,99 @@ fn an_unreadable_file_is_an_error_unless_excluded() {
     );
     write(ctx, ".dockerignore", "locked\n");
     assert!(context_tar(ctx, &ctx.join("Dockerfile")).is_ok());
+}
+
+// ---- properties -------------------------------------------------------------------------
+
+/// The files of the tree the property archives (besides `.dockerignore`).
+const TREE: [&str; 5] = ["Dockerfile", "a/x.txt", "a/b/y.go", "b/z", "c.txt"];
+
+fn ignore_line() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "*",
+            "**",
+            "**/*",
+            "a",
+            "a/",
+            "a/**",
+            "!a/b",
+            "!**/y.go",
+            "b*",
+            "?.txt",
+            "[ab]",
+            "[z-a]",
+            "!",
+            "#c",
+            " c.txt ",
+            "/a/b",
+            "./a/../b",
+            "Dockerfile",
+            ".dockerignore",
+            "*/y.*",
+            "\\*",
+            "!Dockerfile",
+            "a/b/y.go",
+        ])
+        .prop_map(str::to_owned),
+        r"!?[abcxyz*?/\[\]. -]{0,6}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the ignore file says, archiving never panics, only a bad pattern is an error,
+    /// the Dockerfile and `.dockerignore` always go in, no entry is invented or repeated, and
+    /// without `!` exceptions exactly the files `matches_or_parent_matches` keeps go in.
+    #[test]
+    fn any_ignore_file_gives_a_consistent_archive(
+        lines in prop::collection::vec(ignore_line(), 0..8),
+        crlf in any::<bool>(),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = tmp.path();
+        for file in TREE {
+            write(ctx, file, file);
+        }
+        let ignore = lines.join(if crlf { "\r\n" } else { "\n" });
+        write(ctx, DOCKERIGNORE, &ignore);
+        let archive = match context_tar(ctx, &ctx.join("Dockerfile")) {
+            Ok(archive) => archive,
+            Err(ContextError::BadPattern { file, .. }) => {
+                prop_assert!(file.ends_with(DOCKERIGNORE));
+                return Ok(());
+            }
+            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+        };
+        prop_assert_eq!(&archive.dockerfile_in_context, "Dockerfile");
+        let names = names(&archive);
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        prop_assert_eq!(unique.len(), names.len(), "{:?}", names);
+        let dirs = ["a/", "a/b/", "b/"];
+        for name in &names {
+            prop_assert!(
+                TREE.contains(&name.as_str()) || name == DOCKERIGNORE || dirs.contains(&name.as_str()),
+                "{name}"
+            );
+        }
+        prop_assert!(names.iter().any(|n| n == "Dockerfile"));
+        prop_assert!(names.iter().any(|n| n == DOCKERIGNORE));
+        let files = names.iter().filter(|n| !n.ends_with('/')).count();
+        prop_assert_eq!(archive.files, files);
+
+        let patterns: Vec<String> = read_ignore_patterns(ignore.as_bytes())
+            .into_iter()
+            .map(|p| p.pattern)
+            .collect();
+        let matcher = PatternMatcher::new(&patterns).unwrap();
+        if !matcher.exclusions() {
+            for file in &TREE[1..] {
+                let kept = names.iter().any(|n| n == file);
+                prop_assert_eq!(kept, !matcher.matches_or_parent_matches(file), "{} with {:?}", file, patterns);
+            }
+        }
+    }
 }

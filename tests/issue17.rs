@@ -5,6 +5,73 @@
 
 mod support;
 
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use support::{bin, text};
+
+/// A project directory with `<service>/Dockerfile`s, and a unique name for what it builds.
+struct Proj {
+    dir: tempfile::TempDir,
+    name: String,
+    _cleanup: testbed::RemoveImagesOnDrop,
+}
+
+impl Proj {
+    fn new(prefix: &str, services: &[(&str, String)]) -> Proj {
+        let dir = tempfile::tempdir().unwrap();
+        for (service, dockerfile) in services {
+            let path = dir.path().join(service);
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join("Dockerfile"), dockerfile).unwrap();
+        }
+        let name = testbed::unique_name(prefix);
+        Proj {
+            dir,
+            _cleanup: testbed::RemoveImagesOnDrop(vec![name.clone()]),
+            name,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The binary in the project, its images named `<name>-<service>:t`, outside Actions.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.current_dir(self.path())
+            .env("NO_COLOR", "1")
+            .env_remove("DOCKER_HOST");
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("GITHUB_") || k.starts_with("INPUT_") || k.starts_with("RUNNER_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args);
+        if args.first().is_some_and(|a| a.starts_with("build")) {
+            cmd.args(["--prefix", &format!("{}-", self.name), "--tag", "t"]);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("the binary runs")
+    }
+
+    fn report(&self) -> Value {
+        let path = self
+            .path()
+            .join(".ai-infra-build/ai-infra-build-report.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("no report at {}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
 /// The README's exit code table, as `(code, meaning)` rows.
 fn readme_exit_codes() -> Vec<(String, String)> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
@@ -48,4 +115,48 @@ fn issue17_readme_exit_codes_are_the_binarys() {
     }
     let environment = &rows[3].1;
     assert!(environment.contains("relay"), "{environment}");
+}
+
+/// `report --merge` of one good report and one that cannot be read is not green.
+#[test]
+fn issue17_merge_with_an_unreadable_report_is_not_green() {
+    let proj = Proj::new("i17-merge", &[]);
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/reports/all-green.json"
+        ),
+        proj.path().join("green.json"),
+    )
+    .unwrap();
+    std::fs::write(proj.path().join("garbage.json"), "{\"version\": 1, \"run\"").unwrap();
+    let out = proj.run(&["report", "--merge", "green.json", "--out-dir", "out"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for broken in ["garbage.json", "missing.json"] {
+        let out = proj.run(&[
+            "report",
+            "--merge",
+            "green.json",
+            broken,
+            "--out-dir",
+            "out",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{broken}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(broken) && stderr.contains("counts as missing"),
+            "{stderr}"
+        );
+    }
+    let out = proj.run(&[
+        "report",
+        "--merge",
+        "garbage.json",
+        "missing.json",
+        "--out-dir",
+        "out",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = proj.run(&["report", "--merge", "", "--out-dir", "out"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-use support::{bin, text};
+use support::{bin, service, text};
+use testbed::TestBed;
+use testbed::images::{ImageSpec, PushedImage, push_image};
 
 /// A project directory with `<service>/Dockerfile`s, and a unique name for what it builds.
 struct Proj {
@@ -72,6 +74,15 @@ impl Proj {
     }
 }
 
+async fn push(bed: &TestBed, repo: &str, layer: usize) -> PushedImage {
+    push_image(
+        &bed.registry.host(),
+        &ImageSpec::new(format!("library/{repo}"), "1.0").with_layer(layer),
+    )
+    .await
+    .expect("push a base image")
+}
+
 /// The README's exit code table, as `(code, meaning)` rows.
 fn readme_exit_codes() -> Vec<(String, String)> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
@@ -115,6 +126,43 @@ fn issue17_readme_exit_codes_are_the_binarys() {
     }
     let environment = &rows[3].1;
     assert!(environment.contains("relay"), "{environment}");
+}
+
+#[tokio::test]
+async fn issue17_prefetch_failure_fail_exits_4_and_builds_nothing() {
+    let bed = TestBed::start(|o| o).await.unwrap();
+    let base = testbed::unique_name("i17-pf");
+    let pushed = push(&bed, &base, 1024).await;
+    let present = pushed.reference_via(&bed.registry.host());
+    let missing = format!("{}/library/{base}-never-pushed:1.0", bed.registry.host());
+    let proj = Proj::new(
+        "i17-pf",
+        &[
+            ("fine", format!("FROM {present}\nRUN true\n")),
+            ("broken", format!("FROM {missing}\nRUN true\n")),
+        ],
+    );
+    let _pulled = testbed::RemoveImagesOnDrop(vec![base.clone()]);
+    let out = proj.run(&["build-all", "--prefetch-failure", "fail"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let report = proj.report();
+    for name in ["fine", "broken"] {
+        let s = service(&report, name);
+        assert_eq!(s["status"], "skipped", "{s:#}");
+        let reason = s["skipped_reason"].as_str().unwrap();
+        assert!(
+            reason.contains("--prefetch-failure fail") && reason.contains(&missing),
+            "{reason}"
+        );
+    }
+    assert_eq!(report["totals"]["cancelled"], 0, "{report:#}");
+    assert_eq!(report["totals"]["base_images_missing"], 1, "{report:#}");
+    // Without `fail`, the same project builds what it can and exits 1.
+    let out = proj.run(&["build-all"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = proj.report();
+    assert_eq!(service(&report, "fine")["status"], "success", "{report:#}");
+    assert_eq!(service(&report, "broken")["status"], "failed", "{report:#}");
 }
 
 /// `report --merge` of one good report and one that cannot be read is not green.

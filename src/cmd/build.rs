@@ -127,8 +127,19 @@ pub async fn run(
         shard: settings.shard.map(|s| s.to_string()),
         interrupted: exit_on_signal.is_some(),
     };
+    let stop_early = settings.prefetch.failure == PrefetchFailure::Fail;
+    let missing: Vec<String> = prefetch_report
+        .as_ref()
+        .map(|p| p.failed().map(|i| i.reference.to_string()).collect())
+        .unwrap_or_default();
     let mut results = outcome.results;
-    add_cancelled(&mut results, &ws, &settings, &backend);
+    // `--prefetch-failure fail` with images missing: nothing was built on purpose.
+    let not_built = if exit_on_signal.is_none() && stop_early && !missing.is_empty() {
+        NotBuilt::ImagesMissing(&missing)
+    } else {
+        NotBuilt::Cancelled
+    };
+    add_not_built(&mut results, &ws, &settings, &backend, not_built);
     let cache_stats = match cache {
         Some(c) => Some(
             save_cache(
@@ -146,13 +157,12 @@ pub async fn run(
     let mut report = Report::new(run, prefetch_report.as_ref(), results, outcome.failure_log);
     report.cache = cache_stats;
     publisher.finish(&report).await?;
-    let stop_early = settings.prefetch.failure == PrefetchFailure::Fail;
     Ok(if let Some(signal) = exit_on_signal {
         signal
-    } else if report.totals.failed + report.totals.skipped + report.totals.cancelled > 0 {
-        Exit::BuildFailed
     } else if stop_early && report.totals.base_images_missing > 0 {
         Exit::ImagesMissing
+    } else if report.totals.failed + report.totals.skipped + report.totals.cancelled > 0 {
+        Exit::BuildFailed
     } else {
         Exit::Success
     })
@@ -229,13 +239,34 @@ async fn prefetch_and_build(
     }
 }
 
-/// Services that never got a result (cut by a signal) are cancelled, never dropped.
-fn add_cancelled(
+/// Why a selected service has no result.
+enum NotBuilt<'a> {
+    /// Cut by a signal.
+    Cancelled,
+    /// `--prefetch-failure fail` stopped the run before any build: these images were missing.
+    ImagesMissing(&'a [String]),
+}
+
+/// Services that never got a result are reported, never dropped: cancelled (cut by a
+/// signal), or skipped because `--prefetch-failure fail` stopped the run.
+fn add_not_built(
     results: &mut Vec<ServiceResult>,
     ws: &Workspace,
     settings: &BuildSettings,
     backend: &Backend,
+    why: NotBuilt,
 ) {
+    let (status, reason) = match why {
+        NotBuilt::Cancelled => (ServiceStatus::Cancelled, "cancelled".to_string()),
+        NotBuilt::ImagesMissing(images) => (
+            ServiceStatus::Skipped,
+            format!(
+                "not built: --prefetch-failure fail and {} base image(s) missing ({})",
+                images.len(),
+                images.join(", ")
+            ),
+        ),
+    };
     for i in &settings.selected {
         let service = &ws.plan.services[*i];
         if results.iter().any(|r| r.name == service.name) {
@@ -245,7 +276,7 @@ fn add_cancelled(
             name: service.name.clone(),
             image: service.image.clone(),
             tags: service.tags.clone(),
-            status: ServiceStatus::Cancelled,
+            status,
             duration_ms: 0,
             attempts: 0,
             builder: backend.label(),
@@ -256,7 +287,7 @@ fn add_cancelled(
             log_path: None,
             dockerfile: service.dockerfile.clone(),
             failure: None,
-            skipped_reason: Some("cancelled".into()),
+            skipped_reason: Some(reason.clone()),
             log_tail: Vec::new(),
             reused: false,
         });

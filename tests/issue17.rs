@@ -7,11 +7,15 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{bin, service, text};
 use testbed::TestBed;
 use testbed::images::{ImageSpec, PushedImage, push_image};
+use testbed::proxy::{
+    FaultConfig, FaultParams, FaultType, KindFaults, RequestKind, StallAt, StallThen,
+};
 
 /// A project directory with `<service>/Dockerfile`s, and a unique name for what it builds.
 struct Proj {
@@ -163,6 +167,104 @@ async fn issue17_prefetch_failure_fail_exits_4_and_builds_nothing() {
     let report = proj.report();
     assert_eq!(service(&report, "fine")["status"], "success", "{report:#}");
     assert_eq!(service(&report, "broken")["status"], "failed", "{report:#}");
+}
+
+/// SIGTERM while the prefetch is still pulling (a stalled blob): the build that finished
+/// is reported as built, only the waiting one is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue17_sigterm_during_prefetch_keeps_finished_builds() {
+    let bed = TestBed::start(|o| o).await.unwrap();
+    let base = testbed::unique_name("i17-term");
+    let _pulled = testbed::RemoveImagesOnDrop(vec![base.clone()]);
+    let quick = push(&bed, &format!("{base}-quick"), 1024).await;
+    let stalled = push(&bed, &format!("{base}-stalled"), 1 << 20).await;
+    let layer = stalled.layers.last().unwrap().digest.clone();
+    bed.proxy
+        .set_faults(
+            FaultConfig::default()
+                .with_kind(
+                    RequestKind::BlobGet,
+                    KindFaults::default()
+                        .fail_first(1, FaultType::Stall)
+                        .only_path_containing(&layer),
+                )
+                .with_params(FaultParams {
+                    stall_secs: 120.0,
+                    stall_at: StallAt::Body,
+                    stall_then: StallThen::Close,
+                    ..FaultParams::default()
+                }),
+        )
+        .unwrap();
+    let proxy = bed.proxy.host();
+    let proj = Proj::new(
+        "i17-term",
+        &[
+            (
+                "quick",
+                format!("FROM {}\nRUN true\n", quick.reference_via(&proxy)),
+            ),
+            (
+                "waits",
+                format!("FROM {}\nRUN true\n", stalled.reference_via(&proxy)),
+            ),
+        ],
+    );
+    let mut child = proj
+        .command(&["build-all", "--idle-timeout", "300", "--builder", "engine"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let built = format!("{}-quick:t", proj.name);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let listed = Command::new("docker")
+            .args(["image", "inspect", &built])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        if listed.success() {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before quick was built: {}",
+            text(&child.wait_with_output().unwrap())
+        );
+        assert!(Instant::now() < deadline, "quick was never built");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the scheduler record the result, then stop the run while the pull still stalls.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        bed.proxy
+            .stats()
+            .faults(RequestKind::BlobGet, FaultType::Stall),
+        1
+    );
+    let status = Command::new("kill")
+        .args(["-15", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sent = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+    let report = proj.report();
+    assert_eq!(report["run"]["interrupted"], true);
+    assert_eq!(service(&report, "quick")["status"], "success", "{report:#}");
+    assert_eq!(
+        service(&report, "waits")["status"],
+        "cancelled",
+        "{report:#}"
+    );
 }
 
 /// `report --merge` of one good report and one that cannot be read is not green.

@@ -197,46 +197,71 @@ async fn prefetch_and_build(
             on_event,
         )
     };
-    let work = async {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let vouched = &vouched;
-        let prefetch_run = async move {
-            let mut options = settings.prefetch.options.clone();
-            // Images the cache vouched for (--pull always) are ready now.
-            for v in &vouched.images {
-                let _ = tx.send(v.clone());
-            }
-            options.notify = Some(tx);
-            let mut report = prefetch::prefetch(engine, needs, &options).await;
-            if let Ok(r) = report.as_mut() {
-                vouched.merge_into(r);
-            }
-            report
-        };
-        if stop_early {
-            let report = prefetch_run.await;
-            if report.as_ref().is_ok_and(|r| r.failed().count() > 0) {
-                return (report, None);
-            }
-            let builds = build(None).await;
-            (report, Some(builds))
-        } else {
-            let (report, builds) = tokio::join!(prefetch_run, build(Some(rx)));
-            (report, Some(builds))
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // With `--prefetch-failure fail` the builds wait for the prefetch's verdict.
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<bool>();
+    let vouched = &vouched;
+    let prefetch_run = async move {
+        let mut options = settings.prefetch.options.clone();
+        // Images the cache vouched for (--pull always) are ready now.
+        for v in &vouched.images {
+            let _ = tx.send(v.clone());
+        }
+        options.notify = Some(tx);
+        let mut report = prefetch::prefetch(engine, needs, &options).await;
+        if let Ok(r) = report.as_mut() {
+            vouched.merge_into(r);
+        }
+        let _ = go_tx.send(!report.as_ref().is_ok_and(|r| r.failed().count() > 0));
+        report
+    };
+    let builds_run = async {
+        if !stop_early {
+            return Some(build(Some(rx)).await);
+        }
+        tokio::select! {
+            go = go_rx => match go {
+                Ok(true) => Some(build(None).await),
+                _ => None,
+            },
+            _ = cancel.cancelled() => None,
         }
     };
-    tokio::pin!(work);
-    tokio::select! {
-        (report, builds) = &mut work => (report, builds, None),
-        signal = super::interrupted() => {
-            ui.note("interrupted: cancelling running builds and writing a partial report");
-            cancel.cancel();
-            match tokio::time::timeout(Duration::from_secs(4), &mut work).await {
-                Ok((report, builds)) => (report, builds, Some(signal)),
-                Err(_) => (Err(anyhow::anyhow!("interrupted")), None, Some(signal)),
-            }
+    tokio::pin!(prefetch_run);
+    tokio::pin!(builds_run);
+    let signal = super::interrupted();
+    tokio::pin!(signal);
+    let mut report: Option<PrefetchOutcome> = None;
+    let mut builds: Option<Option<BuildRun>> = None;
+    let exit = loop {
+        if let (Some(_), Some(_)) = (&report, &builds) {
+            break None;
+        }
+        tokio::select! {
+            r = &mut prefetch_run, if report.is_none() => report = Some(r),
+            b = &mut builds_run, if builds.is_none() => builds = Some(b),
+            s = &mut signal => break Some(s),
+        }
+    };
+    if exit.is_some() {
+        // Cancel the builds and give them 4 s to stop; what finished is kept, also while the
+        // prefetch still pulls (it is cut: its images count as not pulled).
+        ui.note("interrupted: cancelling running builds and writing a partial report");
+        cancel.cancel();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        if builds.is_none() {
+            builds = tokio::time::timeout_at(deadline, &mut builds_run)
+                .await
+                .ok();
+        }
+        if report.is_none() {
+            report = tokio::time::timeout_at(deadline, &mut prefetch_run)
+                .await
+                .ok();
         }
     }
+    let report = report.unwrap_or_else(|| Err(anyhow::anyhow!("interrupted")));
+    (report, builds.flatten(), exit)
 }
 
 /// Why a selected service has no result.

@@ -267,6 +267,64 @@ async fn issue17_sigterm_during_prefetch_keeps_finished_builds() {
     );
 }
 
+/// Runs `args` in a network namespace whose loopback has no 127.0.0.1 (so the relay cannot
+/// listen), with the daemon still reachable through its unix socket.
+fn without_loopback(proj: &Proj, args: &[&str]) -> Output {
+    let probe = Command::new("unshare")
+        .args(["-n", "true"])
+        .status()
+        .expect("unshare (util-linux) runs");
+    assert!(probe.success(), "this test needs `unshare -n` (root)");
+    let cmd = proj.command(args);
+    let mut shell = Command::new("unshare");
+    shell
+        .args([
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && ip addr del 127.0.0.1/8 dev lo && exec \"$0\" \"$@\"",
+        ])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .current_dir(proj.path())
+        .stdin(Stdio::null());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => shell.env(k, v),
+            None => shell.env_remove(k),
+        };
+    }
+    shell.output().unwrap()
+}
+
+#[test]
+fn issue17_relay_that_cannot_listen_is_the_environment() {
+    let proj = Proj::new(
+        "i17-relay",
+        &[("svc", "FROM scratch-base-i17:1\n".to_string())],
+    );
+    let out = without_loopback(&proj, &["prefetch", "--pull-via", "relay"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pull relay") && stderr.contains("--pull-via direct"),
+        "{stderr}"
+    );
+    // build-all goes on without the prefetch, and says so.
+    let out = without_loopback(&proj, &["build-all", "--pull-via", "relay"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("the prefetch did not run") && all.contains("pull relay"),
+        "{all}"
+    );
+    assert_eq!(service(&proj.report(), "svc")["status"], "failed");
+}
+
 /// `report --merge` of one good report and one that cannot be read is not green.
 #[test]
 fn issue17_merge_with_an_unreadable_report_is_not_green() {

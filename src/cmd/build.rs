@@ -54,7 +54,7 @@ pub async fn run(
     if let Some(r) = &remote {
         settings.publish.warnings.extend(r.advice.iter().cloned());
     }
-    let publisher = Publisher::start(settings.publish.clone(), ui);
+    let mut publisher = Publisher::start(settings.publish.clone(), ui);
 
     let plan = &ws.plan;
     let wanted: BTreeSet<&String> = settings
@@ -107,7 +107,20 @@ pub async fn run(
         &engine, &backend, &ws, &settings, needs, vouched, &on_event, ui,
     )
     .await;
-    let prefetch_report = prefetch_report.ok();
+    let prefetch_report = match prefetch_report {
+        Ok(report) => Some(report),
+        // Cut by the signal: the report says the run was interrupted.
+        Err(_) if exit_on_signal.is_some() => None,
+        Err(err) => {
+            // The builds went on and pulled their base images themselves; say so.
+            let err = super::prefetch::prefetch_error(err);
+            publisher.warning(format!(
+                "the prefetch did not run ({err}); the builds pulled their base images without retries or mirrors{}",
+                err.help().map(|h| format!(": {h}")).unwrap_or_default()
+            ));
+            None
+        }
+    };
     if let (Some(c), Some(p)) = (&settings.prefetch.cache, &prefetch_report)
         && let Err(err) = crate::health::HealthStore::update(&c.dir, p, crate::report::now_ms())
     {

@@ -289,6 +289,11 @@ impl Publisher {
         }
     }
 
+    /// A problem found while running (shown with the setup warnings when publishing).
+    pub fn warning(&mut self, text: String) {
+        self.ctx.warnings.push(text);
+    }
+
     pub fn progress(&self) -> &Progress {
         &self.progress
     }

@@ -368,3 +368,195 @@ fn issue17_merge_with_an_unreadable_report_is_not_green() {
     let out = proj.run(&["report", "--merge", "", "--out-dir", "out"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// The name of the command the runner takes from `line`, and its data: the `::name
+/// props::data` syntax after leading whitespace, else the old `##[name props]data` syntax
+/// anywhere in the line.
+fn runner_parse(line: &str) -> Option<(String, String, String)> {
+    let trimmed = line.trim_start();
+    if let Some(rest) = trimmed.strip_prefix("::")
+        && let Some(end) = rest.find("::")
+    {
+        let info = &rest[..end];
+        let name = info.split(' ').next().unwrap_or_default();
+        return Some((
+            name.to_string(),
+            info.to_string(),
+            rest[end + 2..].to_string(),
+        ));
+    }
+    let at = line.find("##[")?;
+    let rest = &line[at + 3..];
+    let end = rest.find(']')?;
+    let info = &rest[..end];
+    let name = info.split(' ').next().unwrap_or_default();
+    Some((
+        name.to_string(),
+        info.to_string(),
+        rest[end + 1..].to_string(),
+    ))
+}
+
+/// The commands the runner takes from one output stream, as `(name, info, data)`, following
+/// `stop-commands` (nothing but the token resumes; the token is compared ignoring case).
+fn runner_commands(stream: &str) -> Vec<(String, String, String)> {
+    let mut stopped: Option<String> = None;
+    let mut out = Vec::new();
+    for line in stream.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let Some((name, info, data)) = runner_parse(line) else {
+            continue;
+        };
+        if let Some(token) = &stopped {
+            if name.eq_ignore_ascii_case(token) {
+                stopped = None;
+            }
+            continue;
+        }
+        if name == "stop-commands" {
+            stopped = Some(data.clone());
+        }
+        out.push((name, info, data));
+    }
+    out
+}
+
+/// Every command the runner would take from `output` is one we print on purpose.
+fn assert_only_our_commands(what: &str, output: &Output) {
+    for (stream, text) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
+        let text = String::from_utf8_lossy(text);
+        for (name, info, data) in runner_commands(&text) {
+            let ours = match name.as_str() {
+                "group" | "endgroup" | "debug" => true,
+                "stop-commands" => data.starts_with("aib-") && data.len() >= 36,
+                // Our annotations always carry a title.
+                "error" | "warning" | "notice" => {
+                    info.contains(" title=") || info.contains(",title=")
+                }
+                _ => false,
+            };
+            assert!(
+                ours,
+                "{what}: the runner would take `{name}` ({info}::{data}) from our {stream}:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn issue17_runner_oracle_sees_both_syntaxes() {
+    let hostile = "ok\n  ::set-output name=x::1\nlog ##[add-mask]secret\n";
+    let names: Vec<String> = runner_commands(hostile).into_iter().map(|c| c.0).collect();
+    assert_eq!(names, ["set-output", "add-mask"]);
+    // A build's own stop-commands inside ours changes nothing; ours ends at our token only.
+    let block = "::stop-commands::aib-1\n::stop-commands::evil\n::AIB-1::\n::error::after";
+    let names: Vec<String> = runner_commands(block).into_iter().map(|c| c.0).collect();
+    assert_eq!(names, ["stop-commands", "error"]);
+}
+
+/// Lines a hostile build prints: both command syntaxes, indented, a stop-commands of its own.
+const HOSTILE_RUN: &str = "RUN echo '::set-output name=pwned::1' \
+    && echo '   ::add-mask::pwned-mask' \
+    && echo 'text ##[set-env name=PWNED]1' \
+    && echo '::stop-commands::pwnedtoken' \
+    && echo '::warning::pwned-after-stop' \
+    && echo '##[add-path]/pwned' \
+    && exit 3\n";
+
+/// Everything we print for a hostile build in Actions mode (terminal table, annotations, log
+/// groups, warnings, errors, notes; human and JSON output; both build backends; a re-rendered
+/// report; input and flag errors quoting hostile values) gives the runner only our commands.
+#[tokio::test]
+async fn issue17_terminal_table_is_inert_in_actions() {
+    let bed = TestBed::start(|o| o).await.unwrap();
+    let base = testbed::unique_name("i17-inj");
+    let _pulled = testbed::RemoveImagesOnDrop(vec![base.clone()]);
+    let pushed = push(&bed, &base, 1024).await;
+    let from = pushed.reference_via(&bed.registry.host());
+    let missing = format!("{}/library/{base}-gone:1.0", bed.registry.host());
+    let proj = Proj::new(
+        "i17-inj",
+        &[
+            ("evil", format!("FROM {from}\n{HOSTILE_RUN}")),
+            ("fine", format!("FROM {from}\nRUN true\n")),
+            ("lost", format!("FROM {missing}\nRUN true\n")),
+        ],
+    );
+    let summary = proj.path().join("summary.md");
+    let outputs = proj.path().join("outputs.txt");
+    let actions = |cmd: &mut Command| {
+        cmd.env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_WORKSPACE", proj.path())
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .env("GITHUB_OUTPUT", &outputs)
+            .env("GITHUB_REPOSITORY", "acme/##[warning]pwned-repo")
+            .env("RUNNER_DEBUG", "1");
+    };
+    let run = |args: &[&str]| {
+        let mut cmd = proj.command(args);
+        actions(&mut cmd);
+        cmd.output().unwrap()
+    };
+    for backend in ["engine-classic", "engine"] {
+        for format in ["human", "json"] {
+            let what = format!("build-all --builder {backend} --output {format}");
+            let out = run(&[
+                "build-all",
+                "--builder",
+                backend,
+                "--output",
+                format,
+                "--build-retries",
+                "0",
+            ]);
+            assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
+            let all = text(&out);
+            // The hostile lines are shown (inert), not dropped.
+            for seen in ["pwned-mask", "pwnedtoken", "pwned-after-stop", "/pwned"] {
+                assert!(all.contains(seen), "{what}: {seen} not shown:\n{all}");
+            }
+            assert_only_our_commands(&what, &out);
+            let report = proj.report();
+            assert_eq!(service(&report, "evil")["status"], "failed", "{report:#}");
+            assert_eq!(service(&report, "fine")["status"], "success");
+        }
+    }
+    let report = proj
+        .path()
+        .join(".ai-infra-build/ai-infra-build-report.json");
+    for view in [
+        "terminal",
+        "json",
+        "markdown",
+        "outputs",
+        "comment",
+        "annotations",
+    ] {
+        let out = run(&[
+            "report",
+            "--from",
+            report.to_str().unwrap(),
+            "--format",
+            view,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{view}: {}", text(&out));
+        assert_only_our_commands(&format!("report --format {view}"), &out);
+    }
+    // Errors that quote what they were given.
+    let out = run(&["plan", "--tag", "##[error]pwned"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pwned"));
+    assert_only_our_commands("a hostile --tag", &out);
+    let mut cmd = proj.command(&["build-all"]);
+    actions(&mut cmd);
+    let out = cmd
+        .env("INPUT_PARALLEL", "1\n::error::pwned-input\n##[add-mask]x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pwned-input"));
+    assert_only_our_commands("a hostile INPUT_PARALLEL", &out);
+    let out = run(&["prefetch"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_only_our_commands("prefetch", &out);
+}

@@ -65,7 +65,13 @@ pub async fn run(args: &ReportArgs, ui: &Ui, actions: ActionsEnv) -> Result<Exit
         log_source: LogSource::FileOrTail,
     };
     let text = view.render(&report, &ctx);
-    ui.result(text.strip_suffix('\n').unwrap_or(&text));
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    match view.name() {
+        // The workflow commands are printed to be taken as such.
+        "annotations" => ui.sink.command_out(text),
+        "json" => ui.result(&crate::ui::inert_json(text)),
+        _ => ui.result(text),
+    }
     Ok(Exit::Success)
 }
 

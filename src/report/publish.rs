@@ -276,9 +276,9 @@ impl Publisher {
     /// Workflow commands: stdout, or stderr when stdout carries JSON (the runner reads both).
     fn commands(&self, text: &str) {
         if views::json_output(&self.ui) {
-            self.sink.err(text);
+            self.sink.command_err(text);
         } else {
-            self.sink.out(text);
+            self.sink.command_out(text);
         }
     }
 
@@ -390,6 +390,9 @@ impl Publisher {
                         }
                     }
                     // Printed last, after everything the log shows.
+                    Destination::Result if views::json_output(&self.ui) => {
+                        results.push(crate::ui::inert_json(&view.render(&report, &ctx)))
+                    }
                     Destination::Result => results.push(view.render(&report, &ctx)),
                 }
             }

@@ -560,3 +560,50 @@ async fn issue17_terminal_table_is_inert_in_actions() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert_only_our_commands("prefetch", &out);
 }
+
+/// Setup and API warnings share the step's 10 warning annotations with the report's: past
+/// that they are plain log lines, never dropped.
+#[tokio::test]
+async fn issue17_setup_warnings_respect_the_annotation_cap() {
+    use ai_infra_build::report::{PublishContext, Report, publish};
+    use ai_infra_build::ui::{MemorySink, Ui};
+    for fixture in ["all-green", "nine-of-eleven"] {
+        let path = format!(
+            "{}/tests/fixtures/reports/{fixture}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let report: Report = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut ctx = PublishContext::from_lookup(
+            dir.path().join("out"),
+            dir.path().to_path_buf(),
+            Vec::new(),
+            None,
+            &|k| (k == "GITHUB_ACTIONS").then(|| "true".to_string()),
+        );
+        ctx.warnings = (0..15).map(|i| format!("setup problem {i}")).collect();
+        let sink = std::sync::Arc::new(MemorySink::default());
+        let ui = Ui {
+            sink: sink.clone(),
+            ..Ui::default()
+        };
+        let published = publish(&report, ctx, &ui).await.unwrap();
+        assert_eq!(published.warnings.len(), 15);
+        let all = format!("{}{}", sink.out_text(), sink.err_text());
+        let annotations = runner_commands(&sink.out_text())
+            .into_iter()
+            .filter(|(name, _, _)| name == "warning")
+            .count();
+        assert!(
+            annotations <= 10,
+            "{fixture}: {annotations} warning annotations:\n{all}"
+        );
+        assert!(annotations >= 1, "{fixture}: {all}");
+        for i in 0..15 {
+            assert!(
+                all.contains(&format!("setup problem {i}")),
+                "{fixture}: {i} lost:\n{all}"
+            );
+        }
+    }
+}

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::prefetch::{ImageStatus, PrefetchReport};
 use crate::relay::Source;
-use crate::report::text;
 use crate::retry::ErrorClass;
+use crate::text;
 
 /// The file in the cache directory.
 pub const HEALTH_FILE: &str = "source-health.json";

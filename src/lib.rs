@@ -7,6 +7,7 @@
 pub mod build;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod context;
 pub mod dockerfile;
@@ -24,6 +25,7 @@ pub mod registry;
 pub mod relay;
 pub mod report;
 pub mod retry;
+pub mod text;
 pub mod ui;
 
 pub use error::{Error, Exit};

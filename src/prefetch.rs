@@ -20,11 +20,11 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::clock::now_ms;
 use crate::engine::Engine;
 use crate::reference::Reference;
 use crate::registry::{Endpoint, RegistryClient, Timeouts};
 use crate::relay::{Relay, RequestEvent, Source};
-use crate::report::now_ms;
 use crate::retry::{ErrorClass, RetryHint, RetryPolicy, classify_message, classify_status};
 
 /// When to pull an image that is already present locally.

@@ -35,8 +35,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::clock::now_ms;
 use crate::registry::{Endpoint, RegistryClient, RegistryError, RequestKind};
-use crate::report::now_ms;
 use crate::retry::{ErrorClass, RetryPolicy, classify_message};
 
 type Body = BoxBody<Bytes, std::io::Error>;

@@ -13,12 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, BuildJob, Log};
 use super::failure::{self, BuildFailureClass};
+use crate::clock::{now_ms, rfc3339_ms};
 use crate::engine::Engine;
 use crate::plan::Plan;
 use crate::prefetch::ImageResult;
-use crate::report::{
-    FailureLogEntry, ServiceFailure, ServiceResult, ServiceStatus, now_ms, rfc3339_ms,
-};
+use crate::report::{FailureLogEntry, ServiceFailure, ServiceResult, ServiceStatus};
 use crate::retry::RetryPolicy;
 
 #[derive(Debug, Clone)]

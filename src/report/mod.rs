@@ -10,10 +10,12 @@ pub mod outputs;
 pub mod publish;
 pub mod summary;
 pub mod terminal;
-pub mod text;
 pub mod workflow;
 
 pub use publish::{PublishContext, Published, Publisher, publish};
+// Moved to the bottom layer; re-exported for the views that still name them here.
+pub use crate::clock::{now_ms, rfc3339_ms};
+pub use crate::text;
 
 use std::collections::BTreeMap;
 
@@ -183,20 +185,6 @@ pub struct FailureLogEntry {
     pub kind: String,
     pub class: String,
     pub message: String,
-}
-
-/// Milliseconds since the Unix epoch, now (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
-pub fn rfc3339_ms(at_ms: u64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at_ms as i64)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 impl Totals {

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::endpoint::Source;
 use crate::prefetch::{ImageStatus, PrefetchReport};
-use crate::relay::Source;
 use crate::retry::ErrorClass;
 use crate::text;
 

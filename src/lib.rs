@@ -12,6 +12,7 @@ pub mod commands;
 pub mod context;
 pub mod dockerfile;
 pub mod doctor;
+pub mod endpoint;
 pub mod engine;
 pub mod error;
 pub mod health;

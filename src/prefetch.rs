@@ -21,10 +21,12 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::clock::now_ms;
+pub use crate::endpoint::Mirrors;
+use crate::endpoint::{Endpoint, Source};
 use crate::engine::Engine;
 use crate::reference::Reference;
-use crate::registry::{Endpoint, RegistryClient, Timeouts};
-use crate::relay::{Relay, RequestEvent, Source};
+use crate::registry::{RegistryClient, Timeouts};
+use crate::relay::{Relay, RequestEvent};
 use crate::retry::{ErrorClass, RetryHint, RetryPolicy, classify_message, classify_status};
 
 /// When to pull an image that is already present locally.
@@ -47,59 +49,6 @@ pub enum PullVia {
     Relay,
     /// The daemon pulls from the registry itself; only whole pulls are retried.
     Direct,
-}
-
-/// Mirrors per registry: `docker.io=mirror.gcr.io,harbor.example.com/dockerhub`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Mirrors(pub BTreeMap<String, Vec<Source>>);
-
-impl Mirrors {
-    /// Parses one `REGISTRY=HOST[,HOST...]` entry (as given to `--mirror`) into `self`.
-    pub fn add(&mut self, spec: &str) -> Result<(), String> {
-        let (registry, hosts) = spec.split_once('=').ok_or_else(|| {
-            format!(
-                "mirror {spec:?} is not REGISTRY=HOST[,HOST...] (e.g. docker.io=mirror.example.com)"
-            )
-        })?;
-        let registry = normalize_registry(registry.trim());
-        if registry.is_empty() || registry.contains(char::is_whitespace) {
-            return Err(format!("mirror {spec:?} names no registry before '='"));
-        }
-        let hosts: Vec<Source> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(Source::parse)
-            .collect();
-        if hosts.is_empty() {
-            return Err(format!("mirror {spec:?} names no host after '='"));
-        }
-        if let Some(bad) = hosts
-            .iter()
-            .find(|s| s.endpoint.host.is_empty() || s.endpoint.host.contains(char::is_whitespace))
-        {
-            return Err(format!(
-                "mirror {spec:?} has an invalid host {:?}",
-                bad.label()
-            ));
-        }
-        self.0.entry(registry).or_default().extend(hosts);
-        Ok(())
-    }
-
-    pub fn for_registry(&self, domain: &str) -> &[Source] {
-        self.0.get(domain).map_or(&[], Vec::as_slice)
-    }
-}
-
-/// `index.docker.io`, `registry-1.docker.io` and `docker.io` all mean Docker Hub.
-fn normalize_registry(name: &str) -> String {
-    match name.to_ascii_lowercase().as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".to_string()
-        }
-        other => other.to_string(),
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -364,7 +313,7 @@ pub fn daemon_is_local(host: &str) -> bool {
         .or_else(|| host.strip_prefix("http://"))
         .unwrap_or(host);
     let authority = rest.split('/').next().unwrap_or(rest);
-    crate::registry::is_loopback_host(authority)
+    crate::endpoint::is_loopback_host(authority)
 }
 
 struct Context {
@@ -704,43 +653,6 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mirrors_parse_and_collect_per_registry() {
-        let mut m = Mirrors::default();
-        m.add("docker.io=127.0.0.1:5001, harbor.example.com/hub")
-            .unwrap();
-        m.add("index.docker.io=mirror.example.com").unwrap();
-        m.add("ghcr.io=ghcr-mirror.example.com").unwrap();
-        let hub: Vec<_> = m
-            .for_registry("docker.io")
-            .iter()
-            .map(Source::label)
-            .collect();
-        assert_eq!(
-            hub,
-            [
-                "127.0.0.1:5001",
-                "harbor.example.com/hub",
-                "mirror.example.com"
-            ]
-        );
-        assert_eq!(m.for_registry("ghcr.io").len(), 1);
-        assert!(m.for_registry("quay.io").is_empty());
-    }
-
-    #[test]
-    fn bad_mirror_specs_say_what_is_wrong() {
-        let mut m = Mirrors::default();
-        assert!(m.add("docker.io").unwrap_err().contains("REGISTRY=HOST"));
-        assert!(m.add("=x").unwrap_err().contains("names no registry"));
-        assert!(
-            m.add("docker.io= , ")
-                .unwrap_err()
-                .contains("names no host")
-        );
-        assert!(m.0.is_empty(), "a bad spec adds nothing");
-    }
 
     #[test]
     fn local_daemons_can_reach_the_relay() {

@@ -28,11 +28,10 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use serde::{Deserialize, Serialize};
 
+use crate::endpoint::{Source, SourceRole};
 use crate::prefetch::{ImageNeed, Mirrors};
 use crate::reference::Reference;
 use crate::registry::parse_bearer_challenge;
-use crate::relay::Source;
-use crate::report::diagnosis::SourceRole;
 use crate::retry::{ErrorClass, classify_message, classify_status};
 
 /// The detail of a TLS step skipped for a plain-HTTP registry.

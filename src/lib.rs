@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod endpoint;
 pub mod engine;
 pub mod error;
+pub mod graph;
 pub mod health;
 pub mod matrix;
 pub mod plan;

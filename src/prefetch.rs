@@ -9,7 +9,6 @@
 //! name, so Dockerfiles need no change.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use crate::clock::now_ms;
 pub use crate::endpoint::Mirrors;
 use crate::endpoint::{Endpoint, Source};
 use crate::engine::Engine;
+pub use crate::plan::{ImageNeed, Use};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, Timeouts};
 use crate::relay::{Relay, RequestEvent};
@@ -65,20 +65,6 @@ pub struct PrefetchOptions {
     /// Source health from the cache directory: orders each registry's sources
     /// ([`crate::health::order_sources`]); `None` keeps the configured order.
     pub health: Option<Arc<crate::health::HealthStore>>,
-}
-
-/// Where an image is referenced (for annotations).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Use {
-    pub dockerfile: PathBuf,
-    pub line: usize,
-}
-
-/// One image to prefetch and everywhere it is referenced.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageNeed {
-    pub reference: Reference,
-    pub uses: Vec<Use>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -222,7 +222,8 @@ pub async fn run_prefetch(
         ui.note(&render_cache(&c.close()));
     }
     if let Some(dir) = &args.cache_dir
-        && let Err(err) = crate::health::HealthStore::update(dir, &report, now_ms())
+        && let Err(err) =
+            crate::health::HealthStore::update(dir, &report.health_samples(), now_ms())
     {
         ui.note(&format!("warning: {err}"));
     }
@@ -782,7 +783,7 @@ pub async fn run_build(
     };
     let prefetch_report = prefetch_report.ok();
     if let (Some(dir), Some(p)) = (&args.prefetch.cache_dir, &prefetch_report)
-        && let Err(err) = crate::health::HealthStore::update(dir, p, now_ms())
+        && let Err(err) = crate::health::HealthStore::update(dir, &p.health_samples(), now_ms())
     {
         ui.note(&format!("warning: {err}"));
     }

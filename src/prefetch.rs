@@ -23,6 +23,7 @@ use crate::clock::now_ms;
 pub use crate::endpoint::Mirrors;
 use crate::endpoint::{Endpoint, Source};
 use crate::engine::Engine;
+use crate::health::Sample;
 pub use crate::plan::{ImageNeed, Use};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, Timeouts};
@@ -176,6 +177,35 @@ impl PrefetchReport {
             .filter(|r| r.retry_wait_ms.is_some())
             .count();
         pulls + requests
+    }
+
+    /// What each source did, for source health: one sample per relay request, pull attempt
+    /// (with the time a successful one took) and image pulled.
+    pub fn health_samples(&self) -> Vec<Sample> {
+        let mut samples: Vec<Sample> = self
+            .requests
+            .iter()
+            .map(|r| Sample::request(&r.source, r.class))
+            .collect();
+        for image in &self.images {
+            // The attempts end at `at_ms`; the first began `duration_ms` before the last ended.
+            let end = image.attempts.last().map_or(0, |a| a.at_ms);
+            let mut began = end.saturating_sub(image.duration_ms);
+            for a in &image.attempts {
+                let outcome = match a.class {
+                    None => Ok(a.at_ms.saturating_sub(began)),
+                    Some(class) => Err(class),
+                };
+                samples.push(Sample::pull(&a.source, outcome));
+                began = a.at_ms + a.wait_ms;
+            }
+            if image.status == ImageStatus::Pulled
+                && let Some(source) = &image.source
+            {
+                samples.push(Sample::served(source));
+            }
+        }
+        samples
     }
 
     pub fn total_wait_ms(&self) -> u64 {
@@ -639,6 +669,83 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_samples_say_what_each_source_did_and_how_long_its_pulls_took() {
+        use crate::health::Sample;
+        use crate::registry::RequestKind;
+        const HUB: &str = "registry-1.docker.io";
+        const MIRROR: &str = "mirror.example.com";
+        let request = |source: &str, class| RequestEvent {
+            at_ms: 1,
+            source: source.to_string(),
+            repository: "library/a".to_string(),
+            kind: RequestKind::Manifest,
+            class,
+            status: None,
+            message: None,
+            retry_wait_ms: None,
+        };
+        let attempt = |source: &str, at_ms, class, wait_ms| Attempt {
+            at_ms,
+            source: source.to_string(),
+            attempt: 1,
+            class,
+            message: None,
+            retried: false,
+            wait_ms,
+        };
+        let image = |status, source: Option<&str>, attempts, duration_ms| ImageResult {
+            reference: "docker.io/library/a:1".into(),
+            uses: Vec::new(),
+            status,
+            source: source.map(str::to_string),
+            digest: None,
+            source_order: vec![HUB.into(), MIRROR.into()],
+            attempts,
+            wait_ms: 0,
+            duration_ms,
+            error: None,
+        };
+        let report = PrefetchReport {
+            via: "relay",
+            images: vec![
+                image(
+                    ImageStatus::Pulled,
+                    Some(HUB),
+                    vec![attempt(HUB, 2_000, None, 0)],
+                    200,
+                ),
+                // Began at 800 (500 ms before its end at 1300), failed on the origin at 1000,
+                // waited 50 ms, then took 250 ms on the mirror.
+                image(
+                    ImageStatus::Pulled,
+                    Some(MIRROR),
+                    vec![
+                        attempt(HUB, 1_000, Some(ErrorClass::Eof), 50),
+                        attempt(MIRROR, 1_300, None, 0),
+                    ],
+                    500,
+                ),
+                image(ImageStatus::Present, Some("local"), Vec::new(), 0),
+            ],
+            requests: vec![request(HUB, Some(ErrorClass::Eof)), request(MIRROR, None)],
+            duration_ms: 1,
+            source_orders: Vec::new(),
+        };
+        assert_eq!(
+            report.health_samples(),
+            [
+                Sample::request(HUB, Some(ErrorClass::Eof)),
+                Sample::request(MIRROR, None),
+                Sample::pull(HUB, Ok(200)),
+                Sample::served(HUB),
+                Sample::pull(HUB, Err(ErrorClass::Eof)),
+                Sample::pull(MIRROR, Ok(250)),
+                Sample::served(MIRROR),
+            ]
+        );
+    }
 
     #[test]
     fn local_daemons_can_reach_the_relay() {

@@ -372,7 +372,7 @@ impl RetryPolicy {
         let started = Instant::now();
         let deadline = self.deadline;
         let attempt = || {
-            let fut = (!cancel.is_cancelled()).then(|| op());
+            let fut = (!cancel.is_cancelled()).then(&mut op);
             async move {
                 let Some(fut) = fut else {
                     return Err(Stopped::Cancelled);

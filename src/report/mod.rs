@@ -187,6 +187,24 @@ pub struct FailureLogEntry {
     pub message: String,
 }
 
+/// Build retries caused by network failures: a service's failed attempts are logged in order,
+/// one entry each, and its `n`-th failure was retried when an attempt `n + 1` was made. The
+/// last failure of a service whose retries ran out (or that was cancelled while waiting) was
+/// not retried (issue 17, item 15).
+fn build_retries(services: &[ServiceResult], build_failures: &[FailureLogEntry]) -> usize {
+    services
+        .iter()
+        .map(|s| {
+            build_failures
+                .iter()
+                .filter(|f| f.kind == "build" && f.subject == s.name)
+                .take(s.attempts.saturating_sub(1) as usize)
+                .filter(|f| f.class.starts_with("network"))
+                .count()
+        })
+        .sum()
+}
+
 impl Totals {
     /// Counts services by status and missing base images.
     pub fn of(services: &[ServiceResult], base_images: &[BaseImageResult]) -> Totals {
@@ -301,10 +319,7 @@ impl Report {
             }
             network.failed_pulls = p.failed().count();
         }
-        network.build_retries = build_failures
-            .iter()
-            .filter(|f| f.class.starts_with("network"))
-            .count();
+        network.build_retries = build_retries(&services, &build_failures);
         failure_log.extend(build_failures);
         failure_log.sort_by(|a, b| a.at.cmp(&b.at));
         let mut report =

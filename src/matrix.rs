@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::build::graph::Graph;
+use crate::graph::Graph;
 
 /// One shard: its position (`1/3`) and its services, in plan order.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -8,12 +8,25 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::build::graph::Graph;
 use crate::dockerfile::{self, BuildContextArgs};
 use crate::error::Error;
-use crate::prefetch::{ImageNeed, Use};
+use crate::graph::Graph;
 use crate::project::{Project, Service};
 use crate::reference::Reference;
+
+/// Where an image is referenced (for annotations).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Use {
+    pub dockerfile: std::path::PathBuf,
+    pub line: usize,
+}
+
+/// One image to prefetch and everywhere it is referenced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageNeed {
+    pub reference: Reference,
+    pub uses: Vec<Use>,
+}
 
 /// How service images are named: `{prefix}{service}:{tag}`.
 #[derive(Debug, Clone, Serialize)]

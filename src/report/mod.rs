@@ -6,12 +6,14 @@ pub mod diagnosis;
 pub mod merge;
 pub mod progress;
 pub mod publish;
-pub mod text;
 pub mod views;
 pub mod workflow;
 
 pub use publish::{PublishContext, Published, Publisher, publish};
 pub use views::{annotations, github, outputs, summary, terminal};
+// Moved to the bottom layer; re-exported for the views that still name them here.
+pub use crate::clock::{now_ms, rfc3339_ms};
+pub use crate::text;
 
 use std::collections::BTreeMap;
 
@@ -183,18 +185,22 @@ pub struct FailureLogEntry {
     pub message: String,
 }
 
-/// Milliseconds since the Unix epoch, now (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
-pub fn rfc3339_ms(at_ms: u64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at_ms as i64)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
+/// Build retries caused by network failures: a service's failed attempts are logged in order,
+/// one entry each, and its `n`-th failure was retried when an attempt `n + 1` was made. The
+/// last failure of a service whose retries ran out (or that was cancelled while waiting) was
+/// not retried (issue 17, item 15).
+fn build_retries(services: &[ServiceResult], build_failures: &[FailureLogEntry]) -> usize {
+    services
+        .iter()
+        .map(|s| {
+            build_failures
+                .iter()
+                .filter(|f| f.kind == "build" && f.subject == s.name)
+                .take(s.attempts.saturating_sub(1) as usize)
+                .filter(|f| f.class.starts_with("network"))
+                .count()
+        })
+        .sum()
 }
 
 impl Totals {
@@ -311,10 +317,7 @@ impl Report {
             }
             network.failed_pulls = p.failed().count();
         }
-        network.build_retries = build_failures
-            .iter()
-            .filter(|f| f.class.starts_with("network"))
-            .count();
+        network.build_retries = build_retries(&services, &build_failures);
         failure_log.extend(build_failures);
         failure_log.sort_by(|a, b| a.at.cmp(&b.at));
         let mut report =

@@ -65,11 +65,7 @@ fn load_plan(global: &GlobalArgs, args: &PlanArgs) -> Result<(Project, Plan), Er
 pub async fn run_plan(global: &GlobalArgs, args: &PlanCommandArgs, ui: &Ui) -> Result<Exit, Error> {
     let (project, plan) = load_plan(global, &args.plan)?;
     let key = crate::cache::cache_key(&plan, &config_bytes(&project))
-        .with_prefix(&args.cache_key_prefix)
-        .map_err(|reason| Error::Input {
-            input: "--cache-key-prefix (INPUT_CACHE_KEY_PREFIX)".into(),
-            reason,
-        })?;
+        .with_prefix(&args.cache_key_prefix)?;
     if let Some(path) = std::env::var_os("GITHUB_OUTPUT").filter(|p| !p.is_empty()) {
         let text = crate::report::outputs::render(&[
             ("cache-key".to_string(), key.key.clone()),
@@ -613,10 +609,7 @@ pub async fn run_build(
     let (project, plan) = load_plan(global, &args.prefetch.plan)?;
     let mut selected = select_services(&plan, names, &args.only, &args.skip, args.no_deps)?;
     if let Some(spec) = &args.shard {
-        let (i, n) = crate::matrix::parse_shard(spec).map_err(|reason| Error::Usage {
-            what: "--shard".into(),
-            reason,
-        })?;
+        let (i, n) = crate::matrix::parse_shard(spec)?;
         let weights = shard_weights(&plan, args.prefetch.plan.durations.as_deref())?;
         let shards = crate::matrix::shard(&plan.graph, &weights, n);
         let mine: BTreeSet<usize> = shards

@@ -58,12 +58,19 @@ pub enum Error {
     /// Bad input: a config file, a Dockerfile, a reference. Names the input and the fix.
     #[error("{input}: {reason}")]
     Input { input: String, reason: String },
+    /// A `--cache-key-prefix` (the action's `cache-key-prefix`) the Actions cache would refuse.
+    #[error("--cache-key-prefix (INPUT_CACHE_KEY_PREFIX): {0}")]
+    CacheKeyPrefix(#[from] crate::cache::KeyPrefixError),
+    /// A `--shard` (`INPUT_SHARD`) that is not `I/N`.
+    #[error("{0}")]
+    Shard(#[from] crate::matrix::ShardSpecError),
 }
 
 impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Usage { .. } | Error::Input { .. } => Exit::Usage,
+            Error::CacheKeyPrefix(_) | Error::Shard(_) => Exit::Usage,
             Error::DockerUnreachable { .. } | Error::Docker { .. } | Error::Environment { .. } => {
                 Exit::Environment
             }
@@ -76,6 +83,15 @@ impl Error {
             Error::DockerUnreachable { .. } | Error::Docker { .. } => None,
             Error::Usage { .. } => Some("see `ai-infra-build --help`".to_string()),
             Error::Input { .. } | Error::Environment { .. } => None,
+            Error::CacheKeyPrefix(_) => Some(
+                "set the action's `cache-key-prefix` (or --cache-key-prefix) to letters, digits, \
+                 '-', '_' or '.', under 200 characters, or leave it empty"
+                    .to_string(),
+            ),
+            Error::Shard(_) => Some(
+                "give --shard as I/N with 1 <= I <= N, as `plan --matrix` prints it (e.g. --shard 2/3)"
+                    .to_string(),
+            ),
         }
     }
 }

@@ -67,7 +67,7 @@ use serde::{Deserialize, Serialize};
 
 pub use freshness::Freshness;
 pub use images::RestoreStats;
-pub use key::{CacheKey, cache_key};
+pub use key::{CacheKey, KeyPrefixError, cache_key};
 pub use layers::{BuildCacheMode, BuildCachePlan, JobCache};
 
 use index::{Index, Loaded};

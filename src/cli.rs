@@ -573,4 +573,16 @@ mod tests {
         assert!(ShardSpec::parse("0/3").is_err());
         assert!(ShardSpec::parse("4/3").is_err());
     }
+
+    #[test]
+    fn a_bad_shard_is_a_usage_error_naming_the_form() {
+        let err = Cli::try_parse_from(["ai-infra-build", "build-all", "--shard", "3"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .contains(r#"--shard "3" is not I/N (e.g. 2/3)"#),
+            "{err}"
+        );
+    }
 }

@@ -357,9 +357,20 @@ impl Project {
     }
 }
 
+/// A service name that cannot be an image name (see [`validate_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceNameError {
+    #[error(
+        "a service name must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )]
+    Characters { name: String },
+    #[error("a service name has at most 128 characters, this one {len}")]
+    TooLong { name: String, len: usize },
+}
+
 /// Service names become image names: lowercase letters, digits and `._-`, starting with a
 /// letter or digit (Docker's repository path component rule).
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), ServiceNameError> {
     let ok_start = name
         .chars()
         .next()
@@ -367,9 +378,43 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
-    if ok_start && ok_chars && name.len() <= 128 {
-        Ok(())
+    if !(ok_start && ok_chars) {
+        Err(ServiceNameError::Characters { name: name.into() })
+    } else if name.len() > 128 {
+        Err(ServiceNameError::TooLong {
+            name: name.into(),
+            len: name.len(),
+        })
     } else {
-        Err("a service name must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit".into())
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_must_make_image_names() {
+        assert_eq!(validate_name("api-2.v_1"), Ok(()));
+        assert!(matches!(
+            validate_name("Api"),
+            Err(ServiceNameError::Characters { .. })
+        ));
+        assert!(matches!(
+            validate_name("-api"),
+            Err(ServiceNameError::Characters { .. })
+        ));
+        assert!(matches!(
+            validate_name(""),
+            Err(ServiceNameError::Characters { .. })
+        ));
+        assert_eq!(validate_name(&"a".repeat(128)), Ok(()));
+        let long = validate_name(&"a".repeat(129)).unwrap_err();
+        assert!(matches!(long, ServiceNameError::TooLong { len: 129, .. }));
+        assert_eq!(
+            long.to_string(),
+            "a service name has at most 128 characters, this one 129"
+        );
     }
 }

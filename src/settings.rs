@@ -86,12 +86,7 @@ impl Workspace {
 
     /// This run's cache key, with `prefix` (`--cache-key-prefix`) before it.
     pub fn cache_key(&self, prefix: &str) -> Result<CacheKey, Error> {
-        crate::cache::cache_key(&self.plan, &self.config_bytes())
-            .with_prefix(prefix)
-            .map_err(|reason| Error::Input {
-                input: "--cache-key-prefix (INPUT_CACHE_KEY_PREFIX)".into(),
-                reason: reason.to_string(),
-            })
+        Ok(crate::cache::cache_key(&self.plan, &self.config_bytes()).with_prefix(prefix)?)
     }
 
     /// Per-service weights for sharding: durations from a previous report, else 1 each.

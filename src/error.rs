@@ -100,3 +100,12 @@ impl Error {
         }
     }
 }
+
+impl From<crate::project::InputError> for Error {
+    fn from(e: crate::project::InputError) -> Error {
+        Error::Input {
+            input: e.input,
+            reason: e.reason,
+        }
+    }
+}

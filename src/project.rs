@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-
 pub const CONFIG_FILE: &str = "ai-infra-build.yml";
 pub const COMPOSE_FILES: [&str; 4] = [
     "compose.yaml",
@@ -19,6 +17,15 @@ pub const COMPOSE_FILES: [&str; 4] = [
     "docker-compose.yaml",
     "docker-compose.yml",
 ];
+
+/// Bad input: a config file, a compose file, a Dockerfile, a reference. Names the input and
+/// what is wrong with it (and so what to fix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input}: {reason}")]
+pub struct InputError {
+    pub input: String,
+    pub reason: String,
+}
 
 /// One buildable service.
 #[derive(Debug, Clone, Serialize)]
@@ -105,7 +112,7 @@ struct ServiceConfig {
 
 impl Project {
     /// Finds the services under `root`.
-    pub fn load(root: &Path, config: Option<&Path>) -> Result<Project, Error> {
+    pub fn load(root: &Path, config: Option<&Path>) -> Result<Project, InputError> {
         let default = root.join(CONFIG_FILE);
         if let Some(path) = config {
             let name = path
@@ -131,8 +138,8 @@ impl Project {
         Self::discover(root)
     }
 
-    fn from_config(root: &Path, path: &Path) -> Result<Project, Error> {
-        let bad = |reason: String| Error::Input {
+    fn from_config(root: &Path, path: &Path) -> Result<Project, InputError> {
+        let bad = |reason: String| InputError {
             input: path.display().to_string(),
             reason,
         };
@@ -192,8 +199,8 @@ impl Project {
 
     /// Reads the services with a `build:` section from a compose file (other keys are the
     /// compose file's business and are ignored).
-    fn from_compose(root: &Path, path: &Path) -> Result<Project, Error> {
-        let bad = |reason: String| Error::Input {
+    fn from_compose(root: &Path, path: &Path) -> Result<Project, InputError> {
+        let bad = |reason: String| InputError {
             input: path.display().to_string(),
             reason,
         };
@@ -301,7 +308,7 @@ impl Project {
         })
     }
 
-    fn discover(root: &Path) -> Result<Project, Error> {
+    fn discover(root: &Path) -> Result<Project, InputError> {
         let mut services: BTreeMap<String, Service> = BTreeMap::new();
         for parent in ["src", "services", "."] {
             let dir = root.join(parent);
@@ -341,7 +348,7 @@ impl Project {
             }
         }
         if services.is_empty() {
-            return Err(Error::Input {
+            return Err(InputError {
                 input: root.display().to_string(),
                 reason: format!(
                     "no services found: no {CONFIG_FILE}, and no src/*/Dockerfile, services/*/Dockerfile or */Dockerfile; pass --config FILE"

@@ -132,7 +132,7 @@ pub fn plan_project(
         .as_deref()
         .or(project.settings.prefix.as_deref());
     let naming = Naming::resolve(root, prefix, tag, actions.repository.as_deref())?;
-    plan(project, &naming, &build_arg_map(&args.build_args))
+    Ok(plan(project, &naming, &build_arg_map(&args.build_args))?)
 }
 
 /// The cache directory and its budget (`--cache-dir`, `--cache-max-size`).

@@ -473,7 +473,9 @@ impl MirrorList {
     pub fn parse(text: &str) -> Result<MirrorList, ValueError> {
         let mut lines = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            Mirrors::default().add(line).map_err(ValueError)?;
+            Mirrors::default()
+                .add(line)
+                .map_err(|e| ValueError(e.to_string()))?;
             lines.push(line.to_string());
         }
         Ok(MirrorList(lines))

@@ -36,14 +36,14 @@ pub fn mirrors(project: Option<&Project>, flags: &[MirrorList]) -> Result<Mirror
                 .add(&format!("{registry}={}", hosts.join(",")))
                 .map_err(|reason| Error::Input {
                     input: project.source.clone(),
-                    reason,
+                    reason: reason.to_string(),
                 })?;
         }
     }
     for line in flags.iter().flat_map(|l| l.0.iter()) {
         mirrors.add(line).map_err(|reason| Error::Usage {
             what: "--mirror".into(),
-            reason,
+            reason: reason.to_string(),
         })?;
     }
     Ok(mirrors)

@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::actions_env::ActionsEnv;
 use crate::build::PrefetchFailure;
 use crate::build::backend::BuilderChoice;
-use crate::build::run::BuildOptions;
+use crate::build::run::{BuildOptions, BuildxExtras};
+use crate::build::secrets::Secret;
 use crate::cache::CacheKey;
 use crate::cli::{BuildArg, BuildArgs, GlobalArgs, MirrorList, PlanArgs, PrefetchArgs, ShardSpec};
 use crate::error::Error;
@@ -199,8 +200,10 @@ pub struct BuildSettings {
     pub command: String,
     /// The services to build (indices into the plan).
     pub selected: BTreeSet<usize>,
-    pub builder: BuilderChoice,
+    pub backend: BuilderChoice,
     pub buildx_builder: Option<String>,
+    /// What this run needs that only buildx does (build secrets, SSH, attestations).
+    pub needs_buildx: Vec<&'static str>,
     /// `--force`: pull base images again and build without the layer cache.
     pub force: bool,
     /// `--no-cache` or `--force`.
@@ -233,10 +236,12 @@ impl BuildSettings {
             prefetch.options.pull = PullPolicy::Always;
         }
         let out_dir = std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone());
+        let secrets = resolve_secrets(args, &ws.root)?;
+        let masks = secrets.iter().flat_map(Secret::mask_lines).collect();
         let mut publish = PublishContext::new(
             out_dir.clone(),
             ws.project.root.clone(),
-            Vec::new(),
+            masks,
             args.github_token.clone(),
             ws.actions.clone(),
         );
@@ -259,7 +264,21 @@ impl BuildSettings {
             inline_cache: false,
             push: args.push,
             cache: None,
+            labels: build_arg_map(&args.labels),
+            platforms: args
+                .platforms
+                .iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            extras: BuildxExtras {
+                secrets,
+                ssh: args.ssh.clone(),
+                provenance: args.provenance.clone(),
+                sbom: args.sbom.clone(),
+            },
         };
+        let needs_buildx = options.extras.needs_buildx();
         Ok(BuildSettings {
             prefetch,
             command: if names.is_empty() {
@@ -268,8 +287,9 @@ impl BuildSettings {
                 format!("build {}", names.join(" "))
             },
             selected,
-            builder: args.builder,
+            backend: args.backend,
             buildx_builder: args.buildx_builder.clone(),
+            needs_buildx,
             force: args.force,
             no_cache: args.force || args.no_cache,
             shard: args.shard,
@@ -277,6 +297,29 @@ impl BuildSettings {
             publish,
         })
     }
+}
+
+/// `--secret`, `--secret-value` (`secrets`), `--secret-env`, `--secret-file`, each read now
+/// (a missing variable or file is an input error naming it); a later id replaces an earlier.
+fn resolve_secrets(args: &BuildArgs, root: &Path) -> Result<Vec<Secret>, Error> {
+    let mut secrets: Vec<Secret> = Vec::new();
+    let groups = [
+        ("--secret", &args.secrets),
+        ("--secret-value (INPUT_SECRETS)", &args.secret_values),
+        ("--secret-env (INPUT_SECRET_ENVS)", &args.secret_envs),
+        ("--secret-file (INPUT_SECRET_FILES)", &args.secret_files),
+    ];
+    for (flag, specs) in groups {
+        for spec in specs {
+            let secret = Secret::resolve(spec, root).map_err(|reason| Error::Input {
+                input: format!("{flag} secret {:?}", spec.id),
+                reason,
+            })?;
+            secrets.retain(|s| s.id != secret.id);
+            secrets.push(secret);
+        }
+    }
+    Ok(secrets)
 }
 
 /// Which services to build: `names` (from `build SERVICE...`) or `--only`, minus `--skip`,

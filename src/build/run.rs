@@ -36,6 +36,40 @@ pub struct BuildOptions {
     pub cache: Option<crate::cache::BuildCachePlan>,
     /// Push the image and its tags after a successful build.
     pub push: bool,
+    /// `--label`: labels of every service (over the config file's).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `--platform`: the platforms of every service (replacing the config file's) when given.
+    pub platforms: Vec<String>,
+    /// Secrets, SSH and attestations (buildx only).
+    pub extras: BuildxExtras,
+}
+
+/// What only buildx builds with: build secrets, SSH forwarding, attestations. (bollard's
+/// BuildKit session over the Engine API has no secrets or SSH provider.)
+#[derive(Debug, Clone, Default)]
+pub struct BuildxExtras {
+    pub secrets: Vec<super::secrets::Secret>,
+    pub ssh: Vec<String>,
+    pub provenance: Option<String>,
+    pub sbom: Option<String>,
+}
+
+impl BuildxExtras {
+    /// What of these needs buildx (empty when nothing does).
+    pub fn needs_buildx(&self) -> Vec<&'static str> {
+        let mut needs = Vec::new();
+        if !self.secrets.is_empty() {
+            needs.push("build secrets");
+        }
+        if !self.ssh.is_empty() {
+            needs.push("SSH forwarding");
+        }
+        let on = |a: &Option<String>| a.as_deref().is_some_and(super::secrets::attestation_on);
+        if on(&self.provenance) || on(&self.sbom) {
+            needs.push("attestations");
+        }
+        needs
+    }
 }
 
 /// Events the scheduler reports as it goes (for progress views).
@@ -265,9 +299,19 @@ async fn build_one(
         dockerfile: svc.dockerfile.clone(),
         build_args: s.build_args.clone(),
         target: svc.target.clone(),
-        labels: svc.labels.clone(),
+        labels: svc
+            .labels
+            .iter()
+            .chain(options.labels.iter())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         network: svc.network.clone(),
-        platforms: svc.platforms.clone(),
+        platforms: if options.platforms.is_empty() {
+            svc.platforms.clone()
+        } else {
+            options.platforms.clone()
+        },
+        extras: options.extras.clone(),
         no_cache: options.no_cache,
         cache_from: if options.no_cache {
             Vec::new()

@@ -173,10 +173,9 @@ pub struct BuildArgs {
         long = "label",
         value_name = "KEY=VALUE",
         env = "INPUT_LABELS",
-        value_delimiter = '\n',
-        value_parser = parse_build_arg
+        value_parser = parse_build_arg_lines
     )]
-    pub labels: Vec<BuildArg>,
+    pub labels: Vec<Lines<BuildArg>>,
     /// The target platforms of every service, replacing those of the config file
     /// (`linux/amd64,linux/arm64`; comma-separated or repeated). Several need buildx.
     #[arg(
@@ -199,30 +198,27 @@ pub struct BuildArgs {
         value_name = "ID=VALUE",
         env = "INPUT_SECRETS",
         hide_env_values = true,
-        value_delimiter = '\n',
-        value_parser = parse_secret_value
+        value_parser = parse_secret_value_lines
     )]
-    pub secret_values: Vec<SecretSpec>,
+    pub secret_values: Vec<Lines<SecretSpec>>,
     /// A build secret from an environment variable, `ID=VAR` (repeatable; one per line in
     /// the environment), like `--secret id=ID,env=VAR`.
     #[arg(
         long = "secret-env",
         value_name = "ID=VAR",
         env = "INPUT_SECRET_ENVS",
-        value_delimiter = '\n',
-        value_parser = parse_secret_env
+        value_parser = parse_secret_env_lines
     )]
-    pub secret_envs: Vec<SecretSpec>,
+    pub secret_envs: Vec<Lines<SecretSpec>>,
     /// A build secret from a file, `ID=PATH` (repeatable; one per line in the environment),
     /// like `--secret id=ID,src=PATH`.
     #[arg(
         long = "secret-file",
         value_name = "ID=PATH",
         env = "INPUT_SECRET_FILES",
-        value_delimiter = '\n',
-        value_parser = parse_secret_file
+        value_parser = parse_secret_file_lines
     )]
-    pub secret_files: Vec<SecretSpec>,
+    pub secret_files: Vec<Lines<SecretSpec>>,
     /// SSH agent sockets or keys for `RUN --mount=type=ssh` (buildx syntax, repeatable; one
     /// per line in the environment): `default` (SSH_AUTH_SOCK) or `ID=PATH[,PATH]`. Builds
     /// with SSH run on buildx.
@@ -230,10 +226,9 @@ pub struct BuildArgs {
         long = "ssh",
         value_name = "default|ID=PATH",
         env = "INPUT_SSH",
-        value_delimiter = '\n',
-        value_parser = parse_ssh_spec
+        value_parser = parse_ssh_lines
     )]
-    pub ssh: Vec<String>,
+    pub ssh: Vec<Lines<String>>,
     /// Provenance attestation, as buildx takes it: `false`, `true`, `mode=min`, `mode=max`
     /// (runs on buildx; the image store must keep attestations, so mostly with --push).
     #[arg(long, value_name = "SPEC", env = "INPUT_PROVENANCE", value_parser = parse_attestation)]
@@ -311,10 +306,9 @@ pub struct PlanArgs {
         long = "build-arg",
         value_name = "KEY=VALUE",
         env = "INPUT_BUILD_ARGS",
-        value_delimiter = '\n',
-        value_parser = parse_build_arg
+        value_parser = parse_build_arg_lines
     )]
-    pub build_args: Vec<BuildArg>,
+    pub build_args: Vec<Lines<BuildArg>>,
     /// The tag of every service image (default: VERSION file, `git describe`, short commit).
     #[arg(long, value_name = "TAG", env = "INPUT_TAG")]
     pub tag: Option<String>,
@@ -497,6 +491,39 @@ fn parse_build_arg(text: &str) -> Result<BuildArg, ValueError> {
     BuildArg::parse(text)
 }
 
+/// One value, or several lines of them (from the environment); blank lines are skipped.
+fn lines<T>(
+    text: &str,
+    one: impl Fn(&str) -> Result<T, ValueError>,
+) -> Result<Lines<T>, ValueError> {
+    text.lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .map(one)
+        .collect::<Result<_, _>>()
+        .map(Lines)
+}
+
+fn parse_build_arg_lines(text: &str) -> Result<Lines<BuildArg>, ValueError> {
+    lines(text, parse_build_arg)
+}
+
+fn parse_secret_value_lines(text: &str) -> Result<Lines<SecretSpec>, ValueError> {
+    lines(text, parse_secret_value)
+}
+
+fn parse_secret_env_lines(text: &str) -> Result<Lines<SecretSpec>, ValueError> {
+    lines(text, parse_secret_env)
+}
+
+fn parse_secret_file_lines(text: &str) -> Result<Lines<SecretSpec>, ValueError> {
+    lines(text, parse_secret_file)
+}
+
+fn parse_ssh_lines(text: &str) -> Result<Lines<String>, ValueError> {
+    lines(text, parse_ssh_spec)
+}
+
 /// `--secret id=ID[,env=VAR|,src=PATH]`.
 fn parse_secret_spec(text: &str) -> Result<SecretSpec, ValueError> {
     SecretSpec::parse_buildx(text).map_err(ValueError)
@@ -549,6 +576,16 @@ fn report_views() -> clap::builder::PossibleValuesParser {
             .iter()
             .map(|v| PossibleValue::new(v.name())),
     )
+}
+
+/// A flag's value that may hold several items, one per line (as action inputs do): blank
+/// lines are skipped, each other line is checked when parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lines<T>(pub Vec<T>);
+
+/// The items of every value of a repeatable [`Lines`] flag, in order.
+pub fn flatten<T: Clone>(values: &[Lines<T>]) -> Vec<T> {
+    values.iter().flat_map(|l| l.0.iter().cloned()).collect()
 }
 
 /// A value a flag cannot take; clap shows it as `invalid value 'X' for '--flag': REASON`.
@@ -672,6 +709,40 @@ mod tests {
         assert_eq!(list.0.len(), 2);
         assert!(MirrorList::parse("docker.io=ok.example.com\nnot-a-mirror").is_err());
         assert_eq!(MirrorList::parse(""), Ok(MirrorList::default()));
+    }
+
+    #[test]
+    fn list_inputs_take_one_item_per_line_and_skip_blank_lines() {
+        let cli = Cli::try_parse_from([
+            "ai-infra-build",
+            "build-all",
+            "--build-arg",
+            "A=1\r\n\nB=2 3\n",
+            "--label",
+            "x=y",
+            "--secret-env",
+            "tok=VAR\n",
+            "--ssh",
+            "default\nkey=/k1,/k2",
+            "--platform",
+            "linux/amd64,linux/arm64",
+        ])
+        .expect("parses");
+        let Command::BuildAll(args) = cli.command else {
+            panic!("build-all")
+        };
+        let build_args = flatten(&args.prefetch.plan.build_args);
+        assert_eq!(build_args.len(), 2);
+        assert_eq!(build_args[1].value, "2 3");
+        assert_eq!(flatten(&args.secret_envs)[0].id, "tok");
+        assert_eq!(flatten(&args.ssh), ["default", "key=/k1,/k2"]);
+        assert_eq!(args.platforms, ["linux/amd64", "linux/arm64"]);
+        assert!(
+            Cli::try_parse_from(["ai-infra-build", "build-all", "--label", "ok=1\nbad"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["ai-infra-build", "build-all", "--provenance", "maybe"]).is_err()
+        );
     }
 
     #[test]

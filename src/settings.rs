@@ -12,7 +12,9 @@ use crate::build::backend::BuilderChoice;
 use crate::build::run::{BuildOptions, BuildxExtras};
 use crate::build::secrets::Secret;
 use crate::cache::CacheKey;
-use crate::cli::{BuildArg, BuildArgs, GlobalArgs, MirrorList, PlanArgs, PrefetchArgs, ShardSpec};
+use crate::cli::{
+    BuildArg, BuildArgs, GlobalArgs, MirrorList, PlanArgs, PrefetchArgs, ShardSpec, flatten,
+};
 use crate::error::Error;
 use crate::plan::{Naming, Plan, plan};
 use crate::prefetch::{Mirrors, PrefetchOptions, PullPolicy};
@@ -138,7 +140,7 @@ pub fn plan_project(
         .as_deref()
         .or(project.settings.prefix.as_deref());
     let naming = Naming::resolve(root, prefix, tag, actions.repository.as_deref())?;
-    plan(project, &naming, &build_arg_map(&args.build_args))
+    plan(project, &naming, &build_arg_map(&flatten(&args.build_args)))
 }
 
 /// The cache directory and its budget (`--cache-dir`, `--cache-max-size`).
@@ -264,7 +266,7 @@ impl BuildSettings {
             inline_cache: false,
             push: args.push,
             cache: None,
-            labels: build_arg_map(&args.labels),
+            labels: build_arg_map(&flatten(&args.labels)),
             platforms: args
                 .platforms
                 .iter()
@@ -273,7 +275,7 @@ impl BuildSettings {
                 .collect(),
             extras: BuildxExtras {
                 secrets,
-                ssh: args.ssh.clone(),
+                ssh: flatten(&args.ssh),
                 provenance: args.provenance.clone(),
                 sbom: args.sbom.clone(),
             },
@@ -304,14 +306,23 @@ impl BuildSettings {
 fn resolve_secrets(args: &BuildArgs, root: &Path) -> Result<Vec<Secret>, Error> {
     let mut secrets: Vec<Secret> = Vec::new();
     let groups = [
-        ("--secret", &args.secrets),
-        ("--secret-value (INPUT_SECRETS)", &args.secret_values),
-        ("--secret-env (INPUT_SECRET_ENVS)", &args.secret_envs),
-        ("--secret-file (INPUT_SECRET_FILES)", &args.secret_files),
+        ("--secret", args.secrets.clone()),
+        (
+            "--secret-value (INPUT_SECRETS)",
+            flatten(&args.secret_values),
+        ),
+        (
+            "--secret-env (INPUT_SECRET_ENVS)",
+            flatten(&args.secret_envs),
+        ),
+        (
+            "--secret-file (INPUT_SECRET_FILES)",
+            flatten(&args.secret_files),
+        ),
     ];
     for (flag, specs) in groups {
         for spec in specs {
-            let secret = Secret::resolve(spec, root).map_err(|reason| Error::Input {
+            let secret = Secret::resolve(&spec, root).map_err(|reason| Error::Input {
                 input: format!("{flag} secret {:?}", spec.id),
                 reason,
             })?;

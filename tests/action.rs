@@ -156,7 +156,7 @@ const ISSUE_INPUTS: [&str; 39] = [
     "no-cache",
 ];
 
-const ISSUE_OUTPUTS: [&str; 7] = [
+const ISSUE_OUTPUTS: [&str; 8] = [
     "report",
     "succeeded",
     "failed",
@@ -164,6 +164,8 @@ const ISSUE_OUTPUTS: [&str; 7] = [
     "failed-services",
     "images",
     "cache-key",
+    // Issue #13: buildx-style metadata.
+    "metadata",
 ];
 
 #[test]

@@ -260,6 +260,7 @@ fn skipped(plan: &Plan, i: usize, reason: String, status: ServiceStatus) -> Serv
         cached_steps: None,
         total_steps: None,
         image_id: None,
+        digest: None,
         size: None,
         log_path: None,
         dockerfile: s.dockerfile.clone(),
@@ -367,11 +368,12 @@ async fn build_one(
                     let pushed = if options.push {
                         push(&s.image, &s.tags, &policy, &mut log, &cancel).await
                     } else {
-                        Ok(())
+                        Ok(None)
                     };
                     match pushed {
-                        Ok(()) => {
+                        Ok(digest) => {
                             result.status = ServiceStatus::Success;
+                            result.digest = digest;
                             result.reused = true;
                             result.cached_steps = reuse.total_steps;
                             result.total_steps = reuse.total_steps;
@@ -480,8 +482,9 @@ async fn build_one(
         }
         Ok(out) if options.push => {
             match push(&s.image, &s.tags, &policy, &mut log, &cancel).await {
-                Ok(()) => {
+                Ok(digest) => {
                     result.status = ServiceStatus::Success;
+                    result.digest = digest;
                     result.cached_steps = Some(out.cached_steps);
                     result.total_steps = Some(out.total_steps);
                     result.image_id = out.image_id;
@@ -585,7 +588,7 @@ async fn push(
     policy: &RetryPolicy,
     log: &mut Log,
     cancel: &CancellationToken,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let policy = RetryPolicy {
         max_retries: policy.max_retries.max(3),
         deadline: PUSH_DEADLINE,
@@ -597,6 +600,7 @@ async fn push(
     })
     .ok();
     let log = tokio::sync::Mutex::new(log);
+    let mut digest = None;
     for reference in std::iter::once(image.to_string()).chain(tags.iter().cloned()) {
         let attempt = || async {
             let mut log = log.lock().await;
@@ -614,12 +618,24 @@ async fn push(
             })
             .await;
         match pushed {
-            Ok(()) => {}
+            // The tags name the same image: the first reference's digest is the image's.
+            Ok(pushed) => digest = digest.or(pushed),
             Err(Stopped::Failed(err)) => return Err(err.message),
             Err(Stopped::Cancelled) => return Err("cancelled while pushing".into()),
         }
     }
-    Ok(())
+    Ok(digest)
+}
+
+/// The registry digest `docker push` reports for what it pushed (`TAG: digest: sha256:… size:
+/// N`, the manifest's or index's `Docker-Content-Digest`).
+fn pushed_digest(output: &str) -> Option<String> {
+    output.lines().rev().find_map(|line| {
+        let rest = &line[line.find("digest: ")? + "digest: ".len()..];
+        let digest = rest.split_whitespace().next()?;
+        let hex = digest.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| digest.to_string())
+    })
 }
 
 /// How long a reference's push may be retried (no retry starts later than this after its
@@ -655,10 +671,11 @@ async fn push_once(
     reference: &str,
     log: &mut Log,
     client: Option<&crate::registry::RegistryClient>,
-) -> Result<(), PushFailed> {
+) -> Result<Option<String>, PushFailed> {
     log.line(&format!("=== push {reference}"));
+    // Not `--quiet`: its output leaves out the `digest:` line.
     let out = tokio::process::Command::new("docker")
-        .args(["push", "--quiet", reference])
+        .args(["push", reference])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()
@@ -675,7 +692,7 @@ async fn push_once(
     );
     log.line(text.trim_end());
     if out.status.success() {
-        return Ok(());
+        return Ok(pushed_digest(&text));
     }
     let class = crate::retry::classify_message(&text);
     let retry_after = match (class, client) {
@@ -714,5 +731,23 @@ async fn retry_after_of(
     {
         Ok(_) => None,
         Err(err) => err.retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pushed_digest;
+
+    #[test]
+    fn the_pushed_digest_is_read_from_docker_push_output() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let out = format!(
+            "The push refers to repository [127.0.0.1:5000/team/api]\n\
+             5f70bf18a086: Pushed\n\
+             v1: digest: {digest} size: 527\n"
+        );
+        assert_eq!(pushed_digest(&out), Some(digest));
+        assert_eq!(pushed_digest("v1: digest: sha256:short size: 1"), None);
+        assert_eq!(pushed_digest("127.0.0.1:5000/team/api:v1\n"), None);
     }
 }

@@ -258,6 +258,7 @@ fn add_cancelled(
             cached_steps: None,
             total_steps: None,
             image_id: None,
+            digest: None,
             size: None,
             log_path: None,
             dockerfile: service.dockerfile.clone(),

@@ -334,11 +334,12 @@ pub struct PlanCommandArgs {
         long,
         value_name = "N",
         conflicts_with = "max_per_shard",
-        requires = "matrix"
+        requires = "matrix",
+        value_parser = parse_count
     )]
     pub shards: Option<usize>,
     /// At most this many services per shard (with --matrix).
-    #[arg(long, value_name = "K", requires = "matrix")]
+    #[arg(long, value_name = "K", requires = "matrix", value_parser = parse_count)]
     pub max_per_shard: Option<usize>,
     /// Put this before the cache key (to keep several caches of one repository apart).
     /// In GitHub Actions (`GITHUB_OUTPUT` set), `plan` writes the step outputs `cache-key` and
@@ -425,7 +426,7 @@ pub struct ReportArgs {
     pub merge: Vec<PathBuf>,
     /// How many shards there were (default: as the reports say); a shard without a report
     /// is named in the summary and makes the exit code 1.
-    #[arg(long, value_name = "N", requires = "merge")]
+    #[arg(long, value_name = "N", requires = "merge", value_parser = parse_count)]
     pub shards: Option<usize>,
     /// Where the merged report goes.
     #[arg(
@@ -564,6 +565,15 @@ fn parse_shard(text: &str) -> Result<ShardSpec, ValueError> {
     ShardSpec::parse(text)
 }
 
+/// A count of 1 or more (shards, services per shard): 0 would mean nothing to build.
+fn parse_count(text: &str) -> Result<usize, ValueError> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err(ValueError("must be 1 or more".into())),
+        Ok(n) => Ok(n),
+        Err(_) => Err(ValueError(format!("{text:?} is not a whole number"))),
+    }
+}
+
 /// `2GiB`, `500m`, bytes.
 fn parse_size(text: &str) -> Result<u64, ValueError> {
     crate::cache::parse_size(text).map_err(|e| ValueError(e.to_string()))
@@ -621,7 +631,9 @@ impl MirrorList {
     pub fn parse(text: &str) -> Result<MirrorList, ValueError> {
         let mut lines = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            Mirrors::default().add(line).map_err(ValueError)?;
+            Mirrors::default()
+                .add(line)
+                .map_err(|e| ValueError(e.to_string()))?;
             lines.push(line.to_string());
         }
         Ok(MirrorList(lines))
@@ -746,6 +758,34 @@ mod tests {
     }
 
     #[test]
+    fn issue17_shard_counts_are_one_or_more() {
+        assert_eq!(parse_count("3"), Ok(3));
+        assert!(parse_count("0").is_err());
+        assert!(parse_count("-1").is_err());
+        assert!(parse_count("x").is_err());
+        for args in [
+            &["ai-infra-build", "plan", "--matrix", "--shards", "0"][..],
+            &["ai-infra-build", "plan", "--matrix", "--max-per-shard", "0"],
+            &[
+                "ai-infra-build",
+                "report",
+                "--merge",
+                "a.json",
+                "--shards",
+                "0",
+            ],
+        ] {
+            let err = Cli::try_parse_from(args).expect_err("0 is refused");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            assert_eq!(err.exit_code(), 2);
+        }
+    }
+
+    #[test]
     fn shards_are_one_based() {
         assert_eq!(
             ShardSpec::parse("2/3"),
@@ -754,5 +794,17 @@ mod tests {
         assert_eq!(ShardSpec::parse("2/3").unwrap().to_string(), "2/3");
         assert!(ShardSpec::parse("0/3").is_err());
         assert!(ShardSpec::parse("4/3").is_err());
+    }
+
+    #[test]
+    fn a_bad_shard_is_a_usage_error_naming_the_form() {
+        let err = Cli::try_parse_from(["ai-infra-build", "build-all", "--shard", "3"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .contains(r#"--shard "3" is not I/N (e.g. 2/3)"#),
+            "{err}"
+        );
     }
 }

@@ -102,21 +102,32 @@ pub enum SourceRole {
     Mirror,
 }
 
+/// A `--mirror` entry (or a config file's `mirrors:` entry) that is not `REGISTRY=HOST[,HOST...]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MirrorSpecError {
+    #[error("mirror {0:?} is not REGISTRY=HOST[,HOST...] (e.g. docker.io=mirror.example.com)")]
+    NotRegistryEqHosts(String),
+    #[error("mirror {0:?} names no registry before '='")]
+    NoRegistry(String),
+    #[error("mirror {0:?} names no host after '='")]
+    NoHost(String),
+    #[error("mirror {spec:?} has an invalid host {host:?}")]
+    BadHost { spec: String, host: String },
+}
+
 /// Mirrors per registry: `docker.io=mirror.gcr.io,harbor.example.com/dockerhub`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Mirrors(pub BTreeMap<String, Vec<Source>>);
 
 impl Mirrors {
     /// Parses one `REGISTRY=HOST[,HOST...]` entry (as given to `--mirror`) into `self`.
-    pub fn add(&mut self, spec: &str) -> Result<(), String> {
-        let (registry, hosts) = spec.split_once('=').ok_or_else(|| {
-            format!(
-                "mirror {spec:?} is not REGISTRY=HOST[,HOST...] (e.g. docker.io=mirror.example.com)"
-            )
-        })?;
+    pub fn add(&mut self, spec: &str) -> Result<(), MirrorSpecError> {
+        let (registry, hosts) = spec
+            .split_once('=')
+            .ok_or_else(|| MirrorSpecError::NotRegistryEqHosts(spec.to_string()))?;
         let registry = normalize_registry(registry.trim());
         if registry.is_empty() || registry.contains(char::is_whitespace) {
-            return Err(format!("mirror {spec:?} names no registry before '='"));
+            return Err(MirrorSpecError::NoRegistry(spec.to_string()));
         }
         let hosts: Vec<Source> = hosts
             .split(',')
@@ -125,16 +136,16 @@ impl Mirrors {
             .map(Source::parse)
             .collect();
         if hosts.is_empty() {
-            return Err(format!("mirror {spec:?} names no host after '='"));
+            return Err(MirrorSpecError::NoHost(spec.to_string()));
         }
         if let Some(bad) = hosts
             .iter()
             .find(|s| s.endpoint.host.is_empty() || s.endpoint.host.contains(char::is_whitespace))
         {
-            return Err(format!(
-                "mirror {spec:?} has an invalid host {:?}",
-                bad.label()
-            ));
+            return Err(MirrorSpecError::BadHost {
+                spec: spec.to_string(),
+                host: bad.label(),
+            });
         }
         self.0.entry(registry).or_default().extend(hosts);
         Ok(())
@@ -234,11 +245,25 @@ mod tests {
     #[test]
     fn bad_mirror_specs_say_what_is_wrong() {
         let mut m = Mirrors::default();
-        assert!(m.add("docker.io").unwrap_err().contains("REGISTRY=HOST"));
-        assert!(m.add("=x").unwrap_err().contains("names no registry"));
+        let err = |m: &mut Mirrors, spec: &str| m.add(spec).unwrap_err();
+        assert!(matches!(
+            err(&mut m, "docker.io"),
+            MirrorSpecError::NotRegistryEqHosts(_)
+        ));
         assert!(
-            m.add("docker.io= , ")
-                .unwrap_err()
+            err(&mut m, "docker.io")
+                .to_string()
+                .contains("REGISTRY=HOST")
+        );
+        assert!(matches!(err(&mut m, "=x"), MirrorSpecError::NoRegistry(_)));
+        assert!(err(&mut m, "=x").to_string().contains("names no registry"));
+        assert!(matches!(
+            err(&mut m, "docker.io= , "),
+            MirrorSpecError::NoHost(_)
+        ));
+        assert!(
+            err(&mut m, "docker.io= , ")
+                .to_string()
                 .contains("names no host")
         );
         assert!(m.0.is_empty(), "a bad spec adds nothing");

@@ -9,8 +9,8 @@ use std::process::Command;
 use serde::Serialize;
 
 use crate::dockerfile::{self, BuildContextArgs};
-use crate::error::Error;
 use crate::graph::Graph;
+use crate::project::InputError;
 use crate::project::{Project, Service};
 use crate::reference::Reference;
 
@@ -47,7 +47,7 @@ impl Naming {
         prefix: Option<&str>,
         tag: Option<(&str, &str)>,
         repository: Option<&str>,
-    ) -> Result<Naming, Error> {
+    ) -> Result<Naming, InputError> {
         let prefix = match prefix {
             Some(p) => p.to_string(),
             None => format!("{}-", sanitize(&repository_name(root, repository))),
@@ -57,13 +57,13 @@ impl Naming {
             None => detect_tag(root),
         };
         if !valid_tag(&tag) {
-            return Err(Error::Input {
+            return Err(InputError {
                 input: format!("tag {tag:?} (from {tag_source})"),
                 reason: "a tag is 1-128 characters of letters, digits, '_', '.', '-', not starting with '.' or '-'; pass --tag".into(),
             });
         }
         if !prefix.is_empty() && Reference::parse(&format!("{prefix}x")).is_err() {
-            return Err(Error::Input {
+            return Err(InputError {
                 input: format!("prefix {prefix:?}"),
                 reason:
                     "the prefix must make valid image names (lowercase, digits, '.', '_', '-', '/')"
@@ -194,12 +194,12 @@ pub fn plan(
     project: &Project,
     naming: &Naming,
     extra_args: &BTreeMap<String, String>,
-) -> Result<Plan, Error> {
+) -> Result<Plan, InputError> {
     let mut produced: BTreeMap<Reference, usize> = BTreeMap::new();
     let mut images = Vec::new();
     for (i, service) in project.services.iter().enumerate() {
         let image = naming.image_for(service);
-        let main = Reference::parse(&image).map_err(|e| Error::Input {
+        let main = Reference::parse(&image).map_err(|e| InputError {
             input: format!("service {:?}", service.name),
             reason: format!("its image name {image:?} is not a valid reference: {e}"),
         })?;
@@ -210,7 +210,7 @@ pub fn plan(
             } else {
                 format!("{}:{extra}", main.familiar_name())
             };
-            let r = Reference::parse(&full).map_err(|e| Error::Input {
+            let r = Reference::parse(&full).map_err(|e| InputError {
                 input: format!("service {:?} tag {extra:?}", service.name),
                 reason: e.to_string(),
             })?;
@@ -230,7 +230,7 @@ pub fn plan(
             .strip_prefix(&project.root)
             .unwrap_or(path)
             .to_path_buf();
-        let content = std::fs::read_to_string(path).map_err(|e| Error::Input {
+        let content = std::fs::read_to_string(path).map_err(|e| InputError {
             input: shown.display().to_string(),
             reason: format!(
                 "cannot read the Dockerfile of service {:?}: {e}",
@@ -252,7 +252,7 @@ pub fn plan(
             target_platform,
             build_platform,
         };
-        let parsed = dockerfile::parse(&content, &context).map_err(|e| Error::Input {
+        let parsed = dockerfile::parse(&content, &context).map_err(|e| InputError {
             input: shown.display().to_string(),
             reason: format!(
                 "{e} (service {:?}); fix the Dockerfile or pass the missing --build-arg",
@@ -299,12 +299,12 @@ pub fn plan(
         .iter()
         .find(|s| !seen.insert(s.name.as_str()))
     {
-        return Err(Error::Input {
+        return Err(InputError {
             input: project.source.clone(),
             reason: format!("service {:?} is defined twice; rename one", dup.name),
         });
     }
-    let graph = Graph::new(&edges).map_err(|e| Error::Input {
+    let graph = Graph::new(&edges).map_err(|e| InputError {
         input: project.source.clone(),
         reason: e.to_string(),
     })?;

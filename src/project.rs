@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-
 pub const CONFIG_FILE: &str = "ai-infra-build.yml";
 pub const COMPOSE_FILES: [&str; 4] = [
     "compose.yaml",
@@ -19,6 +17,15 @@ pub const COMPOSE_FILES: [&str; 4] = [
     "docker-compose.yaml",
     "docker-compose.yml",
 ];
+
+/// Bad input: a config file, a compose file, a Dockerfile, a reference. Names the input and
+/// what is wrong with it (and so what to fix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input}: {reason}")]
+pub struct InputError {
+    pub input: String,
+    pub reason: String,
+}
 
 /// One buildable service.
 #[derive(Debug, Clone, Serialize)]
@@ -105,7 +112,7 @@ struct ServiceConfig {
 
 impl Project {
     /// Finds the services under `root`.
-    pub fn load(root: &Path, config: Option<&Path>) -> Result<Project, Error> {
+    pub fn load(root: &Path, config: Option<&Path>) -> Result<Project, InputError> {
         let default = root.join(CONFIG_FILE);
         if let Some(path) = config {
             let name = path
@@ -131,8 +138,8 @@ impl Project {
         Self::discover(root)
     }
 
-    fn from_config(root: &Path, path: &Path) -> Result<Project, Error> {
-        let bad = |reason: String| Error::Input {
+    fn from_config(root: &Path, path: &Path) -> Result<Project, InputError> {
+        let bad = |reason: String| InputError {
             input: path.display().to_string(),
             reason,
         };
@@ -192,8 +199,8 @@ impl Project {
 
     /// Reads the services with a `build:` section from a compose file (other keys are the
     /// compose file's business and are ignored).
-    fn from_compose(root: &Path, path: &Path) -> Result<Project, Error> {
-        let bad = |reason: String| Error::Input {
+    fn from_compose(root: &Path, path: &Path) -> Result<Project, InputError> {
+        let bad = |reason: String| InputError {
             input: path.display().to_string(),
             reason,
         };
@@ -301,7 +308,7 @@ impl Project {
         })
     }
 
-    fn discover(root: &Path) -> Result<Project, Error> {
+    fn discover(root: &Path) -> Result<Project, InputError> {
         let mut services: BTreeMap<String, Service> = BTreeMap::new();
         for parent in ["src", "services", "."] {
             let dir = root.join(parent);
@@ -341,7 +348,7 @@ impl Project {
             }
         }
         if services.is_empty() {
-            return Err(Error::Input {
+            return Err(InputError {
                 input: root.display().to_string(),
                 reason: format!(
                     "no services found: no {CONFIG_FILE}, and no src/*/Dockerfile, services/*/Dockerfile or */Dockerfile; pass --config FILE"
@@ -357,9 +364,20 @@ impl Project {
     }
 }
 
+/// A service name that cannot be an image name (see [`validate_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceNameError {
+    #[error(
+        "a service name must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )]
+    Characters { name: String },
+    #[error("a service name has at most 128 characters, this one {len}")]
+    TooLong { name: String, len: usize },
+}
+
 /// Service names become image names: lowercase letters, digits and `._-`, starting with a
 /// letter or digit (Docker's repository path component rule).
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), ServiceNameError> {
     let ok_start = name
         .chars()
         .next()
@@ -367,9 +385,43 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
-    if ok_start && ok_chars && name.len() <= 128 {
-        Ok(())
+    if !(ok_start && ok_chars) {
+        Err(ServiceNameError::Characters { name: name.into() })
+    } else if name.len() > 128 {
+        Err(ServiceNameError::TooLong {
+            name: name.into(),
+            len: name.len(),
+        })
     } else {
-        Err("a service name must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit".into())
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_must_make_image_names() {
+        assert_eq!(validate_name("api-2.v_1"), Ok(()));
+        assert!(matches!(
+            validate_name("Api"),
+            Err(ServiceNameError::Characters { .. })
+        ));
+        assert!(matches!(
+            validate_name("-api"),
+            Err(ServiceNameError::Characters { .. })
+        ));
+        assert!(matches!(
+            validate_name(""),
+            Err(ServiceNameError::Characters { .. })
+        ));
+        assert_eq!(validate_name(&"a".repeat(128)), Ok(()));
+        let long = validate_name(&"a".repeat(129)).unwrap_err();
+        assert!(matches!(long, ServiceNameError::TooLong { len: 129, .. }));
+        assert_eq!(
+            long.to_string(),
+            "a service name has at most 128 characters, this one 129"
+        );
     }
 }

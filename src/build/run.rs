@@ -554,15 +554,36 @@ fn short(id: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
+/// A reused image could not be given the service's name or a tag.
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error("cannot tag {name}: {source}")]
+    Reference {
+        name: String,
+        #[source]
+        source: crate::reference::ReferenceError,
+    },
+    #[error("cannot tag {id} as {name}: {source}")]
+    Daemon {
+        id: String,
+        name: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
 /// Gives the image `id` the service's name and tags (instead of building it).
 async fn reuse_image(
     engine: &Engine,
     id: &str,
     s: &crate::plan::ServicePlan,
-) -> Result<(), String> {
+) -> Result<(), TagError> {
     for name in std::iter::once(&s.image).chain(&s.tags) {
-        let reference = crate::reference::Reference::parse(name)
-            .map_err(|e| format!("cannot tag {name}: {e}"))?;
+        let reference =
+            crate::reference::Reference::parse(name).map_err(|source| TagError::Reference {
+                name: name.clone(),
+                source,
+            })?;
         let options = bollard::query_parameters::TagImageOptionsBuilder::default()
             .repo(&reference.familiar_name())
             .tag(reference.tag.as_deref().unwrap_or("latest"))
@@ -571,7 +592,11 @@ async fn reuse_image(
             .docker
             .tag_image(id, Some(options))
             .await
-            .map_err(|e| format!("cannot tag {} as {name}: {e}", short(id)))?;
+            .map_err(|source| TagError::Daemon {
+                id: short(id).to_string(),
+                name: name.clone(),
+                source,
+            })?;
     }
     Ok(())
 }

@@ -51,7 +51,7 @@ pub struct Report {
     pub source_order: Vec<crate::health::OrderDecision>,
     /// The cache directory (`--cache-dir`): mode, size, hits, evictions, warnings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<crate::cache::CacheStats>,
+    pub cache: Option<CacheStats>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -341,4 +341,38 @@ impl Report {
             self.totals.succeeded, self.totals.services
         )
     }
+}
+/// What the report shows about the cache.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheStats {
+    pub dir: String,
+    /// The cache key of this run, when the caller set it.
+    pub key: Option<String>,
+    /// How layers were cached: `buildx-local`, `inline` or `off`.
+    pub mode: String,
+    /// Size of the directory after the run (and eviction).
+    pub size: u64,
+    pub max_size: u64,
+    /// Base images served from the cache plus services that built from a cache source.
+    pub hits: u32,
+    /// Base images pulled although a cache was used, plus services without a cache hit.
+    pub misses: u32,
+    pub base_image_hits: u32,
+    pub base_image_misses: u32,
+    pub service_hits: u32,
+    pub service_misses: u32,
+    /// Per service: whether its build used the cache.
+    pub services: BTreeMap<String, bool>,
+    /// Bytes loaded into the daemon from archives.
+    pub restored_bytes: u64,
+    /// Bytes of archives written.
+    pub saved_bytes: u64,
+    /// Entries removed to stay under the budget, and their size.
+    pub evictions: u32,
+    pub evicted_bytes: u64,
+    /// Archives found corrupted or truncated and discarded.
+    pub discarded: u32,
+    pub restore_ms: u64,
+    pub save_ms: u64,
+    pub warnings: Vec<String>,
 }

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::build::PrefetchFailure;
 use crate::build::backend::BuilderChoice;
+use crate::build::secrets::{PairKind, SecretSpec};
 use crate::prefetch::Mirrors;
 use crate::prefetch::{PullPolicy, PullVia};
 use crate::ui::{ColorChoice, OutputFormat};
@@ -142,7 +143,7 @@ pub struct BuildArgs {
     #[arg(long, env = "INPUT_FORCE")]
     pub force: bool,
     /// Build without the layer cache (base images are still used when present).
-    #[arg(long)]
+    #[arg(long, env = "INPUT_NO_CACHE")]
     pub no_cache: bool,
     /// How many services build at once (default: the number of CPUs).
     #[arg(long, value_name = "N", env = "INPUT_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -160,13 +161,81 @@ pub struct BuildArgs {
     pub build_retries: u32,
     /// `buildx` (docker buildx build), `engine` (the Docker Engine API, with BuildKit), or
     /// `auto`: the Engine API, unless buildx is needed (--buildx-builder, a service with
-    /// several platforms, an engine with the containerd image store) and `docker buildx
-    /// version` works.
-    #[arg(long, value_enum, default_value_t = BuilderChoice::Auto, env = "INPUT_BUILDER")]
-    pub builder: BuilderChoice,
+    /// several platforms, secrets, SSH, attestations, an engine with the containerd image
+    /// store) and `docker buildx version` works.
+    #[arg(long, value_enum, default_value_t = BuilderChoice::Auto, env = "INPUT_BACKEND")]
+    pub backend: BuilderChoice,
     /// An existing buildx builder to use (remote, kubernetes, docker-container driver).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "INPUT_BUILDX_BUILDER")]
     pub buildx_builder: Option<String>,
+    /// A label for every service image (repeatable; newline-separated in the environment).
+    #[arg(
+        long = "label",
+        value_name = "KEY=VALUE",
+        env = "INPUT_LABELS",
+        value_parser = parse_build_arg_lines
+    )]
+    pub labels: Vec<Lines<BuildArg>>,
+    /// The target platforms of every service, replacing those of the config file
+    /// (`linux/amd64,linux/arm64`; comma-separated or repeated). Several need buildx.
+    #[arg(
+        long = "platform",
+        value_name = "PLATFORM",
+        env = "INPUT_PLATFORMS",
+        value_delimiter = ','
+    )]
+    pub platforms: Vec<String>,
+    /// A build secret for `RUN --mount=type=secret` (buildx syntax, repeatable):
+    /// `id=ID[,env=VAR|,src=PATH]`; `id=ID` alone reads the environment variable ID.
+    /// Builds with secrets run on buildx.
+    #[arg(long = "secret", value_name = "id=ID[,env=VAR|,src=PATH]", value_parser = parse_secret_spec)]
+    pub secrets: Vec<SecretSpec>,
+    /// Build secrets given by value, `ID=VALUE` one per line (the action's `secrets` input;
+    /// read from INPUT_SECRETS, masked in every output). On a command line prefer --secret
+    /// id=ID,env=VAR: other processes can see command lines.
+    #[arg(
+        long = "secret-value",
+        value_name = "ID=VALUE",
+        env = "INPUT_SECRETS",
+        hide_env_values = true,
+        value_parser = parse_secret_value_lines
+    )]
+    pub secret_values: Vec<Lines<SecretSpec>>,
+    /// A build secret from an environment variable, `ID=VAR` (repeatable; one per line in
+    /// the environment), like `--secret id=ID,env=VAR`.
+    #[arg(
+        long = "secret-env",
+        value_name = "ID=VAR",
+        env = "INPUT_SECRET_ENVS",
+        value_parser = parse_secret_env_lines
+    )]
+    pub secret_envs: Vec<Lines<SecretSpec>>,
+    /// A build secret from a file, `ID=PATH` (repeatable; one per line in the environment),
+    /// like `--secret id=ID,src=PATH`.
+    #[arg(
+        long = "secret-file",
+        value_name = "ID=PATH",
+        env = "INPUT_SECRET_FILES",
+        value_parser = parse_secret_file_lines
+    )]
+    pub secret_files: Vec<Lines<SecretSpec>>,
+    /// SSH agent sockets or keys for `RUN --mount=type=ssh` (buildx syntax, repeatable; one
+    /// per line in the environment): `default` (SSH_AUTH_SOCK) or `ID=PATH[,PATH]`. Builds
+    /// with SSH run on buildx.
+    #[arg(
+        long = "ssh",
+        value_name = "default|ID=PATH",
+        env = "INPUT_SSH",
+        value_parser = parse_ssh_lines
+    )]
+    pub ssh: Vec<Lines<String>>,
+    /// Provenance attestation, as buildx takes it: `false`, `true`, `mode=min`, `mode=max`
+    /// (runs on buildx; the image store must keep attestations, so mostly with --push).
+    #[arg(long, value_name = "SPEC", env = "INPUT_PROVENANCE", value_parser = parse_attestation)]
+    pub provenance: Option<String>,
+    /// SBOM attestation, as buildx takes it: `false`, `true`, or generator options.
+    #[arg(long, value_name = "SPEC", env = "INPUT_SBOM", value_parser = parse_attestation)]
+    pub sbom: Option<String>,
     /// Build only these services (comma-separated or repeated) and what they need.
     #[arg(
         long,
@@ -231,9 +300,15 @@ pub struct BuildServicesArgs {
 /// What the services' Dockerfiles are read with.
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
-    /// A build argument for every service, used to expand `ARG`s in FROM lines (repeatable).
-    #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_build_arg)]
-    pub build_args: Vec<BuildArg>,
+    /// A build argument for every service, also used to expand `ARG`s in FROM lines
+    /// (repeatable; newline-separated in the environment).
+    #[arg(
+        long = "build-arg",
+        value_name = "KEY=VALUE",
+        env = "INPUT_BUILD_ARGS",
+        value_parser = parse_build_arg_lines
+    )]
+    pub build_args: Vec<Lines<BuildArg>>,
     /// The tag of every service image (default: VERSION file, `git describe`, short commit).
     #[arg(long, value_name = "TAG", env = "INPUT_TAG")]
     pub tag: Option<String>,
@@ -417,6 +492,69 @@ fn parse_build_arg(text: &str) -> Result<BuildArg, ValueError> {
     BuildArg::parse(text)
 }
 
+/// One value, or several lines of them (from the environment); blank lines are skipped.
+fn lines<T>(
+    text: &str,
+    one: impl Fn(&str) -> Result<T, ValueError>,
+) -> Result<Lines<T>, ValueError> {
+    text.lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .map(one)
+        .collect::<Result<_, _>>()
+        .map(Lines)
+}
+
+fn parse_build_arg_lines(text: &str) -> Result<Lines<BuildArg>, ValueError> {
+    lines(text, parse_build_arg)
+}
+
+fn parse_secret_value_lines(text: &str) -> Result<Lines<SecretSpec>, ValueError> {
+    lines(text, parse_secret_value)
+}
+
+fn parse_secret_env_lines(text: &str) -> Result<Lines<SecretSpec>, ValueError> {
+    lines(text, parse_secret_env)
+}
+
+fn parse_secret_file_lines(text: &str) -> Result<Lines<SecretSpec>, ValueError> {
+    lines(text, parse_secret_file)
+}
+
+fn parse_ssh_lines(text: &str) -> Result<Lines<String>, ValueError> {
+    lines(text, parse_ssh_spec)
+}
+
+/// `--secret id=ID[,env=VAR|,src=PATH]`.
+fn parse_secret_spec(text: &str) -> Result<SecretSpec, ValueError> {
+    SecretSpec::parse_buildx(text).map_err(ValueError)
+}
+
+/// `--secret-value ID=VALUE` (the `secrets` input).
+fn parse_secret_value(text: &str) -> Result<SecretSpec, ValueError> {
+    SecretSpec::parse_pair(text, PairKind::Value).map_err(ValueError)
+}
+
+/// `--secret-env ID=VAR` (the `secret-envs` input).
+fn parse_secret_env(text: &str) -> Result<SecretSpec, ValueError> {
+    SecretSpec::parse_pair(text, PairKind::Env).map_err(ValueError)
+}
+
+/// `--secret-file ID=PATH` (the `secret-files` input).
+fn parse_secret_file(text: &str) -> Result<SecretSpec, ValueError> {
+    SecretSpec::parse_pair(text, PairKind::File).map_err(ValueError)
+}
+
+/// `--ssh default|ID=PATH[,PATH]`.
+fn parse_ssh_spec(text: &str) -> Result<String, ValueError> {
+    crate::build::secrets::check_ssh(text).map_err(ValueError)
+}
+
+/// `--provenance`/`--sbom`.
+fn parse_attestation(text: &str) -> Result<String, ValueError> {
+    crate::build::secrets::check_attestation(text).map_err(ValueError)
+}
+
 /// `--mirror REGISTRY=HOST[,HOST...]`, or several such lines (the `mirrors` input).
 fn parse_mirrors(text: &str) -> Result<MirrorList, ValueError> {
     MirrorList::parse(text)
@@ -448,6 +586,16 @@ fn report_views() -> clap::builder::PossibleValuesParser {
             .iter()
             .map(|v| PossibleValue::new(v.name())),
     )
+}
+
+/// A flag's value that may hold several items, one per line (as action inputs do): blank
+/// lines are skipped, each other line is checked when parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lines<T>(pub Vec<T>);
+
+/// The items of every value of a repeatable [`Lines`] flag, in order.
+pub fn flatten<T: Clone>(values: &[Lines<T>]) -> Vec<T> {
+    values.iter().flat_map(|l| l.0.iter().cloned()).collect()
 }
 
 /// A value a flag cannot take; clap shows it as `invalid value 'X' for '--flag': REASON`.
@@ -573,6 +721,40 @@ mod tests {
         assert_eq!(list.0.len(), 2);
         assert!(MirrorList::parse("docker.io=ok.example.com\nnot-a-mirror").is_err());
         assert_eq!(MirrorList::parse(""), Ok(MirrorList::default()));
+    }
+
+    #[test]
+    fn list_inputs_take_one_item_per_line_and_skip_blank_lines() {
+        let cli = Cli::try_parse_from([
+            "ai-infra-build",
+            "build-all",
+            "--build-arg",
+            "A=1\r\n\nB=2 3\n",
+            "--label",
+            "x=y",
+            "--secret-env",
+            "tok=VAR\n",
+            "--ssh",
+            "default\nkey=/k1,/k2",
+            "--platform",
+            "linux/amd64,linux/arm64",
+        ])
+        .expect("parses");
+        let Command::BuildAll(args) = cli.command else {
+            panic!("build-all")
+        };
+        let build_args = flatten(&args.prefetch.plan.build_args);
+        assert_eq!(build_args.len(), 2);
+        assert_eq!(build_args[1].value, "2 3");
+        assert_eq!(flatten(&args.secret_envs)[0].id, "tok");
+        assert_eq!(flatten(&args.ssh), ["default", "key=/k1,/k2"]);
+        assert_eq!(args.platforms, ["linux/amd64", "linux/arm64"]);
+        assert!(
+            Cli::try_parse_from(["ai-infra-build", "build-all", "--label", "ok=1\nbad"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["ai-infra-build", "build-all", "--provenance", "maybe"]).is_err()
+        );
     }
 
     #[test]

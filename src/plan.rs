@@ -239,14 +239,26 @@ pub fn plan(
         })?;
         let mut args = extra_args.clone();
         args.extend(service.build_args.clone());
-        let parsed =
-            dockerfile::parse(&content, &BuildContextArgs::new(&args)).map_err(|e| InputError {
-                input: shown.display().to_string(),
-                reason: format!(
-                    "{e} (service {:?}); fix the Dockerfile or pass the missing --build-arg",
-                    service.name
-                ),
-            })?;
+        // Issue 13: BUILDPLATFORM is the engine's (this machine's: the engine is local when
+        // planning), TARGETPLATFORM the service's first platform, else the same.
+        let build_platform = dockerfile::Platform::host();
+        let target_platform = service
+            .platforms
+            .first()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| build_platform.clone());
+        let context = BuildContextArgs {
+            build_args: &args,
+            target_platform,
+            build_platform,
+        };
+        let parsed = dockerfile::parse(&content, &context).map_err(|e| InputError {
+            input: shown.display().to_string(),
+            reason: format!(
+                "{e} (service {:?}); fix the Dockerfile or pass the missing --build-arg",
+                service.name
+            ),
+        })?;
         let mut deps: BTreeSet<String> = service.depends_on.iter().cloned().collect();
         let mut mine = Vec::new();
         for image in parsed.images {

@@ -9,9 +9,12 @@ use std::time::Duration;
 use crate::actions_env::ActionsEnv;
 use crate::build::PrefetchFailure;
 use crate::build::backend::BuilderChoice;
-use crate::build::run::BuildOptions;
+use crate::build::run::{BuildOptions, BuildxExtras};
+use crate::build::secrets::Secret;
 use crate::cache::CacheKey;
-use crate::cli::{BuildArg, BuildArgs, GlobalArgs, MirrorList, PlanArgs, PrefetchArgs, ShardSpec};
+use crate::cli::{
+    BuildArg, BuildArgs, GlobalArgs, MirrorList, PlanArgs, PrefetchArgs, ShardSpec, flatten,
+};
 use crate::error::Error;
 use crate::plan::{Naming, Plan, plan};
 use crate::prefetch::{Mirrors, PrefetchOptions, PullPolicy};
@@ -132,7 +135,11 @@ pub fn plan_project(
         .as_deref()
         .or(project.settings.prefix.as_deref());
     let naming = Naming::resolve(root, prefix, tag, actions.repository.as_deref())?;
-    Ok(plan(project, &naming, &build_arg_map(&args.build_args))?)
+    Ok(plan(
+        project,
+        &naming,
+        &build_arg_map(&flatten(&args.build_args)),
+    )?)
 }
 
 /// The cache directory and its budget (`--cache-dir`, `--cache-max-size`).
@@ -194,8 +201,10 @@ pub struct BuildSettings {
     pub command: String,
     /// The services to build (indices into the plan).
     pub selected: BTreeSet<usize>,
-    pub builder: BuilderChoice,
+    pub backend: BuilderChoice,
     pub buildx_builder: Option<String>,
+    /// What this run needs that only buildx does (build secrets, SSH, attestations).
+    pub needs_buildx: Vec<&'static str>,
     /// `--force`: pull base images again and build without the layer cache.
     pub force: bool,
     /// `--no-cache` or `--force`.
@@ -228,10 +237,12 @@ impl BuildSettings {
             prefetch.options.pull = PullPolicy::Always;
         }
         let out_dir = std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone());
+        let secrets = resolve_secrets(args, &ws.root)?;
+        let masks = secrets.iter().flat_map(Secret::mask_lines).collect();
         let mut publish = PublishContext::new(
             out_dir.clone(),
             ws.project.root.clone(),
-            Vec::new(),
+            masks,
             args.github_token.clone(),
             ws.actions.clone(),
         );
@@ -254,7 +265,21 @@ impl BuildSettings {
             inline_cache: false,
             push: args.push,
             cache: None,
+            labels: build_arg_map(&flatten(&args.labels)),
+            platforms: args
+                .platforms
+                .iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            extras: BuildxExtras {
+                secrets,
+                ssh: flatten(&args.ssh),
+                provenance: args.provenance.clone(),
+                sbom: args.sbom.clone(),
+            },
         };
+        let needs_buildx = options.extras.needs_buildx();
         Ok(BuildSettings {
             prefetch,
             command: if names.is_empty() {
@@ -263,8 +288,9 @@ impl BuildSettings {
                 format!("build {}", names.join(" "))
             },
             selected,
-            builder: args.builder,
+            backend: args.backend,
             buildx_builder: args.buildx_builder.clone(),
+            needs_buildx,
             force: args.force,
             no_cache: args.force || args.no_cache,
             shard: args.shard,
@@ -272,6 +298,38 @@ impl BuildSettings {
             publish,
         })
     }
+}
+
+/// `--secret`, `--secret-value` (`secrets`), `--secret-env`, `--secret-file`, each read now
+/// (a missing variable or file is an input error naming it); a later id replaces an earlier.
+fn resolve_secrets(args: &BuildArgs, root: &Path) -> Result<Vec<Secret>, Error> {
+    let mut secrets: Vec<Secret> = Vec::new();
+    let groups = [
+        ("--secret", args.secrets.clone()),
+        (
+            "--secret-value (INPUT_SECRETS)",
+            flatten(&args.secret_values),
+        ),
+        (
+            "--secret-env (INPUT_SECRET_ENVS)",
+            flatten(&args.secret_envs),
+        ),
+        (
+            "--secret-file (INPUT_SECRET_FILES)",
+            flatten(&args.secret_files),
+        ),
+    ];
+    for (flag, specs) in groups {
+        for spec in specs {
+            let secret = Secret::resolve(&spec, root).map_err(|reason| Error::Input {
+                input: format!("{flag} secret {:?}", spec.id),
+                reason,
+            })?;
+            secrets.retain(|s| s.id != secret.id);
+            secrets.push(secret);
+        }
+    }
+    Ok(secrets)
 }
 
 /// Which services to build: `names` (from `build SERVICE...`) or `--only`, minus `--skip`,

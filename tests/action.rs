@@ -111,7 +111,7 @@ fn step<'a>(action: &'a Action, id: &str) -> &'a Step {
         .unwrap_or_else(|| panic!("no step with id {id}"))
 }
 
-const ISSUE_INPUTS: [&str; 28] = [
+const ISSUE_INPUTS: [&str; 39] = [
     "config",
     "services",
     "only",
@@ -119,7 +119,7 @@ const ISSUE_INPUTS: [&str; 28] = [
     "tag",
     "prefix",
     "parallel",
-    "builder",
+    "backend",
     "mirrors",
     "mirror-first",
     "max-retries",
@@ -142,9 +142,21 @@ const ISSUE_INPUTS: [&str; 28] = [
     "merge-reports",
     // Issue #7: the cache budget.
     "cache-max-size",
+    // Issue #13: build-push-action's names (`builder` became `backend`).
+    "buildx-builder",
+    "build-args",
+    "labels",
+    "platforms",
+    "secrets",
+    "secret-envs",
+    "secret-files",
+    "ssh",
+    "provenance",
+    "sbom",
+    "no-cache",
 ];
 
-const ISSUE_OUTPUTS: [&str; 7] = [
+const ISSUE_OUTPUTS: [&str; 8] = [
     "report",
     "succeeded",
     "failed",
@@ -152,6 +164,8 @@ const ISSUE_OUTPUTS: [&str; 7] = [
     "failed-services",
     "images",
     "cache-key",
+    // Issue #13: buildx-style metadata.
+    "metadata",
 ];
 
 #[test]
@@ -181,7 +195,9 @@ fn every_input_and_output_of_the_issue_is_declared_and_described() {
         ("checks", "false"),
         ("pr-comment", "false"),
         ("push", "false"),
-        ("builder", "auto"),
+        ("backend", "auto"),
+        ("no-cache", "false"),
+        ("secrets", ""),
         ("pull", "missing"),
         ("prefetch-failure", "warn"),
         ("working-directory", "."),
@@ -410,6 +426,30 @@ fn the_token_is_masked_and_only_given_to_the_binary_when_used() {
     assert_eq!(
         uses_token, 2,
         "only the mask step and the build step see the token"
+    );
+}
+
+/// Issue #13: the values of the `secrets` input are masked before any step shows its
+/// environment, and only the build step hands them to the binary (as INPUT_SECRETS, never on
+/// a command line).
+#[test]
+fn secret_values_are_masked_first_and_only_given_to_the_build_step() {
+    let action = action();
+    let first = &action.runs.steps[0];
+    assert_eq!(first.env["AIB_SECRETS"], "${{ inputs.secrets }}");
+    let run = first.run.as_deref().unwrap();
+    assert!(run.contains("value=${line#*=}") && run.contains("::add-mask::$value"));
+    let steps: Vec<&str> = action
+        .runs
+        .steps
+        .iter()
+        .filter(|s| s.env.values().any(|v| v.contains("inputs.secrets")))
+        .filter_map(|s| s.id.as_deref().or(s.name.as_deref()))
+        .collect();
+    assert_eq!(steps, ["Mask secrets", "build"]);
+    assert_eq!(
+        step(&action, "build").env["INPUT_SECRETS"],
+        "${{ inputs.secrets }}"
     );
 }
 

@@ -10,7 +10,7 @@ use support::{Project, service, text};
 
 const BACKENDS: [&str; 3] = ["buildx", "engine", "engine-classic"];
 
-/// The report's builder label for a `--builder` value.
+/// The report's builder label for a `--backend` value.
 fn label(backend: &str) -> &'static str {
     match backend {
         "buildx" => "buildx",
@@ -23,7 +23,7 @@ fn label(backend: &str) -> &'static str {
 async fn issue4_build_all_builds_the_example_with_each_backend() {
     let project = Project::example().await;
     for backend in BACKENDS {
-        let out = project.run(&["build-all", "--builder", backend, "--output", "json"]);
+        let out = project.run(&["build-all", "--backend", backend, "--output", "json"]);
         assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
         let report = project.report();
         assert_eq!(report["totals"]["succeeded"], 11, "{backend}: {report:#}");
@@ -68,7 +68,7 @@ async fn issue4_a_syntax_error_fails_one_service_and_skips_its_dependants() {
         "FROM python:3.11-slim\nWORKDIR /app\nBOGUSINSTR oops\nRUN echo never\n",
     );
     for backend in BACKENDS {
-        let out = project.run(&["build-all", "--builder", backend]);
+        let out = project.run(&["build-all", "--backend", backend]);
         assert_eq!(out.status.code(), Some(1), "{backend}: {}", text(&out));
         let report = project.report();
         let backend_result = service(&report, "backend");
@@ -148,7 +148,7 @@ async fn issue4_a_network_failure_inside_a_build_is_retried_and_exit_3_is_not() 
         );
         let out = project.run(&[
             "build-all",
-            "--builder",
+            "--backend",
             backend,
             "--build-retries",
             "2",
@@ -188,7 +188,7 @@ async fn issue4_sigterm_during_build_all_exits_within_5s_with_a_partial_report()
     project.write("quick/Dockerfile", "FROM ubuntu:22.04\nRUN echo quick\n");
     project.write("slow/Dockerfile", "FROM ubuntu:22.04\nRUN sleep 60\n");
     for backend in BACKENDS {
-        let mut cmd = project.command(&["build-all", "--builder", backend, "--force"]);
+        let mut cmd = project.command(&["build-all", "--backend", backend, "--force"]);
         cmd.args(project.common_args())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -394,7 +394,7 @@ async fn issue17_build_retries_count() {
     );
     let out = project.run(&[
         "build-all",
-        "--builder",
+        "--backend",
         "engine",
         "--build-retries",
         "1",

@@ -363,6 +363,7 @@ fn service_result(name: &str, image: &str) -> ServiceResult {
         cached_steps: Some(0),
         total_steps: Some(2),
         image_id: None,
+        digest: None,
         size: None,
         log_path: None,
         dockerfile: "Dockerfile".into(),

@@ -65,7 +65,7 @@ async fn build_all(dir: &Path, name: &str, args: &[String]) -> Run {
         .arg("build-all")
         .args(args)
         .args([
-            "--builder",
+            "--backend",
             "engine",
             "--pull",
             "always",

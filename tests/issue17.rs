@@ -211,7 +211,7 @@ async fn issue17_sigterm_during_prefetch_keeps_finished_builds() {
         ],
     );
     let mut child = proj
-        .command(&["build-all", "--idle-timeout", "300", "--builder", "engine"])
+        .command(&["build-all", "--idle-timeout", "300", "--backend", "engine"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -499,10 +499,10 @@ async fn issue17_terminal_table_is_inert_in_actions() {
     };
     for backend in ["engine-classic", "engine"] {
         for format in ["human", "json"] {
-            let what = format!("build-all --builder {backend} --output {format}");
+            let what = format!("build-all --backend {backend} --output {format}");
             let out = run(&[
                 "build-all",
-                "--builder",
+                "--backend",
                 backend,
                 "--output",
                 format,

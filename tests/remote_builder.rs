@@ -79,7 +79,7 @@ async fn doctor_lists_builders_and_build_all_uses_a_remote_one_without_prefetch(
 
     let out = project.run(&[
         "build-all",
-        "--builder",
+        "--backend",
         "buildx",
         "--buildx-builder",
         &builder.0,
@@ -107,7 +107,7 @@ async fn doctor_lists_builders_and_build_all_uses_a_remote_one_without_prefetch(
 
     let out = project.run(&[
         "build-all",
-        "--builder",
+        "--backend",
         "buildx",
         "--buildx-builder",
         "no-such-builder",

@@ -269,6 +269,7 @@ fn big_report(services: usize, failures: usize, log_lines: usize) -> Report {
             cached_steps: Some(3),
             total_steps: Some(9),
             image_id: (!failed).then(|| format!("sha256:{:064x}", i)),
+            digest: None,
             size: (!failed).then_some(100_000_000 + i as u64),
             log_path: Some(format!("/out/logs/{name}.log")),
             dockerfile: format!("{name}/Dockerfile"),
@@ -586,6 +587,7 @@ fn failing_service(i: usize, class: BuildFailureClass, line: Option<usize>) -> S
         cached_steps: None,
         total_steps: None,
         image_id: None,
+        digest: None,
         size: None,
         log_path: None,
         dockerfile: format!("s{i:02}/Dockerfile"),
@@ -709,12 +711,14 @@ fn outputs_of_nine_of_eleven() {
     let images: BTreeMap<String, serde_json::Value> = serde_json::from_str(&o["images"]).unwrap();
     assert_eq!(images.len(), 9);
     assert_eq!(images["gateway"]["ref"], "shop-gateway:1.4.0");
+    // Issue #13: `image-id` is the local image ID; `digest` only a push's registry digest.
     assert!(
-        images["gateway"]["digest"]
+        images["gateway"]["image-id"]
             .as_str()
             .unwrap()
             .starts_with("sha256:")
     );
+    assert_eq!(images["gateway"]["digest"], serde_json::Value::Null);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use super::secrets::SecretSource;
 use crate::context::context_tar;
 use crate::engine::Engine;
 
@@ -40,6 +41,8 @@ pub struct BuildJob {
     /// `--cache-to` values (buildx only): the cache directory's local cache export.
     pub cache_to: Vec<String>,
     pub idle_timeout: Duration,
+    /// Secrets, SSH and attestations (buildx only; [`Backend::choose`] takes buildx for them).
+    pub extras: super::run::BuildxExtras,
 }
 
 /// What a successful build produced.
@@ -102,7 +105,7 @@ impl Log {
     }
 }
 
-/// Which backend the user asked for (`--builder`).
+/// Which backend the user asked for (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BuilderChoice {
     /// The Engine API, unless buildx is needed (see [`Backend::choose`]).
@@ -120,8 +123,10 @@ pub enum BuilderChoice {
 /// Why the chosen backend cannot build here.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("--builder buildx: buildx is not available ({reason})")]
+    #[error("--backend buildx: buildx is not available ({reason})")]
     BuildxUnavailable { reason: String },
+    #[error("{what} need buildx, which is not available ({reason})")]
+    BuildxNeeded { what: String, reason: String },
     #[error("--buildx-builder: cannot list the buildx builders ({reason})")]
     BuildersUnlisted {
         reason: crate::engine::BuildxLsError,
@@ -135,7 +140,10 @@ impl BackendError {
     pub fn help(&self) -> &'static str {
         match self {
             BackendError::BuildxUnavailable { .. } => {
-                "install the docker-buildx plugin or use --builder engine"
+                "install the docker-buildx plugin or use --backend engine"
+            }
+            BackendError::BuildxNeeded { .. } => {
+                "install the docker-buildx plugin (the Engine API backend cannot pass secrets or SSH agents to a build)"
             }
             BackendError::BuildersUnlisted { .. } => "check `docker buildx ls`",
             BackendError::NoSuchBuilder { .. } => "create one with `docker buildx create`",
@@ -231,10 +239,16 @@ impl Backend {
     /// it, so auto takes it unless buildx is needed: a named buildx builder, a service with
     /// several platforms, or an engine with the containerd image store (BuildKit over the API
     /// does not work there, moby#47717, and buildx can export a layer cache there).
+    ///
+    /// `needs_buildx` names what this run needs that only buildx does (build secrets, SSH
+    /// forwarding, attestations): bollard's BuildKit session over the Engine API has no
+    /// secrets or SSH provider, so such a run builds with buildx whatever the choice
+    /// ([`Backend::routing_note`] says so in the report).
     pub async fn choose(
         choice: BuilderChoice,
         buildx_builder: Option<&str>,
         multi_platform: bool,
+        needs_buildx: &[&str],
         engine: &Engine,
     ) -> Result<Backend, BackendError> {
         let buildx = || Backend::Buildx {
@@ -245,6 +259,15 @@ impl Backend {
             buildkit: AtomicBool::new(buildkit),
         };
         let timeout = Duration::from_secs(10);
+        if !needs_buildx.is_empty() {
+            return match crate::engine::buildx(timeout).await {
+                crate::engine::Buildx::Available { .. } => Ok(buildx()),
+                crate::engine::Buildx::Unavailable { reason } => Err(BackendError::BuildxNeeded {
+                    what: needs_buildx.join(", "),
+                    reason,
+                }),
+            };
+        }
         Ok(match choice {
             BuilderChoice::Engine => engine_backend(true),
             BuilderChoice::EngineClassic => engine_backend(false),
@@ -270,6 +293,23 @@ impl Backend {
                 }
             }
         })
+    }
+
+    /// Why a run that asked for the Engine API builds with buildx (for the report's warnings).
+    pub fn routing_note(choice: BuilderChoice, needs_buildx: &[&str]) -> Option<String> {
+        if needs_buildx.is_empty() {
+            return None;
+        }
+        let asked = match choice {
+            BuilderChoice::Buildx => return None,
+            BuilderChoice::Auto => "auto",
+            BuilderChoice::Engine => "engine",
+            BuilderChoice::EngineClassic => "engine-classic",
+        };
+        Some(format!(
+            "--backend {asked}: this run builds with buildx, because it uses {} and the Engine API backend cannot pass them to BuildKit (its session has no secrets or SSH provider)",
+            needs_buildx.join(", ")
+        ))
     }
 
     /// The name the report shows (`engine (buildkit)`, `engine (classic)`, `buildx`).
@@ -361,7 +401,7 @@ async fn engine_build(
         many => {
             return Err(BuildFailure {
                 message: format!(
-                    "the engine builder builds one platform at a time, but {} lists {}; use --builder buildx for multi-platform builds",
+                    "the engine builder builds one platform at a time, but {} lists {}; use --backend buildx for multi-platform builds",
                     job.service,
                     many.join(", ")
                 ),
@@ -562,12 +602,37 @@ async fn buildx_build(
     if job.inline_cache && job.cache_to.is_empty() {
         cmd.args(["--cache-to", "type=inline"]);
     }
+    // Secrets reach buildx by name only: a value given as such goes through the child's
+    // environment, never its command line.
+    for (n, secret) in job.extras.secrets.iter().enumerate() {
+        let spec = match &secret.source {
+            SecretSource::Env(var) => format!("id={},env={var}", secret.id),
+            SecretSource::File(path) => format!("id={},src={}", secret.id, path.display()),
+            SecretSource::Value(value) => {
+                let var = format!("AIB_BUILD_SECRET_{n}");
+                cmd.env(&var, value);
+                format!("id={},env={var}", secret.id)
+            }
+        };
+        cmd.arg("--secret").arg(spec);
+    }
+    for ssh in &job.extras.ssh {
+        cmd.arg("--ssh").arg(ssh);
+    }
+    if let Some(p) = &job.extras.provenance {
+        cmd.arg(format!("--provenance={p}"));
+    }
+    if let Some(s) = &job.extras.sbom {
+        cmd.arg(format!("--sbom={s}"));
+    }
     cmd.arg(&job.context);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    cmd.env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1");
+    if job.extras.provenance.is_none() {
+        cmd.env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1");
+    }
     log.line(&format!(
         "running: docker buildx build ... {}",
         job.context.display()

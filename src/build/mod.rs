@@ -5,6 +5,7 @@ pub mod backend;
 pub mod failure;
 pub mod inputs;
 pub mod run;
+pub mod secrets;
 
 /// What a base image that cannot be had does to the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -36,6 +36,40 @@ pub struct BuildOptions {
     pub cache: Option<crate::cache::BuildCachePlan>,
     /// Push the image and its tags after a successful build.
     pub push: bool,
+    /// `--label`: labels of every service (over the config file's).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `--platform`: the platforms of every service (replacing the config file's) when given.
+    pub platforms: Vec<String>,
+    /// Secrets, SSH and attestations (buildx only).
+    pub extras: BuildxExtras,
+}
+
+/// What only buildx builds with: build secrets, SSH forwarding, attestations. (bollard's
+/// BuildKit session over the Engine API has no secrets or SSH provider.)
+#[derive(Debug, Clone, Default)]
+pub struct BuildxExtras {
+    pub secrets: Vec<super::secrets::Secret>,
+    pub ssh: Vec<String>,
+    pub provenance: Option<String>,
+    pub sbom: Option<String>,
+}
+
+impl BuildxExtras {
+    /// What of these needs buildx (empty when nothing does).
+    pub fn needs_buildx(&self) -> Vec<&'static str> {
+        let mut needs = Vec::new();
+        if !self.secrets.is_empty() {
+            needs.push("build secrets");
+        }
+        if !self.ssh.is_empty() {
+            needs.push("SSH forwarding");
+        }
+        let on = |a: &Option<String>| a.as_deref().is_some_and(super::secrets::attestation_on);
+        if on(&self.provenance) || on(&self.sbom) {
+            needs.push("attestations");
+        }
+        needs
+    }
 }
 
 /// Events the scheduler reports as it goes (for progress views).
@@ -226,6 +260,7 @@ fn skipped(plan: &Plan, i: usize, reason: String, status: ServiceStatus) -> Serv
         cached_steps: None,
         total_steps: None,
         image_id: None,
+        digest: None,
         size: None,
         log_path: None,
         dockerfile: s.dockerfile.clone(),
@@ -265,9 +300,19 @@ async fn build_one(
         dockerfile: svc.dockerfile.clone(),
         build_args: s.build_args.clone(),
         target: svc.target.clone(),
-        labels: svc.labels.clone(),
+        labels: svc
+            .labels
+            .iter()
+            .chain(options.labels.iter())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         network: svc.network.clone(),
-        platforms: svc.platforms.clone(),
+        platforms: if options.platforms.is_empty() {
+            svc.platforms.clone()
+        } else {
+            options.platforms.clone()
+        },
+        extras: options.extras.clone(),
         no_cache: options.no_cache,
         cache_from: if options.no_cache {
             Vec::new()
@@ -323,11 +368,12 @@ async fn build_one(
                     let pushed = if options.push {
                         push(&s.image, &s.tags, &policy, &mut log, &cancel).await
                     } else {
-                        Ok(())
+                        Ok(None)
                     };
                     match pushed {
-                        Ok(()) => {
+                        Ok(digest) => {
                             result.status = ServiceStatus::Success;
+                            result.digest = digest;
                             result.reused = true;
                             result.cached_steps = reuse.total_steps;
                             result.total_steps = reuse.total_steps;
@@ -436,8 +482,9 @@ async fn build_one(
         }
         Ok(out) if options.push => {
             match push(&s.image, &s.tags, &policy, &mut log, &cancel).await {
-                Ok(()) => {
+                Ok(digest) => {
                     result.status = ServiceStatus::Success;
+                    result.digest = digest;
                     result.cached_steps = Some(out.cached_steps);
                     result.total_steps = Some(out.total_steps);
                     result.image_id = out.image_id;
@@ -566,7 +613,7 @@ async fn push(
     policy: &RetryPolicy,
     log: &mut Log,
     cancel: &CancellationToken,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let policy = RetryPolicy {
         max_retries: policy.max_retries.max(3),
         deadline: PUSH_DEADLINE,
@@ -578,6 +625,7 @@ async fn push(
     })
     .ok();
     let log = tokio::sync::Mutex::new(log);
+    let mut digest = None;
     for reference in std::iter::once(image.to_string()).chain(tags.iter().cloned()) {
         let attempt = || async {
             let mut log = log.lock().await;
@@ -595,12 +643,24 @@ async fn push(
             })
             .await;
         match pushed {
-            Ok(()) => {}
+            // The tags name the same image: the first reference's digest is the image's.
+            Ok(pushed) => digest = digest.or(pushed),
             Err(Stopped::Failed(err)) => return Err(err.message),
             Err(Stopped::Cancelled) => return Err("cancelled while pushing".into()),
         }
     }
-    Ok(())
+    Ok(digest)
+}
+
+/// The registry digest `docker push` reports for what it pushed (`TAG: digest: sha256:… size:
+/// N`, the manifest's or index's `Docker-Content-Digest`).
+fn pushed_digest(output: &str) -> Option<String> {
+    output.lines().rev().find_map(|line| {
+        let rest = &line[line.find("digest: ")? + "digest: ".len()..];
+        let digest = rest.split_whitespace().next()?;
+        let hex = digest.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| digest.to_string())
+    })
 }
 
 /// How long a reference's push may be retried (no retry starts later than this after its
@@ -636,10 +696,11 @@ async fn push_once(
     reference: &str,
     log: &mut Log,
     client: Option<&crate::registry::RegistryClient>,
-) -> Result<(), PushFailed> {
+) -> Result<Option<String>, PushFailed> {
     log.line(&format!("=== push {reference}"));
+    // Not `--quiet`: its output leaves out the `digest:` line.
     let out = tokio::process::Command::new("docker")
-        .args(["push", "--quiet", reference])
+        .args(["push", reference])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()
@@ -656,7 +717,7 @@ async fn push_once(
     );
     log.line(text.trim_end());
     if out.status.success() {
-        return Ok(());
+        return Ok(pushed_digest(&text));
     }
     let class = crate::retry::classify_message(&text);
     let retry_after = match (class, client) {
@@ -695,5 +756,23 @@ async fn retry_after_of(
     {
         Ok(_) => None,
         Err(err) => err.retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pushed_digest;
+
+    #[test]
+    fn the_pushed_digest_is_read_from_docker_push_output() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let out = format!(
+            "The push refers to repository [127.0.0.1:5000/team/api]\n\
+             5f70bf18a086: Pushed\n\
+             v1: digest: {digest} size: 527\n"
+        );
+        assert_eq!(pushed_digest(&out), Some(digest));
+        assert_eq!(pushed_digest("v1: digest: sha256:short size: 1"), None);
+        assert_eq!(pushed_digest("127.0.0.1:5000/team/api:v1\n"), None);
     }
 }

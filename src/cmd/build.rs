@@ -36,14 +36,19 @@ pub async fn run(
         .plan
         .services
         .iter()
-        .any(|s| s.service.platforms.len() > 1);
+        .any(|s| s.service.platforms.len() > 1)
+        || settings.options.platforms.len() > 1;
     let backend = Backend::choose(
-        settings.builder,
+        settings.backend,
         settings.buildx_builder.as_deref(),
         multi_platform,
+        &settings.needs_buildx,
         &engine,
     )
     .await?;
+    if let Some(note) = Backend::routing_note(settings.backend, &settings.needs_buildx) {
+        settings.publish.warnings.push(note);
+    }
     let engine_version = engine.docker.version().await.ok().and_then(|v| v.version);
     let remote = RemoteBuilder::find(
         settings.buildx_builder.as_deref(),
@@ -322,6 +327,7 @@ fn add_not_built(
             cached_steps: None,
             total_steps: None,
             image_id: None,
+            digest: None,
             size: None,
             log_path: None,
             dockerfile: service.dockerfile.clone(),

@@ -106,7 +106,7 @@ fn load_needs(
     };
     let mirrors = settings::mirrors(Some(&project), &args.mirrors)?;
     let plan_args = PlanArgs {
-        build_args: args.build_args.clone(),
+        build_args: vec![crate::cli::Lines(args.build_args.clone())],
         tag: None,
         prefix: None,
         durations: None,

@@ -39,6 +39,28 @@ impl fmt::Display for Platform {
     }
 }
 
+impl Platform {
+    /// The platform of this machine (`linux/amd64`, `linux/arm64`, ...), as BuildKit names
+    /// it: the platform of a local engine, so the default `BUILDPLATFORM` and
+    /// `TARGETPLATFORM`.
+    pub fn host() -> Platform {
+        let (architecture, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", None),
+            "aarch64" => ("arm64", None),
+            "arm" => ("arm", Some("v7")),
+            "x86" => ("386", None),
+            "powerpc64" => ("ppc64le", None),
+            "loongarch64" => ("loong64", None),
+            other => (other, None),
+        };
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: variant.map(str::to_string),
+        }
+    }
+}
+
 /// A platform string that is not `os/architecture[/variant]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(

@@ -108,7 +108,12 @@ pub struct ServiceResult {
     /// Steps the builder reported as cached, of all steps (when the builder says).
     pub cached_steps: Option<u32>,
     pub total_steps: Option<u32>,
+    /// The local image ID (the config digest).
     pub image_id: Option<String>,
+    /// After a push: the registry's digest of what was pushed (manifest or index; its
+    /// `Docker-Content-Digest`), as the push reported it.
+    #[serde(default)]
+    pub digest: Option<String>,
     pub size: Option<u64>,
     pub log_path: Option<String>,
     /// The Dockerfile, relative to the workspace.

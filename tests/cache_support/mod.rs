@@ -76,7 +76,7 @@ pub fn require_engine(want: &str) {
 /// A copy of the example in its own namespace, a registry with a counting proxy in front
 /// (the only "Docker Hub" the runs see), and a cache directory.
 pub struct E2e {
-    /// `--builder`: `buildx` unless a test says otherwise.
+    /// `--backend`: `buildx` unless a test says otherwise.
     pub builder: &'static str,
     pub ns: String,
     pub tag: String,
@@ -180,7 +180,7 @@ impl E2e {
             .env_remove("GITHUB_OUTPUT")
             .args([
                 "build-all",
-                "--builder",
+                "--backend",
                 self.builder,
                 "--mirror-first",
                 "--max-retries",

@@ -1,6 +1,8 @@
 //! Step outputs (`GITHUB_OUTPUT`): `report` (path of the JSON report), `succeeded`, `failed`,
 //! `skipped` (counts), `failed-services` (JSON list of names) and `images` (JSON map service →
-//! `{ref, digest}`). Written in the heredoc form `name<<DELIMITER` with a random delimiter that
+//! `{ref, tags, digest, image-id}`: `digest` the registry's digest after a push, `image-id` the
+//! local image ID) and `metadata` (JSON map service → buildx's metadata keys: `image.name`,
+//! `containerimage.digest`, `containerimage.config.digest`). Written in the heredoc form `name<<DELIMITER` with a random delimiter that
 //! does not occur in the value, so no value can end its block early or forge another output.
 
 use std::collections::BTreeMap;
@@ -15,8 +17,32 @@ use crate::report::{Report, ServiceStatus};
 pub struct ImageOutput {
     #[serde(rename = "ref")]
     pub reference: String,
-    /// The image id (`sha256:…`) when the build produced one.
+    /// The extra tags.
+    pub tags: Vec<String>,
+    /// After a push: the registry's digest of the pushed manifest or index (sign and attest
+    /// this one); `null` when nothing was pushed.
     pub digest: Option<String>,
+    /// The local image ID (`sha256:…`), when the build produced one.
+    #[serde(rename = "image-id")]
+    pub image_id: Option<String>,
+}
+
+/// buildx's `--metadata-file` keys for one service (what build-push-action's `metadata` holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Metadata {
+    /// The references, comma-separated.
+    #[serde(rename = "image.name")]
+    pub name: String,
+    #[serde(
+        rename = "containerimage.digest",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub digest: Option<String>,
+    #[serde(
+        rename = "containerimage.config.digest",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub config_digest: Option<String>,
 }
 
 /// The outputs of a run, in a fixed order.
@@ -27,16 +53,36 @@ pub fn outputs(report: &Report, report_path: &str) -> Vec<(String, String)> {
         .filter(|s| s.status == ServiceStatus::Failed)
         .map(|s| s.name.as_str())
         .collect();
-    let images: BTreeMap<&str, ImageOutput> = report
-        .services
-        .iter()
-        .filter(|s| s.status == ServiceStatus::Success)
+    let built = || {
+        report
+            .services
+            .iter()
+            .filter(|s| s.status == ServiceStatus::Success)
+    };
+    let images: BTreeMap<&str, ImageOutput> = built()
         .map(|s| {
             (
                 s.name.as_str(),
                 ImageOutput {
                     reference: s.image.clone(),
-                    digest: s.image_id.clone(),
+                    tags: s.tags.clone(),
+                    digest: s.digest.clone(),
+                    image_id: s.image_id.clone(),
+                },
+            )
+        })
+        .collect();
+    let metadata: BTreeMap<&str, Metadata> = built()
+        .map(|s| {
+            let names: Vec<&str> = std::iter::once(s.image.as_str())
+                .chain(s.tags.iter().map(String::as_str))
+                .collect();
+            (
+                s.name.as_str(),
+                Metadata {
+                    name: names.join(","),
+                    digest: s.digest.clone(),
+                    config_digest: s.image_id.clone(),
                 },
             )
         })
@@ -53,6 +99,10 @@ pub fn outputs(report: &Report, report_path: &str) -> Vec<(String, String)> {
         (
             "images".into(),
             serde_json::to_string(&images).unwrap_or_else(|_| "{}".into()),
+        ),
+        (
+            "metadata".into(),
+            serde_json::to_string(&metadata).unwrap_or_else(|_| "{}".into()),
         ),
     ]
 }

@@ -1,0 +1,303 @@
+//! Build secrets (`RUN --mount=type=secret`), SSH forwarding (`RUN --mount=type=ssh`) and
+//! attestations, as buildx and docker/build-push-action take them. A secret's value is never
+//! put on a command line, in a log, in the report or in a cache key: buildx gets it through
+//! the child's environment (`--secret id=ID,env=VAR`) or the file it names.
+
+use std::path::PathBuf;
+
+/// Where a secret's value comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable of this process.
+    Env(String),
+    /// A file.
+    File(PathBuf),
+    /// The value itself (the action's `secrets` input).
+    Value(String),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(var) => write!(f, "Env({var:?})"),
+            SecretSource::File(path) => write!(f, "File({path:?})"),
+            SecretSource::Value(_) => f.write_str("Value(<hidden>)"),
+        }
+    }
+}
+
+/// One build secret: its id (what `--mount=type=secret,id=ID` names) and its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    pub id: String,
+    pub source: SecretSource,
+}
+
+impl SecretSpec {
+    /// buildx's `--secret` syntax: `id=ID[,env=VAR|,src=PATH][,type=env|file]` (`source=` is
+    /// `src=`); `id=ID` alone (or with `type=env`) reads the environment variable ID, with
+    /// `type=file` the file ID.
+    pub fn parse_buildx(text: &str) -> Result<SecretSpec, String> {
+        let (mut id, mut env, mut src, mut kind) = (None, None, None, None);
+        for field in text.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| format!("{field:?} is not KEY=VALUE"))?;
+            match key.to_ascii_lowercase().as_str() {
+                "id" => id = Some(value.to_string()),
+                "env" => env = Some(value.to_string()),
+                "src" | "source" => src = Some(value.to_string()),
+                "type" => match value {
+                    "env" | "file" => kind = Some(value.to_string()),
+                    _ => return Err(format!("type={value}: expected type=env or type=file")),
+                },
+                _ => {
+                    return Err(format!(
+                        "unknown field {key:?}; expected id=, env=, src= or type="
+                    ));
+                }
+            }
+        }
+        let id = match id {
+            Some(id) => id,
+            // buildx: without id=, the id is the file's or variable's name.
+            None => src
+                .as_deref()
+                .map(|s| {
+                    std::path::Path::new(s)
+                        .file_name()
+                        .map_or(s.to_string(), |n| n.to_string_lossy().into_owned())
+                })
+                .or_else(|| env.clone())
+                .ok_or("expected id=ID")?,
+        };
+        check_id(&id)?;
+        let source = match (env, src, kind.as_deref()) {
+            (Some(_), Some(_), _) => return Err("give env= or src=, not both".into()),
+            (Some(var), None, None | Some("env")) => SecretSource::Env(var),
+            (None, Some(path), None | Some("file")) => SecretSource::File(PathBuf::from(path)),
+            (None, None, None | Some("env")) => SecretSource::Env(id.clone()),
+            (None, None, Some(_)) => SecretSource::File(PathBuf::from(&id)),
+            (Some(_), None, Some(_)) => return Err("env= goes with type=env".into()),
+            (None, Some(_), Some(_)) => return Err("src= goes with type=file".into()),
+        };
+        Ok(SecretSpec { id, source })
+    }
+
+    /// `ID=VALUE` (the `secrets` input), `ID=VAR` (`secret-envs`), `ID=PATH` (`secret-files`).
+    pub fn parse_pair(text: &str, kind: PairKind) -> Result<SecretSpec, String> {
+        let text = text.trim_end_matches('\r');
+        let (id, rest) = text
+            .split_once('=')
+            .ok_or_else(|| format!("expected {}", kind.syntax()))?;
+        let id = id.trim();
+        check_id(id)?;
+        let source = match kind {
+            PairKind::Value => SecretSource::Value(rest.to_string()),
+            PairKind::Env => SecretSource::Env(rest.trim().to_string()),
+            PairKind::File => SecretSource::File(PathBuf::from(rest.trim())),
+        };
+        if matches!(&source, SecretSource::Env(v) if v.is_empty())
+            || matches!(&source, SecretSource::File(p) if p.as_os_str().is_empty())
+        {
+            return Err(format!("expected {}", kind.syntax()));
+        }
+        Ok(SecretSpec {
+            id: id.to_string(),
+            source,
+        })
+    }
+}
+
+/// Which of the action's secret inputs a line comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairKind {
+    Value,
+    Env,
+    File,
+}
+
+impl PairKind {
+    fn syntax(self) -> &'static str {
+        match self {
+            PairKind::Value => "ID=VALUE",
+            PairKind::Env => "ID=VARIABLE",
+            PairKind::File => "ID=PATH",
+        }
+    }
+}
+
+fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.contains(char::is_whitespace) || id.contains(',') {
+        return Err(format!(
+            "secret id {id:?}: must be non-empty, without spaces or commas"
+        ));
+    }
+    Ok(())
+}
+
+/// A secret checked before the run: its value read (to be masked), its file made absolute.
+#[derive(Clone)]
+pub struct Secret {
+    pub id: String,
+    /// How buildx gets it.
+    pub source: SecretSource,
+    /// The value, for masking (`None` for a file that is not text).
+    pub value: Option<String>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("id", &self.id)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Secret {
+    /// Reads the secret's value now, so that a missing variable or file stops the run before
+    /// any work, and its value can be masked. `base` makes relative files absolute.
+    pub fn resolve(spec: &SecretSpec, base: &std::path::Path) -> Result<Secret, String> {
+        let (source, value) = match &spec.source {
+            SecretSource::Env(var) => {
+                let value = std::env::var(var).map_err(|_| {
+                    format!("the environment variable {var} is not set (or not UTF-8)")
+                })?;
+                (spec.source.clone(), Some(value))
+            }
+            SecretSource::File(path) => {
+                let path = base.join(path);
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                (SecretSource::File(path), String::from_utf8(bytes).ok())
+            }
+            SecretSource::Value(value) => (spec.source.clone(), Some(value.clone())),
+        };
+        Ok(Secret {
+            id: spec.id.clone(),
+            source,
+            value,
+        })
+    }
+
+    /// The strings to mask: each non-blank line of the value.
+    pub fn mask_lines(&self) -> Vec<String> {
+        self.value
+            .iter()
+            .flat_map(|v| v.lines())
+            .map(str::trim)
+            .filter(|l| l.len() >= 2)
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// buildx's `--ssh` syntax: `default` or `ID[=PATH[,PATH...]]`.
+pub fn check_ssh(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let id = text.split_once('=').map_or(text, |(id, _)| id);
+    if id.is_empty() || id.contains(char::is_whitespace) || id.contains(',') {
+        return Err("expected `default` or ID=PATH[,PATH]".into());
+    }
+    if let Some((_, paths)) = text.split_once('=')
+        && paths.split(',').any(|p| p.trim().is_empty())
+    {
+        return Err("expected `default` or ID=PATH[,PATH]".into());
+    }
+    Ok(text.to_string())
+}
+
+/// buildx's `--provenance`/`--sbom` values: `true`, `false`, `1`, `0`, or `KEY=VALUE,...`.
+pub fn check_attestation(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let ok = matches!(
+        text.to_ascii_lowercase().as_str(),
+        "true" | "false" | "1" | "0"
+    ) || (!text.is_empty()
+        && text
+            .split(',')
+            .all(|f| f.split_once('=').is_some_and(|(k, _)| !k.trim().is_empty())));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err("expected true, false, or KEY=VALUE[,KEY=VALUE] (e.g. mode=max)".into())
+    }
+}
+
+/// Whether an attestation value turns it on.
+pub fn attestation_on(text: &str) -> bool {
+    !matches!(text.to_ascii_lowercase().as_str(), "false" | "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buildx_secret_syntax() {
+        assert_eq!(
+            SecretSpec::parse_buildx("id=tok,env=MY_TOKEN").unwrap(),
+            SecretSpec {
+                id: "tok".into(),
+                source: SecretSource::Env("MY_TOKEN".into())
+            }
+        );
+        assert_eq!(
+            SecretSpec::parse_buildx("id=npmrc,src=.npmrc")
+                .unwrap()
+                .source,
+            SecretSource::File(".npmrc".into())
+        );
+        assert_eq!(
+            SecretSpec::parse_buildx("id=TOKEN").unwrap().source,
+            SecretSource::Env("TOKEN".into())
+        );
+        assert_eq!(
+            SecretSpec::parse_buildx("src=/run/keys/aws").unwrap().id,
+            "aws"
+        );
+        assert_eq!(
+            SecretSpec::parse_buildx("id=a,type=file").unwrap().source,
+            SecretSource::File("a".into())
+        );
+        assert!(SecretSpec::parse_buildx("id=a,env=X,src=y").is_err());
+        assert!(SecretSpec::parse_buildx("id=a,value=x").is_err());
+        assert!(SecretSpec::parse_buildx("").is_err());
+        assert!(SecretSpec::parse_buildx("id=a b").is_err());
+    }
+
+    #[test]
+    fn input_pairs_keep_the_value_after_the_first_equals_and_hide_it() {
+        let s = SecretSpec::parse_pair("tok=a=b c", PairKind::Value).unwrap();
+        assert_eq!(s.source, SecretSource::Value("a=b c".into()));
+        assert!(!format!("{s:?}").contains("a=b"));
+        assert!(SecretSpec::parse_pair("novalue", PairKind::Value).is_err());
+        assert!(SecretSpec::parse_pair("x=", PairKind::Env).is_err());
+        assert_eq!(
+            SecretSpec::parse_pair("x=VAR", PairKind::Env)
+                .unwrap()
+                .source,
+            SecretSource::Env("VAR".into())
+        );
+    }
+
+    #[test]
+    fn ssh_and_attestation_values() {
+        assert!(check_ssh("default").is_ok());
+        assert!(check_ssh("github=/home/u/.ssh/id_ed25519").is_ok());
+        assert!(check_ssh("x=").is_err());
+        assert!(check_ssh("").is_err());
+        for ok in [
+            "true",
+            "false",
+            "mode=max",
+            "mode=min,inline-only=true",
+            "0",
+        ] {
+            assert!(check_attestation(ok).is_ok(), "{ok}");
+        }
+        assert!(check_attestation("maybe").is_err());
+        assert!(attestation_on("mode=max") && !attestation_on("false"));
+    }
+}

@@ -1073,12 +1073,13 @@ async fn issue17_pr_comment_only_ours_is_updated() {
             "PATCH /repos/acme/shop/issues/comments/1001",
         ]
     );
-    let st = fake.state.lock().unwrap();
-    assert_eq!(st.comments[0], planted(1, "mallory"));
-    assert_eq!(st.comments[1]["body"], format!("{marker}\nsecond"));
-    assert_eq!(st.comments[1]["user"]["login"], "github-actions[bot]");
+    {
+        let st = fake.state.lock().unwrap();
+        assert_eq!(st.comments[0], planted(1, "mallory"));
+        assert_eq!(st.comments[1]["body"], format!("{marker}\nsecond"));
+        assert_eq!(st.comments[1]["user"]["login"], "github-actions[bot]");
+    }
     assert!(gh.warnings().is_empty(), "{:?}", gh.warnings());
-    drop(st);
 
     // A personal token: the bot's comment (another workflow's) is not ours either.
     let fake = FakeGitHub::start().await;

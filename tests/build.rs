@@ -481,3 +481,35 @@ async fn issue17_push_retry_honours_retry_after() {
         .args(["rmi", "-f", &format!("{prefix}api:{}", project.tag)])
         .output();
 }
+
+/// A RUN whose program prints network words itself ("connection refused", as a failing test
+/// does) and exits 1 failed on its own: run-failed, not retried, with either builder.
+#[tokio::test]
+async fn issue17_a_runs_own_connection_refused_is_not_retried() {
+    let project = Project::empty().await;
+    project.push_bases(&[("library/ubuntu", "22.04")]).await;
+    project.write(
+        "tests/Dockerfile",
+        "FROM ubuntu:22.04\nRUN echo 'test_api: dial tcp 127.0.0.1:5432: connect: connection refused' && echo 'read: connection reset by peer' && exit 1\n",
+    );
+    for backend in BACKENDS {
+        let out = project.run(&[
+            "build-all",
+            "--builder",
+            backend,
+            "--build-retries",
+            "2",
+            "--force",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{backend}: {}", text(&out));
+        let report = project.report();
+        let s = service(&report, "tests");
+        assert_eq!(s["status"], "failed", "{backend}: {s:#}");
+        assert_eq!(s["failure"]["class"], "run-failed", "{backend}: {s:#}");
+        assert_eq!(s["attempts"], 1, "{backend}: {s:#}");
+        assert_eq!(report["network"]["build_retries"], 0, "{backend}");
+        let log = std::fs::read_to_string(s["log_path"].as_str().unwrap()).unwrap();
+        assert!(log.contains("connection refused"), "{backend}: {log}");
+        project.remove_built_images();
+    }
+}

@@ -607,3 +607,65 @@ async fn issue17_setup_warnings_respect_the_annotation_cap() {
         }
     }
 }
+
+/// `prefetch` as its own step in Actions publishes as `build-all` does: step summary,
+/// outputs, an annotation at the missing image's FROM line, the diagnosis and the JSON report.
+#[tokio::test]
+async fn issue17_prefetch_step_publishes_in_actions() {
+    let bed = TestBed::start(|o| o).await.unwrap();
+    let base = testbed::unique_name("i17-pfa");
+    let _pulled = testbed::RemoveImagesOnDrop(vec![base.clone()]);
+    let pushed = push(&bed, &base, 1024).await;
+    let present = pushed.reference_via(&bed.registry.host());
+    let missing = format!("{}/library/{base}-absent:1.0", bed.registry.host());
+    let proj = Proj::new(
+        "i17-pfa",
+        &[
+            ("fine", format!("FROM {present}\nRUN true\n")),
+            ("lost", format!("# a comment\nFROM {missing}\nRUN true\n")),
+        ],
+    );
+    let summary = proj.path().join("summary.md");
+    let outputs = proj.path().join("outputs.txt");
+    let out = proj
+        .command(&["prefetch", "--max-retries", "0"])
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_WORKSPACE", proj.path())
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .env("GITHUB_OUTPUT", &outputs)
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{all}");
+    // Its own table is still printed, once.
+    assert_eq!(
+        all.matches("Base images: 1/2 available").count(),
+        1,
+        "{all}"
+    );
+    let summary = std::fs::read_to_string(&summary).expect("a step summary");
+    assert!(summary.contains(&missing), "{summary}");
+    let outputs = std::fs::read_to_string(&outputs).expect("step outputs");
+    assert!(!outputs.trim().is_empty(), "{outputs}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let at_from = stdout.lines().any(|l| {
+        (l.starts_with("::warning ") || l.starts_with("::error "))
+            && l.contains("file=lost/Dockerfile,line=2")
+    });
+    assert!(at_from, "no annotation at lost/Dockerfile:2:\n{stdout}");
+    let report = proj.report();
+    assert_eq!(report["run"]["command"], "prefetch", "{report:#}");
+    assert_eq!(report["totals"]["base_images_missing"], 1, "{report:#}");
+    assert_eq!(report["totals"]["services"], 0, "{report:#}");
+    // The diagnosis (the image does not exist on the registry) is in the summary too.
+    let root = report["diagnosis"]["root_cause"]
+        .as_str()
+        .expect("a diagnosis");
+    assert!(root.contains("does not exist"), "{root}");
+    assert!(summary.contains("Diagnosis"), "{summary}");
+    // Outside Actions: no report file, no summary; the table alone.
+    std::fs::remove_dir_all(proj.path().join(".ai-infra-build")).unwrap();
+    let out = proj.run(&["prefetch", "--max-retries", "0"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(!proj.path().join(".ai-infra-build").exists());
+}

@@ -59,6 +59,9 @@ struct State {
     next_id: u64,
     faults: Vec<Fault>,
     forbidden: bool,
+    /// `GET /user`'s login (a personal token); `None`: 403, as for a `GITHUB_TOKEN`, whose
+    /// comments are by `github-actions[bot]`.
+    login: Option<String>,
 }
 
 struct FakeGitHub {
@@ -200,6 +203,15 @@ async fn handle(
         return reply(f.status, json!({"message": "injected"}));
     }
     // Routes, with any base path (GHES: /api/v3) in front.
+    if method == "GET" && path.ends_with("/user") {
+        return match &st.login {
+            Some(login) => reply(200, json!({"login": login})),
+            None => reply(
+                403,
+                json!({"message": "Resource not accessible by integration"}),
+            ),
+        };
+    }
     let Some(at) = path.find("/repos/acme/shop/") else {
         return reply(404, json!({"message": "Not Found"}));
     };
@@ -267,7 +279,8 @@ async fn handle(
         ("POST", ["issues", _pr, "comments"]) => {
             let id = 1000 + st.next_id;
             st.next_id += 1;
-            let c = json!({"id": id, "body": body["body"]});
+            let login = st.login.clone().unwrap_or("github-actions[bot]".into());
+            let c = json!({"id": id, "body": body["body"], "user": {"login": login}});
             st.comments.push(c.clone());
             (201, c)
         }
@@ -442,6 +455,7 @@ async fn the_pr_comment_is_created_once_then_updated_in_place() {
     assert_eq!(
         lines,
         [
+            "GET /user",
             "GET /repos/acme/shop/issues/7/comments",
             "GET /repos/acme/shop/issues/7/comments",
             "POST /repos/acme/shop/issues/7/comments",
@@ -450,7 +464,7 @@ async fn the_pr_comment_is_created_once_then_updated_in_place() {
             "PATCH /repos/acme/shop/issues/comments/1001",
         ]
     );
-    let r = fake.requests();
+    let r = &fake.requests()[1..];
     assert_eq!(
         (r[0].query["page"].as_str(), r[1].query["page"].as_str()),
         ("1", "2")
@@ -507,6 +521,7 @@ async fn the_ghes_base_url_is_used_for_every_call() {
         [
             "POST /api/v3/repos/acme/shop/check-runs",
             "PATCH /api/v3/repos/acme/shop/check-runs/1",
+            "GET /api/v3/user",
             "GET /api/v3/repos/acme/shop/issues/3/comments",
             "POST /api/v3/repos/acme/shop/issues/3/comments",
         ]
@@ -615,6 +630,7 @@ async fn a_comment_whose_answer_was_lost_is_not_posted_twice() {
     assert_eq!(
         fake.lines(),
         [
+            "GET /user",
             "GET /repos/acme/shop/issues/9/comments",
             "POST /repos/acme/shop/issues/9/comments",
             "GET /repos/acme/shop/issues/9/comments",
@@ -1032,4 +1048,62 @@ fn debug_output_of_the_context_hides_secrets_and_the_token() {
         !shown.contains("pa55word") && !shown.contains("ghs_secret"),
         "{shown}"
     );
+}
+
+/// Only our comment is updated: it has the marker and was written by the token's identity
+/// (`github-actions[bot]` for a `GITHUB_TOKEN`, `GET /user`'s login for a personal token,
+/// asked once). A comment with the marker by anyone else is left alone.
+#[tokio::test]
+async fn issue17_pr_comment_only_ours_is_updated() {
+    let marker = ai_infra_build::report::summary::COMMENT_MARKER;
+    let planted = |id: u64, login: &str| json!({"id": id, "body": format!("{marker}\nplanted by {login}"), "user": {"login": login}});
+    // A GITHUB_TOKEN (GET /user is refused): someone else's marker is not ours, the bot's is.
+    let fake = FakeGitHub::start().await;
+    fake.state.lock().unwrap().comments = vec![planted(1, "mallory")];
+    let gh = GitHub::new("tok", target(fake.url(""), Some(5)), fast()).unwrap();
+    gh.upsert_comment(&format!("{marker}\nfirst")).await;
+    gh.upsert_comment(&format!("{marker}\nsecond")).await;
+    assert_eq!(
+        fake.lines(),
+        [
+            "GET /user",
+            "GET /repos/acme/shop/issues/5/comments",
+            "POST /repos/acme/shop/issues/5/comments",
+            "GET /repos/acme/shop/issues/5/comments",
+            "PATCH /repos/acme/shop/issues/comments/1001",
+        ]
+    );
+    {
+        let st = fake.state.lock().unwrap();
+        assert_eq!(st.comments[0], planted(1, "mallory"));
+        assert_eq!(st.comments[1]["body"], format!("{marker}\nsecond"));
+        assert_eq!(st.comments[1]["user"]["login"], "github-actions[bot]");
+    }
+    assert!(gh.warnings().is_empty(), "{:?}", gh.warnings());
+
+    // A personal token: the bot's comment (another workflow's) is not ours either.
+    let fake = FakeGitHub::start().await;
+    {
+        let mut st = fake.state.lock().unwrap();
+        st.login = Some("octo-dev".into());
+        st.comments = vec![planted(1, "github-actions[bot]"), planted(2, "mallory")];
+    }
+    let gh = GitHub::new("ghp_x", target(fake.url(""), Some(6)), fast()).unwrap();
+    gh.upsert_comment(&format!("{marker}\nfirst")).await;
+    gh.upsert_comment(&format!("{marker}\nsecond")).await;
+    assert_eq!(
+        fake.lines(),
+        [
+            "GET /user",
+            "GET /repos/acme/shop/issues/6/comments",
+            "POST /repos/acme/shop/issues/6/comments",
+            "GET /repos/acme/shop/issues/6/comments",
+            "PATCH /repos/acme/shop/issues/comments/1001",
+        ]
+    );
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.comments[0], planted(1, "github-actions[bot]"));
+    assert_eq!(st.comments[1], planted(2, "mallory"));
+    assert_eq!(st.comments[2]["body"], format!("{marker}\nsecond"));
+    assert_eq!(st.comments[2]["user"]["login"], "octo-dev");
 }

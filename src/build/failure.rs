@@ -31,8 +31,8 @@ impl BuildFailureClass {
     }
 }
 
-/// Messages that mean the network failed inside a build: registry resolution by BuildKit or
-/// the classic builder, and the download errors of apt, apk, pip, curl and wget. Lowercase.
+/// Messages that mean the network failed inside a build, in the builder's (BuildKit's or the
+/// daemon's) own error: registry resolution, token fetches, transport errors. Lowercase.
 const NETWORK_FRAGMENTS: &[&str] = &[
     "failed to resolve reference",
     "failed to do request",
@@ -44,18 +44,26 @@ const NETWORK_FRAGMENTS: &[&str] = &[
     "connection reset by peer",
     "connection refused",
     "unexpected eof",
-    "temporary failure resolving",
     "temporary failure in name resolution",
+    "toomanyrequests",
+    "429 too many requests",
+    "503 service unavailable",
+    "502 bad gateway",
+    "504 gateway timeout",
+    ": eof",
+];
+
+/// A download tool's own report of a network failure, as apt, apk, pip, curl and wget print
+/// it: the one kind of a RUN's output that makes its failure transient. (Bare phrases such as
+/// "connection refused" are not: a test the RUN runs may print them.) Lowercase.
+const DOWNLOAD_TOOL_FRAGMENTS: &[&str] = &[
+    "w: failed to fetch http",
+    "e: failed to fetch http",
+    "temporary failure resolving",
     "could not resolve host",
-    "could not resolve '",
-    "failed to fetch http",
-    "unable to connect to",
     "temporary error (try again later)",
-    "network error",
     "readtimeouterror",
     "newconnectionerror",
-    "connection broken",
-    "remotedisconnected",
     "curl: (6)",
     "curl: (7)",
     "curl: (28)",
@@ -65,15 +73,20 @@ const NETWORK_FRAGMENTS: &[&str] = &[
     "wget: error getting response",
     "wget: can't connect to remote host",
     "wget: bad address",
-    "toomanyrequests",
-    "429 too many requests",
-    "503 service unavailable",
-    "502 bad gateway",
-    "504 gateway timeout",
-    ": eof",
 ];
 
-/// Classifies a failed build from its error message and the last lines of its log.
+/// Whether the builder says a RUN's process exited non-zero (its error then quotes the
+/// command, which is the Dockerfile's text, not the builder's).
+fn is_run_failure(lower: &str) -> bool {
+    lower.contains("returned a non-zero code")
+        || lower.contains("exit code:")
+        || lower.contains("did not complete successfully")
+}
+
+/// Classifies a failed build from the builder's error message and the last lines of its log.
+/// The builder's error decides; a RUN that exited non-zero is a network failure only when a
+/// download tool reported one in the log's last lines ([`DOWNLOAD_TOOL_FRAGMENTS`]), never
+/// from what else the program printed, nor from its command text.
 pub fn classify(error: &str, log_tail: &[String]) -> (BuildFailureClass, Option<ErrorClass>) {
     let lower = error.to_ascii_lowercase();
     if lower.contains("dockerfile parse error")
@@ -85,30 +98,36 @@ pub fn classify(error: &str, log_tail: &[String]) -> (BuildFailureClass, Option<
     if lower.contains("no progress for") {
         return (BuildFailureClass::Stalled, Some(ErrorClass::Stalled));
     }
-    let tail = log_tail
-        .iter()
-        .rev()
-        .take(30)
-        .map(|l| l.to_ascii_lowercase())
-        .collect::<Vec<_>>()
-        .join("\n");
-    let haystack = format!("{lower}\n{tail}");
-    if NETWORK_FRAGMENTS.iter().any(|f| haystack.contains(f)) {
-        let class = crate::retry::classify_message(&haystack);
-        return (
+    let network = |haystack: &str| {
+        let class = crate::retry::classify_message(haystack);
+        (
             BuildFailureClass::Network,
             Some(if class == ErrorClass::Other {
                 ErrorClass::Eof
             } else {
                 class
             }),
-        );
-    }
-    if lower.contains("returned a non-zero code")
-        || lower.contains("exit code:")
-        || lower.contains("did not complete successfully")
-    {
+        )
+    };
+    if is_run_failure(&lower) {
+        let tail = log_tail
+            .iter()
+            .rev()
+            .take(30)
+            .map(|l| l.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join("\n");
+        if DOWNLOAD_TOOL_FRAGMENTS.iter().any(|f| tail.contains(f)) {
+            return network(&tail);
+        }
         return (BuildFailureClass::RunFailed, None);
+    }
+    if NETWORK_FRAGMENTS
+        .iter()
+        .chain(DOWNLOAD_TOOL_FRAGMENTS)
+        .any(|f| lower.contains(f))
+    {
+        return network(&lower);
     }
     if lower.contains("not found")
         || lower.contains("no such file")
@@ -414,5 +433,29 @@ mod tests {
             &[],
         );
         assert_eq!(class, BuildFailureClass::Input);
+    }
+
+    #[test]
+    fn issue17_a_programs_own_network_words_do_not_make_a_network_failure() {
+        // BuildKit quotes the command; the program printed the words itself.
+        for err in [
+            "process \"/bin/sh -c echo 'dial tcp: connection refused' && exit 1\" did not complete successfully: exit code: 1",
+            "The command '/bin/sh -c ./run-tests' returned a non-zero code: 1",
+        ] {
+            let log = lines(&[
+                "test_db ... FAILED: connection refused",
+                "i/o timeout: unexpected EOF",
+                "network error",
+            ]);
+            let (class, net) = classify(err, &log);
+            assert_eq!(class, BuildFailureClass::RunFailed, "{err}");
+            assert_eq!(net, None);
+        }
+        // The builder's own transport error still is one.
+        let (class, _) = classify(
+            "failed to solve: failed to copy: read tcp 127.0.0.1:1->127.0.0.1:2: read: connection reset by peer",
+            &[],
+        );
+        assert_eq!(class, BuildFailureClass::Network);
     }
 }

@@ -1,6 +1,7 @@
 //! `prefetch`: pulls every base image the services' Dockerfiles name, concurrently, with
 //! retries and mirror fall-back, and shows each image's result.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::actions_env::ActionsEnv;
@@ -8,8 +9,10 @@ use crate::cli::{GlobalArgs, PrefetchArgs};
 use crate::engine::Engine;
 use crate::error::{Error, Exit};
 use crate::prefetch::{self, ImageStatus, PrefetchReport};
+use crate::report::progress::Progress;
+use crate::report::{PublishContext, Publisher, Report, RunMeta};
 use crate::settings::{PrefetchSettings, Workspace};
-use crate::ui::{OutputFormat, Ui};
+use crate::ui::{OutputFormat, Sink, Ui};
 
 pub async fn run(
     global: &GlobalArgs,
@@ -17,6 +20,8 @@ pub async fn run(
     ui: &Ui,
     actions: ActionsEnv,
 ) -> Result<Exit, Error> {
+    let started = std::time::Instant::now();
+    let started_at = crate::clock::rfc3339_ms(crate::clock::now_ms());
     let ws = Workspace::load(global, &args.plan, actions)?;
     let settings = PrefetchSettings::resolve(args, &ws.project)?;
     let options = &settings.options;
@@ -49,10 +54,72 @@ pub async fn run(
         OutputFormat::Json => ui.json(&report),
         OutputFormat::Human => ui.result(&render(&report, ui)),
     }
+    if ws.actions.in_actions {
+        publish_in_actions(&ws, &report, started, started_at, ui).await?;
+    }
     Ok(match report.failed().count() {
         0 => Exit::Success,
         _ => Exit::ImagesMissing,
     })
+}
+
+/// In Actions, a `prefetch` step publishes as `build-all` does: step summary, outputs,
+/// annotations at the FROM lines, diagnosis and the JSON report (in `INPUT_OUT_DIR`, else
+/// `.ai-infra-build`), from a report with no services. Its result (table or JSON) was
+/// already printed above, so the publisher's own result is left out.
+async fn publish_in_actions(
+    ws: &Workspace,
+    prefetch: &PrefetchReport,
+    started: std::time::Instant,
+    started_at: String,
+    ui: &Ui,
+) -> Result<(), Error> {
+    let out_dir = std::env::var_os("INPUT_OUT_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| ".ai-infra-build".into(), std::path::PathBuf::from);
+    let out_dir = std::path::absolute(&out_dir).unwrap_or(out_dir);
+    let ctx = PublishContext::new(
+        out_dir,
+        ws.project.root.clone(),
+        Vec::new(),
+        None,
+        ws.actions.clone(),
+    );
+    let run = RunMeta {
+        started_at,
+        duration_ms: started.elapsed().as_millis() as u64,
+        command: "prefetch".into(),
+        builder: String::new(),
+        engine_version: None,
+        pull_via: Some(prefetch.via.to_string()),
+        repository: ws.actions.repository.clone(),
+        commit: ws.actions.sha.clone(),
+        workflow_run: ws.actions.run_id.clone(),
+        shard: None,
+        interrupted: false,
+    };
+    let report = Report::new(run, Some(prefetch), Vec::new(), Vec::new());
+    let sink: Arc<dyn Sink> = Arc::new(NoResult(ui.sink.clone()));
+    Publisher::start_with(ctx, ui, sink, Progress::hidden())
+        .finish(&report)
+        .await?;
+    Ok(())
+}
+
+/// Passes notes and workflow commands on, drops the result stream.
+struct NoResult(Arc<dyn Sink>);
+
+impl Sink for NoResult {
+    fn out(&self, _: &str) {}
+    fn err(&self, text: &str) {
+        self.0.err(text);
+    }
+    fn command_out(&self, text: &str) {
+        self.0.command_out(text);
+    }
+    fn command_err(&self, text: &str) {
+        self.0.command_err(text);
+    }
 }
 
 /// A prefetch that could not start (the pull relay cannot listen on 127.0.0.1, the registry

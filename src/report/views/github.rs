@@ -391,7 +391,12 @@ pub struct GitHub {
     forbidden: AtomicBool,
     limit_warned: AtomicBool,
     warnings: Mutex<Vec<String>>,
+    /// The login the token acts as (see [`GitHub::login`]), asked once.
+    login: tokio::sync::OnceCell<String>,
 }
+
+/// Who comments with a workflow's `GITHUB_TOKEN` (which may not ask `GET /user`).
+pub const ACTIONS_BOT: &str = "github-actions[bot]";
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -423,6 +428,7 @@ impl GitHub {
             settings,
             check_runs: tokio::sync::Mutex::new(HashMap::new()),
             forbidden: AtomicBool::new(false),
+            login: tokio::sync::OnceCell::new(),
             limit_warned: AtomicBool::new(false),
             warnings: Mutex::new(Vec::new()),
         })
@@ -707,8 +713,26 @@ impl GitHub {
         .await
     }
 
-    /// The id of our comment on the pull request, if there is one.
+    /// The login our comments are written by: `GET /user`'s for a personal token, else (an
+    /// app's installation token such as `GITHUB_TOKEN` may not ask) [`ACTIONS_BOT`]. Asked
+    /// once per client.
+    async fn login(&self) -> &str {
+        self.login
+            .get_or_init(|| async {
+                self.call_idempotent("GET", "/user", &[], None)
+                    .await
+                    .ok()
+                    .and_then(|u| u.get("login").and_then(Value::as_str).map(str::to_string))
+                    .unwrap_or_else(|| ACTIONS_BOT.to_string())
+            })
+            .await
+    }
+
+    /// The id of our comment on the pull request, if there is one: it carries the marker
+    /// and was written by us ([`GitHub::login`]). A comment with the marker by anyone else
+    /// (quoted, or planted) is never updated.
     async fn find_comment(&self, pr: u64) -> Result<Option<u64>, ApiError> {
+        let login = self.login().await;
         let route = self.repo_route(&format!("/issues/{pr}/comments"));
         // Bounded: 30 pages of 100 comments.
         for page in 1..=30u32 {
@@ -720,7 +744,8 @@ impl GitHub {
                 .find(|c| {
                     c.get("body")
                         .and_then(Value::as_str)
-                        .is_some_and(|b| b.contains(summary::COMMENT_MARKER))
+                        .is_some_and(|b| b.starts_with(summary::COMMENT_MARKER))
+                        && c.pointer("/user/login").and_then(Value::as_str) == Some(login)
                 })
                 .and_then(|c| c.get("id"))
                 .and_then(Value::as_u64)

@@ -147,6 +147,38 @@ pub struct CacheDir {
     pub max_size: u64,
 }
 
+/// The docker CLI's credentials (`$DOCKER_CONFIG/config.json`, default `~/.docker`).
+fn load_credentials() -> Result<crate::auth::Credentials, Error> {
+    crate::auth::Credentials::from_env().map_err(|err| Error::Input {
+        input: "docker credentials".to_string(),
+        reason: format!("{err}; {}", err.help()),
+    })
+}
+
+/// Reads the credentials of every registry the plan pulls from (mirrors included) before
+/// any work, so that every secret is known (and masked) from the start; the secrets read.
+pub fn read_credentials(options: &PrefetchOptions, plan: &Plan) -> Result<Vec<String>, Error> {
+    let mut hosts: BTreeSet<String> = BTreeSet::new();
+    for need in &plan.base_images {
+        let registry = need.reference.registry_host();
+        hosts.insert(registry.clone());
+        let domain = need.reference.domain.clone();
+        for source in options.mirrors.for_registry(&domain) {
+            hosts.insert(source.endpoint.host.clone());
+        }
+    }
+    for host in &hosts {
+        options
+            .credentials
+            .lookup(host)
+            .map_err(|err| Error::Input {
+                input: format!("credentials for {host}"),
+                reason: format!("{err}; {}", err.help()),
+            })?;
+    }
+    Ok(options.credentials.secrets())
+}
+
 /// How base images are had.
 #[derive(Debug)]
 pub struct PrefetchSettings {
@@ -182,6 +214,7 @@ impl PrefetchSettings {
             health: cache.as_ref().map(|c| {
                 std::sync::Arc::new(crate::health::HealthStore::load(&c.dir).unwrap_or_default())
             }),
+            credentials: std::sync::Arc::new(load_credentials()?),
         };
         Ok(PrefetchSettings {
             options,
@@ -233,10 +266,11 @@ impl BuildSettings {
             prefetch.options.pull = PullPolicy::Always;
         }
         let out_dir = std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone());
+        let secrets = read_credentials(&prefetch.options, plan)?;
         let mut publish = PublishContext::new(
             out_dir.clone(),
             ws.project.root.clone(),
-            Vec::new(),
+            secrets,
             args.github_token.clone(),
             ws.actions.clone(),
         );

@@ -753,6 +753,7 @@ fn all_error_classes() -> Vec<ErrorClass> {
         NameUnknown,
         Unauthorized,
         Denied,
+        AuthRejected,
         InvalidReference,
         NoMatchingPlatform,
         DnsNotFound,
@@ -763,8 +764,8 @@ fn all_error_classes() -> Vec<ErrorClass> {
         match c {
             Eof | ConnectionReset | ConnectionRefused | Timeout | Stalled | DnsTemporary
             | RateLimited | ServerError | RequestTimeout | TokenFetch | ManifestUnknown
-            | NameUnknown | Unauthorized | Denied | InvalidReference | NoMatchingPlatform
-            | DnsNotFound | Other => {}
+            | NameUnknown | Unauthorized | Denied | AuthRejected | InvalidReference
+            | NoMatchingPlatform | DnsNotFound | Other => {}
         }
     }
     all

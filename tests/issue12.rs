@@ -1,0 +1,379 @@
+//! Issue 12 (private registries), acceptance: the real binary, the real Docker daemon, a real
+//! registry behind the fault proxy whose token endpoint demands credentials, and the docker
+//! CLI's own `docker login` into a throwaway `DOCKER_CONFIG`.
+//!
+//! Every test pushes its own images under unique names and removes what it pulled.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ai_infra_build::auth::{Credentials, Origin, Secret};
+use anyhow::Context;
+use serde_json::Value;
+use testbed::images::{ImageSpec, PushedImage, push_image};
+use testbed::proxy::ProxyCredentials;
+use testbed::{RemoveImagesOnDrop, TestBed, unique_name};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ai-infra-build");
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+const USER: &str = "alice";
+
+/// A password no other text in a run could contain by chance.
+fn password() -> String {
+    unique_name("pw-s3cret")
+}
+
+/// A registry whose `private/` repositories need `USER`/`password`.
+async fn private_bed(password: &str) -> anyhow::Result<TestBed> {
+    TestBed::start(|o| {
+        o.with_credentials(ProxyCredentials::new(USER, password).private(&["private/"]))
+    })
+    .await
+}
+
+/// `docker login HOST` (the real CLI and daemon) into `config`.
+fn docker_login(config: &Path, host: &str, password: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new("docker")
+        .args(["login", host, "--username", USER, "--password-stdin"])
+        .env("DOCKER_CONFIG", config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A project with one service per image, each `FROM` it.
+fn project(images: &[String]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, image) in images.iter().enumerate() {
+        let service = dir.path().join(format!("svc{i}"));
+        std::fs::create_dir_all(&service).unwrap();
+        std::fs::write(service.join("Dockerfile"), format!("FROM {image}\n")).unwrap();
+    }
+    dir
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn report(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|err| panic!("no JSON report ({err})\n{}", self.describe()))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "exit {} after {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+async fn prefetch(
+    project: &Path,
+    config: &Path,
+    path: Option<&Path>,
+    args: &[&str],
+) -> anyhow::Result<Run> {
+    let started = Instant::now();
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .arg("prefetch")
+        .args(["--output", "json"])
+        .args(args)
+        .current_dir(project)
+        .env("NO_COLOR", "1")
+        .env("DOCKER_CONFIG", config)
+        .env_remove("DOCKER_HOST")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(dir) = path {
+        let old = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![dir.to_path_buf()];
+        paths.extend(std::env::split_paths(&old));
+        command.env("PATH", std::env::join_paths(paths)?);
+    }
+    let output = tokio::time::timeout(RUN_TIMEOUT, command.output())
+        .await
+        .context("prefetch did not finish in time")??;
+    Ok(Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    })
+}
+
+fn image<'a>(report: &'a Value, reference: &str) -> &'a Value {
+    report["images"]
+        .as_array()
+        .and_then(|images| images.iter().find(|i| i["reference"] == reference))
+        .unwrap_or_else(|| panic!("no image {reference} in the report:\n{report:#}"))
+}
+
+async fn push_private(bed: &TestBed, name: &str) -> anyhow::Result<PushedImage> {
+    push_image(
+        &bed.registry.host(),
+        &ImageSpec::new(format!("private/{name}"), "1.0").with_layer(64 * 1024),
+    )
+    .await
+}
+
+/// A `docker-credential-testbed` that answers `USER`/`password` for `host`, "not found" else.
+fn helper_dir(host: &str, password: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("docker-credential-testbed");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread server\nif [ \"$server\" = \"{host}\" ]; then\n\
+             echo '{{\"ServerURL\":\"{host}\",\"Username\":\"{USER}\",\"Secret\":\"{password}\"}}'\n\
+             else echo 'credentials not found in native keychain'; exit 1; fi\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn write_config(dir: &Path, json: &str) -> PathBuf {
+    std::fs::write(dir.join("config.json"), json).unwrap();
+    dir.to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_docker_login_writes_what_auth_reads() -> anyhow::Result<()> {
+    let password = password();
+    let bed = private_bed(&password).await?;
+    let host = bed.proxy.host();
+    let config = tempfile::tempdir()?;
+
+    let wrong = docker_login(config.path(), &host, "not-the-password");
+    assert!(
+        !wrong.status.success(),
+        "the proxy must refuse a wrong password: {}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    let login = docker_login(config.path(), &host, &password);
+    assert!(
+        login.status.success(),
+        "docker login: {}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    assert!(bed.proxy.stats().tokens_credentialed >= 1);
+
+    let creds = Credentials::load(config.path())?;
+    let found = creds
+        .lookup(&host)?
+        .expect("docker login stored credentials");
+    assert_eq!(found.origin, Origin::ConfigAuths);
+    assert_eq!(
+        found.secret,
+        Secret::Password {
+            username: USER.into(),
+            password: password.clone()
+        }
+    );
+    Ok(())
+}
+
+/// Acceptance 1 (pull part): a private base after `docker login`, through the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_private_base_pulls_with_docker_login_through_the_relay() -> anyhow::Result<()> {
+    let password = password();
+    let bed = private_bed(&password).await?;
+    let host = bed.proxy.host();
+    let name = unique_name("issue12-login");
+    let _cleanup = RemoveImagesOnDrop(vec![name.clone()]);
+    let pushed = push_private(&bed, &name).await?;
+    let reference = pushed.reference_via(&host);
+    let config = tempfile::tempdir()?;
+    assert!(
+        docker_login(config.path(), &host, &password)
+            .status
+            .success()
+    );
+    bed.proxy.reset_stats();
+
+    let dir = project(std::slice::from_ref(&reference));
+    let run = prefetch(dir.path(), config.path(), None, &[]).await?;
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let report = run.report();
+    assert_eq!(image(&report, &reference)["status"], "pulled", "{report:#}");
+    let stats = bed.proxy.stats();
+    assert!(stats.tokens_credentialed >= 1, "{stats:?}");
+    assert_eq!(stats.tokens_rejected, 0);
+    assert!(
+        !run.stdout.contains(&password) && !run.stderr.contains(&password),
+        "the password leaked:\n{}",
+        run.describe()
+    );
+    Ok(())
+}
+
+/// Acceptance 2: credentials from `credHelpers` and from `credsStore`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_private_base_pulls_with_cred_helpers_and_creds_store() -> anyhow::Result<()> {
+    let password = password();
+    let bed = private_bed(&password).await?;
+    let host = bed.proxy.host();
+    let name = unique_name("issue12-helper");
+    let _cleanup = RemoveImagesOnDrop(vec![name.clone()]);
+    let pushed = push_private(&bed, &name).await?;
+    let reference = pushed.reference_via(&host);
+    let helpers = helper_dir(&host, &password);
+    for json in [
+        format!(r#"{{"credHelpers":{{"{host}":"testbed"}}}}"#),
+        r#"{"credsStore":"testbed"}"#.to_string(),
+    ] {
+        let config = tempfile::tempdir()?;
+        write_config(config.path(), &json);
+        let _ = std::process::Command::new("docker")
+            .args(["image", "rm", "--force", &reference])
+            .output();
+        bed.proxy.reset_stats();
+        let dir = project(std::slice::from_ref(&reference));
+        let run = prefetch(dir.path(), config.path(), Some(helpers.path()), &[]).await?;
+        assert_eq!(run.code, 0, "{json}\n{}", run.describe());
+        assert_eq!(image(&run.report(), &reference)["status"], "pulled");
+        assert!(bed.proxy.stats().tokens_credentialed >= 1, "{json}");
+        assert!(!run.stdout.contains(&password) && !run.stderr.contains(&password));
+    }
+    Ok(())
+}
+
+/// Acceptance 3: a wrong password fails fast as `auth-rejected`, naming the registry and the
+/// credential source, without a retry and without "network"; no login at all says
+/// "needs credentials: log in to HOST".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_wrong_password_and_no_login_say_what_to_do() -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let password = password();
+    let bed = private_bed(&password).await?;
+    let host = bed.proxy.host();
+    let name = unique_name("issue12-wrong");
+    let _cleanup = RemoveImagesOnDrop(vec![name.clone()]);
+    let pushed = push_private(&bed, &name).await?;
+    let reference = pushed.reference_via(&host);
+    let dir = project(std::slice::from_ref(&reference));
+
+    let config = tempfile::tempdir()?;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:wrong-pw"));
+    write_config(
+        config.path(),
+        &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    );
+    bed.proxy.reset_stats();
+    let run = prefetch(dir.path(), config.path(), None, &["--max-retries", "5"]).await?;
+    assert_ne!(run.code, 0, "{}", run.describe());
+    assert!(run.elapsed < Duration::from_secs(30), "{}", run.describe());
+    let report = run.report();
+    let failed = image(&report, &reference);
+    assert_eq!(failed["status"], "failed", "{report:#}");
+    assert_eq!(failed["error"]["class"], "auth-rejected", "{report:#}");
+    let message = failed["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&host), "{message}");
+    assert!(message.contains("rejected the credentials"), "{message}");
+    assert!(message.contains("config.json auths"), "{message}");
+    assert!(
+        !run.stdout.to_lowercase().contains("network"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("wrong-pw") && !run.stderr.contains("wrong-pw"));
+    // Never retried: every relay request event with a failure was final.
+    for event in report["requests"].as_array().into_iter().flatten() {
+        assert!(
+            event["retry_wait_ms"].is_null(),
+            "an auth failure was retried: {event}"
+        );
+    }
+    let stats = bed.proxy.stats();
+    assert!(
+        stats.tokens_rejected >= 1 && stats.tokens_rejected <= 3,
+        "{stats:?}"
+    );
+
+    let empty = tempfile::tempdir()?;
+    let run = prefetch(dir.path(), empty.path(), None, &[]).await?;
+    assert_ne!(run.code, 0, "{}", run.describe());
+    let report = run.report();
+    let message = image(&report, &reference)["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains(&format!("needs credentials: log in to {host}")),
+        "{message}"
+    );
+    Ok(())
+}
+
+/// Acceptance 4: another local process cannot pull through the relay without the run's
+/// secret; names that are not repository names are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_relay_refuses_requests_without_the_run_secret() -> anyhow::Result<()> {
+    use ai_infra_build::endpoint::Source;
+    use ai_infra_build::registry::{RegistryClient, Timeouts};
+    use ai_infra_build::relay::Relay;
+    use ai_infra_build::retry::RetryPolicy;
+
+    let password = password();
+    let bed = private_bed(&password).await?;
+    let name = unique_name("issue12-relay");
+    let pushed = push_private(&bed, &name).await?;
+    let creds = tempfile::tempdir()?;
+    assert!(
+        docker_login(creds.path(), &bed.proxy.host(), &password)
+            .status
+            .success()
+    );
+    let client = RegistryClient::new(Timeouts {
+        connect: Duration::from_secs(5),
+        idle: Duration::from_secs(10),
+    })?
+    .with_credentials(std::sync::Arc::new(Credentials::load(creds.path())?));
+    let relay = Relay::start(client, RetryPolicy::default()).await?;
+    let source = Source::parse(&bed.proxy.host());
+    let ours = relay.repository(&source, &pushed.repo);
+    let http = reqwest::Client::new();
+    let accept = "application/vnd.docker.distribution.manifest.v2+json";
+    let get = |path: String| {
+        http.get(format!("http://{}{path}", relay.host()))
+            .header("Accept", accept)
+            .send()
+    };
+    let with_secret = ours.strip_prefix(&relay.host()).unwrap().to_string();
+    let ok = get(format!("/v2{with_secret}/manifests/1.0")).await?;
+    assert_eq!(ok.status(), 200, "the run's own name is served");
+    let id = relay.source_id(&source);
+    for path in [
+        format!("/v2/s{id}/{}/manifests/1.0", pushed.repo),
+        format!("/v2/k0000/s{id}/{}/manifests/1.0", pushed.repo),
+        format!("/v2/{}/manifests/1.0", pushed.repo),
+    ] {
+        let resp = get(path.clone()).await?;
+        assert_eq!(resp.status(), 401, "{path}");
+    }
+    let bad = with_secret.replace(&pushed.repo, "private/../x");
+    let resp = get(format!("/v2{bad}/manifests/1.0")).await?;
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+    assert_ne!(resp.status(), 200);
+    Ok(())
+}

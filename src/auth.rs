@@ -136,6 +136,41 @@ impl Credential {
     }
 }
 
+/// Credentials in the Engine API's form per server address (`X-Registry-Config`, a BuildKit
+/// session's auth): what a build is given for every registry its Dockerfiles name, mirrors
+/// included. `Debug` shows the registries only.
+#[derive(Clone, Default)]
+pub struct EngineAuth(pub HashMap<String, bollard::auth::DockerCredentials>);
+
+impl std::fmt::Debug for EngineAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut keys: Vec<&String> = self.0.keys().collect();
+        keys.sort();
+        write!(f, "EngineAuth({keys:?})")
+    }
+}
+
+impl EngineAuth {
+    /// The credentials of `hosts` that have any (looked up, so helpers run once per host).
+    pub fn for_hosts<'a>(
+        credentials: &Credentials,
+        hosts: impl IntoIterator<Item = &'a str>,
+    ) -> Result<EngineAuth, AuthError> {
+        let mut map = HashMap::new();
+        for host in hosts {
+            if let Some(found) = credentials.lookup(host)? {
+                let key = Credentials::server_key(host);
+                map.insert(key.clone(), found.docker_credentials(&key));
+            }
+        }
+        Ok(EngineAuth(map))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Reading the credentials failed in a way the user must fix (a broken config file, a helper
 /// that failed other than with "not found").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

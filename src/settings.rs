@@ -158,16 +158,7 @@ fn load_credentials() -> Result<crate::auth::Credentials, Error> {
 /// Reads the credentials of every registry the plan pulls from (mirrors included) before
 /// any work, so that every secret is known (and masked) from the start; the secrets read.
 pub fn read_credentials(options: &PrefetchOptions, plan: &Plan) -> Result<Vec<String>, Error> {
-    let mut hosts: BTreeSet<String> = BTreeSet::new();
-    for need in &plan.base_images {
-        let registry = need.reference.registry_host();
-        hosts.insert(registry.clone());
-        let domain = need.reference.domain.clone();
-        for source in options.mirrors.for_registry(&domain) {
-            hosts.insert(source.endpoint.host.clone());
-        }
-    }
-    for host in &hosts {
+    for host in &pull_hosts(options, plan) {
         options
             .credentials
             .lookup(host)
@@ -177,6 +168,28 @@ pub fn read_credentials(options: &PrefetchOptions, plan: &Plan) -> Result<Vec<St
             })?;
     }
     Ok(options.credentials.secrets())
+}
+
+/// The hosts a plan pulls from: each base image's registry and its mirrors.
+fn pull_hosts(options: &PrefetchOptions, plan: &Plan) -> BTreeSet<String> {
+    let mut hosts: BTreeSet<String> = BTreeSet::new();
+    for need in &plan.base_images {
+        hosts.insert(need.reference.registry_host());
+        for source in options.mirrors.for_registry(&need.reference.domain) {
+            hosts.insert(source.endpoint.host.clone());
+        }
+    }
+    hosts
+}
+
+/// What the Engine API builds are given: the credentials of every host the plan pulls from.
+fn engine_auth(options: &PrefetchOptions, plan: &Plan) -> Result<crate::auth::EngineAuth, Error> {
+    let hosts = pull_hosts(options, plan);
+    crate::auth::EngineAuth::for_hosts(&options.credentials, hosts.iter().map(String::as_str))
+        .map_err(|err| Error::Input {
+            input: "docker credentials".to_string(),
+            reason: format!("{err}; {}", err.help()),
+        })
 }
 
 /// How base images are had.
@@ -293,6 +306,7 @@ impl BuildSettings {
             inline_cache: false,
             push: args.push,
             cache: None,
+            registry_auth: engine_auth(&prefetch.options, plan)?,
         };
         Ok(BuildSettings {
             prefetch,

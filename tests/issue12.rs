@@ -377,3 +377,128 @@ async fn issue12_relay_refuses_requests_without_the_run_secret() -> anyhow::Resu
     assert_ne!(resp.status(), 200);
     Ok(())
 }
+
+/// Every file under `dir` (report, logs), as text.
+fn all_files(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+    out
+}
+
+/// Acceptance 1: one base on a private registry by its own name, one Docker Hub base through
+/// an authenticated mirror with a path, 20% EOF on manifests: `build-all` succeeds through
+/// the relay, both proxies issue credentialed tokens, and no password appears anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_build_all_private_base_and_authenticated_mirror_with_path() -> anyhow::Result<()> {
+    use testbed::proxy::{FaultConfig, FaultType, KindFaults, RequestKind};
+    let eof = KindFaults::default().with_rate(FaultType::Eof, 0.2);
+    let faults = FaultConfig::default()
+        .with_kind(RequestKind::ManifestHead, eof.clone())
+        .with_kind(RequestKind::ManifestGet, eof);
+    let (pw_private, pw_mirror) = (password(), password());
+    let private = TestBed::start(|o| {
+        o.with_credentials(ProxyCredentials::new(USER, &pw_private).private(&["private/"]))
+            .with_faults(faults.clone())
+            .with_seed(7)
+    })
+    .await?;
+    let mirror = TestBed::start(|o| {
+        o.with_credentials(ProxyCredentials::new(USER, &pw_mirror))
+            .with_faults(faults.clone())
+            .with_seed(11)
+    })
+    .await?;
+    let name = unique_name("issue12-build");
+    let tag = unique_name("t");
+    let _cleanup = RemoveImagesOnDrop(vec![name.clone(), tag.clone()]);
+    let base = push_private(&private, &name).await?;
+    push_image(
+        &mirror.registry.host(),
+        &ImageSpec::new(format!("hub/library/{name}-hub"), "1.0").with_layer(64 * 1024),
+    )
+    .await?;
+    let config = tempfile::tempdir()?;
+    assert!(
+        docker_login(config.path(), &private.proxy.host(), &pw_private)
+            .status
+            .success()
+    );
+    assert!(
+        docker_login(config.path(), &mirror.proxy.host(), &pw_mirror)
+            .status
+            .success()
+    );
+    private.proxy.reset_stats();
+    mirror.proxy.reset_stats();
+
+    let dir = tempfile::tempdir()?;
+    for (service, from) in [
+        ("private", base.reference_via(&private.proxy.host())),
+        ("hub", format!("docker.io/library/{name}-hub:1.0")),
+    ] {
+        std::fs::create_dir_all(dir.path().join(service))?;
+        std::fs::write(
+            dir.path().join(service).join("Dockerfile"),
+            format!("FROM {from}\nLABEL issue12=yes\n"),
+        )?;
+    }
+    let summary = dir.path().join("summary.md");
+    let started = Instant::now();
+    let output = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::process::Command::new(BIN)
+            .args(["build-all", "--output", "json", "--tag", &tag])
+            .args(["--max-retries", "8", "--mirror-first", "--mirror"])
+            .arg(format!("docker.io={}/hub", mirror.proxy.host()))
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .env("DOCKER_CONFIG", config.path())
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .env_remove("DOCKER_HOST")
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("GITHUB_OUTPUT")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    };
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let (p, m) = (private.proxy.stats(), mirror.proxy.stats());
+    assert!(p.tokens_credentialed >= 1, "{p:?}");
+    assert!(m.tokens_credentialed >= 1, "{m:?}");
+    let eofs: u64 = [&p, &m]
+        .iter()
+        .flat_map(|s| {
+            [
+                s.kind(RequestKind::ManifestHead),
+                s.kind(RequestKind::ManifestGet),
+            ]
+        })
+        .map(|k| k.faults.get(&FaultType::Eof).copied().unwrap_or(0))
+        .sum();
+    assert!(
+        eofs >= 1,
+        "seeds 7/11 inject EOFs on manifests: {p:?} {m:?}"
+    );
+    let everything = format!("{}{}{}", run.stdout, run.stderr, all_files(dir.path()));
+    for pw in [&pw_private, &pw_mirror] {
+        assert!(!everything.contains(pw.as_str()), "a password leaked");
+    }
+    Ok(())
+}

@@ -36,6 +36,8 @@ pub struct BuildOptions {
     pub cache: Option<crate::cache::BuildCachePlan>,
     /// Push the image and its tags after a successful build.
     pub push: bool,
+    /// Credentials for every registry the Dockerfiles name (issue 12).
+    pub registry_auth: crate::auth::EngineAuth,
 }
 
 /// Events the scheduler reports as it goes (for progress views).
@@ -281,6 +283,7 @@ async fn build_one(
         inline_cache: options.inline_cache || dir_cache.inline_cache,
         cache_to: dir_cache.cache_to,
         idle_timeout: options.idle_timeout,
+        registry_auth: options.registry_auth.clone(),
     };
     let dockerfile_text = std::fs::read_to_string(&svc.dockerfile).unwrap_or_default();
     let policy = RetryPolicy {

@@ -502,3 +502,117 @@ async fn issue12_build_all_private_base_and_authenticated_mirror_with_path() -> 
     }
     Ok(())
 }
+
+/// Acceptance 7: `doctor` says per registry whether its token step used credentials and from
+/// where ("with credentials from config.json auths", "helper NAME", "anonymous"), and a wrong
+/// password is `auth-rejected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_doctor_says_where_credentials_came_from() -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let password = password();
+    let login = private_bed(&password).await?;
+    let helper = private_bed(&password).await?;
+    let anonymous = TestBed::start(|o| o.with_auth(true)).await?;
+    let wrong = private_bed(&password).await?;
+    let name = unique_name("issue12-doctor");
+    for bed in [&login, &helper, &wrong] {
+        push_private(bed, &name).await?;
+    }
+    push_image(
+        &anonymous.registry.host(),
+        &ImageSpec::new(format!("library/{name}"), "1.0"),
+    )
+    .await?;
+    let config = tempfile::tempdir()?;
+    assert!(
+        docker_login(config.path(), &login.proxy.host(), &password)
+            .status
+            .success()
+    );
+    // Add the helper and the wrong password next to what `docker login` wrote.
+    let mut json: Value =
+        serde_json::from_str(&std::fs::read_to_string(config.path().join("config.json"))?)?;
+    json["credHelpers"][helper.proxy.host()] = "testbed".into();
+    json["auths"][wrong.proxy.host()]["auth"] = base64::engine::general_purpose::STANDARD
+        .encode(format!("{USER}:nope"))
+        .into();
+    std::fs::write(config.path().join("config.json"), json.to_string())?;
+    let helpers = helper_dir(&helper.proxy.host(), &password);
+
+    let empty = tempfile::tempdir()?;
+    let mut command = tokio::process::Command::new(BIN);
+    command.arg("doctor").args(["--output", "json"]);
+    for bed in [&login, &helper, &wrong] {
+        command
+            .arg("--registry")
+            .arg(format!("{}/private/{name}:1.0", bed.proxy.host()));
+    }
+    command
+        .arg("--registry")
+        .arg(format!("{}/library/{name}:1.0", anonymous.proxy.host()));
+    let old = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![helpers.path().to_path_buf()];
+    paths.extend(std::env::split_paths(&old));
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        command
+            .current_dir(empty.path())
+            .env("NO_COLOR", "1")
+            .env("DOCKER_CONFIG", config.path())
+            .env("PATH", std::env::join_paths(paths)?)
+            .env_remove("DOCKER_HOST")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(&password), "the password leaked");
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let token = |host: &str| -> Value {
+        let registry = report["registries"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["registry"] == host))
+            .unwrap_or_else(|| panic!("no {host} in {report:#}"));
+        registry["sources"][0]["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["step"] == "token"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no token step for {host}: {registry:#}"))
+    };
+    let detail = |host: &str| {
+        token(host)["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        detail(&login.proxy.host())
+            .contains("with credentials from config.json auths (user alice)"),
+        "{}",
+        detail(&login.proxy.host())
+    );
+    assert!(
+        detail(&helper.proxy.host()).contains("with credentials from helper testbed"),
+        "{}",
+        detail(&helper.proxy.host())
+    );
+    assert!(
+        detail(&anonymous.proxy.host()).contains("anonymous"),
+        "{}",
+        detail(&anonymous.proxy.host())
+    );
+    let rejected = token(&wrong.proxy.host());
+    assert_eq!(rejected["class"], "auth-rejected", "{rejected:#}");
+    assert!(
+        rejected["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rejected the credentials"),
+        "{rejected:#}"
+    );
+    Ok(())
+}

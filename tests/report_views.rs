@@ -773,10 +773,10 @@ fn all_error_classes() -> Vec<ErrorClass> {
 
 fn all_failure_classes() -> Vec<BuildFailureClass> {
     use BuildFailureClass::*;
-    let all = vec![Network, Syntax, RunFailed, Input, Stalled, Other];
+    let all = vec![Network, Syntax, RunFailed, Input, Stalled, Auth, Other];
     for c in &all {
         match c {
-            Network | Syntax | RunFailed | Input | Stalled | Other => {}
+            Network | Syntax | RunFailed | Input | Stalled | Auth | Other => {}
         }
     }
     all

@@ -616,3 +616,91 @@ async fn issue12_doctor_says_where_credentials_came_from() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// Forwards TCP connections on `ip:0` to the daemon's Unix socket: a daemon reached over
+/// `tcp://` on a non-loopback address, which cannot be assumed to reach our 127.0.0.1 relay.
+async fn tcp_daemon(ip: &str) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut unix) = tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                }
+            });
+        }
+    });
+    Ok((format!("tcp://{addr}"), task))
+}
+
+/// The first non-loopback IPv4 address of this machine.
+fn outside_ip() -> Option<String> {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .map(str::to_string)
+}
+
+/// Acceptance 5: a daemon that cannot reach the relay (DOCKER_HOST=tcp:// on another
+/// address) is detected before pulling; pulls go direct with the credentials
+/// (X-Registry-Auth), the report says `direct`, and the run succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_remote_daemon_pulls_direct_with_credentials() -> anyhow::Result<()> {
+    let Some(ip) = outside_ip() else {
+        panic!("no non-loopback address on this machine (hostname -I)");
+    };
+    let password = password();
+    let bed = private_bed(&password).await?;
+    let host = bed.proxy.host();
+    let name = unique_name("issue12-direct");
+    let _cleanup = RemoveImagesOnDrop(vec![name.clone()]);
+    let pushed = push_private(&bed, &name).await?;
+    let reference = pushed.reference_via(&host);
+    let config = tempfile::tempdir()?;
+    assert!(
+        docker_login(config.path(), &host, &password)
+            .status
+            .success()
+    );
+    let (docker_host, forwarder) = tcp_daemon(&ip).await?;
+    bed.proxy.reset_stats();
+
+    let dir = project(std::slice::from_ref(&reference));
+    let started = Instant::now();
+    let output = tokio::time::timeout(
+        RUN_TIMEOUT,
+        tokio::process::Command::new(BIN)
+            .args(["prefetch", "--output", "json"])
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .env("DOCKER_CONFIG", config.path())
+            .env("DOCKER_HOST", &docker_host)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    forwarder.abort();
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    };
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let report = run.report();
+    assert_eq!(report["via"], "direct", "{report:#}");
+    assert_eq!(image(&report, &reference)["status"], "pulled", "{report:#}");
+    assert!(bed.proxy.stats().tokens_credentialed >= 1);
+    assert!(!run.stdout.contains(&password) && !run.stderr.contains(&password));
+    Ok(())
+}

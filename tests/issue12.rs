@@ -704,3 +704,67 @@ async fn issue12_remote_daemon_pulls_direct_with_credentials() -> anyhow::Result
     assert!(!run.stdout.contains(&password) && !run.stderr.contains(&password));
     Ok(())
 }
+
+/// In Actions, every credential read is masked (`::add-mask::`) before anything else is
+/// printed, and the summary never shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_credentials_are_masked_in_actions() -> anyhow::Result<()> {
+    let password = password();
+    let bed = private_bed(&password).await?;
+    let host = bed.proxy.host();
+    let name = unique_name("issue12-mask");
+    let tag = unique_name("t");
+    let _cleanup = RemoveImagesOnDrop(vec![name.clone(), tag.clone()]);
+    let pushed = push_private(&bed, &name).await?;
+    let config = tempfile::tempdir()?;
+    assert!(
+        docker_login(config.path(), &host, &password)
+            .status
+            .success()
+    );
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("svc"))?;
+    std::fs::write(
+        dir.path().join("svc/Dockerfile"),
+        format!("FROM {}\nLABEL issue12=yes\n", pushed.reference_via(&host)),
+    )?;
+    let summary = dir.path().join("summary.md");
+    let outputs = dir.path().join("outputs.txt");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(BIN)
+            .args(["build-all", "--tag", &tag])
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .env("DOCKER_CONFIG", config.path())
+            .env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .env("GITHUB_OUTPUT", &outputs)
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("DOCKER_HOST")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mask = format!("::add-mask::{password}");
+    let first_mention = stdout.find(&password).expect("the mask names the secret");
+    assert_eq!(
+        stdout.find(&mask),
+        Some(first_mention.saturating_sub("::add-mask::".len())),
+        "the first mention of the password is its mask:\n{stdout}"
+    );
+    assert_eq!(stdout.matches(&password).count(), 1, "{stdout}");
+    let files = all_files(dir.path());
+    assert!(
+        !files.contains(&password),
+        "the password is in a written file"
+    );
+    Ok(())
+}

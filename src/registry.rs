@@ -382,6 +382,29 @@ impl RegistryClient {
         }
     }
 
+    /// An OAuth2 token request: `form` posted to the realm (without its query).
+    async fn post_form(
+        &self,
+        token_host: &str,
+        url: &reqwest::Url,
+        form: &[(&str, String)],
+    ) -> Result<Response, RegistryError> {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_escape(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        let mut realm = url.clone();
+        realm.set_query(None);
+        self.request_with_body(token_host, realm.as_str(), headers, body)
+            .await
+    }
+
     async fn request_with_body(
         &self,
         host: &str,
@@ -454,23 +477,11 @@ impl RegistryClient {
                 if let Some(scope) = &challenge.scope {
                     form.push(("scope", scope.clone()));
                 }
-                let body = form
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", form_escape(v)))
-                    .collect::<Vec<_>>()
-                    .join("&");
-                let mut headers = HeaderMap::new();
-                headers.insert(
-                    reqwest::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-www-form-urlencoded"),
-                );
-                let mut realm = url.clone();
-                realm.set_query(None);
-                self.request_with_body(&token_host, realm.as_str(), headers, body)
-                    .await
+                self.post_form(&token_host, &url, &form).await
             }
-            Some(Secret::Password { username, .. }) => {
-                url.query_pairs_mut().append_pair("account", username);
+            Some(Secret::Password { username, password }) => {
+                let mut basic_url = url.clone();
+                basic_url.query_pairs_mut().append_pair("account", username);
                 let mut headers = HeaderMap::new();
                 if let Some(value) = credential
                     .as_ref()
@@ -479,15 +490,36 @@ impl RegistryClient {
                 {
                     headers.insert(AUTHORIZATION, value);
                 }
-                self.request(
-                    &token_host,
-                    RequestKind::Token,
-                    Method::GET,
-                    url.as_str(),
-                    headers,
-                    None,
-                )
-                .await
+                let basic = self
+                    .request(
+                        &token_host,
+                        RequestKind::Token,
+                        Method::GET,
+                        basic_url.as_str(),
+                        headers,
+                        None,
+                    )
+                    .await;
+                match basic {
+                    // A realm that speaks only OAuth2: the password grant, as distribution's
+                    // client sends it.
+                    Ok(resp) if matches!(resp.status().as_u16(), 404 | 405) => {
+                        let mut form = vec![
+                            ("grant_type", "password".to_string()),
+                            ("username", username.clone()),
+                            ("password", password.clone()),
+                            ("client_id", "ai-infra-build".to_string()),
+                        ];
+                        if let Some(service) = &challenge.service {
+                            form.push(("service", service.clone()));
+                        }
+                        if let Some(scope) = &challenge.scope {
+                            form.push(("scope", scope.clone()));
+                        }
+                        self.post_form(&token_host, &url, &form).await
+                    }
+                    other => other,
+                }
             }
             None => {
                 self.request(

@@ -768,3 +768,96 @@ async fn issue12_credentials_are_masked_in_actions() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The OAuth2 grants: a realm that takes only `POST` gets the password grant; an
+/// `identitytoken` (as `docker login` stores for such registries) the refresh-token grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_oauth2_password_and_refresh_token_grants() -> anyhow::Result<()> {
+    use ai_infra_build::endpoint::Endpoint;
+    use ai_infra_build::registry::{RegistryClient, Timeouts};
+    use base64::Engine as _;
+    let password = password();
+    let bed =
+        TestBed::start(|o| o.with_credentials(ProxyCredentials::new(USER, &password).oauth_only()))
+            .await?;
+    let host = bed.proxy.host();
+    let name = unique_name("issue12-oauth");
+    let pushed = push_private(&bed, &name).await?;
+    let path = format!("/v2/{}/manifests/{}", pushed.repo, pushed.tag);
+    let accept = reqwest::header::HeaderValue::from_static(
+        "application/vnd.docker.distribution.manifest.v2+json",
+    );
+    let get = |config: &Path| {
+        let creds = Credentials::load(config).unwrap();
+        let client = RegistryClient::new(Timeouts {
+            connect: Duration::from_secs(5),
+            idle: Duration::from_secs(10),
+        })
+        .unwrap()
+        .with_credentials(std::sync::Arc::new(creds));
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::ACCEPT, accept.clone());
+        let path = path.clone();
+        let host = host.clone();
+        async move {
+            client
+                .send(&Endpoint::new(&host), reqwest::Method::GET, &path, headers)
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+
+    let with_password = tempfile::tempdir()?;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"));
+    write_config(
+        with_password.path(),
+        &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    );
+    assert_eq!(
+        get(with_password.path())
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?,
+        200
+    );
+    assert_eq!(bed.proxy.stats().tokens_credentialed, 1);
+
+    // A refresh token, as the password grant hands it out.
+    let grant: Value = reqwest::Client::new()
+        .post(format!("http://{host}/token"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=password&username={USER}&password={password}&service=testbed"
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let refresh = grant["refresh_token"].as_str().expect("a refresh token");
+    let with_token = tempfile::tempdir()?;
+    write_config(
+        with_token.path(),
+        &format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}","identitytoken":"{refresh}"}}}}}}"#,
+            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:"))
+        ),
+    );
+    bed.proxy.reset_stats();
+    assert_eq!(
+        get(with_token.path())
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?,
+        200
+    );
+    assert_eq!(bed.proxy.stats().tokens_credentialed, 1);
+
+    let wrong = tempfile::tempdir()?;
+    write_config(
+        wrong.path(),
+        &format!(r#"{{"auths":{{"{host}":{{"identitytoken":"expired"}}}}}}"#),
+    );
+    let err = get(wrong.path())
+        .await
+        .expect_err("an expired token is refused");
+    assert_eq!(err.class.label(), "auth-rejected", "{err:?}");
+    Ok(())
+}

@@ -73,6 +73,8 @@ pub struct ProxyCredentials {
     pub password: String,
     /// Repositories (name prefixes) that only a credentialed token opens; empty: all.
     pub private: Vec<String>,
+    /// The token endpoint speaks only OAuth2 (`POST`): a `GET` is answered `405`.
+    pub oauth_only: bool,
 }
 
 impl ProxyCredentials {
@@ -81,7 +83,14 @@ impl ProxyCredentials {
             username: username.to_string(),
             password: password.to_string(),
             private: Vec::new(),
+            oauth_only: false,
         }
+    }
+
+    /// Only the OAuth2 grants on `POST` (a `GET` gets `405 Method Not Allowed`).
+    pub fn oauth_only(mut self) -> Self {
+        self.oauth_only = true;
+        self
     }
 
     /// Only repositories starting with one of `prefixes` are private.

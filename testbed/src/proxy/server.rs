@@ -357,6 +357,12 @@ async fn token_response(shared: &Shared, req: Request<Incoming>) -> Response<Pro
     let Some(credentials) = &shared.credentials else {
         return anonymous_token(shared);
     };
+    if credentials.oauth_only && req.method() != Method::POST {
+        return text_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this token endpoint takes only OAuth2 POST requests\n".into(),
+        );
+    }
     let basic = basic_credentials(&req);
     let form = if req.method() == Method::POST {
         match tokio::time::timeout(BODY_TIMEOUT, req.into_body().collect()).await {

@@ -6,6 +6,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod actions_env;
+pub mod auth;
 pub mod build;
 pub mod cache;
 pub mod cli;

@@ -66,6 +66,8 @@ pub struct PrefetchOptions {
     /// Source health from the cache directory: orders each registry's sources
     /// ([`crate::health::order_sources`]); `None` keeps the configured order.
     pub health: Option<Arc<crate::health::HealthStore>>,
+    /// The docker CLI's credentials: the relay's token requests and direct pulls use them.
+    pub credentials: Arc<crate::auth::Credentials>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -244,7 +246,8 @@ pub async fn prefetch(
         let client = RegistryClient::new(Timeouts {
             connect: Duration::from_secs(10),
             idle: options.idle_timeout,
-        })?;
+        })?
+        .with_credentials(Arc::clone(&options.credentials));
         Some(Relay::start(client, options.policy).await?)
     } else {
         None
@@ -527,6 +530,23 @@ impl Context {
         self.finish(reference, &repository, &tag).await
     }
 
+    /// The credentials for a direct pull of `repository` (`HOST/PATH`, or a Docker Hub name).
+    async fn direct_credentials(
+        &self,
+        repository: &str,
+    ) -> Option<bollard::auth::DockerCredentials> {
+        let host = crate::reference::Reference::parse(repository)
+            .map(|r| r.registry_host())
+            .unwrap_or_else(|_| "docker.io".to_string());
+        let credentials = Arc::clone(&self.options.credentials);
+        let lookup_host = host.clone();
+        let found = tokio::task::spawn_blocking(move || credentials.lookup(&lookup_host))
+            .await
+            .ok()?
+            .ok()??;
+        Some(found.docker_credentials(&crate::auth::Credentials::server_key(&host)))
+    }
+
     /// One `create_image` call, consumed to the end; no progress for the idle timeout aborts it,
     /// unless the relay is still working on this repository upstream (its own idle timeout
     /// and retry policy bound that work, and cutting the pull would throw it away).
@@ -541,7 +561,13 @@ impl Context {
             .from_image(&repository)
             .tag(&tag)
             .build();
-        let mut stream = self.engine.docker.create_image(Some(options), None, None);
+        // A direct pull carries the registry's credentials (X-Registry-Auth); through the
+        // relay, the relay sends them upstream and the daemon needs none.
+        let auth = match relay {
+            Some(_) => None,
+            None => self.direct_credentials(&repository).await,
+        };
+        let mut stream = self.engine.docker.create_image(Some(options), None, auth);
         let idle = self.options.idle_timeout;
         loop {
             match tokio::time::timeout(idle, stream.next()).await {
@@ -604,9 +630,19 @@ impl Context {
                 &relay.repository(source, path),
                 &format!("{}/{}", source.label(), path),
             );
-            if matches!(class, ErrorClass::ServerError | ErrorClass::Other)
-                && message.contains("502")
-                && let Some(event) = relay.last_failure(source, path)
+            let last = relay.last_failure(source, path);
+            // An upstream auth failure reaches the daemon as 401/403 ("pull access denied"):
+            // the relay's record says whether credentials were sent and where they came from.
+            let upstream_auth = last.as_ref().is_some_and(|e| {
+                matches!(
+                    e.class,
+                    Some(ErrorClass::AuthRejected | ErrorClass::Unauthorized | ErrorClass::Denied)
+                )
+            });
+            if (upstream_auth
+                || matches!(class, ErrorClass::ServerError | ErrorClass::Other)
+                    && message.contains("502"))
+                && let Some(event) = last
             {
                 class = event.class.unwrap_or(class);
                 message = format!("{}: {}", event.source, event.message.unwrap_or_default());

@@ -28,6 +28,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Credential, Credentials, Secret};
 use crate::endpoint::Mirrors;
 use crate::endpoint::{Source, SourceRole};
 use crate::plan::ImageNeed;
@@ -371,11 +372,12 @@ pub async fn probe_registries(
     proxies: &ProxyEnv,
 ) -> anyhow::Result<Vec<RegistryHealth>> {
     let client = http_client(options.step_timeout)?;
+    let credentials = load_credentials();
     let probes = plan.iter().map(|(_, targets)| {
         futures_util::future::join_all(
             targets
                 .iter()
-                .map(|t| probe_with(&client, t, options, proxies)),
+                .map(|t| probe_with(&client, t, options, proxies, &credentials)),
         )
     });
     let results = futures_util::future::join_all(probes).await;
@@ -410,7 +412,21 @@ pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
 /// Probes one source (see the module docs).
 pub async fn probe(target: &Target, options: &ProbeOptions) -> anyhow::Result<SourceProbe> {
     let client = http_client(options.step_timeout)?;
-    Ok(probe_with(&client, target, options, &ProxyEnv::from_env()).await)
+    let credentials = load_credentials();
+    Ok(probe_with(
+        &client,
+        target,
+        options,
+        &ProxyEnv::from_env(),
+        &credentials,
+    )
+    .await)
+}
+
+/// The docker CLI's credentials, as the prefetch reads them; a broken config file probes
+/// anonymously (the token step then says why).
+fn load_credentials() -> Result<Credentials, String> {
+    Credentials::from_env().map_err(|err| format!("{err}; {}", err.help()))
 }
 
 /// The steps so far, and the rules of adding one.
@@ -467,6 +483,7 @@ async fn probe_with(
     target: &Target,
     options: &ProbeOptions,
     proxies: &ProxyEnv,
+    credentials: &Result<Credentials, String>,
 ) -> SourceProbe {
     let started = Instant::now();
     let endpoint = &target.source.endpoint;
@@ -554,7 +571,11 @@ async fn probe_with(
         None => steps.skip(Step::Token, "no Bearer challenge: no token needed"),
         Some(c) => {
             let t = Instant::now();
-            match fetch_token(client, c, repository).await {
+            let credential = match credentials {
+                Ok(all) => all.lookup(&endpoint.host).map_err(|e| e.to_string()),
+                Err(err) => Err(err.clone()),
+            };
+            match fetch_token(client, c, repository, &endpoint.host, credential).await {
                 Ok((detail, value)) => {
                     token = Some(value);
                     steps.ok(Step::Token, t, detail);
@@ -902,11 +923,45 @@ fn token_class(class: ErrorClass) -> ErrorClass {
     }
 }
 
+/// How a token request was authenticated, for the step's detail.
+fn credential_words(credential: &Option<Credential>) -> String {
+    match credential {
+        None => "anonymous".to_string(),
+        Some(c) => format!(
+            "with credentials from {}{}",
+            c.origin,
+            c.username()
+                .filter(|u| !u.is_empty())
+                .map(|u| format!(" (user {u})"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
 async fn fetch_token(
     client: &reqwest::Client,
     challenge: &crate::registry::Challenge,
     repository: Option<&str>,
+    host: &str,
+    credential: Result<Option<Credential>, String>,
 ) -> Result<(String, String), Failure> {
+    let credential = credential.map_err(|err| {
+        (
+            ErrorClass::Other,
+            format!("cannot read the credentials for {host}: {err}"),
+        )
+    })?;
+    let how = credential_words(&credential);
+    if let Some(Credential {
+        secret: Secret::RegistryToken(token),
+        ..
+    }) = &credential
+    {
+        return Ok((
+            format!("registry token {how}: no token request"),
+            token.clone(),
+        ));
+    }
     let mut url = reqwest::Url::parse(&challenge.realm).map_err(|e| {
         (
             ErrorClass::Other,
@@ -925,13 +980,57 @@ async fn fetch_token(
             query.append_pair("scope", scope);
         }
     }
-    let what = format!("failed to fetch token: GET {url}");
-    let resp = client.get(url.clone()).send().await.map_err(|e| {
+    let what = format!("failed to fetch token ({how}): GET {url}");
+    let request = match credential.as_ref().map(|c| &c.secret) {
+        Some(Secret::IdentityToken { token, .. }) => {
+            let mut form: Vec<(&str, String)> = vec![
+                ("grant_type", "refresh_token".into()),
+                ("refresh_token", token.clone()),
+                ("client_id", "ai-infra-build".into()),
+            ];
+            if let Some(service) = &challenge.service {
+                form.push(("service", service.clone()));
+            }
+            if let Some(scope) = &scope {
+                form.push(("scope", scope.clone()));
+            }
+            let mut realm = url.clone();
+            realm.set_query(None);
+            let body = reqwest::Url::parse_with_params("http://x/", &form)
+                .ok()
+                .and_then(|u| u.query().map(str::to_string))
+                .unwrap_or_default();
+            client
+                .post(realm)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body)
+        }
+        _ => {
+            let mut request = client.get(url.clone());
+            if let Some(cred) = &credential
+                && let Some(basic) = cred.basic_header()
+            {
+                request = request.header(reqwest::header::AUTHORIZATION, basic);
+            }
+            request
+        }
+    };
+    let resp = request.send().await.map_err(|e| {
         let (class, message) = transport_failure("failed to fetch token: GET", &e);
         (token_class(class), message)
     })?;
     if let Some(class) = classify_status(resp.status().as_u16()) {
-        return Err((token_class(class), status_message(&what, resp).await));
+        let status = resp.status().as_u16();
+        let message = status_message(&what, resp).await;
+        if credential.is_some() && matches!(status, 401 | 403) {
+            return Err((
+                ErrorClass::AuthRejected,
+                format!(
+                    "{host} rejected the credentials: {message} (run `docker login {host}` again)"
+                ),
+            ));
+        }
+        return Err((token_class(class), message));
     }
     #[derive(Deserialize)]
     struct TokenResponse {
@@ -952,10 +1051,10 @@ async fn fetch_token(
                 format!("{what}: the token endpoint answered without a token"),
             )
         })?;
-    let host = url.host_str().unwrap_or("?");
+    let token_host = url.host_str().unwrap_or("?");
     Ok((
         format!(
-            "token issued by {host}{}",
+            "token issued by {token_host}{} {how}",
             scope.map(|s| format!(" for {s}")).unwrap_or_default()
         ),
         token,
@@ -1158,6 +1257,7 @@ mod tests {
             &target,
             &options,
             &ProxyEnv::default(),
+            &Ok(Credentials::none()),
         )
         .await;
         assert!(!p.healthy);

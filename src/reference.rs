@@ -442,7 +442,7 @@ fn is_remote_name(s: &str) -> bool {
 }
 
 /// `pathComponent` = `[a-z0-9]+ (separator [a-z0-9]+)*`, separator = `[._]|__|[-]+`.
-fn is_path_component(c: &str) -> bool {
+pub fn is_path_component(c: &str) -> bool {
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let b = c.as_bytes();
     if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {

@@ -3,13 +3,14 @@
 //! (status, registry error code, `Retry-After`, class).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Credential, Credentials, Secret};
 use crate::endpoint::Endpoint;
 use crate::retry::{ErrorClass, RetryHint, classify_message, classify_status, parse_retry_after};
 
@@ -178,6 +179,8 @@ pub struct RegistryClient {
     /// Bearer challenges seen, per registry host and repository: a later request for the
     /// same repository fetches its token first instead of being answered 401 again.
     challenges: Mutex<HashMap<(String, String), Challenge>>,
+    /// The docker CLI's credentials, used in token requests (none: anonymous).
+    credentials: Arc<Credentials>,
     pub timeouts: Timeouts,
 }
 
@@ -194,10 +197,39 @@ impl RegistryClient {
             http,
             tokens: Mutex::new(HashMap::new()),
             challenges: Mutex::new(HashMap::new()),
+            credentials: Arc::new(Credentials::none()),
             timeouts,
         })
     }
 
+    /// Sends these credentials in token requests (per registry host, mirrors by their host).
+    pub fn with_credentials(mut self, credentials: Arc<Credentials>) -> RegistryClient {
+        self.credentials = credentials;
+        self
+    }
+
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// The credential for `host` (a helper runs off the async threads, once per host).
+    pub async fn credential_for(&self, host: &str) -> Result<Option<Credential>, RegistryError> {
+        let credentials = Arc::clone(&self.credentials);
+        let owned = host.to_string();
+        let found = tokio::task::spawn_blocking(move || credentials.lookup(&owned))
+            .await
+            .unwrap_or(Ok(None));
+        found.map_err(|err| RegistryError {
+            host: host.to_string(),
+            kind: RequestKind::Token,
+            class: ErrorClass::Other,
+            status: None,
+            code: None,
+            message: format!("{err}; {}", err.help()),
+            body: None,
+            retry_after: None,
+        })
+    }
     /// Sends one request (and, on a Bearer challenge, fetches a token and sends it once more).
     /// When an earlier request for the same repository was challenged but no token is cached
     /// (its token fetch failed), the token is fetched first: that spares a flaky network the
@@ -232,7 +264,7 @@ impl RegistryClient {
             )
             .await?;
         if first.status() != StatusCode::UNAUTHORIZED {
-            return check(&endpoint.host, kind, first).await;
+            return self.checked(&endpoint.host, kind, first).await;
         }
         let challenge = first
             .headers()
@@ -248,7 +280,49 @@ impl RegistryClient {
         let second = self
             .request(&endpoint.host, kind, method, &url, headers, Some(&token))
             .await?;
-        check(&endpoint.host, kind, second).await
+        self.checked(&endpoint.host, kind, second).await
+    }
+
+    /// [`check`], with a 401/403 explained by the credentials used (or not).
+    async fn checked(
+        &self,
+        host: &str,
+        kind: RequestKind,
+        resp: Response,
+    ) -> Result<Response, RegistryError> {
+        match check(host, kind, resp).await {
+            Err(err) if matches!(err.status, Some(401 | 403)) => {
+                Err(self.auth_failure(host, err).await)
+            }
+            other => other,
+        }
+    }
+
+    /// A 401/403 after the token flow: with credentials, they were rejected or lack the
+    /// scope (`auth-rejected`); without, the registry needs them.
+    async fn auth_failure(&self, host: &str, mut err: RegistryError) -> RegistryError {
+        match self.credential_for(host).await {
+            Ok(Some(cred)) => {
+                err.class = ErrorClass::AuthRejected;
+                err.message = format!(
+                    "{} (credentials from {}{} were refused for this repository: does the token have the scope, e.g. read:packages, and the account access?)",
+                    err.message,
+                    cred.origin,
+                    cred.username()
+                        .filter(|u| !u.is_empty())
+                        .map(|u| format!(", user {u}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(None) => {
+                err.message = format!(
+                    "{} (anonymous: needs credentials: log in to {host})",
+                    err.message
+                );
+            }
+            Err(_) => {}
+        }
+        err
     }
 
     /// Tokens are cached per registry host and repository (the scope they were issued for).
@@ -308,6 +382,55 @@ impl RegistryClient {
         }
     }
 
+    /// An OAuth2 token request: `form` posted to the realm (without its query).
+    async fn post_form(
+        &self,
+        token_host: &str,
+        url: &reqwest::Url,
+        form: &[(&str, String)],
+    ) -> Result<Response, RegistryError> {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_escape(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        let mut realm = url.clone();
+        realm.set_query(None);
+        self.request_with_body(token_host, realm.as_str(), headers, body)
+            .await
+    }
+
+    async fn request_with_body(
+        &self,
+        host: &str,
+        url: &str,
+        headers: HeaderMap,
+        body: String,
+    ) -> Result<Response, RegistryError> {
+        let send = self.http.post(url).headers(headers).body(body).send();
+        match tokio::time::timeout(self.timeouts.idle, send).await {
+            Err(_) => Err(transport_error(
+                host,
+                RequestKind::Token,
+                format!(
+                    "no response headers within {}s (timeout)",
+                    self.timeouts.idle.as_secs()
+                ),
+            )),
+            Ok(Err(err)) => Err(transport_error(
+                host,
+                RequestKind::Token,
+                describe_reqwest(&err),
+            )),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
     async fn fetch_token(
         &self,
         host: &str,
@@ -336,21 +459,101 @@ impl RegistryClient {
             }
         }
         let token_host = url.host_str().unwrap_or(host).to_string();
-        let resp = self
-            .request(
-                &token_host,
-                RequestKind::Token,
-                Method::GET,
-                url.as_str(),
-                HeaderMap::new(),
-                None,
-            )
-            .await;
+        let credential = self.credential_for(host).await?;
+        let resp = match credential.as_ref().map(|c| &c.secret) {
+            // A bearer token for the registry itself: no token request at all.
+            Some(Secret::RegistryToken(token)) => return Ok(token.clone()),
+            Some(Secret::IdentityToken { token, .. }) => {
+                // The OAuth2 refresh-token grant, as the docker daemon sends it.
+                let mut form = vec![
+                    ("grant_type", "refresh_token".to_string()),
+                    ("refresh_token", token.clone()),
+                    ("client_id", "ai-infra-build".to_string()),
+                    ("access_type", "offline".to_string()),
+                ];
+                if let Some(service) = &challenge.service {
+                    form.push(("service", service.clone()));
+                }
+                if let Some(scope) = &challenge.scope {
+                    form.push(("scope", scope.clone()));
+                }
+                self.post_form(&token_host, &url, &form).await
+            }
+            Some(Secret::Password { username, password }) => {
+                let mut basic_url = url.clone();
+                basic_url.query_pairs_mut().append_pair("account", username);
+                let mut headers = HeaderMap::new();
+                if let Some(value) = credential
+                    .as_ref()
+                    .and_then(Credential::basic_header)
+                    .and_then(|v| HeaderValue::from_str(&v).ok())
+                {
+                    headers.insert(AUTHORIZATION, value);
+                }
+                let basic = self
+                    .request(
+                        &token_host,
+                        RequestKind::Token,
+                        Method::GET,
+                        basic_url.as_str(),
+                        headers,
+                        None,
+                    )
+                    .await;
+                match basic {
+                    // A realm that speaks only OAuth2: the password grant, as distribution's
+                    // client sends it.
+                    Ok(resp) if matches!(resp.status().as_u16(), 404 | 405) => {
+                        let mut form = vec![
+                            ("grant_type", "password".to_string()),
+                            ("username", username.clone()),
+                            ("password", password.clone()),
+                            ("client_id", "ai-infra-build".to_string()),
+                        ];
+                        if let Some(service) = &challenge.service {
+                            form.push(("service", service.clone()));
+                        }
+                        if let Some(scope) = &challenge.scope {
+                            form.push(("scope", scope.clone()));
+                        }
+                        self.post_form(&token_host, &url, &form).await
+                    }
+                    other => other,
+                }
+            }
+            None => {
+                self.request(
+                    &token_host,
+                    RequestKind::Token,
+                    Method::GET,
+                    url.as_str(),
+                    HeaderMap::new(),
+                    None,
+                )
+                .await
+            }
+        };
         let resp = match resp {
             Ok(resp) => check(&token_host, RequestKind::Token, resp).await,
             Err(err) => Err(err),
-        }
-        .map_err(token_failure)?;
+        };
+        let resp = match (resp, &credential) {
+            (Err(mut err), Some(cred)) if matches!(err.status, Some(401 | 403)) => {
+                err.class = ErrorClass::AuthRejected;
+                err.kind = RequestKind::Token;
+                err.message = format!(
+                    "{host} rejected the credentials from {}{}: {} (wrong password or expired token? run `docker login {host}` again)",
+                    cred.origin,
+                    cred.username()
+                        .filter(|u| !u.is_empty())
+                        .map(|u| format!(" (user {u})"))
+                        .unwrap_or_default(),
+                    err.message
+                );
+                return Err(err);
+            }
+            (resp, _) => resp.map_err(token_failure)?,
+        };
         let body: TokenResponse = resp.json().await.map_err(|err| {
             token_failure(transport_error(
                 &token_host,
@@ -374,6 +577,19 @@ impl RegistryClient {
             })?;
         Ok(token)
     }
+}
+
+/// `application/x-www-form-urlencoded` escaping of one value.
+fn form_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// A token failure keeps its cause's class, except that transient causes become

@@ -67,6 +67,10 @@ struct State {
     /// Per host: no request before this instant (set by `Retry-After`).
     gates: Mutex<HashMap<String, Instant>>,
     events: Mutex<Vec<RequestEvent>>,
+    /// The run's secret: only repository names that carry it (`k<secret>/s<N>/…`, handed to
+    /// our own daemon's pulls) are served, so no other local process pulls with our
+    /// credentials.
+    secret: String,
     /// Upstream requests and bodies in flight, per (source label, repository).
     inflight: Mutex<HashMap<(String, String), usize>>,
 }
@@ -122,6 +126,7 @@ impl Relay {
             sources: Mutex::new(Vec::new()),
             gates: Mutex::new(HashMap::new()),
             events: Mutex::new(Vec::new()),
+            secret: format!("{:032x}", rand::random::<u128>()),
             inflight: Mutex::new(HashMap::new()),
         });
         let (stop, mut stopped) = watch::channel(());
@@ -168,7 +173,18 @@ impl Relay {
 
     /// The repository name, on the relay, for `repository` served by `source`.
     pub fn repository(&self, source: &Source, repository: &str) -> String {
-        format!("{}/s{}/{}", self.host(), self.source_id(source), repository)
+        format!(
+            "{}/k{}/s{}/{}",
+            self.host(),
+            self.state.secret,
+            self.source_id(source),
+            repository
+        )
+    }
+
+    /// The run's secret (for masking: it appears in the daemon's pull names).
+    pub fn secret(&self) -> &str {
+        &self.state.secret
     }
 
     /// Every upstream request so far.
@@ -222,7 +238,18 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             .body(full(Bytes::from_static(b"{}")))
             .expect("static response"));
     }
-    let Some((source, repository, upstream_path)) = route(&state, &path) else {
+    let Some(rest) = path
+        .strip_prefix("/v2/k")
+        .and_then(|r| r.strip_prefix(state.secret.as_str()))
+        .and_then(|r| r.strip_prefix('/'))
+    else {
+        return Ok(error_response(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "the relay serves only the pulls of the run that started it",
+        ));
+    };
+    let Some((source, repository, upstream_path)) = route(&state, rest) else {
         return Ok(error_response(
             StatusCode::NOT_FOUND,
             "NAME_UNKNOWN",
@@ -556,8 +583,10 @@ fn parse_content_range(value: &str) -> Option<(u64, u64)> {
 }
 
 /// `/v2/s<N>/<repository>/(manifests|blobs)/<ref>` -> (source N, repository, upstream path).
+/// `s<N>/<repository>/(manifests|blobs)/…` (the path after the secret): the source, the
+/// repository (a valid name: distribution's path components) and the upstream path.
 fn route(state: &State, path: &str) -> Option<(Source, String, String)> {
-    let rest = path.strip_prefix("/v2/s")?;
+    let rest = path.strip_prefix('s')?;
     let (index, rest) = rest.split_once('/')?;
     let index: usize = index.parse().ok()?;
     let source = state.sources.lock().ok()?.get(index)?.clone();
@@ -565,6 +594,13 @@ fn route(state: &State, path: &str) -> Option<(Source, String, String)> {
         .iter()
         .find_map(|m| rest.find(m))?;
     let (repository, tail) = rest.split_at(marker);
+    if repository.len() > 255
+        || !repository
+            .split('/')
+            .all(crate::reference::is_path_component)
+    {
+        return None;
+    }
     Some((
         source.clone(),
         repository.to_string(),

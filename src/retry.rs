@@ -53,6 +53,9 @@ pub enum ErrorClass {
     NameUnknown,
     Unauthorized,
     Denied,
+    /// The registry refused the credentials we sent (wrong password, a token without the
+    /// scope): permanent, never retried; the next source is tried.
+    AuthRejected,
     InvalidReference,
     /// The image has no variant for the requested platform.
     NoMatchingPlatform,
@@ -110,6 +113,7 @@ impl ErrorClass {
             NameUnknown => "name-unknown",
             Unauthorized => "unauthorized",
             Denied => "denied",
+            AuthRejected => "auth-rejected",
             InvalidReference => "invalid-reference",
             NoMatchingPlatform => "no-matching-platform",
             DnsNotFound => "dns-not-found",

@@ -149,6 +149,51 @@ pub struct CacheDir {
     pub max_size: u64,
 }
 
+/// The docker CLI's credentials (`$DOCKER_CONFIG/config.json`, default `~/.docker`).
+fn load_credentials() -> Result<crate::auth::Credentials, Error> {
+    crate::auth::Credentials::from_env().map_err(|err| Error::Input {
+        input: "docker credentials".to_string(),
+        reason: format!("{err}; {}", err.help()),
+    })
+}
+
+/// Reads the credentials of every registry the plan pulls from (mirrors included) before
+/// any work, so that every secret is known (and masked) from the start; the secrets read.
+pub fn read_credentials(options: &PrefetchOptions, plan: &Plan) -> Result<Vec<String>, Error> {
+    for host in &pull_hosts(options, plan) {
+        options
+            .credentials
+            .lookup(host)
+            .map_err(|err| Error::Input {
+                input: format!("credentials for {host}"),
+                reason: format!("{err}; {}", err.help()),
+            })?;
+    }
+    Ok(options.credentials.secrets())
+}
+
+/// The hosts a plan pulls from: each base image's registry and its mirrors.
+fn pull_hosts(options: &PrefetchOptions, plan: &Plan) -> BTreeSet<String> {
+    let mut hosts: BTreeSet<String> = BTreeSet::new();
+    for need in &plan.base_images {
+        hosts.insert(need.reference.registry_host());
+        for source in options.mirrors.for_registry(&need.reference.domain) {
+            hosts.insert(source.endpoint.host.clone());
+        }
+    }
+    hosts
+}
+
+/// What the Engine API builds are given: the credentials of every host the plan pulls from.
+fn engine_auth(options: &PrefetchOptions, plan: &Plan) -> Result<crate::auth::EngineAuth, Error> {
+    let hosts = pull_hosts(options, plan);
+    crate::auth::EngineAuth::for_hosts(&options.credentials, hosts.iter().map(String::as_str))
+        .map_err(|err| Error::Input {
+            input: "docker credentials".to_string(),
+            reason: format!("{err}; {}", err.help()),
+        })
+}
+
 /// How base images are had.
 #[derive(Debug)]
 pub struct PrefetchSettings {
@@ -184,6 +229,7 @@ impl PrefetchSettings {
             health: cache.as_ref().map(|c| {
                 std::sync::Arc::new(crate::health::HealthStore::load(&c.dir).unwrap_or_default())
             }),
+            credentials: std::sync::Arc::new(load_credentials()?),
         };
         Ok(PrefetchSettings {
             options,
@@ -238,7 +284,8 @@ impl BuildSettings {
         }
         let out_dir = std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone());
         let secrets = resolve_secrets(args, &ws.root)?;
-        let masks = secrets.iter().flat_map(Secret::mask_lines).collect();
+        let mut masks: Vec<String> = secrets.iter().flat_map(Secret::mask_lines).collect();
+        masks.extend(read_credentials(&prefetch.options, plan)?);
         let mut publish = PublishContext::new(
             out_dir.clone(),
             ws.project.root.clone(),
@@ -278,6 +325,7 @@ impl BuildSettings {
                 provenance: args.provenance.clone(),
                 sbom: args.sbom.clone(),
             },
+            registry_auth: engine_auth(&prefetch.options, plan)?,
         };
         let needs_buildx = options.extras.needs_buildx();
         Ok(BuildSettings {

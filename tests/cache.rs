@@ -80,6 +80,7 @@ impl Fixture {
             via: PullVia::Auto,
             notify: None,
             health: None,
+            credentials: Default::default(),
         }
     }
 

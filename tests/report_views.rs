@@ -757,6 +757,7 @@ fn all_error_classes() -> Vec<ErrorClass> {
         NameUnknown,
         Unauthorized,
         Denied,
+        AuthRejected,
         InvalidReference,
         NoMatchingPlatform,
         DnsNotFound,
@@ -767,8 +768,8 @@ fn all_error_classes() -> Vec<ErrorClass> {
         match c {
             Eof | ConnectionReset | ConnectionRefused | Timeout | Stalled | DnsTemporary
             | RateLimited | ServerError | RequestTimeout | TokenFetch | ManifestUnknown
-            | NameUnknown | Unauthorized | Denied | InvalidReference | NoMatchingPlatform
-            | DnsNotFound | Other => {}
+            | NameUnknown | Unauthorized | Denied | AuthRejected | InvalidReference
+            | NoMatchingPlatform | DnsNotFound | Other => {}
         }
     }
     all
@@ -776,10 +777,10 @@ fn all_error_classes() -> Vec<ErrorClass> {
 
 fn all_failure_classes() -> Vec<BuildFailureClass> {
     use BuildFailureClass::*;
-    let all = vec![Network, Syntax, RunFailed, Input, Stalled, Other];
+    let all = vec![Network, Syntax, RunFailed, Input, Stalled, Auth, Other];
     for c in &all {
         match c {
-            Network | Syntax | RunFailed | Input | Stalled | Other => {}
+            Network | Syntax | RunFailed | Input | Stalled | Auth | Other => {}
         }
     }
     all

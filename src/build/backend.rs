@@ -43,6 +43,8 @@ pub struct BuildJob {
     pub idle_timeout: Duration,
     /// Secrets, SSH and attestations (buildx only; [`Backend::choose`] takes buildx for them).
     pub extras: super::run::BuildxExtras,
+    /// Credentials for the registries the Dockerfile pulls from (mirrors included).
+    pub registry_auth: crate::auth::EngineAuth,
 }
 
 /// What a successful build produced.
@@ -422,7 +424,10 @@ async fn engine_build(
             .session(&session);
     }
     let body = bollard::body_full(archive.bytes.into());
-    let mut stream = engine.docker.build_image(options.build(), None, Some(body));
+    let credentials = (!job.registry_auth.is_empty()).then(|| job.registry_auth.0.clone());
+    let mut stream = engine
+        .docker
+        .build_image(options.build(), credentials, Some(body));
     let mut output = BuildOutput::default();
     let mut vertex_names: HashMap<String, String> = HashMap::new();
     let mut done: std::collections::HashSet<String> = std::collections::HashSet::new();

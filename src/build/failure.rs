@@ -19,6 +19,9 @@ pub enum BuildFailureClass {
     Input,
     /// The build was cut by the idle timeout.
     Stalled,
+    /// A registry refused the build's pull (`pull access denied`, `failed to authorize`):
+    /// credentials are missing, wrong or lack a scope. Never retried.
+    Auth,
     Other,
 }
 
@@ -75,6 +78,17 @@ const DOWNLOAD_TOOL_FRAGMENTS: &[&str] = &[
     "wget: bad address",
 ];
 
+/// Messages that mean a registry refused the build's credentials (or their absence): checked
+/// before the network fragments, because "failed to authorize: failed to fetch oauth token"
+/// is an auth failure, not a network one. Lowercase.
+const AUTH_FRAGMENTS: &[&str] = &[
+    "pull access denied",
+    "insufficient_scope",
+    "unauthorized: authentication required",
+    "unauthorized: incorrect username or password",
+    "denied: requested access to the resource is denied",
+];
+
 /// Whether the builder says a RUN's process exited non-zero (its error then quotes the
 /// command, which is the Dockerfile's text, not the builder's).
 fn is_run_failure(lower: &str) -> bool {
@@ -97,6 +111,16 @@ pub fn classify(error: &str, log_tail: &[String]) -> (BuildFailureClass, Option<
     }
     if lower.contains("no progress for") {
         return (BuildFailureClass::Stalled, Some(ErrorClass::Stalled));
+    }
+    // "failed to authorize" alone (BuildKit's token step refused) is an auth failure; with a
+    // transport fault under it ("failed to authorize: … unexpected EOF") it stays network.
+    let refused_token = lower.contains("failed to authorize")
+        && !NETWORK_FRAGMENTS
+            .iter()
+            .filter(|f| !f.starts_with("failed to"))
+            .any(|f| lower.contains(f));
+    if refused_token || AUTH_FRAGMENTS.iter().any(|f| lower.contains(f)) {
+        return (BuildFailureClass::Auth, Some(ErrorClass::AuthRejected));
     }
     let network = |haystack: &str| {
         let class = crate::retry::classify_message(haystack);
@@ -278,6 +302,27 @@ fn number_after(text: &str, marker: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn issue12_refused_pulls_are_auth_failures_never_network() {
+        use super::*;
+        for message in [
+            "pull access denied for 127.0.0.1:5000/private/x, repository does not exist or may require 'docker login': denied: requested access to the resource is denied",
+            "failed to solve: 127.0.0.1:5000/private/x:1.0: failed to authorize: failed to fetch oauth token: unexpected status: 401 Unauthorized",
+            "failed to solve: failed to authorize: rpc error: code = Unknown desc = failed to fetch anonymous token: unexpected status: 403 Forbidden",
+            "failed to solve: ghcr.io/org/x:1: failed to authorize",
+        ] {
+            let (class, error) = classify(message, &[]);
+            assert_eq!(class, BuildFailureClass::Auth, "{message}");
+            assert!(!class.is_transient());
+            assert_eq!(error, Some(ErrorClass::AuthRejected));
+        }
+        let (class, _) = classify(
+            "failed to solve: failed to authorize: failed to fetch anonymous token: Get \"http://x/token\": unexpected EOF",
+            &[],
+        );
+        assert_eq!(class, BuildFailureClass::Network);
+    }
+
     use super::*;
 
     const DOCKERFILE: &str = "# syntax=docker/dockerfile:1\nARG BASE=ubuntu:22.04\nFROM ${BASE}\n\n# install\nRUN apt-get update && \\\n    apt-get install -y curl\nRUN exit 3\nCOPY . /app\n";

@@ -42,6 +42,8 @@ pub struct BuildOptions {
     pub platforms: Vec<String>,
     /// Secrets, SSH and attestations (buildx only).
     pub extras: BuildxExtras,
+    /// Credentials for every registry the Dockerfiles name (issue 12).
+    pub registry_auth: crate::auth::EngineAuth,
 }
 
 /// What only buildx builds with: build secrets, SSH forwarding, attestations. (bollard's
@@ -326,6 +328,7 @@ async fn build_one(
         inline_cache: options.inline_cache || dir_cache.inline_cache,
         cache_to: dir_cache.cache_to,
         idle_timeout: options.idle_timeout,
+        registry_auth: options.registry_auth.clone(),
     };
     let dockerfile_text = std::fs::read_to_string(&svc.dockerfile).unwrap_or_default();
     let policy = RetryPolicy {

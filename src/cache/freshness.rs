@@ -127,7 +127,8 @@ impl Cache {
         let Ok(client) = RegistryClient::new(Timeouts {
             connect: Duration::from_secs(5),
             idle: Duration::from_secs(15),
-        }) else {
+        })
+        .map(|c| c.with_credentials(std::sync::Arc::clone(&options.credentials))) else {
             return Vouched::default();
         };
         let mut vouched = Vouched::default();

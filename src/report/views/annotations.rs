@@ -148,6 +148,7 @@ pub fn failure_label(class: BuildFailureClass) -> (&'static str, &'static str) {
         BuildFailureClass::RunFailed => ("run-failed", "a RUN step failed"),
         BuildFailureClass::Input => ("input", "missing build input"),
         BuildFailureClass::Stalled => ("stalled", "no progress until the idle timeout"),
+        BuildFailureClass::Auth => ("auth", "the registry refused the credentials"),
         BuildFailureClass::Other => ("other", "build failed"),
     }
 }
@@ -160,6 +161,7 @@ fn failure_rank(class: BuildFailureClass) -> u8 {
         BuildFailureClass::Other => 3,
         BuildFailureClass::Network => 4,
         BuildFailureClass::Stalled => 5,
+        BuildFailureClass::Auth => 1,
     }
 }
 

@@ -60,6 +60,52 @@ pub struct ProxyOptions {
     pub faults: FaultConfig,
     /// Require a Bearer token from `/token` on `/v2/…` requests.
     pub auth: bool,
+    /// Credentials the token endpoint demands for private repositories (implies `auth`).
+    pub credentials: Option<ProxyCredentials>,
+}
+
+/// A registry account: `/token` issues a credentialed token for these credentials (Basic on
+/// `GET`, the OAuth2 `password` grant or the `refresh_token` grant on `POST`), answers wrong
+/// ones `401`, and anonymous requests get a token that opens only public repositories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyCredentials {
+    pub username: String,
+    pub password: String,
+    /// Repositories (name prefixes) that only a credentialed token opens; empty: all.
+    pub private: Vec<String>,
+    /// The token endpoint speaks only OAuth2 (`POST`): a `GET` is answered `405`.
+    pub oauth_only: bool,
+}
+
+impl ProxyCredentials {
+    pub fn new(username: &str, password: &str) -> Self {
+        ProxyCredentials {
+            username: username.to_string(),
+            password: password.to_string(),
+            private: Vec::new(),
+            oauth_only: false,
+        }
+    }
+
+    /// Only the OAuth2 grants on `POST` (a `GET` gets `405 Method Not Allowed`).
+    pub fn oauth_only(mut self) -> Self {
+        self.oauth_only = true;
+        self
+    }
+
+    /// Only repositories starting with one of `prefixes` are private.
+    pub fn private(mut self, prefixes: &[&str]) -> Self {
+        self.private = prefixes.iter().map(|p| p.to_string()).collect();
+        self
+    }
+
+    fn is_private(&self, repository: &str) -> bool {
+        self.private.is_empty()
+            || self
+                .private
+                .iter()
+                .any(|p| repository.starts_with(p.as_str()))
+    }
 }
 
 impl ProxyOptions {
@@ -71,6 +117,7 @@ impl ProxyOptions {
             seed: 0,
             faults: FaultConfig::default(),
             auth: false,
+            credentials: None,
         }
     }
 
@@ -91,6 +138,13 @@ impl ProxyOptions {
 
     pub fn with_auth(mut self, auth: bool) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Demand these credentials (and the token flow) for private repositories.
+    pub fn with_credentials(mut self, credentials: ProxyCredentials) -> Self {
+        self.auth = true;
+        self.credentials = Some(credentials);
         self
     }
 }
@@ -121,6 +175,9 @@ impl FaultProxy {
             started: Instant::now(),
             auth: options.auth,
             token: crate::unique_name("testbed-token"),
+            credentials: options.credentials,
+            private_token: crate::unique_name("testbed-credentialed-token"),
+            refresh_token: crate::unique_name("testbed-refresh-token"),
             state: Mutex::new(State::new(options.faults, options.seed)),
         });
         let task = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
@@ -202,6 +259,11 @@ struct Shared {
     started: Instant,
     auth: bool,
     token: String,
+    credentials: Option<ProxyCredentials>,
+    /// The token issued for [`Shared::credentials`]; opens private repositories.
+    private_token: String,
+    /// The refresh token handed out by the OAuth2 password grant.
+    refresh_token: String,
     state: Mutex<State>,
 }
 

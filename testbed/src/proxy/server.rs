@@ -124,10 +124,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, reused: bool) -> Ha
         Some(FaultType::Stall | FaultType::Truncate) | None => {}
     }
     let resp = if kind == RequestKind::Token {
-        token_response(&shared)
+        token_response(&shared, req).await
     } else if shared.auth && req.uri().path().starts_with("/v2") && !authorized(&shared, &req) {
         shared.state().stats.unauthorized += 1;
         unauthorized_response(&shared, &req)
+    } else if shared.auth && !opens_repository(&shared, &req) {
+        shared.state().stats.denied += 1;
+        registry_error(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "requested access to the resource is denied",
+        )
     } else {
         forward(&shared, req).await
     };
@@ -234,12 +241,72 @@ async fn forward(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody>
     }
 }
 
-fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
     req.headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|token| token == shared.token)
+}
+
+/// Any token the proxy issued.
+fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+    bearer(req).is_some_and(|token| token == shared.token || token == shared.private_token)
+}
+
+/// Whether the request's token opens its repository (private ones need the credentialed token).
+fn opens_repository(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let Some(credentials) = &shared.credentials else {
+        return true;
+    };
+    let Some(name) = repository_name(req.uri().path()) else {
+        return true;
+    };
+    !credentials.is_private(name) || bearer(req) == Some(shared.private_token.as_str())
+}
+
+/// `user:password` of a Basic `Authorization` header.
+fn basic_credentials(req: &Request<Incoming>) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// An `application/x-www-form-urlencoded` body.
+fn parse_form(body: &[u8]) -> std::collections::HashMap<String, String> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                    match u8::from_str_radix(hex, 16) {
+                        Ok(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
 }
 
 /// `401` with the Bearer challenge a registry behind a token server sends.
@@ -283,7 +350,86 @@ fn repository_name(path: &str) -> Option<&str> {
         .map(|end| &rest[..end])
 }
 
-fn token_response(shared: &Shared) -> Response<ProxyBody> {
+/// `/token`: without configured credentials, a token for everyone. With them: Basic (on
+/// `GET`), the `password` grant or the `refresh_token` grant (on `POST`) with the right
+/// credentials get the credentialed token, wrong ones `401`, none the anonymous token.
+async fn token_response(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    let Some(credentials) = &shared.credentials else {
+        return anonymous_token(shared);
+    };
+    if credentials.oauth_only && req.method() != Method::POST {
+        return text_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this token endpoint takes only OAuth2 POST requests\n".into(),
+        );
+    }
+    let basic = basic_credentials(&req);
+    let form = if req.method() == Method::POST {
+        match tokio::time::timeout(BODY_TIMEOUT, req.into_body().collect()).await {
+            Ok(Ok(body)) => parse_form(&body.to_bytes()),
+            _ => return text_response(StatusCode::BAD_REQUEST, "unreadable body\n".into()),
+        }
+    } else {
+        Default::default()
+    };
+    let grant = form.get("grant_type").map(String::as_str);
+    let (presented, refresh) = match grant {
+        Some("password") => (
+            Some((
+                form.get("username").cloned().unwrap_or_default(),
+                form.get("password").cloned().unwrap_or_default(),
+            )),
+            true,
+        ),
+        Some("refresh_token") => {
+            if form.get("refresh_token") == Some(&shared.refresh_token) {
+                return credentialed_token(shared, true);
+            }
+            shared.state().stats.tokens_rejected += 1;
+            return registry_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "invalid refresh token",
+            );
+        }
+        _ => (basic, false),
+    };
+    match presented {
+        None => anonymous_token(shared),
+        Some((user, password))
+            if user == credentials.username && password == credentials.password =>
+        {
+            credentialed_token(shared, refresh)
+        }
+        Some(_) => {
+            shared.state().stats.tokens_rejected += 1;
+            registry_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "incorrect username or password",
+            )
+        }
+    }
+}
+
+fn credentialed_token(shared: &Shared, with_refresh: bool) -> Response<ProxyBody> {
+    {
+        let mut state = shared.state();
+        state.stats.tokens_issued += 1;
+        state.stats.tokens_credentialed += 1;
+    }
+    let mut body = serde_json::json!({
+        "token": shared.private_token,
+        "access_token": shared.private_token,
+        "expires_in": TOKEN_EXPIRES_SECS,
+    });
+    if with_refresh {
+        body["refresh_token"] = serde_json::Value::String(shared.refresh_token.clone());
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+fn anonymous_token(shared: &Shared) -> Response<ProxyBody> {
     shared.state().stats.tokens_issued += 1;
     json_response(
         StatusCode::OK,

@@ -67,6 +67,15 @@ pub struct ProxyStats {
     pub unauthorized: u64,
     /// Tokens handed out by `/token`.
     pub tokens_issued: u64,
+    /// Of those, tokens issued for the right credentials (Basic, password or refresh grant).
+    #[serde(default)]
+    pub tokens_credentialed: u64,
+    /// Token requests answered `401` because their credentials were wrong.
+    #[serde(default)]
+    pub tokens_rejected: u64,
+    /// `403` answers: a token that does not open a private repository.
+    #[serde(default)]
+    pub denied: u64,
     /// Every request in arrival order (at most [`LOG_LIMIT`]).
     pub log: Vec<RequestRecord>,
     /// Requests not logged because the log was full.

@@ -10,6 +10,7 @@ pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod cmd;
+pub mod compose;
 pub mod context;
 pub mod dockerfile;
 pub mod doctor;

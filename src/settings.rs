@@ -69,7 +69,12 @@ impl Workspace {
             what: "the working directory".into(),
             reason: e.to_string(),
         })?;
-        let project = Project::load(&root, global.config.as_deref())?;
+        let compose = crate::project::ComposeOptions {
+            files: global.compose_files.clone(),
+            env_files: global.env_files.clone(),
+            environment: crate::compose::process_environment(),
+        };
+        let project = Project::load_with(&root, global.config.as_deref(), &compose)?;
         let plan = plan_project(&root, &project, args, &actions)?;
         Ok(Workspace {
             root,
@@ -77,6 +82,14 @@ impl Workspace {
             plan,
             actions,
         })
+    }
+
+    /// Says what reading the project warned about (variables not set, build keys not
+    /// applied, folders discovery skipped), each on one cleaned line.
+    pub fn announce(&self, ui: &crate::ui::Ui) {
+        for warning in &self.plan.warnings {
+            ui.warn(&crate::report::text::clean_line(warning, 4000));
+        }
     }
 
     /// The config file's bytes (empty when the services were discovered).
@@ -291,7 +304,7 @@ pub fn select_services(
     let index = |name: &String, flag: &str| {
         plan.services
             .iter()
-            .position(|s| &s.name == name)
+            .position(|s| &s.name == name || s.aliases.contains(name))
             .ok_or_else(|| Error::Usage {
                 what: format!("{flag} {name:?}"),
                 reason: format!(

@@ -18,6 +18,7 @@ pub async fn run(
     actions: ActionsEnv,
 ) -> Result<Exit, Error> {
     let ws = Workspace::load(global, &args.plan, actions)?;
+    ws.announce(ui);
     let settings = PrefetchSettings::resolve(args, &ws.project)?;
     let options = &settings.options;
     let engine = Engine::connect(Duration::from_secs(10)).await?;

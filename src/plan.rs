@@ -354,18 +354,28 @@ pub fn plan(
             .images_for_target(service.target.as_deref())
             .ok_or_else(|| Error::Input {
                 input: service.origin.clone(),
-                reason: format!(
-                    "service {:?}, {}: {} has no stage of that name (its stages: {}); fix the target",
-                    service.name,
-                    written_note(service, "build.target", service.target.as_deref().unwrap_or_default()),
-                    shown.display(),
-                    parsed
+                reason: {
+                    let names: Vec<String> = parsed
                         .stages
                         .iter()
                         .filter_map(|s| s.name.clone())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                        .collect();
+                    format!(
+                        "service {:?}, {}: {} has no stage of that name ({}); fix the target",
+                        service.name,
+                        written_note(
+                            service,
+                            "build.target",
+                            service.target.as_deref().unwrap_or_default()
+                        ),
+                        shown.display(),
+                        if names.is_empty() {
+                            "it has no named stages".to_string()
+                        } else {
+                            format!("its stages: {}", names.join(", "))
+                        }
+                    )
+                },
             })?;
         let mut deps: BTreeSet<String> = service.depends_on.iter().cloned().collect();
         let mut mine = Vec::new();

@@ -73,13 +73,13 @@ fn compare(project: &str, run: &Value, plan: &Value) -> Vec<String> {
         let Some(got) = planned.get(service) else {
             continue;
         };
-        if let Some(image) = exp.get("image") {
-            if got["image"] != *image {
-                problems.push(at(format!(
-                    "{service}: image {}, expected {image}",
-                    got["image"]
-                )));
-            }
+        if let Some(image) = exp.get("image")
+            && got["image"] != *image
+        {
+            problems.push(at(format!(
+                "{service}: image {}, expected {image}",
+                got["image"]
+            )));
         }
         for (key, default_empty) in [
             ("aliases", true),

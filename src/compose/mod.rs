@@ -650,6 +650,11 @@ fn describe_path(path: &str) -> String {
     }
 }
 
+/// `path` without `.` components (`a/./b` is `a/b`); `..` is kept.
+fn clean(path: &Path) -> PathBuf {
+    path.components().collect()
+}
+
 /// A context that is not a local directory: a Git URL, an HTTP(S) tarball.
 fn is_remote(context: &str) -> bool {
     context.contains("://") || context.starts_with("git@") || context.starts_with("github.com/")
@@ -692,7 +697,7 @@ fn normalize(
         {
             b.insert(
                 "context".into(),
-                Value::String(base.join(&context).display().to_string()),
+                Value::String(clean(&base.join(&context)).display().to_string()),
             );
         }
         for (key, sep) in [("args", '='), ("labels", '='), ("additional_contexts", '=')] {
@@ -715,7 +720,7 @@ fn normalize(
                     && !s.starts_with("oci-layout://")
                     && !is_remote(&s)
                 {
-                    *v = Value::String(base.join(&s).display().to_string());
+                    *v = Value::String(clean(&base.join(&s)).display().to_string());
                 }
             }
         }

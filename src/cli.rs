@@ -481,7 +481,9 @@ impl MirrorList {
     pub fn parse(text: &str) -> Result<MirrorList, ValueError> {
         let mut lines = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            Mirrors::default().add(line).map_err(ValueError)?;
+            Mirrors::default()
+                .add(line)
+                .map_err(|e| ValueError(e.to_string()))?;
             lines.push(line.to_string());
         }
         Ok(MirrorList(lines))
@@ -580,5 +582,17 @@ mod tests {
         assert_eq!(ShardSpec::parse("2/3").unwrap().to_string(), "2/3");
         assert!(ShardSpec::parse("0/3").is_err());
         assert!(ShardSpec::parse("4/3").is_err());
+    }
+
+    #[test]
+    fn a_bad_shard_is_a_usage_error_naming_the_form() {
+        let err = Cli::try_parse_from(["ai-infra-build", "build-all", "--shard", "3"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .contains(r#"--shard "3" is not I/N (e.g. 2/3)"#),
+            "{err}"
+        );
     }
 }

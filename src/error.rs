@@ -59,6 +59,9 @@ pub enum Error {
     /// The JSON report could not be written.
     #[error("{0}")]
     Publish(#[from] crate::report::publish::PublishError),
+    /// A `--cache-key-prefix` (the action's `cache-key-prefix`) the Actions cache would refuse.
+    #[error("--cache-key-prefix (INPUT_CACHE_KEY_PREFIX): {0}")]
+    CacheKeyPrefix(#[from] crate::cache::KeyPrefixError),
 }
 
 impl Error {
@@ -66,6 +69,7 @@ impl Error {
         use crate::build::backend::BackendError;
         match self {
             Error::Usage { .. } | Error::Input { .. } | Error::Publish(_) => Exit::Usage,
+            Error::CacheKeyPrefix(_) => Exit::Usage,
             Error::Backend(BackendError::NoSuchBuilder { .. }) => Exit::Usage,
             Error::Backend(_) => Exit::Environment,
             Error::Engine(_) | Error::Environment { .. } => Exit::Environment,
@@ -88,6 +92,20 @@ impl Error {
             Error::Publish(_) => {
                 Some("check that the output directory (--out-dir) is writable".into())
             }
+            Error::CacheKeyPrefix(_) => Some(
+                "set the action's `cache-key-prefix` (or --cache-key-prefix) to letters, digits, \
+                 '-', '_' or '.', under 200 characters, or leave it empty"
+                    .into(),
+            ),
+        }
+    }
+}
+
+impl From<crate::project::InputError> for Error {
+    fn from(e: crate::project::InputError) -> Error {
+        Error::Input {
+            input: e.input,
+            reason: e.reason,
         }
     }
 }

@@ -2,8 +2,9 @@
 //! cache directory (`<cache-dir>/source-health.json`), and the order the next run tries them
 //! in.
 //!
-//! After each prefetch, [`HealthStore::record`] adds one [`RunSample`] per source that was
-//! tried: requests and pull attempts, how many failed for reasons of availability
+//! The prefetch describes what each source did as [`Sample`]s (one per request, pull attempt
+//! and image served); after each prefetch, [`HealthStore::record`] sums them into one
+//! [`RunSample`] per source that was tried: requests and pull attempts, how many failed for reasons of availability
 //! ([`counts_against`]: connection faults, timeouts, 5xx, 429, token fetches, DNS; not "this
 //! tag does not exist"), the images it served, the median time of its successful pulls.
 //! Each source keeps its last [`MAX_SAMPLES`] runs and a summary for people reading the file
@@ -24,10 +25,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::prefetch::{ImageStatus, PrefetchReport};
-use crate::relay::Source;
-use crate::report::text;
+use crate::endpoint::Source;
 use crate::retry::ErrorClass;
+use crate::text;
 
 /// The file in the cache directory.
 pub const HEALTH_FILE: &str = "source-health.json";
@@ -60,6 +60,47 @@ impl Default for HealthPolicy {
 /// found", "denied" or a bad reference are answers, not outages.
 pub fn counts_against(class: ErrorClass) -> bool {
     class.is_transient() || class == ErrorClass::DnsNotFound
+}
+
+/// One thing a source did in a run, as the prefetch saw it: what the store learns from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// The source's label (`registry-1.docker.io`, `mirror.example.com/hub`).
+    pub source: String,
+    pub outcome: Outcome,
+}
+
+/// What one [`Sample`] was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A registry request through the relay (every try): `None` when it succeeded, else the
+    /// class of its failure.
+    Request(Option<ErrorClass>),
+    /// A whole pull attempt: `Ok` with the time it took, or the class of its failure.
+    Pull(Result<u64, ErrorClass>),
+    /// An image the source served.
+    Served,
+}
+
+impl Sample {
+    pub fn request(source: &str, failure: Option<ErrorClass>) -> Sample {
+        Sample::new(source, Outcome::Request(failure))
+    }
+
+    pub fn pull(source: &str, outcome: Result<u64, ErrorClass>) -> Sample {
+        Sample::new(source, Outcome::Pull(outcome))
+    }
+
+    pub fn served(source: &str) -> Sample {
+        Sample::new(source, Outcome::Served)
+    }
+
+    fn new(source: &str, outcome: Outcome) -> Sample {
+        Sample {
+            source: source.to_string(),
+            outcome,
+        }
+    }
 }
 
 /// What one source did in one run.
@@ -258,22 +299,22 @@ impl HealthStore {
         })
     }
 
-    /// Reads the store in `dir`, adds the run, writes it back. What to call after a prefetch.
-    /// A corrupt file is replaced; the error says so.
-    pub fn update(dir: &Path, report: &PrefetchReport, now_ms: u64) -> Result<(), HealthError> {
+    /// Reads the store in `dir`, adds the run's samples, writes it back. What to call after a
+    /// prefetch. A corrupt file is replaced; the error says so.
+    pub fn update(dir: &Path, samples: &[Sample], now_ms: u64) -> Result<(), HealthError> {
         let (mut store, problem) = match HealthStore::load(dir) {
             Ok(store) => (store, None),
             Err(err @ HealthError::Corrupt { .. }) => (HealthStore::default(), Some(err)),
             Err(err) => return Err(err),
         };
-        store.record(report, now_ms);
+        store.record(samples, now_ms);
         store.save(dir)?;
         problem.map_or(Ok(()), Err)
     }
 
-    /// Adds one sample per source the prefetch tried.
-    pub fn record(&mut self, report: &PrefetchReport, now_ms: u64) {
-        for (label, sample) in samples(report, now_ms) {
+    /// Adds one run sample per source the prefetch tried.
+    pub fn record(&mut self, samples: &[Sample], now_ms: u64) {
+        for (label, sample) in run_samples(samples, now_ms) {
             self.sources.entry(label).or_default().push(sample);
         }
     }
@@ -311,61 +352,57 @@ impl Standing<'_> {
     }
 }
 
-/// Each tried source's sample of one prefetch.
-fn samples(report: &PrefetchReport, now_ms: u64) -> BTreeMap<String, RunSample> {
+/// Each tried source's sample of one prefetch. The failure class of a source is that of its
+/// requests when the relay recorded any, else that of its pull attempts.
+fn run_samples(samples: &[Sample], now_ms: u64) -> BTreeMap<String, RunSample> {
     let mut out: BTreeMap<String, RunSample> = BTreeMap::new();
-    let mut classes: BTreeMap<String, BTreeMap<ErrorClass, u64>> = BTreeMap::new();
+    let mut request_classes: BTreeMap<String, BTreeMap<ErrorClass, u64>> = BTreeMap::new();
+    let mut pull_classes: BTreeMap<String, BTreeMap<ErrorClass, u64>> = BTreeMap::new();
     let mut latencies: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for r in &report.requests {
-        let s = out.entry(r.source.clone()).or_default();
-        s.requests += 1;
-        if let Some(class) = r.class.filter(|c| counts_against(*c)) {
-            s.failed_requests += 1;
-            *classes
-                .entry(r.source.clone())
-                .or_default()
-                .entry(class)
-                .or_default() += 1;
-        }
-    }
-    for image in &report.images {
-        // The attempts end at `at_ms`; the first began `duration_ms` before the last ended.
-        let end = image.attempts.last().map_or(0, |a| a.at_ms);
-        let mut began = end.saturating_sub(image.duration_ms);
-        for a in &image.attempts {
-            let s = out.entry(a.source.clone()).or_default();
-            s.pulls += 1;
-            match a.class {
-                None => {
-                    latencies
-                        .entry(a.source.clone())
-                        .or_default()
-                        .push(a.at_ms.saturating_sub(began));
+    let count = |classes: &mut BTreeMap<String, BTreeMap<ErrorClass, u64>>, source: &str, class| {
+        *classes
+            .entry(source.to_string())
+            .or_default()
+            .entry(class)
+            .or_default() += 1;
+    };
+    for sample in samples {
+        let source = sample.source.as_str();
+        let s = out.entry(sample.source.clone()).or_default();
+        match sample.outcome {
+            Outcome::Request(failure) => {
+                s.requests += 1;
+                if let Some(class) = failure.filter(|c| counts_against(*c)) {
+                    s.failed_requests += 1;
+                    count(&mut request_classes, source, class);
                 }
-                Some(class) if counts_against(class) => {
-                    s.failed_pulls += 1;
-                    if s.requests == 0 {
-                        *classes
-                            .entry(a.source.clone())
-                            .or_default()
-                            .entry(class)
-                            .or_default() += 1;
-                    }
-                }
-                Some(_) => {}
             }
-            began = a.at_ms + a.wait_ms;
-        }
-        if image.status == ImageStatus::Pulled
-            && let Some(source) = &image.source
-        {
-            out.entry(source.clone()).or_default().served += 1;
+            Outcome::Pull(Ok(latency_ms)) => {
+                s.pulls += 1;
+                latencies
+                    .entry(sample.source.clone())
+                    .or_default()
+                    .push(latency_ms);
+            }
+            Outcome::Pull(Err(class)) => {
+                s.pulls += 1;
+                if counts_against(class) {
+                    s.failed_pulls += 1;
+                    count(&mut pull_classes, source, class);
+                }
+            }
+            Outcome::Served => s.served += 1,
         }
     }
     for (label, sample) in &mut out {
         sample.at_ms = now_ms;
         sample.latency_ms = latencies.remove(label).and_then(median);
-        sample.failure_class = classes.get(label).and_then(|c| {
+        let classes = if sample.requests > 0 {
+            request_classes.get(label)
+        } else {
+            pull_classes.get(label)
+        };
+        sample.failure_class = classes.and_then(|c| {
             c.iter()
                 .max_by_key(|(class, n)| (**n, std::cmp::Reverse(**class)))
                 .map(|(class, _)| *class)
@@ -467,89 +504,34 @@ pub fn order_sources(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prefetch::{Attempt, ImageResult};
-    use crate::registry::RequestKind;
-    use crate::relay::RequestEvent;
-
     const HUB: &str = "registry-1.docker.io";
     const MIRROR: &str = "mirror.example.com";
     const MINUTE: u64 = 60_000;
 
-    fn request(source: &str, class: Option<ErrorClass>) -> RequestEvent {
-        RequestEvent {
-            at_ms: 1,
-            source: source.to_string(),
-            repository: "library/a".to_string(),
-            kind: RequestKind::Manifest,
-            class,
-            status: None,
-            message: None,
-            retry_wait_ms: None,
-        }
-    }
-
-    fn attempt(source: &str, at_ms: u64, class: Option<ErrorClass>) -> Attempt {
-        Attempt {
-            at_ms,
-            source: source.to_string(),
-            attempt: 1,
-            class,
-            message: None,
-            retried: false,
-            wait_ms: 0,
-        }
-    }
-
-    fn pulled(source: &str, attempts: Vec<Attempt>, duration_ms: u64) -> ImageResult {
-        ImageResult {
-            reference: "docker.io/library/a:1".into(),
-            uses: Vec::new(),
-            status: ImageStatus::Pulled,
-            source: Some(source.to_string()),
-            digest: None,
-            source_order: vec![HUB.into(), MIRROR.into()],
-            attempts,
-            wait_ms: 0,
-            duration_ms,
-            error: None,
-        }
-    }
-
-    fn report(images: Vec<ImageResult>, requests: Vec<RequestEvent>) -> PrefetchReport {
-        PrefetchReport {
-            via: "relay",
-            images,
-            requests,
-            duration_ms: 1,
-            source_orders: Vec::new(),
-        }
-    }
-
-    /// The origin dropped 6 of 14 requests; one image fell back to the mirror.
-    fn bad_origin_run() -> PrefetchReport {
-        let mut requests: Vec<RequestEvent> = (0..14)
-            .map(|i| request(HUB, (i < 6).then_some(ErrorClass::Eof)))
+    /// The origin dropped 6 of 14 requests; one image fell back to the mirror (the origin's
+    /// pull failed, the mirror's took 300 ms), the other came from the origin in 200 ms.
+    fn bad_origin_run() -> Vec<Sample> {
+        let mut samples: Vec<Sample> = (0..14)
+            .map(|i| Sample::request(HUB, (i < 6).then_some(ErrorClass::Eof)))
             .collect();
-        requests.push(request(MIRROR, None));
-        let fallback = pulled(
-            MIRROR,
-            vec![
-                attempt(HUB, 1_000, Some(ErrorClass::Eof)),
-                attempt(MIRROR, 1_300, None),
-            ],
-            500,
-        );
-        report(
-            vec![pulled(HUB, vec![attempt(HUB, 2_000, None)], 200), fallback],
-            requests,
-        )
+        samples.extend([
+            Sample::request(MIRROR, None),
+            Sample::pull(HUB, Ok(200)),
+            Sample::served(HUB),
+            Sample::pull(HUB, Err(ErrorClass::Eof)),
+            Sample::pull(MIRROR, Ok(300)),
+            Sample::served(MIRROR),
+        ]);
+        samples
     }
 
-    fn healthy_run(source: &str) -> PrefetchReport {
-        report(
-            vec![pulled(source, vec![attempt(source, 5_000, None)], 100)],
-            vec![request(source, None), request(source, None)],
-        )
+    fn healthy_run(source: &str) -> Vec<Sample> {
+        vec![
+            Sample::request(source, None),
+            Sample::request(source, None),
+            Sample::pull(source, Ok(100)),
+            Sample::served(source),
+        ]
     }
 
     fn sources() -> Vec<Source> {
@@ -563,7 +545,7 @@ mod tests {
 
     #[test]
     fn samples_count_requests_pulls_failures_and_latency() {
-        let s = samples(&bad_origin_run(), 42);
+        let s = run_samples(&bad_origin_run(), 42);
         let hub = &s[HUB];
         assert_eq!((hub.requests, hub.failed_requests), (14, 6));
         assert_eq!((hub.pulls, hub.failed_pulls, hub.served), (2, 1, 1));
@@ -575,7 +557,6 @@ mod tests {
             (mirror.requests, mirror.failed_requests, mirror.served),
             (1, 0, 1)
         );
-        // The fallback began 500 ms before its end (1300); the origin's try ended at 1000.
         assert_eq!(mirror.latency_ms, Some(300));
         assert!(hub.failing(&HealthPolicy::default()));
         assert!(!mirror.failing(&HealthPolicy::default()));
@@ -583,15 +564,12 @@ mod tests {
 
     #[test]
     fn answers_that_are_not_outages_do_not_count_against_a_source() {
-        let r = report(
-            vec![],
-            vec![
-                request(HUB, Some(ErrorClass::ManifestUnknown)),
-                request(HUB, Some(ErrorClass::Unauthorized)),
-                request(HUB, None),
-            ],
-        );
-        let s = &samples(&r, 1)[HUB];
+        let r = [
+            Sample::request(HUB, Some(ErrorClass::ManifestUnknown)),
+            Sample::request(HUB, Some(ErrorClass::Unauthorized)),
+            Sample::request(HUB, None),
+        ];
+        let s = &run_samples(&r, 1)[HUB];
         assert_eq!(s.failed_requests, 0);
         assert!(!s.failing(&HealthPolicy::default()));
         for class in [
@@ -605,10 +583,28 @@ mod tests {
     }
 
     #[test]
+    fn without_requests_the_failure_class_comes_from_the_pull_attempts() {
+        let direct = [
+            Sample::pull(HUB, Err(ErrorClass::Timeout)),
+            Sample::pull(HUB, Err(ErrorClass::Timeout)),
+            Sample::pull(HUB, Err(ErrorClass::ManifestUnknown)),
+            Sample::pull(HUB, Ok(50)),
+        ];
+        let s = &run_samples(&direct, 1)[HUB];
+        assert_eq!((s.requests, s.pulls, s.failed_pulls), (0, 4, 2));
+        assert_eq!(s.failure_class, Some(ErrorClass::Timeout));
+        // With requests recorded, their class wins over the pulls'.
+        let mut relayed = direct.to_vec();
+        relayed.push(Sample::request(HUB, Some(ErrorClass::Eof)));
+        let s = &run_samples(&relayed, 1)[HUB];
+        assert_eq!(s.failure_class, Some(ErrorClass::Eof));
+    }
+
+    #[test]
     fn one_failure_in_many_requests_is_not_a_failing_run() {
-        let mut requests: Vec<RequestEvent> = (0..30).map(|_| request(HUB, None)).collect();
-        requests.push(request(HUB, Some(ErrorClass::Eof)));
-        let s = &samples(&report(vec![], requests), 1)[HUB];
+        let mut samples: Vec<Sample> = (0..30).map(|_| Sample::request(HUB, None)).collect();
+        samples.push(Sample::request(HUB, Some(ErrorClass::Eof)));
+        let s = &run_samples(&samples, 1)[HUB];
         assert!(!s.failing(&HealthPolicy::default()));
     }
 
@@ -673,10 +669,7 @@ mod tests {
     fn a_failing_source_already_last_keeps_the_configured_order() {
         let mut store = HealthStore::default();
         // The mirror failed; it is last already.
-        let r = report(
-            vec![],
-            vec![request(MIRROR, Some(ErrorClass::ConnectionRefused))],
-        );
+        let r = [Sample::request(MIRROR, Some(ErrorClass::ConnectionRefused))];
         store.record(&r, MINUTE);
         let (labels, d) = order(Some(&store), 2 * MINUTE);
         assert_eq!(labels, [HUB, MIRROR]);

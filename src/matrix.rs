@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::build::graph::Graph;
+use crate::graph::Graph;
 
 /// One shard: its position (`1/3`) and its services, in plan order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -99,21 +99,44 @@ pub fn weights_from_durations(names: &[String], durations: &BTreeMap<String, f64
         .collect()
 }
 
+/// Why a `--shard` value is not a shard. Each names the value as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardSpecError {
+    /// No `/` in it.
+    #[error("--shard {spec:?} is not I/N (e.g. 2/3)")]
+    NotIOfN { spec: String },
+    /// `part` (I or N) is not a whole number.
+    #[error("--shard {spec:?}: {part:?} is not a number")]
+    NotANumber { spec: String, part: String },
+    /// I is 0 or greater than N, or N is 0.
+    #[error("--shard {spec:?}: I must be between 1 and N")]
+    OutOfRange {
+        spec: String,
+        index: usize,
+        total: usize,
+    },
+}
+
 /// Parses `I/N` (1-based).
-pub fn parse_shard(spec: &str) -> Result<(usize, usize), String> {
+pub fn parse_shard(spec: &str) -> Result<(usize, usize), ShardSpecError> {
     let (i, n) = spec
         .split_once('/')
-        .ok_or_else(|| format!("--shard {spec:?} is not I/N (e.g. 2/3)"))?;
-    let (i, n): (usize, usize) = (
-        i.trim()
-            .parse()
-            .map_err(|_| format!("--shard {spec:?}: {i:?} is not a number"))?,
-        n.trim()
-            .parse()
-            .map_err(|_| format!("--shard {spec:?}: {n:?} is not a number"))?,
-    );
+        .ok_or_else(|| ShardSpecError::NotIOfN { spec: spec.into() })?;
+    let number = |part: &str| {
+        part.trim()
+            .parse::<usize>()
+            .map_err(|_| ShardSpecError::NotANumber {
+                spec: spec.into(),
+                part: part.into(),
+            })
+    };
+    let (i, n) = (number(i)?, number(n)?);
     if n == 0 || i == 0 || i > n {
-        return Err(format!("--shard {spec:?}: I must be between 1 and N"));
+        return Err(ShardSpecError::OutOfRange {
+            spec: spec.into(),
+            index: i,
+            total: n,
+        });
     }
     Ok((i, n))
 }
@@ -248,6 +271,19 @@ mod tests {
         for bad in ["0/3", "4/3", "x/3", "3", "1/0", ""] {
             assert!(parse_shard(bad).is_err(), "{bad}");
         }
+        // The text users see (the variant says which kind of mistake it was).
+        let text = |spec: &str| parse_shard(spec).unwrap_err().to_string();
+        assert_eq!(text("3"), r#"--shard "3" is not I/N (e.g. 2/3)"#);
+        assert_eq!(text("x/3"), r#"--shard "x/3": "x" is not a number"#);
+        assert_eq!(text("4/3"), r#"--shard "4/3": I must be between 1 and N"#);
+        assert!(matches!(
+            parse_shard("0/3"),
+            Err(ShardSpecError::OutOfRange {
+                index: 0,
+                total: 3,
+                ..
+            })
+        ));
         assert_eq!(shards_for_max(24, 10), 3);
         assert_eq!(shards_for_max(0, 10), 1);
     }

@@ -8,12 +8,25 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::build::graph::Graph;
 use crate::dockerfile::{self, BuildContextArgs};
-use crate::error::Error;
-use crate::prefetch::{ImageNeed, Use};
+use crate::graph::Graph;
+use crate::project::InputError;
 use crate::project::{Project, Service};
 use crate::reference::Reference;
+
+/// Where an image is referenced (for annotations).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Use {
+    pub dockerfile: std::path::PathBuf,
+    pub line: usize,
+}
+
+/// One image to prefetch and everywhere it is referenced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageNeed {
+    pub reference: Reference,
+    pub uses: Vec<Use>,
+}
 
 /// How service images are named: `{prefix}{service}:{tag}`.
 #[derive(Debug, Clone, Serialize)]
@@ -34,7 +47,7 @@ impl Naming {
         prefix: Option<&str>,
         tag: Option<(&str, &str)>,
         repository: Option<&str>,
-    ) -> Result<Naming, Error> {
+    ) -> Result<Naming, InputError> {
         let prefix = match prefix {
             Some(p) => p.to_string(),
             None => format!("{}-", sanitize(&repository_name(root, repository))),
@@ -44,13 +57,13 @@ impl Naming {
             None => detect_tag(root),
         };
         if !valid_tag(&tag) {
-            return Err(Error::Input {
+            return Err(InputError {
                 input: format!("tag {tag:?} (from {tag_source})"),
                 reason: "a tag is 1-128 characters of letters, digits, '_', '.', '-', not starting with '.' or '-'; pass --tag".into(),
             });
         }
         if !prefix.is_empty() && Reference::parse(&format!("{prefix}x")).is_err() {
-            return Err(Error::Input {
+            return Err(InputError {
                 input: format!("prefix {prefix:?}"),
                 reason:
                     "the prefix must make valid image names (lowercase, digits, '.', '_', '-', '/')"
@@ -225,14 +238,14 @@ pub fn plan(
     project: &Project,
     naming: &Naming,
     extra_args: &BTreeMap<String, String>,
-) -> Result<Plan, Error> {
+) -> Result<Plan, InputError> {
     let mut seen = BTreeSet::new();
     if let Some(dup) = project
         .services
         .iter()
         .find(|s| !seen.insert(s.name.as_str()))
     {
-        return Err(Error::Input {
+        return Err(InputError {
             input: project.source.clone(),
             reason: format!("service {:?} is defined twice; rename one", dup.name),
         });
@@ -265,7 +278,7 @@ pub fn plan(
         for &i in std::iter::once(first).chain(others.iter()) {
             let service = &project.services[i];
             let image = naming.image_for(service);
-            let main = Reference::parse(&image).map_err(|e| Error::Input {
+            let main = Reference::parse(&image).map_err(|e| InputError {
                 input: service.origin.clone(),
                 reason: format!(
                     "service {:?}, {}: not a valid image reference: {e}",
@@ -280,7 +293,7 @@ pub fn plan(
                 } else {
                     format!("{}:{extra}", main.familiar_name())
                 };
-                let r = Reference::parse(&full).map_err(|e| Error::Input {
+                let r = Reference::parse(&full).map_err(|e| InputError {
                     input: format!("service {:?} tag {extra:?}", service.name),
                     reason: e.to_string(),
                 })?;
@@ -290,7 +303,7 @@ pub fn plan(
                 if let Some(&other) = produced.get(&r)
                     && other != g
                 {
-                    return Err(Error::Input {
+                    return Err(InputError {
                         input: service.origin.clone(),
                         reason: format!(
                             "services {:?} and {:?} both produce image {text:?} from different builds; give one another `image:` or make their builds identical",
@@ -332,7 +345,7 @@ pub fn plan(
             .to_path_buf();
         let content = match &service.dockerfile_inline {
             Some(text) => text.clone(),
-            None => std::fs::read_to_string(path).map_err(|e| Error::Input {
+            None => std::fs::read_to_string(path).map_err(|e| InputError {
                 input: shown.display().to_string(),
                 reason: format!(
                     "cannot read the Dockerfile of service {:?}: {e}",
@@ -341,18 +354,17 @@ pub fn plan(
             })?,
         };
         let args = all_args[*i].clone();
-        let parsed = dockerfile::parse(&content, &BuildContextArgs::new(&args)).map_err(|e| {
-            Error::Input {
+        let parsed =
+            dockerfile::parse(&content, &BuildContextArgs::new(&args)).map_err(|e| InputError {
                 input: shown.display().to_string(),
                 reason: format!(
                     "{e} (service {:?}); fix the Dockerfile or pass the missing --build-arg",
                     service.name
                 ),
-            }
-        })?;
+            })?;
         let uses = parsed
             .images_for_target(service.target.as_deref())
-            .ok_or_else(|| Error::Input {
+            .ok_or_else(|| InputError {
                 input: service.origin.clone(),
                 reason: {
                     let names: Vec<String> = parsed
@@ -408,7 +420,7 @@ pub fn plan(
         for (key, value) in &service.additional_contexts {
             let context_key = format!("build.additional_contexts.{key}");
             if let Some(other) = value.strip_prefix("service:") {
-                let producer = group_of(other).ok_or_else(|| Error::Input {
+                let producer = group_of(other).ok_or_else(|| InputError {
                     input: service.origin.clone(),
                     reason: format!(
                         "service {:?}, {}: there is no service {other:?} with a build; fix the name",
@@ -421,7 +433,7 @@ pub fn plan(
                 }
             } else if let Some(image) = value.strip_prefix("docker-image://") {
                 let reference = Reference::parse(image)
-                    .map_err(|e| Error::Input {
+                    .map_err(|e| InputError {
                         input: service.origin.clone(),
                         reason: format!(
                             "service {:?}, {}: not a valid image reference: {e}",
@@ -467,7 +479,7 @@ pub fn plan(
             service: service.clone(),
         });
     }
-    let graph = Graph::new(&edges).map_err(|e| Error::Input {
+    let graph = Graph::new(&edges).map_err(|e| InputError {
         input: project.source.clone(),
         reason: e.to_string(),
     })?;

@@ -9,7 +9,6 @@
 //! name, so Dockerfiles need no change.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,11 +19,15 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::clock::now_ms;
+pub use crate::endpoint::Mirrors;
+use crate::endpoint::{Endpoint, Source};
 use crate::engine::Engine;
+use crate::health::Sample;
+pub use crate::plan::{ImageNeed, Use};
 use crate::reference::Reference;
-use crate::registry::{Endpoint, RegistryClient, Timeouts};
-use crate::relay::{Relay, RequestEvent, Source};
-use crate::report::now_ms;
+use crate::registry::{RegistryClient, Timeouts};
+use crate::relay::{Relay, RequestEvent};
 use crate::retry::{ErrorClass, RetryHint, RetryPolicy, classify_message, classify_status};
 
 /// When to pull an image that is already present locally.
@@ -49,59 +52,6 @@ pub enum PullVia {
     Direct,
 }
 
-/// Mirrors per registry: `docker.io=mirror.gcr.io,harbor.example.com/dockerhub`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Mirrors(pub BTreeMap<String, Vec<Source>>);
-
-impl Mirrors {
-    /// Parses one `REGISTRY=HOST[,HOST...]` entry (as given to `--mirror`) into `self`.
-    pub fn add(&mut self, spec: &str) -> Result<(), String> {
-        let (registry, hosts) = spec.split_once('=').ok_or_else(|| {
-            format!(
-                "mirror {spec:?} is not REGISTRY=HOST[,HOST...] (e.g. docker.io=mirror.example.com)"
-            )
-        })?;
-        let registry = normalize_registry(registry.trim());
-        if registry.is_empty() || registry.contains(char::is_whitespace) {
-            return Err(format!("mirror {spec:?} names no registry before '='"));
-        }
-        let hosts: Vec<Source> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(Source::parse)
-            .collect();
-        if hosts.is_empty() {
-            return Err(format!("mirror {spec:?} names no host after '='"));
-        }
-        if let Some(bad) = hosts
-            .iter()
-            .find(|s| s.endpoint.host.is_empty() || s.endpoint.host.contains(char::is_whitespace))
-        {
-            return Err(format!(
-                "mirror {spec:?} has an invalid host {:?}",
-                bad.label()
-            ));
-        }
-        self.0.entry(registry).or_default().extend(hosts);
-        Ok(())
-    }
-
-    pub fn for_registry(&self, domain: &str) -> &[Source] {
-        self.0.get(domain).map_or(&[], Vec::as_slice)
-    }
-}
-
-/// `index.docker.io`, `registry-1.docker.io` and `docker.io` all mean Docker Hub.
-fn normalize_registry(name: &str) -> String {
-    match name.to_ascii_lowercase().as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".to_string()
-        }
-        other => other.to_string(),
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct PrefetchOptions {
     pub concurrency: usize,
@@ -116,20 +66,6 @@ pub struct PrefetchOptions {
     /// Source health from the cache directory: orders each registry's sources
     /// ([`crate::health::order_sources`]); `None` keeps the configured order.
     pub health: Option<Arc<crate::health::HealthStore>>,
-}
-
-/// Where an image is referenced (for annotations).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Use {
-    pub dockerfile: PathBuf,
-    pub line: usize,
-}
-
-/// One image to prefetch and everywhere it is referenced.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageNeed {
-    pub reference: Reference,
-    pub uses: Vec<Use>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -241,6 +177,35 @@ impl PrefetchReport {
             .filter(|r| r.retry_wait_ms.is_some())
             .count();
         pulls + requests
+    }
+
+    /// What each source did, for source health: one sample per relay request, pull attempt
+    /// (with the time a successful one took) and image pulled.
+    pub fn health_samples(&self) -> Vec<Sample> {
+        let mut samples: Vec<Sample> = self
+            .requests
+            .iter()
+            .map(|r| Sample::request(&r.source, r.class))
+            .collect();
+        for image in &self.images {
+            // The attempts end at `at_ms`; the first began `duration_ms` before the last ended.
+            let end = image.attempts.last().map_or(0, |a| a.at_ms);
+            let mut began = end.saturating_sub(image.duration_ms);
+            for a in &image.attempts {
+                let outcome = match a.class {
+                    None => Ok(a.at_ms.saturating_sub(began)),
+                    Some(class) => Err(class),
+                };
+                samples.push(Sample::pull(&a.source, outcome));
+                began = a.at_ms + a.wait_ms;
+            }
+            if image.status == ImageStatus::Pulled
+                && let Some(source) = &image.source
+            {
+                samples.push(Sample::served(source));
+            }
+        }
+        samples
     }
 
     pub fn total_wait_ms(&self) -> u64 {
@@ -364,7 +329,7 @@ pub fn daemon_is_local(host: &str) -> bool {
         .or_else(|| host.strip_prefix("http://"))
         .unwrap_or(host);
     let authority = rest.split('/').next().unwrap_or(rest);
-    crate::registry::is_loopback_host(authority)
+    crate::endpoint::is_loopback_host(authority)
 }
 
 struct Context {
@@ -706,40 +671,80 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mirrors_parse_and_collect_per_registry() {
-        let mut m = Mirrors::default();
-        m.add("docker.io=127.0.0.1:5001, harbor.example.com/hub")
-            .unwrap();
-        m.add("index.docker.io=mirror.example.com").unwrap();
-        m.add("ghcr.io=ghcr-mirror.example.com").unwrap();
-        let hub: Vec<_> = m
-            .for_registry("docker.io")
-            .iter()
-            .map(Source::label)
-            .collect();
+    fn health_samples_say_what_each_source_did_and_how_long_its_pulls_took() {
+        use crate::health::Sample;
+        use crate::registry::RequestKind;
+        const HUB: &str = "registry-1.docker.io";
+        const MIRROR: &str = "mirror.example.com";
+        let request = |source: &str, class| RequestEvent {
+            at_ms: 1,
+            source: source.to_string(),
+            repository: "library/a".to_string(),
+            kind: RequestKind::Manifest,
+            class,
+            status: None,
+            message: None,
+            retry_wait_ms: None,
+        };
+        let attempt = |source: &str, at_ms, class, wait_ms| Attempt {
+            at_ms,
+            source: source.to_string(),
+            attempt: 1,
+            class,
+            message: None,
+            retried: false,
+            wait_ms,
+        };
+        let image = |status, source: Option<&str>, attempts, duration_ms| ImageResult {
+            reference: "docker.io/library/a:1".into(),
+            uses: Vec::new(),
+            status,
+            source: source.map(str::to_string),
+            digest: None,
+            source_order: vec![HUB.into(), MIRROR.into()],
+            attempts,
+            wait_ms: 0,
+            duration_ms,
+            error: None,
+        };
+        let report = PrefetchReport {
+            via: "relay",
+            images: vec![
+                image(
+                    ImageStatus::Pulled,
+                    Some(HUB),
+                    vec![attempt(HUB, 2_000, None, 0)],
+                    200,
+                ),
+                // Began at 800 (500 ms before its end at 1300), failed on the origin at 1000,
+                // waited 50 ms, then took 250 ms on the mirror.
+                image(
+                    ImageStatus::Pulled,
+                    Some(MIRROR),
+                    vec![
+                        attempt(HUB, 1_000, Some(ErrorClass::Eof), 50),
+                        attempt(MIRROR, 1_300, None, 0),
+                    ],
+                    500,
+                ),
+                image(ImageStatus::Present, Some("local"), Vec::new(), 0),
+            ],
+            requests: vec![request(HUB, Some(ErrorClass::Eof)), request(MIRROR, None)],
+            duration_ms: 1,
+            source_orders: Vec::new(),
+        };
         assert_eq!(
-            hub,
+            report.health_samples(),
             [
-                "127.0.0.1:5001",
-                "harbor.example.com/hub",
-                "mirror.example.com"
+                Sample::request(HUB, Some(ErrorClass::Eof)),
+                Sample::request(MIRROR, None),
+                Sample::pull(HUB, Ok(200)),
+                Sample::served(HUB),
+                Sample::pull(HUB, Err(ErrorClass::Eof)),
+                Sample::pull(MIRROR, Ok(250)),
+                Sample::served(MIRROR),
             ]
         );
-        assert_eq!(m.for_registry("ghcr.io").len(), 1);
-        assert!(m.for_registry("quay.io").is_empty());
-    }
-
-    #[test]
-    fn bad_mirror_specs_say_what_is_wrong() {
-        let mut m = Mirrors::default();
-        assert!(m.add("docker.io").unwrap_err().contains("REGISTRY=HOST"));
-        assert!(m.add("=x").unwrap_err().contains("names no registry"));
-        assert!(
-            m.add("docker.io= , ")
-                .unwrap_err()
-                .contains("names no host")
-        );
-        assert!(m.0.is_empty(), "a bad spec adds nothing");
     }
 
     #[test]

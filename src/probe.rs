@@ -28,11 +28,11 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use serde::{Deserialize, Serialize};
 
-use crate::prefetch::{ImageNeed, Mirrors};
+use crate::endpoint::Mirrors;
+use crate::endpoint::{Source, SourceRole};
+use crate::plan::ImageNeed;
 use crate::reference::Reference;
 use crate::registry::parse_bearer_challenge;
-use crate::relay::Source;
-use crate::report::diagnosis::SourceRole;
 use crate::retry::{ErrorClass, classify_message, classify_status};
 
 /// The detail of a TLS step skipped for a plain-HTTP registry.
@@ -998,7 +998,7 @@ async fn head_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prefetch::Use;
+    use crate::plan::Use;
     use crate::reference::Reference;
 
     #[test]

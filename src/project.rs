@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-
 pub use crate::compose::Options as ComposeOptions;
 
 pub const CONFIG_FILE: &str = "ai-infra-build.yml";
@@ -23,6 +21,15 @@ pub const COMPOSE_FILES: [&str; 4] = [
     "docker-compose.yaml",
     "docker-compose.yml",
 ];
+
+/// Bad input: a config file, a compose file, a Dockerfile, a reference. Names the input and
+/// what is wrong with it (and so what to fix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input}: {reason}")]
+pub struct InputError {
+    pub input: String,
+    pub reason: String,
+}
 
 /// One buildable service.
 #[derive(Debug, Clone, Serialize)]
@@ -140,7 +147,7 @@ fn shown(_root: &Path, path: &Path) -> String {
 
 impl Project {
     /// Finds the services under `root`, reading compose files with the process environment.
-    pub fn load(root: &Path, config: Option<&Path>) -> Result<Project, Error> {
+    pub fn load(root: &Path, config: Option<&Path>) -> Result<Project, InputError> {
         let options = ComposeOptions {
             environment: crate::compose::process_environment(),
             ..ComposeOptions::default()
@@ -154,7 +161,7 @@ impl Project {
         root: &Path,
         config: Option<&Path>,
         compose: &ComposeOptions,
-    ) -> Result<Project, Error> {
+    ) -> Result<Project, InputError> {
         if !compose.files.is_empty() {
             return Self::from_compose(root, compose.files.clone(), compose);
         }
@@ -175,8 +182,8 @@ impl Project {
         Self::discover(root)
     }
 
-    fn from_config(root: &Path, path: &Path) -> Result<Project, Error> {
-        let bad = |reason: String| Error::Input {
+    fn from_config(root: &Path, path: &Path) -> Result<Project, InputError> {
+        let bad = |reason: String| InputError {
             input: path.display().to_string(),
             reason,
         };
@@ -248,12 +255,12 @@ impl Project {
         root: &Path,
         files: Vec<PathBuf>,
         options: &ComposeOptions,
-    ) -> Result<Project, Error> {
+    ) -> Result<Project, InputError> {
         let options = ComposeOptions {
             files,
             ..options.clone()
         };
-        let compose = crate::compose::load(root, &options).map_err(|e| Error::Input {
+        let compose = crate::compose::load(root, &options).map_err(|e| InputError {
             input: shown(root, &e.file),
             reason: e.message,
         })?;
@@ -274,7 +281,7 @@ impl Project {
                     Some(w) => format!("{w:?}, which is {value:?} after interpolation"),
                     None => format!("{value:?}"),
                 };
-                Error::Input {
+                InputError {
                     input: file.clone(),
                     reason: format!("service {:?}, key `{key}` ({as_written}): {reason}", s.name),
                 }
@@ -304,7 +311,7 @@ impl Project {
                 ));
             }
             if s.image.is_none() {
-                validate_name(&s.name).map_err(|reason| Error::Input {
+                validate_name(&s.name).map_err(|reason| InputError {
                     input: file.clone(),
                     reason: format!("service {:?}: {reason}; or give it an `image:`", s.name),
                 })?;
@@ -329,7 +336,7 @@ impl Project {
         }
         let first = shown(root, &compose.files[0]);
         if services.is_empty() {
-            return Err(Error::Input {
+            return Err(InputError {
                 input: first,
                 reason: "no service in it has a `build:` section; add one, or pass --config FILE"
                     .into(),
@@ -350,7 +357,7 @@ impl Project {
     /// Directory discovery: `src/*/Dockerfile`, `services/*/Dockerfile`, `*/Dockerfile`, and
     /// for a service folder without a Dockerfile, the one Dockerfile one level deeper
     /// (`src/cart/src/Dockerfile`). What it skips is said in [`Project::warnings`].
-    fn discover(root: &Path) -> Result<Project, Error> {
+    fn discover(root: &Path) -> Result<Project, InputError> {
         let mut services: BTreeMap<String, Service> = BTreeMap::new();
         let mut skipped = Vec::new();
         for parent in ["src", "services", "."] {
@@ -456,7 +463,7 @@ impl Project {
             if !skipped.is_empty() {
                 reason.push_str(&format!("; skipped: {}", skipped.join("; ")));
             }
-            return Err(Error::Input {
+            return Err(InputError {
                 input: root.display().to_string(),
                 reason,
             });
@@ -474,9 +481,20 @@ impl Project {
     }
 }
 
+/// A service name that cannot be an image name (see [`validate_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceNameError {
+    #[error(
+        "a service name must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )]
+    Characters { name: String },
+    #[error("a service name has at most 128 characters, this one {len}")]
+    TooLong { name: String, len: usize },
+}
+
 /// Service names become image names: lowercase letters, digits and `._-`, starting with a
 /// letter or digit (Docker's repository path component rule).
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), ServiceNameError> {
     let ok_start = name
         .chars()
         .next()
@@ -484,9 +502,43 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
-    if ok_start && ok_chars && name.len() <= 128 {
-        Ok(())
+    if !(ok_start && ok_chars) {
+        Err(ServiceNameError::Characters { name: name.into() })
+    } else if name.len() > 128 {
+        Err(ServiceNameError::TooLong {
+            name: name.into(),
+            len: name.len(),
+        })
     } else {
-        Err("a service name must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit".into())
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_must_make_image_names() {
+        assert_eq!(validate_name("api-2.v_1"), Ok(()));
+        assert!(matches!(
+            validate_name("Api"),
+            Err(ServiceNameError::Characters { .. })
+        ));
+        assert!(matches!(
+            validate_name("-api"),
+            Err(ServiceNameError::Characters { .. })
+        ));
+        assert!(matches!(
+            validate_name(""),
+            Err(ServiceNameError::Characters { .. })
+        ));
+        assert_eq!(validate_name(&"a".repeat(128)), Ok(()));
+        let long = validate_name(&"a".repeat(129)).unwrap_err();
+        assert!(matches!(long, ServiceNameError::TooLong { len: 129, .. }));
+        assert_eq!(
+            long.to_string(),
+            "a service name has at most 128 characters, this one 129"
+        );
     }
 }

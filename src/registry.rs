@@ -3,7 +3,6 @@
 //! (status, registry error code, `Retry-After`, class).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +10,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER, WWW_AU
 use reqwest::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::endpoint::Endpoint;
 use crate::retry::{ErrorClass, RetryHint, classify_message, classify_status, parse_retry_after};
 
 /// Which step of the protocol a request was.
@@ -45,50 +45,6 @@ pub fn repository_of_path(path: &str) -> Option<&str> {
     ["/manifests/", "/blobs/", "/tags/"]
         .iter()
         .find_map(|marker| rest.find(marker).map(|i| &rest[..i]))
-}
-
-/// A registry host and how to speak to it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct Endpoint {
-    /// `registry-1.docker.io`, `127.0.0.1:5000`, `harbor.example.com`.
-    pub host: String,
-    /// Plain HTTP for loopback registries (as the Docker daemon does), HTTPS otherwise.
-    pub insecure: bool,
-}
-
-impl Endpoint {
-    pub fn new(host: &str) -> Endpoint {
-        Endpoint {
-            host: host.to_string(),
-            insecure: is_loopback_host(host),
-        }
-    }
-
-    pub fn base_url(&self) -> String {
-        format!(
-            "{}://{}",
-            if self.insecure { "http" } else { "https" },
-            self.host
-        )
-    }
-}
-
-/// `localhost`, `127.x.y.z` and `[::1]`, with or without a port: registries the Docker
-/// daemon treats as insecure by default (and so do we).
-pub fn is_loopback_host(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        })
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A failed registry request.
@@ -529,38 +485,6 @@ async fn check(host: &str, kind: RequestKind, resp: Response) -> Result<Response
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_hosts_are_insecure() {
-        for host in [
-            "localhost",
-            "localhost:5000",
-            "127.0.0.1",
-            "127.0.0.1:5000",
-            "127.1.2.3:80",
-            "[::1]:5000",
-            "LOCALHOST:1",
-        ] {
-            assert!(is_loopback_host(host), "{host}");
-        }
-        for host in [
-            "registry-1.docker.io",
-            "10.0.0.1:5000",
-            "harbor.example.com",
-            "localhost.example.com",
-            "[2001:db8::1]:5000",
-        ] {
-            assert!(!is_loopback_host(host), "{host}");
-        }
-        assert_eq!(
-            Endpoint::new("127.0.0.1:5000").base_url(),
-            "http://127.0.0.1:5000"
-        );
-        assert_eq!(
-            Endpoint::new("registry-1.docker.io").base_url(),
-            "https://registry-1.docker.io"
-        );
-    }
 
     #[test]
     fn bearer_challenges_are_parsed() {

@@ -35,53 +35,13 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::registry::{Endpoint, RegistryClient, RegistryError, RequestKind};
-use crate::report::now_ms;
+use crate::clock::now_ms;
+// Moved to `endpoint`; kept here for callers that still name it so.
+pub use crate::endpoint::Source;
+use crate::registry::{RegistryClient, RegistryError, RequestKind};
 use crate::retry::{ErrorClass, RetryPolicy, classify_message};
 
 type Body = BoxBody<Bytes, std::io::Error>;
-
-/// An upstream that serves images: a registry host and a path prefix on it (for mirrors such
-/// as a Harbor proxy-cache project: `harbor.example.com/dockerhub-proxy`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct Source {
-    pub endpoint: Endpoint,
-    pub prefix: String,
-}
-
-impl Source {
-    /// Parses `HOST[/PATH]`.
-    pub fn parse(spec: &str) -> Source {
-        let spec = spec.trim().trim_end_matches('/');
-        let spec = spec
-            .strip_prefix("https://")
-            .or_else(|| spec.strip_prefix("http://"))
-            .unwrap_or(spec);
-        let (host, prefix) = spec.split_once('/').unwrap_or((spec, ""));
-        Source {
-            endpoint: Endpoint::new(host),
-            prefix: prefix.to_string(),
-        }
-    }
-
-    /// The repository path on this source.
-    pub fn path_for(&self, repository: &str) -> String {
-        if self.prefix.is_empty() {
-            repository.to_string()
-        } else {
-            format!("{}/{repository}", self.prefix)
-        }
-    }
-
-    /// `host[/prefix]`, as the user wrote it.
-    pub fn label(&self) -> String {
-        if self.prefix.is_empty() {
-            self.endpoint.host.clone()
-        } else {
-            format!("{}/{}", self.endpoint.host, self.prefix)
-        }
-    }
-}
 
 /// One request the relay sent upstream (successful or not).
 #[derive(Debug, Clone, Serialize)]
@@ -649,22 +609,6 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Bod
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sources_parse_host_and_prefix() {
-        let s = Source::parse("harbor.example.com/dockerhub-proxy/");
-        assert_eq!(s.endpoint.host, "harbor.example.com");
-        assert_eq!(s.prefix, "dockerhub-proxy");
-        assert_eq!(
-            s.path_for("library/ubuntu"),
-            "dockerhub-proxy/library/ubuntu"
-        );
-        assert_eq!(s.label(), "harbor.example.com/dockerhub-proxy");
-        let s = Source::parse("http://127.0.0.1:5001");
-        assert_eq!(s.endpoint.host, "127.0.0.1:5001");
-        assert!(s.endpoint.insecure);
-        assert_eq!(s.path_for("library/ubuntu"), "library/ubuntu");
-    }
 
     #[test]
     fn content_ranges_give_the_byte_span() {

@@ -12,12 +12,18 @@
 //! Waits are sized to the fault ([`ErrorClass::backoff_scale`]): a connection the peer closed
 //! or reset says nothing about the server's load and is retried after a quarter of the
 //! backoff; server errors, rate limits and timeouts wait the full backoff.
+//!
+//! Every retry loop of the crate (registry requests and blob resumes in the relay, whole
+//! pulls, builds, pushes, GitHub API calls) runs through [`RetryPolicy::retry`]: one policy
+//! type, one runner. What is worth retrying stays with each caller's error type
+//! ([`RetryHint`]); waits end early when the caller's [`CancellationToken`] is cancelled.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 /// What kind of failure happened, in the words of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -279,6 +285,10 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
 /// What a retry loop needs to know about an error.
 pub trait RetryHint {
     fn class(&self) -> ErrorClass;
+    /// Whether another try may succeed; by default, whether [`RetryHint::class`] is transient.
+    fn is_transient(&self) -> bool {
+        self.class().is_transient()
+    }
     /// A server's `Retry-After` (or rate-limit reset) hint, when it gave one.
     fn retry_after(&self) -> Option<Duration> {
         None
@@ -320,9 +330,39 @@ impl RetryPolicy {
         }
     }
 
-    /// Runs `op` until it succeeds, fails permanently, or the policy is exhausted.
+    /// Runs `op` until it succeeds, fails permanently, or the policy is exhausted, for work
+    /// that is never cancelled (it ends with its caller). See [`RetryPolicy::retry`].
+    pub async fn run<T, E, Fut, Op, Notify>(&self, op: Op, on_retry: Notify) -> Result<T, E>
+    where
+        E: RetryHint,
+        Fut: Future<Output = Result<T, E>>,
+        Op: FnMut() -> Fut,
+        Notify: FnMut(&E, Duration),
+    {
+        let never = CancellationToken::new();
+        self.retry(&never, op, on_retry)
+            .await
+            .map_err(|stop| match stop {
+                Stopped::Failed(err) => err,
+                Stopped::Cancelled => unreachable!("a token nobody else holds is never cancelled"),
+            })
+    }
+
+    /// The runner of every retry loop: runs `op` until it succeeds, fails for good
+    /// ([`RetryHint::is_transient`] is false), the retries run out, or the next retry would
+    /// start after the deadline (counted from the first attempt). The wait before retry `n`
+    /// is full jitter under `base_delay * 2^n` (capped at `max_delay`), scaled by
+    /// [`RetryHint::backoff_scale`], and never shorter than the error's `Retry-After`.
     /// `on_retry` sees every error that will be retried and the wait before the retry.
-    pub async fn run<T, E, Fut, Op, Notify>(&self, op: Op, mut on_retry: Notify) -> Result<T, E>
+    ///
+    /// When `cancel` is cancelled, the attempt in flight is dropped (or the wait cut short)
+    /// and the result is [`Stopped::Cancelled`].
+    pub async fn retry<T, E, Fut, Op, Notify>(
+        &self,
+        cancel: &CancellationToken,
+        mut op: Op,
+        mut on_retry: Notify,
+    ) -> Result<T, Stopped<E>>
     where
         E: RetryHint,
         Fut: Future<Output = Result<T, E>>,
@@ -331,18 +371,59 @@ impl RetryPolicy {
     {
         let started = Instant::now();
         let deadline = self.deadline;
-        op.retry(self.backoff())
-            .sleep(tokio::time::sleep)
-            .when(|err: &E| err.class().is_transient())
-            .adjust(move |err: &E, wait| {
+        let attempt = || {
+            let fut = (!cancel.is_cancelled()).then(&mut op);
+            async move {
+                let Some(fut) = fut else {
+                    return Err(Stopped::Cancelled);
+                };
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Err(Stopped::Cancelled),
+                    result = fut => result.map_err(Stopped::Failed),
+                }
+            }
+        };
+        let waiting = cancel.clone();
+        let sleep = move |wait: Duration| {
+            let cancel = waiting.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
+        };
+        attempt
+            .retry(self.backoff())
+            .sleep(sleep)
+            .when(|stop: &Stopped<E>| matches!(stop, Stopped::Failed(err) if err.is_transient()))
+            .adjust(move |stop: &Stopped<E>, wait| {
+                let Stopped::Failed(err) = stop else {
+                    return None;
+                };
                 let wait = wait?
                     .mul_f64(err.backoff_scale().clamp(0.0, 1.0))
                     .max(err.retry_after().unwrap_or(Duration::ZERO));
                 (started.elapsed() + wait <= deadline).then_some(wait)
             })
-            .notify(|err: &E, wait| on_retry(err, wait))
+            .notify(|stop: &Stopped<E>, wait| {
+                if let Stopped::Failed(err) = stop {
+                    on_retry(err, wait);
+                }
+            })
             .await
     }
+}
+
+/// Why [`RetryPolicy::retry`] ended without a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped<E> {
+    /// The last attempt's error: permanent, or transient when no retry was left (attempts or
+    /// deadline).
+    Failed(E),
+    /// The cancellation token was cancelled during an attempt or a wait.
+    Cancelled,
 }
 
 /// Exponential backoff with full jitter; yields one wait per allowed retry.
@@ -646,7 +727,7 @@ mod tests {
         assert!(draws.len() > 10);
     }
 
-    #[derive(Debug)]
+    #[derive(Debug, PartialEq)]
     struct Fail(ErrorClass, Option<Duration>);
     impl RetryHint for Fail {
         fn class(&self) -> ErrorClass {
@@ -808,5 +889,120 @@ mod tests {
             1,
             "a 5 s Retry-After does not fit a 100 ms deadline"
         );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_token_cuts_the_wait_short() {
+        let policy = RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_secs(60),
+            max_delay: Duration::from_secs(60),
+            deadline: Duration::from_secs(600),
+        };
+        let cancel = CancellationToken::new();
+        let calls = AtomicU32::new(0);
+        let canceller = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                cancel.cancel();
+            })
+        };
+        let started = Instant::now();
+        let result: Result<(), Stopped<Fail>> = policy
+            .retry(
+                &cancel,
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    // A Retry-After of a minute: the wait is long whatever the jitter.
+                    Err(Fail(RateLimited, Some(Duration::from_secs(60))))
+                },
+                |_, _| {},
+            )
+            .await;
+        canceller.await.unwrap();
+        assert_eq!(result.unwrap_err(), Stopped::Cancelled);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "no attempt after the cancel"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_token_drops_the_attempt_in_flight() {
+        let cancel = CancellationToken::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                cancel.cancel();
+            })
+        };
+        let result: Result<(), Stopped<Fail>> = quick(3)
+            .retry(
+                &cancel,
+                || async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok(())
+                },
+                |_, _| {},
+            )
+            .await;
+        canceller.await.unwrap();
+        assert_eq!(result.unwrap_err(), Stopped::Cancelled);
+        // Cancelled before the first attempt: nothing runs.
+        let calls = AtomicU32::new(0);
+        let result: Result<(), Stopped<Fail>> = quick(3)
+            .retry(
+                &cancel,
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                },
+                |_, _| {},
+            )
+            .await;
+        assert_eq!(result.unwrap_err(), Stopped::Cancelled);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    /// An error type that decides for itself what is transient (like a build failure).
+    #[derive(Debug, PartialEq)]
+    struct Decides(bool);
+    impl RetryHint for Decides {
+        fn class(&self) -> ErrorClass {
+            Other
+        }
+        fn is_transient(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[tokio::test]
+    async fn the_callers_error_type_decides_what_is_transient() {
+        for (transient, calls_expected, retries_expected) in [(true, 3, 2), (false, 1, 0)] {
+            let calls = AtomicU32::new(0);
+            let mut retries = 0;
+            let result: Result<(), Stopped<Decides>> = quick(2)
+                .retry(
+                    &CancellationToken::new(),
+                    || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        Err(Decides(transient))
+                    },
+                    |_, _| retries += 1,
+                )
+                .await;
+            assert_eq!(result.unwrap_err(), Stopped::Failed(Decides(transient)));
+            assert_eq!(calls.load(Ordering::SeqCst), calls_expected);
+            // The last failure, when retries ran out, is not a retry.
+            assert_eq!(retries, retries_expected);
+        }
     }
 }

@@ -36,14 +36,14 @@ pub fn mirrors(project: Option<&Project>, flags: &[MirrorList]) -> Result<Mirror
                 .add(&format!("{registry}={}", hosts.join(",")))
                 .map_err(|reason| Error::Input {
                     input: project.source.clone(),
-                    reason,
+                    reason: reason.to_string(),
                 })?;
         }
     }
     for line in flags.iter().flat_map(|l| l.0.iter()) {
         mirrors.add(line).map_err(|reason| Error::Usage {
             what: "--mirror".into(),
-            reason,
+            reason: reason.to_string(),
         })?;
     }
     Ok(mirrors)
@@ -88,7 +88,7 @@ impl Workspace {
     /// applied, folders discovery skipped), each on one cleaned line.
     pub fn announce(&self, ui: &crate::ui::Ui) {
         for warning in &self.plan.warnings {
-            ui.warn(&crate::report::text::clean_line(warning, 4000));
+            ui.warn(&crate::text::clean_line(warning, 4000));
         }
     }
 
@@ -99,12 +99,7 @@ impl Workspace {
 
     /// This run's cache key, with `prefix` (`--cache-key-prefix`) before it.
     pub fn cache_key(&self, prefix: &str) -> Result<CacheKey, Error> {
-        crate::cache::cache_key(&self.plan, &self.config_bytes())
-            .with_prefix(prefix)
-            .map_err(|reason| Error::Input {
-                input: "--cache-key-prefix (INPUT_CACHE_KEY_PREFIX)".into(),
-                reason: reason.to_string(),
-            })
+        Ok(crate::cache::cache_key(&self.plan, &self.config_bytes()).with_prefix(prefix)?)
     }
 
     /// Per-service weights for sharding: durations from a previous report, else 1 each.
@@ -150,7 +145,7 @@ pub fn plan_project(
         .as_deref()
         .or(project.settings.prefix.as_deref());
     let naming = Naming::resolve(root, prefix, tag, actions.repository.as_deref())?;
-    plan(project, &naming, &build_arg_map(&args.build_args))
+    Ok(plan(project, &naming, &build_arg_map(&args.build_args))?)
 }
 
 /// The cache directory and its budget (`--cache-dir`, `--cache-max-size`).

@@ -375,3 +375,109 @@ async fn push_sends_every_built_image_to_its_registry() {
         ])
         .output();
 }
+
+/// Issue 17, item 15: a build whose network failures use up its retries made 2 attempts with
+/// `--build-retries 1`, so it was retried once, not twice.
+#[tokio::test]
+async fn issue17_build_retries_count() {
+    let project = Project::empty().await;
+    project.push_bases(&[("library/ubuntu", "22.04")]).await;
+    // Every connection is cut: each attempt fails for a network reason.
+    let port = flaky_server(20);
+    project.write(
+        "fetcher/Dockerfile",
+        &format!("FROM ubuntu:22.04\nRUN wget -q -O /got http://127.0.0.1:{port}/file\n"),
+    );
+    project.write(
+        "ai-infra-build.yml",
+        "services:\n  fetcher:\n    network: host\n",
+    );
+    let out = project.run(&[
+        "build-all",
+        "--builder",
+        "engine",
+        "--build-retries",
+        "1",
+        "--force",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = project.report();
+    let fetcher = service(&report, "fetcher");
+    assert_eq!(fetcher["status"], "failed", "{fetcher:#}");
+    assert_eq!(fetcher["failure"]["class"], "network", "{fetcher:#}");
+    assert_eq!(fetcher["attempts"], 2, "{fetcher:#}");
+    let network_failures = report["failure_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "build" && e["class"].as_str().unwrap().starts_with("network"))
+        .count();
+    assert_eq!(network_failures, 2, "{:#}", report["failure_log"]);
+    assert_eq!(
+        report["network"]["build_retries"], 1,
+        "two failed attempts are one retry: {:#}",
+        report["network"]
+    );
+    project.remove_built_images();
+}
+
+/// Issue 17, item 12: a registry that rate-limits the push (`429` with `Retry-After: 3`) is
+/// not pushed to again before those 3 s have passed. `docker push` does not show the
+/// header; the push loop asks the registry for it (a `HEAD` of the manifest, which the
+/// rate limiter answers the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue17_push_retry_honours_retry_after() {
+    use testbed::proxy::{
+        FaultConfig, FaultProxy, FaultType, KindFaults, ProxyOptions, RequestKind,
+    };
+    let project = Project::empty().await;
+    project.push_bases(&[("library/ubuntu", "22.04")]).await;
+    let target = testbed::registry::Registry::start().await.unwrap();
+    let mut faults = FaultConfig::default()
+        // The daemon's manifest PUT (the last request of a push) is refused once ...
+        .with_kind(
+            RequestKind::Other,
+            KindFaults::default()
+                .fail_first(1, FaultType::Status429)
+                .only_path_containing("/manifests/"),
+        )
+        // ... and so is the next request for the manifest, ours.
+        .with_kind(
+            RequestKind::ManifestHead,
+            KindFaults::default().fail_first(1, FaultType::Status429),
+        );
+    faults.params.retry_after_secs = 3;
+    let proxy = FaultProxy::start(ProxyOptions::new(target.addr()).with_faults(faults))
+        .await
+        .unwrap();
+    project.write("ai-infra-build.yml", "services:\n  api: {}\n");
+    project.write("api/Dockerfile", "FROM ubuntu:22.04\nRUN echo api > /api\n");
+    let prefix = format!("{}/team/", proxy.host());
+    // The proxy serves on this runtime while the binary runs.
+    let out = tokio::task::block_in_place(|| {
+        project.run(&["build-all", "--prefix", &prefix, "--push", "--force"])
+    });
+    let log = std::fs::read_to_string(project.path().join(".ai-infra-build/logs/api.log"))
+        .unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{}\n{log}", text(&out));
+    let puts: Vec<u64> = proxy
+        .stats()
+        .log
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/manifests/"))
+        .map(|r| r.at_us)
+        .collect();
+    assert!(
+        puts.len() >= 2,
+        "the refused push was not retried: {puts:?}"
+    );
+    let waited = Duration::from_micros(puts[1] - puts[0]);
+    assert!(
+        waited >= Duration::from_secs(3),
+        "the push was retried {waited:?} after a 429 with Retry-After: 3"
+    );
+    assert!(log.contains("retrying in"), "{log}");
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &format!("{prefix}api:{}", project.tag)])
+        .output();
+}

@@ -9,7 +9,7 @@ mod install_support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use install_support::{FileServer, arch, package, release, target};
+use install_support::{FileServer, HttpsServer, arch, package, release, target};
 
 /// A copy of the action (dist/install.sh, the release's checksums) with its own tool cache,
 /// temp dir and runner files.
@@ -359,13 +359,36 @@ fn a_tampered_tool_cache_binary_fails_closed() {
 fn a_version_without_committed_checksums_fails_before_any_download() {
     let rel = release();
     let server = FileServer::start(&rel.assets(), 0);
-    let action = Action::released();
-    let out = action.run(&[("AIB_BINARY_URL", &server.url()), ("AIB_VERSION", "v9.9.9")]);
+    // A checkout that is no release (a branch: no dist/VERSION) asked for a version whose
+    // checksums it does not have; so is a release commit whose checksums file was lost.
+    let action = Action::bare();
+    action.write_checksums(&rel.version, &rel.sums());
+    let out = action.run(&[
+        ("AIB_BINARY_URL", &server.url()),
+        ("AIB_ACTION_REF", "main"),
+        ("AIB_VERSION", "v9.9.9"),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = stderr(&out);
     assert!(
         err.contains("no committed checksums for version 9.9.9"),
         "{err}"
+    );
+    let lost = Action::released();
+    std::fs::remove_file(
+        lost.dist()
+            .join(format!("checksums/{}.sha256", rel.version)),
+    )
+    .unwrap();
+    let out = lost.run(&[("AIB_BINARY_URL", &server.url())]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "no committed checksums for version {}",
+            rel.version
+        )),
+        "{}",
+        text(&out)
     );
     assert!(
         err.contains(&format!("can verify: {}", rel.version)),
@@ -393,41 +416,148 @@ fn a_version_without_committed_checksums_fails_before_any_download() {
 }
 
 #[test]
-fn the_version_comes_from_the_input_then_the_action_ref_then_dist_version() {
+fn the_version_is_dist_version_and_must_agree_with_the_ref_and_the_input() {
     let rel = release();
     let server = FileServer::start(&rel.assets(), 0);
+    let url = server.url();
+    let v = rel.version.as_str();
+    let major = format!("v{}", v.split('.').next().unwrap());
+    let minor = format!("v{}", v.rsplit_once('.').unwrap().0);
+    let exact = format!("v{v}");
+    let sha = "0123456789abcdef0123456789abcdef01234567";
 
-    // An exact ref, and no dist/VERSION.
-    let action = Action::bare();
-    action.write_checksums(&rel.version, &rel.sums());
-    let tag = format!("v{}", rel.version);
-    let out = action.run(&[("AIB_BINARY_URL", &server.url()), ("AIB_ACTION_REF", &tag)]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        stderr(&out).contains(&format!("from the action's ref {tag}")),
-        "{}",
-        text(&out)
+    // A release commit (dist/VERSION): at its exact tag, its major and minor tags, its SHA,
+    // a branch, or with no ref (`uses: ./`), it installs dist/VERSION; the input may repeat it.
+    let action = Action::released();
+    let accepted: [(Vec<(&str, &str)>, String); 7] = [
+        (
+            vec![("AIB_ACTION_REF", &exact)],
+            format!("from dist/VERSION at the action's ref {exact}"),
+        ),
+        (
+            vec![("GITHUB_ACTION_REF", &major)],
+            format!("from dist/VERSION at the action's ref {major}"),
+        ),
+        (
+            vec![("AIB_ACTION_REF", &minor)],
+            format!("from dist/VERSION at the action's ref {minor}"),
+        ),
+        (
+            vec![("AIB_ACTION_REF", sha)],
+            format!("from dist/VERSION at the action's ref {sha}"),
+        ),
+        (
+            vec![("AIB_ACTION_REF", "main")],
+            "from dist/VERSION at the action's ref main".to_string(),
+        ),
+        (vec![], "from dist/VERSION)".to_string()),
+        (
+            vec![("AIB_ACTION_REF", &exact), ("AIB_VERSION", &exact)],
+            "from the version input".to_string(),
+        ),
+    ];
+    for (mut env, from) in accepted {
+        env.push(("AIB_BINARY_URL", &url));
+        let out = action.run(&env);
+        assert!(out.status.success(), "{env:?}: {}", text(&out));
+        assert!(stderr(&out).contains(&from), "{env:?}: {}", text(&out));
+        assert_runs(&action.cached_binary(v));
+    }
+    assert_eq!(
+        server.connections(),
+        1,
+        "the later ones came from the tool cache"
     );
 
-    // A major tag or a branch names no version, and without dist/VERSION there is none.
-    let action = Action::bare();
-    action.write_checksums(&rel.version, &rel.sums());
-    let out = action.run(&[
-        ("AIB_BINARY_URL", &server.url()),
-        ("GITHUB_ACTION_REF", "v1"),
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        stderr(&out).contains("dist/VERSION is missing"),
-        "{}",
-        text(&out)
+    // Mismatches: the ref names another version or release line, or the input another version.
+    let refused: [(Vec<(&str, &str)>, &str); 5] = [
+        (
+            vec![("AIB_ACTION_REF", "v9.9.9")],
+            "the action's ref v9.9.9 names version 9.9.9, but this checkout of the action installs",
+        ),
+        (
+            vec![("AIB_ACTION_REF", "v9")],
+            "the action's ref v9 names versions 9.*, but this checkout of the action installs",
+        ),
+        (
+            vec![("AIB_ACTION_REF", "v9.1")],
+            "the action's ref v9.1 names versions 9.1.*",
+        ),
+        (
+            vec![("AIB_VERSION", "9.9.9")],
+            "the version input 9.9.9 differs from the version this action's files were released with",
+        ),
+        (
+            vec![("AIB_VERSION", "9.9.9"), ("AIB_ACTION_REF", "v9.9.9")],
+            "the version input 9.9.9 differs",
+        ),
+    ];
+    for (mut env, message) in refused {
+        let action = Action::released();
+        env.push(("AIB_BINARY_URL", &url));
+        let out = action.run(&env);
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(err.contains(message), "{env:?}: {err}");
+        assert!(err.contains("help: "), "{env:?}: {err}");
+        assert!(
+            !action.cached_binary(v).exists() && action.outputs().is_empty(),
+            "{env:?}"
+        );
+    }
+    assert_eq!(
+        server.connections(),
+        1,
+        "a refused install downloads nothing"
     );
 
-    // The input wins over the ref; a malformed input is refused.
+    // A checkout without dist/VERSION (not a release commit): a release ref or a SHA is
+    // refused, clearly; a branch or `uses: ./` needs the version input.
+    let action = Action::bare();
+    action.write_checksums(v, &rel.sums());
+    let refused: [(Vec<(&str, &str)>, String); 7] = [
+        (
+            vec![("AIB_ACTION_REF", &exact)],
+            format!("the action's ref {exact} names a release, but its commit has no dist/VERSION"),
+        ),
+        (
+            vec![("GITHUB_ACTION_REF", "v1")],
+            "the action's ref v1 names a release, but its commit has no dist/VERSION".to_string(),
+        ),
+        (
+            vec![("AIB_ACTION_REF", sha)],
+            format!("the action's ref {sha} is a commit that names no release"),
+        ),
+        (
+            vec![("AIB_ACTION_REF", "main")],
+            "names no released version (dist/VERSION is missing) and the version input is empty"
+                .to_string(),
+        ),
+        (
+            vec![],
+            "names no released version (dist/VERSION is missing)".to_string(),
+        ),
+        (
+            vec![("AIB_ACTION_REF", "main"), ("AIB_VERSION", "latest")],
+            "version input 'latest' is not a version like 1.2.3".to_string(),
+        ),
+        (
+            vec![("AIB_ACTION_REF", "v9.9.9"), ("AIB_VERSION", v)],
+            format!(
+                "the action's ref v9.9.9 names version 9.9.9, but this checkout of the action installs {v} (the version input)"
+            ),
+        ),
+    ];
+    for (mut env, message) in refused {
+        env.push(("AIB_BINARY_URL", &url));
+        let out = action.run(&env);
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {}", text(&out));
+        assert!(stderr(&out).contains(&message), "{env:?}: {}", text(&out));
+    }
     let out = action.run(&[
-        ("AIB_BINARY_URL", &server.url()),
+        ("AIB_BINARY_URL", &url),
         ("AIB_ACTION_REF", "main"),
-        ("AIB_VERSION", &rel.version),
+        ("AIB_VERSION", v),
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -435,13 +565,36 @@ fn the_version_comes_from_the_input_then_the_action_ref_then_dist_version() {
         "{}",
         text(&out)
     );
-    let out = action.run(&[("AIB_VERSION", "latest")]);
+    assert_eq!(server.connections(), 2);
+}
+
+#[test]
+fn a_binary_that_is_not_the_version_of_its_checksums_is_refused() {
+    // The real binary (it says its own version), released and committed as 9.8.7: the
+    // checksums match, the version does not.
+    let rel = release();
+    let assets = tempfile::tempdir().unwrap();
+    package(&rel.binary, "9.8.7", assets.path());
+    let server = FileServer::start(assets.path(), 0);
+    let action = Action::bare();
+    std::fs::write(action.dist().join("VERSION"), "9.8.7\n").unwrap();
+    let sums = std::fs::read_to_string(assets.path().join("SHA256SUMS")).unwrap();
+    action.write_checksums("9.8.7", &sums);
+    let out = action.run(&[
+        ("AIB_BINARY_URL", &server.url()),
+        ("AIB_ACTION_REF", "v9.8.7"),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
     assert!(
-        stderr(&out).contains("is not a version like 1.2.3"),
-        "{}",
-        text(&out)
+        err.contains(&format!(
+            "the binary that matched the committed checksums of 9.8.7 says it is 'ai-infra-build {}'",
+            rel.version
+        )),
+        "{err}"
     );
+    assert!(!action.cached_binary("9.8.7").exists(), "it was installed");
+    assert!(action.outputs().is_empty() && action.path_file().is_empty());
 }
 
 #[test]
@@ -464,19 +617,96 @@ fn binary_url_may_be_a_template_and_the_default_is_the_github_release() {
     );
     let out = action.run(&[("AIB_BINARY_URL", &template)]);
     assert!(out.status.success(), "{}", text(&out));
-
-    // Without binary-url: GITHUB_SERVER_URL/REPOSITORY/releases/download/TAG/ASSET.
-    let action = Action::released();
-    let out = action.run(&[
-        ("GITHUB_SERVER_URL", &server.url()),
-        ("AIB_ACTION_REPOSITORY", "acme/ai-infra-build"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
     let expected = format!(
         "GET /acme/ai-infra-build/releases/download/{tag}/{}",
         rel.asset_name()
     );
-    assert_eq!(server.requests(), vec![expected.clone(), expected]);
+    assert_eq!(server.requests(), vec![expected.clone()]);
+
+    // Without binary-url: GITHUB_SERVER_URL/REPOSITORY/releases/download/TAG/ASSET, over
+    // https (a server on 127.0.0.1 with a certificate of its own, trusted through
+    // CURL_CA_BUNDLE).
+    let https = HttpsServer::start(mirror.path());
+    let action = Action::released();
+    let ca = https.ca().display().to_string();
+    let out = action.run(&[
+        ("GITHUB_SERVER_URL", &https.url()),
+        ("AIB_ACTION_REPOSITORY", "acme/ai-infra-build"),
+        ("CURL_CA_BUNDLE", &ca),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(https.requests(), vec![expected]);
+    assert!(
+        action.outputs().contains("source=download"),
+        "{}",
+        action.outputs()
+    );
+}
+
+#[test]
+fn downloads_are_https_only_and_http_only_for_an_explicit_loopback_binary_url() {
+    let rel = release();
+    let server = FileServer::start(&rel.assets(), 0);
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+
+    // Plain http is refused before any connection: for the GitHub release (GITHUB_SERVER_URL),
+    // for a binary-url that is not on the loopback interface, and other schemes altogether.
+    let refused = [
+        vec![
+            ("GITHUB_SERVER_URL", server.url()),
+            ("AIB_ACTION_REPOSITORY", "acme/ai-infra-build".to_string()),
+        ],
+        vec![(
+            "AIB_BINARY_URL",
+            "http://mirror.example.com/ai-infra-build/".to_string(),
+        )],
+        vec![(
+            "AIB_BINARY_URL",
+            "http://robot:s3cret-pass@10.0.0.1/assets/".to_string(),
+        )],
+        vec![(
+            "AIB_BINARY_URL",
+            format!("file://{}/", rel.assets().display()),
+        )],
+        vec![("AIB_BINARY_URL", "ftp://127.0.0.1/assets/".to_string())],
+        vec![("AIB_BINARY_URL", format!("127.0.0.1:{port}/"))],
+    ];
+    for env in refused {
+        let action = Action::released();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = action.run(&env);
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {}", text(&out));
+        let all = text(&out);
+        assert!(all.contains("refusing to download"), "{env:?}: {all}");
+        assert!(all.contains("only https"), "{env:?}: {all}");
+        assert!(!all.contains("s3cret-pass"), "{all}");
+        assert!(!action.cached_binary(&rel.version).exists());
+    }
+    assert_eq!(server.connections(), 0);
+
+    // An explicit binary-url on the loopback interface may be http: 127.0.0.1 and localhost.
+    for host in ["127.0.0.1", "localhost"] {
+        let action = Action::released();
+        let url = format!("http://{host}:{port}/");
+        let out = action.run(&[("AIB_BINARY_URL", &url)]);
+        assert!(out.status.success(), "{url}: {}", text(&out));
+    }
+    assert_eq!(server.connections(), 2);
+
+    // A redirect is followed to https only, never to plain http (not even on loopback).
+    let hop = tempfile::tempdir().unwrap();
+    std::fs::write(
+        hop.path().join(format!("{}.redirect", rel.asset_name())),
+        format!("{}/{}", server.url(), rel.asset_name()),
+    )
+    .unwrap();
+    let hop_server = FileServer::start(hop.path(), 0);
+    let action = Action::released();
+    let out = action.run(&[("AIB_BINARY_URL", &hop_server.url()), ("AIB_RETRIES", "0")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("cannot download"), "{}", text(&out));
+    assert_eq!(hop_server.connections(), 1);
+    assert_eq!(server.connections(), 2, "the redirect to http was followed");
 }
 
 #[test]

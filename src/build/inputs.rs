@@ -18,9 +18,11 @@
 //! image that is not in the daemon.
 
 use std::io::Read;
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
+use crate::context::ContextError;
 use crate::engine::Engine;
 use crate::plan::Plan;
 use crate::reference::Reference;
@@ -33,21 +35,56 @@ fn field(h: &mut Sha256, bytes: &[u8]) {
     h.update(bytes);
 }
 
+/// Why a service's build inputs have no digest (the service is then built as usual).
+#[derive(Debug, thiserror::Error)]
+pub enum InputsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Dockerfile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// BuildKit looks outside the inputs: an `ADD` of a URL or a git repository.
+    #[error("line {line} ADDs from a remote source, which BuildKit checks each build")]
+    RemoteAdd { line: usize },
+    /// The hashing task panicked or was cancelled.
+    #[error("hashing the build context failed: {source}")]
+    Task {
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The build context cannot be archived (the build will say so too).
+    #[error("{source}")]
+    Context {
+        #[from]
+        source: ContextError,
+    },
+    #[error("reading the context archive: {source}")]
+    Archive {
+        #[source]
+        source: std::io::Error,
+    },
+    /// A base image or a service image it is built from is not in the daemon.
+    #[error("{name} is not in the daemon")]
+    NotInDaemon { name: String },
+}
+
 /// The digest of service `i`'s build inputs (`sha256:<hex>`), or why it has none.
 pub async fn digest(
     engine: &Engine,
     builder: &str,
     plan: &Plan,
     i: usize,
-) -> Result<String, String> {
+) -> Result<String, InputsError> {
     let s = &plan.services[i];
     let svc = &s.service;
-    let dockerfile = std::fs::read_to_string(&svc.dockerfile)
-        .map_err(|e| format!("cannot read {}: {e}", svc.dockerfile.display()))?;
+    let dockerfile =
+        std::fs::read_to_string(&svc.dockerfile).map_err(|source| InputsError::Dockerfile {
+            path: svc.dockerfile.clone(),
+            source,
+        })?;
     if let Some(line) = remote_add(&dockerfile) {
-        return Err(format!(
-            "line {line} ADDs from a remote source, which BuildKit checks each build"
-        ));
+        return Err(InputsError::RemoteAdd { line });
     }
     let mut h = Sha256::new();
     field(&mut h, SCHEME);
@@ -56,7 +93,7 @@ pub async fn digest(
     let (context, file) = (svc.context.clone(), svc.dockerfile.clone());
     let tree = tokio::task::spawn_blocking(move || context_digest(&context, &file))
         .await
-        .map_err(|e| format!("hashing the build context failed: {e}"))??;
+        .map_err(|source| InputsError::Task { source })??;
     field(&mut h, tree.as_bytes());
 
     for (k, v) in &s.build_args {
@@ -88,10 +125,14 @@ pub async fn digest(
             .await
             .ok()
             .and_then(|i| i.id)
-            .ok_or_else(|| format!("{name} is not in the daemon"))?;
+            .ok_or_else(|| InputsError::NotInDaemon { name: name.clone() })?;
         field(&mut h, format!("from {name} {id}").as_bytes());
     }
     Ok(format!("sha256:{}", hex(&h.finalize())))
+}
+
+fn archive_error(source: std::io::Error) -> InputsError {
+    InputsError::Archive { source }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -102,8 +143,8 @@ fn hex(bytes: &[u8]) -> String {
 fn context_digest(
     context: &std::path::Path,
     dockerfile: &std::path::Path,
-) -> Result<String, String> {
-    let archive = crate::context::context_tar(context, dockerfile).map_err(|e| e.to_string())?;
+) -> Result<String, InputsError> {
+    let archive = crate::context::context_tar(context, dockerfile)?;
     // A Dockerfile outside the context goes in under a random name: hash a fixed one.
     let outside = archive
         .dockerfile_in_context
@@ -116,11 +157,9 @@ fn context_digest(
     let mut h = Sha256::new();
     field(&mut h, fixed(&archive.dockerfile_in_context).as_bytes());
     let mut tar = tar::Archive::new(archive.bytes.as_slice());
-    let entries = tar
-        .entries()
-        .map_err(|e| format!("reading the context archive: {e}"))?;
+    let entries = tar.entries().map_err(archive_error)?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("reading the context archive: {e}"))?;
+        let mut entry = entry.map_err(archive_error)?;
         let path = fixed(&String::from_utf8_lossy(&entry.path_bytes()));
         let header = entry.header();
         let kind = header.entry_type().as_byte();
@@ -134,9 +173,7 @@ fn context_digest(
             format!("{path}\0{}\0{mode:o}\0{link}", kind as char).as_bytes(),
         );
         let mut content = Vec::new();
-        entry
-            .read_to_end(&mut content)
-            .map_err(|e| format!("reading the context archive: {e}"))?;
+        entry.read_to_end(&mut content).map_err(archive_error)?;
         if outside.is_some() && path == ".dockerignore" {
             content = fixed(&String::from_utf8_lossy(&content)).into_bytes();
         }
@@ -239,6 +276,24 @@ mod tests {
         )
         .unwrap();
         assert_ne!(second, context_digest(root, &df).unwrap(), "mode");
+    }
+
+    #[test]
+    fn a_context_that_cannot_be_archived_has_no_digest_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "Dockerfile", "FROM a\n");
+        let err =
+            context_digest(&dir.path().join("gone"), &dir.path().join("Dockerfile")).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                InputsError::Context {
+                    source: ContextError::MissingContextDir { .. }
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("build context "), "{err}");
     }
 
     #[test]

@@ -1,9 +1,8 @@
-//! Building the services: the dependency graph, the scheduler, the backends, and why a build
-//! failed.
+//! Building the services: the scheduler, the backends, the build inputs, and why a build
+//! failed. (The dependency graph of services is the plan's: [`crate::graph`].)
 
 pub mod backend;
 pub mod failure;
-pub mod graph;
 pub mod inputs;
 pub mod run;
 
@@ -16,3 +15,6 @@ pub enum PrefetchFailure {
     /// Stop before building.
     Fail,
 }
+
+// The graph is the plan's; kept under `build` for callers that name it so.
+pub use crate::graph;

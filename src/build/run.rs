@@ -13,13 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, BuildJob, Log};
 use super::failure::{self, BuildFailureClass};
+use crate::clock::{now_ms, rfc3339_ms};
 use crate::engine::Engine;
 use crate::plan::Plan;
 use crate::prefetch::ImageResult;
-use crate::report::{
-    FailureLogEntry, ServiceFailure, ServiceResult, ServiceStatus, now_ms, rfc3339_ms,
-};
-use crate::retry::RetryPolicy;
+use crate::report::{FailureLogEntry, ServiceFailure, ServiceResult, ServiceStatus};
+use crate::retry::{ErrorClass, RetryHint, RetryPolicy, Stopped};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -290,8 +289,6 @@ async fn build_one(
         max_delay: Duration::from_secs(15),
         deadline: Duration::from_secs(3600),
     };
-    let mut waits = policy.backoff();
-    let mut attempts = 0u32;
     let mut failure_log = Vec::new();
     let mut result = skipped(plan, i, String::new(), ServiceStatus::Failed);
     result.skipped_reason = None;
@@ -328,7 +325,6 @@ async fn build_one(
                     } else {
                         Ok(())
                     };
-                    attempts = 1;
                     match pushed {
                         Ok(()) => {
                             result.status = ServiceStatus::Success;
@@ -349,7 +345,7 @@ async fn build_one(
                         }
                         Err(message) => result.failure = Some(push_failure(message)),
                     }
-                    result.attempts = attempts;
+                    result.attempts = 1;
                     result.duration_ms = started.elapsed().as_millis() as u64;
                     result.log_tail = log.tail();
                     return (result, failure_log);
@@ -358,104 +354,110 @@ async fn build_one(
             }
         }
     }
-    loop {
-        attempts += 1;
+    // Every try of the build goes through the one retry runner; a failure's class decides
+    // whether it is tried again (network failures and stalls are).
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    let building = std::sync::atomic::AtomicBool::new(false);
+    let last_failure = std::sync::Mutex::new(None::<ServiceFailure>);
+    let shared_log = tokio::sync::Mutex::new(&mut log);
+    let failures = std::sync::Mutex::new(&mut failure_log);
+    let attempt = || async {
+        let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        building.store(true, std::sync::atomic::Ordering::SeqCst);
         on_event(BuildEvent::Started {
             service: s.name.clone(),
-            attempt: attempts,
+            attempt: n,
         });
+        let mut log = shared_log.lock().await;
         log.line(&format!(
-            "=== {} attempt {attempts} with {}",
+            "=== {} attempt {n} with {}",
             s.name,
             backend.label()
         ));
-        let outcome = tokio::select! {
-            outcome = backend.build(&job, &mut log) => Some(outcome),
-            _ = cancel.cancelled() => None,
+        let outcome = backend.build(&job, &mut log).await;
+        building.store(false, std::sync::atomic::Ordering::SeqCst);
+        let f = match outcome {
+            Ok(out) => return Ok(out),
+            Err(f) => f,
         };
-        match outcome {
-            None => {
+        let tail = log.tail();
+        let (class, network_class) = failure::classify(&f.message, &tail);
+        log.line(&format!("=== failed ({class:?}): {}", f.message));
+        if let Ok(mut failures) = failures.lock() {
+            failures.push(FailureLogEntry {
+                at: rfc3339_ms(now_ms()),
+                subject: s.name.clone(),
+                kind: "build".into(),
+                class: match class {
+                    BuildFailureClass::Network => format!(
+                        "network ({})",
+                        network_class.map(|c| c.to_string()).unwrap_or_default()
+                    ),
+                    other => format!("{other:?}").to_ascii_lowercase(),
+                },
+                message: f.message.clone(),
+            });
+        }
+        let failure = ServiceFailure {
+            class,
+            network_class,
+            line: failure::failing_line(&dockerfile_text, &f.message, &tail),
+            message: f.message,
+        };
+        if let Ok(mut last) = last_failure.lock() {
+            *last = Some(failure.clone());
+        }
+        Err(BuildAttemptFailed(failure))
+    };
+    let outcome = policy
+        .retry(&cancel, attempt, |_, wait| {
+            // The attempt is over (its lock released) when the runner decides to retry.
+            if let Ok(mut log) = shared_log.try_lock() {
+                log.line(&format!(
+                    "=== retrying in {:.1}s (network failure)",
+                    wait.as_secs_f64()
+                ));
+            }
+        })
+        .await;
+    let attempts = tries.into_inner();
+    result.failure = last_failure.into_inner().unwrap_or_default();
+    match outcome {
+        Err(Stopped::Cancelled) => {
+            result.status = ServiceStatus::Cancelled;
+            if building.into_inner() {
                 log.line("=== cancelled");
-                result.status = ServiceStatus::Cancelled;
                 result.skipped_reason = Some("cancelled while building".into());
-                break;
             }
-            Some(Ok(out)) if options.push => {
-                match push(&s.image, &s.tags, &policy, &mut log, &cancel).await {
-                    Ok(()) => {
-                        result.status = ServiceStatus::Success;
-                        result.cached_steps = Some(out.cached_steps);
-                        result.total_steps = Some(out.total_steps);
-                        result.image_id = out.image_id;
-                        break;
-                    }
-                    Err(message) => {
-                        result.failure = Some(push_failure(message));
-                        result.status = ServiceStatus::Failed;
-                        break;
-                    }
+        }
+        Err(Stopped::Failed(BuildAttemptFailed(failure))) => {
+            result.failure = Some(failure);
+            result.status = ServiceStatus::Failed;
+        }
+        Ok(out) if options.push => {
+            match push(&s.image, &s.tags, &policy, &mut log, &cancel).await {
+                Ok(()) => {
+                    result.status = ServiceStatus::Success;
+                    result.cached_steps = Some(out.cached_steps);
+                    result.total_steps = Some(out.total_steps);
+                    result.image_id = out.image_id;
+                }
+                Err(message) => {
+                    result.failure = Some(push_failure(message));
+                    result.status = ServiceStatus::Failed;
                 }
             }
-            Some(Ok(out)) => {
-                result.status = ServiceStatus::Success;
-                result.builder = backend.label();
-                result.cached_steps = Some(out.cached_steps);
-                result.total_steps = Some(out.total_steps);
-                let inspect = engine.docker.inspect_image(&s.image).await.ok();
-                result.image_id = out
-                    .image_id
-                    .or_else(|| inspect.as_ref().and_then(|i| i.id.clone()));
-                result.size = inspect.and_then(|i| i.size).map(|s| s.max(0) as u64);
-                break;
-            }
-            Some(Err(f)) => {
-                let tail = log.tail();
-                let (class, network_class) = failure::classify(&f.message, &tail);
-                log.line(&format!("=== failed ({class:?}): {}", f.message));
-                failure_log.push(FailureLogEntry {
-                    at: rfc3339_ms(now_ms()),
-                    subject: s.name.clone(),
-                    kind: "build".into(),
-                    class: match class {
-                        BuildFailureClass::Network => format!(
-                            "network ({})",
-                            network_class.map(|c| c.to_string()).unwrap_or_default()
-                        ),
-                        other => format!("{other:?}").to_ascii_lowercase(),
-                    },
-                    message: f.message.clone(),
-                });
-                result.failure = Some(ServiceFailure {
-                    class,
-                    network_class,
-                    line: failure::failing_line(&dockerfile_text, &f.message, &tail),
-                    message: f.message,
-                });
-                let wait = if class.is_transient() {
-                    waits.next()
-                } else {
-                    None
-                };
-                match wait {
-                    Some(wait) => {
-                        log.line(&format!(
-                            "=== retrying in {:.1}s (network failure)",
-                            wait.as_secs_f64()
-                        ));
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = cancel.cancelled() => {
-                                result.status = ServiceStatus::Cancelled;
-                                break;
-                            }
-                        }
-                    }
-                    None => {
-                        result.status = ServiceStatus::Failed;
-                        break;
-                    }
-                }
-            }
+        }
+        Ok(out) => {
+            result.status = ServiceStatus::Success;
+            result.builder = backend.label();
+            result.cached_steps = Some(out.cached_steps);
+            result.total_steps = Some(out.total_steps);
+            let inspect = engine.docker.inspect_image(&s.image).await.ok();
+            result.image_id = out
+                .image_id
+                .or_else(|| inspect.as_ref().and_then(|i| i.id.clone()));
+            result.size = inspect.and_then(|i| i.size).map(|s| s.max(0) as u64);
         }
     }
     if result.status == ServiceStatus::Success {
@@ -468,6 +470,25 @@ async fn build_one(
     result.duration_ms = started.elapsed().as_millis() as u64;
     result.log_tail = log.tail();
     (result, failure_log)
+}
+
+/// A failed build attempt, classified: network failures and stalls are tried again.
+#[derive(Debug)]
+struct BuildAttemptFailed(ServiceFailure);
+
+impl RetryHint for BuildAttemptFailed {
+    fn class(&self) -> ErrorClass {
+        self.0.network_class.unwrap_or(ErrorClass::Other)
+    }
+
+    fn is_transient(&self) -> bool {
+        self.0.class.is_transient()
+    }
+
+    /// A build waits the policy's full backoff whatever the network class.
+    fn backoff_scale(&self) -> f64 {
+        1.0
+    }
 }
 
 /// A failed push, classified like a build failure.
@@ -486,15 +507,36 @@ fn short(id: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
+/// A reused image could not be given the service's name or a tag.
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error("cannot tag {name}: {source}")]
+    Reference {
+        name: String,
+        #[source]
+        source: crate::reference::ReferenceError,
+    },
+    #[error("cannot tag {id} as {name}: {source}")]
+    Daemon {
+        id: String,
+        name: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
 /// Gives the image `id` the service's name and tags (instead of building it).
 async fn reuse_image(
     engine: &Engine,
     id: &str,
     s: &crate::plan::ServicePlan,
-) -> Result<(), String> {
+) -> Result<(), TagError> {
     for name in std::iter::once(&s.image).chain(&s.tags) {
-        let reference = crate::reference::Reference::parse(name)
-            .map_err(|e| format!("cannot tag {name}: {e}"))?;
+        let reference =
+            crate::reference::Reference::parse(name).map_err(|source| TagError::Reference {
+                name: name.clone(),
+                source,
+            })?;
         let options = bollard::query_parameters::TagImageOptionsBuilder::default()
             .repo(&reference.familiar_name())
             .tag(reference.tag.as_deref().unwrap_or("latest"))
@@ -503,13 +545,21 @@ async fn reuse_image(
             .docker
             .tag_image(id, Some(options))
             .await
-            .map_err(|e| format!("cannot tag {} as {name}: {e}", short(id)))?;
+            .map_err(|source| TagError::Daemon {
+                id: short(id).to_string(),
+                name: name.clone(),
+                source,
+            })?;
     }
     Ok(())
 }
 
 /// Pushes `image` and `tags` with `docker push` (which reads the user's registry credentials),
-/// retrying transient registry failures.
+/// retrying transient registry failures through the retry runner: at least 3 retries, the
+/// build policy's backoff, a deadline of [`PUSH_DEADLINE`] per reference, waits that end
+/// when the run is cancelled. `docker push` does not show a rate-limited answer's
+/// `Retry-After`, so after a rate-limited push the registry is asked for it
+/// ([`retry_after_of`]) and the wait is at least that long.
 async fn push(
     image: &str,
     tags: &[String],
@@ -517,39 +567,133 @@ async fn push(
     log: &mut Log,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
+    let policy = RetryPolicy {
+        max_retries: policy.max_retries.max(3),
+        deadline: PUSH_DEADLINE,
+        ..*policy
+    };
+    let client = crate::registry::RegistryClient::new(crate::registry::Timeouts {
+        connect: Duration::from_secs(5),
+        idle: Duration::from_secs(10),
+    })
+    .ok();
+    let log = tokio::sync::Mutex::new(log);
     for reference in std::iter::once(image.to_string()).chain(tags.iter().cloned()) {
-        let mut waits = RetryPolicy {
-            max_retries: policy.max_retries.max(3),
-            ..*policy
-        }
-        .backoff();
-        loop {
-            log.line(&format!("=== push {reference}"));
-            let out = tokio::process::Command::new("docker")
-                .args(["push", "--quiet", &reference])
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output();
-            let out = tokio::select! {
-                out = out => out.map_err(|e| format!("cannot run `docker push`: {e}"))?,
-                _ = cancel.cancelled() => return Err("cancelled while pushing".into()),
-            };
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            log.line(text.trim_end());
-            if out.status.success() {
-                break;
-            }
-            let message = format!("push of {reference} failed: {}", text.trim());
-            let transient = crate::retry::classify_message(&text).is_transient();
-            match waits.next().filter(|_| transient) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return Err(message),
-            }
+        let attempt = || async {
+            let mut log = log.lock().await;
+            push_once(&reference, &mut log, client.as_ref()).await
+        };
+        let pushed = policy
+            .retry(cancel, attempt, |err, wait| {
+                if let Ok(mut log) = log.try_lock() {
+                    log.line(&format!(
+                        "=== push of {reference} failed ({}); retrying in {:.1}s",
+                        err.class,
+                        wait.as_secs_f64()
+                    ));
+                }
+            })
+            .await;
+        match pushed {
+            Ok(()) => {}
+            Err(Stopped::Failed(err)) => return Err(err.message),
+            Err(Stopped::Cancelled) => return Err("cancelled while pushing".into()),
         }
     }
     Ok(())
+}
+
+/// How long a reference's push may be retried (no retry starts later than this after its
+/// first try).
+const PUSH_DEADLINE: Duration = Duration::from_secs(300);
+
+/// A failed `docker push` of one reference.
+#[derive(Debug)]
+struct PushFailed {
+    class: ErrorClass,
+    message: String,
+    /// The registry's `Retry-After`, when it was rate limiting.
+    retry_after: Option<Duration>,
+}
+
+impl RetryHint for PushFailed {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// A push is a whole transfer: it waits the full backoff whatever the class.
+    fn backoff_scale(&self) -> f64 {
+        1.0
+    }
+}
+
+/// One `docker push` of `reference`.
+async fn push_once(
+    reference: &str,
+    log: &mut Log,
+    client: Option<&crate::registry::RegistryClient>,
+) -> Result<(), PushFailed> {
+    log.line(&format!("=== push {reference}"));
+    let out = tokio::process::Command::new("docker")
+        .args(["push", "--quiet", reference])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| PushFailed {
+            class: ErrorClass::Other,
+            message: format!("cannot run `docker push`: {e}"),
+            retry_after: None,
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    log.line(text.trim_end());
+    if out.status.success() {
+        return Ok(());
+    }
+    let class = crate::retry::classify_message(&text);
+    let retry_after = match (class, client) {
+        (ErrorClass::RateLimited, Some(client)) => retry_after_of(client, reference).await,
+        _ => None,
+    };
+    Err(PushFailed {
+        class,
+        message: format!("push of {reference} failed: {}", text.trim()),
+        retry_after,
+    })
+}
+
+/// The `Retry-After` a rate-limiting registry gives for `reference` now: the answer to a
+/// `HEAD` of its manifest (a read, counted like the push's own requests by rate limiters in
+/// front of a registry). `None` when the registry is not rate limiting that request or gives
+/// no hint.
+async fn retry_after_of(
+    client: &crate::registry::RegistryClient,
+    reference: &str,
+) -> Option<Duration> {
+    let parsed = crate::reference::Reference::parse(reference).ok()?;
+    let endpoint = crate::endpoint::Endpoint::new(&parsed.registry_host());
+    let tag = parsed.tag.as_deref().unwrap_or("latest");
+    let path = format!("/v2/{}/manifests/{tag}", parsed.path);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::ACCEPT,
+        reqwest::header::HeaderValue::from_static(
+            "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json",
+        ),
+    );
+    match client
+        .send(&endpoint, reqwest::Method::HEAD, &path, headers)
+        .await
+    {
+        Ok(_) => None,
+        Err(err) => err.retry_after,
+    }
 }

@@ -13,7 +13,7 @@ use super::{Cache, age};
 use crate::engine::Engine;
 use crate::prefetch::{ImageNeed, ImageResult, ImageStatus, Vouched};
 use crate::reference::Reference;
-use crate::registry::{RegistryClient, Timeouts};
+use crate::registry::{RegistryClient, RegistryError, Timeouts};
 use crate::relay::Source;
 use crate::report::now_ms;
 
@@ -33,8 +33,29 @@ application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
+/// Why a source gave no manifest digest.
+#[derive(Debug, thiserror::Error)]
+pub enum DigestError {
+    /// The request failed or the registry answered an error (its class, status and code
+    /// are in the source).
+    #[error("{}", .source.message)]
+    Registry {
+        #[source]
+        source: RegistryError,
+    },
+    /// The manifest's body could not be read.
+    #[error("{source}")]
+    Body {
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 /// The first source's answer decides; sources that fail are skipped.
-pub fn decide(answers: &[(String, Result<String, String>)], cached: &str) -> Freshness {
+pub fn decide<E: std::fmt::Display>(
+    answers: &[(String, Result<String, E>)],
+    cached: &str,
+) -> Freshness {
     let mut errors = Vec::new();
     for (source, answer) in answers {
         match answer {
@@ -61,14 +82,14 @@ async fn manifest_digest(
     source: &Source,
     path: &str,
     tag: &str,
-) -> Result<String, String> {
+) -> Result<String, DigestError> {
     let mut headers = HeaderMap::new();
     headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_TYPES));
     let url_path = format!("/v2/{}/manifests/{tag}", source.path_for(path));
     let head = client
         .send(&source.endpoint, Method::HEAD, &url_path, headers.clone())
         .await
-        .map_err(|e| e.message.clone())?;
+        .map_err(|source| DigestError::Registry { source })?;
     if let Some(d) = head
         .headers()
         .get("docker-content-digest")
@@ -80,8 +101,11 @@ async fn manifest_digest(
     let get = client
         .send(&source.endpoint, Method::GET, &url_path, headers)
         .await
-        .map_err(|e| e.message.clone())?;
-    let body = get.bytes().await.map_err(|e| e.to_string())?;
+        .map_err(|source| DigestError::Registry { source })?;
+    let body = get
+        .bytes()
+        .await
+        .map_err(|source| DigestError::Body { source })?;
     use sha2::Digest;
     Ok(format!(
         "sha256:{}",
@@ -212,7 +236,7 @@ mod tests {
             }
         );
         assert_eq!(
-            decide(&[], "sha256:a"),
+            decide::<String>(&[], "sha256:a"),
             Freshness::Unreachable { errors: vec![] }
         );
     }

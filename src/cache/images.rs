@@ -3,7 +3,7 @@
 //! (`GET /images/get` = `docker save`, `POST /images/load` = `docker load`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bollard::Docker;
@@ -98,24 +98,54 @@ fn file_stream(
     })
 }
 
+/// Why the daemon did not take an archive or a tag.
+#[derive(Debug, thiserror::Error)]
+enum ImageError {
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon refused the archive (or the connection failed while sending it).
+    #[error("{}", daemon_message(.source))]
+    Load {
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("cannot tag {} as {}: {source}", short_id(.id), .reference.familiar())]
+    Tag {
+        id: String,
+        reference: Reference,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// What the daemon said, without bollard's wrapping.
+fn daemon_message(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerStreamError { error } => error.clone(),
+        bollard::errors::Error::DockerResponseServerError {
+            message,
+            status_code,
+        } => format!("{message} (HTTP {status_code})"),
+        other => other.to_string(),
+    }
+}
+
 /// Loads an archive into the daemon (hashing what it sends into `hasher`, if given).
-async fn load(docker: &Docker, path: &Path, hasher: Option<Hasher>) -> Result<(), String> {
+async fn load(docker: &Docker, path: &Path, hasher: Option<Hasher>) -> Result<(), ImageError> {
     let file = tokio::fs::File::open(path)
         .await
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .map_err(|source| ImageError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let options = ImportImageOptionsBuilder::default().quiet(true).build();
     let mut stream = docker.import_image_stream(options, file_stream(file, hasher), None);
     while let Some(item) = stream.next().await {
-        item.map_err(|e| match e {
-            bollard::errors::Error::DockerStreamError { error } => error,
-            bollard::errors::Error::DockerResponseServerError {
-                message,
-                status_code,
-            } => {
-                format!("{message} (HTTP {status_code})")
-            }
-            other => other.to_string(),
-        })?;
+        item.map_err(|source| ImageError::Load { source })?;
     }
     Ok(())
 }
@@ -126,24 +156,25 @@ async fn export(
     root: &Path,
     rel: &str,
     ids: &[String],
-) -> Result<store::Written, String> {
+) -> Result<store::Written, store::WriteError> {
     let names: Vec<&str> = ids.iter().map(String::as_str).collect();
     let stream = Box::pin(docker.export_images(&names));
     store::write_stream_atomic(root, rel, stream).await
 }
 
-async fn tag(docker: &Docker, id: &str, reference: &Reference) -> Result<(), String> {
+async fn tag(docker: &Docker, id: &str, reference: &Reference) -> Result<(), ImageError> {
     let options = TagImageOptionsBuilder::default()
         .repo(&reference.familiar_name())
         .tag(reference.tag.as_deref().unwrap_or("latest"))
         .build();
-    docker.tag_image(id, Some(options)).await.map_err(|e| {
-        format!(
-            "cannot tag {} as {}: {e}",
-            short_id(id),
-            reference.familiar()
-        )
-    })
+    docker
+        .tag_image(id, Some(options))
+        .await
+        .map_err(|source| ImageError::Tag {
+            id: id.to_string(),
+            reference: reference.clone(),
+            source,
+        })
 }
 
 /// How many cache archives are checked and loaded at once.
@@ -155,9 +186,25 @@ type Checked = (String, Vec<(Reference, BaseImage)>, Result<bool, Trouble>);
 /// Why an archive could not be restored.
 enum Trouble {
     /// Not what the index recorded: to be discarded.
-    Corrupted(String),
+    Corrupted(Corruption),
     /// Intact, but the daemon did not take it.
-    Refused(String),
+    Refused(ImageError),
+}
+
+/// How an archive differs from what the index recorded.
+#[derive(Debug, thiserror::Error)]
+enum Corruption {
+    #[error("not in the index")]
+    NotInIndex,
+    #[error("{source}")]
+    Unreadable {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("truncated or extended: {actual} bytes, {expected} on record")]
+    Size { expected: u64, actual: u64 },
+    #[error("checksum mismatch")]
+    Checksum,
 }
 
 /// Loads the archive at `path` unless the daemon has `image_id` already (`Ok(true)` when it
@@ -172,16 +219,16 @@ async fn check_and_load(
     record: Option<Archive>,
     image_id: &str,
 ) -> Result<bool, Trouble> {
-    let record = record.ok_or_else(|| Trouble::Corrupted("not in the index".into()))?;
+    let record = record.ok_or(Trouble::Corrupted(Corruption::NotInIndex))?;
     let size = tokio::fs::metadata(&path)
         .await
-        .map_err(|e| Trouble::Corrupted(e.to_string()))?
+        .map_err(|source| Trouble::Corrupted(Corruption::Unreadable { source }))?
         .len();
     if size != record.size {
-        return Err(Trouble::Corrupted(format!(
-            "truncated or extended: {size} bytes, {} on record",
-            record.size
-        )));
+        return Err(Trouble::Corrupted(Corruption::Size {
+            expected: record.size,
+            actual: size,
+        }));
     }
     if local_id(docker, image_id).await.is_some() {
         return Ok(false);
@@ -211,7 +258,7 @@ async fn check_and_load(
                 let _ = docker.remove_image(id, Some(options), None).await;
             }
         }
-        return Err(Trouble::Corrupted("checksum mismatch".into()));
+        return Err(Trouble::Corrupted(Corruption::Checksum));
     }
     loaded.map_err(Trouble::Refused)?;
     Ok(true)
@@ -219,7 +266,7 @@ async fn check_and_load(
 
 impl Cache {
     /// Drops an archive found broken: file, index entries, and a warning.
-    fn discard(&mut self, rel: &str, why: &str, what: &str) {
+    fn discard(&mut self, rel: &str, why: &Corruption, what: &str) {
         let _ = store::remove(&self.root.join(rel));
         self.index.remove_archive(rel);
         self.stats.discarded += 1;
@@ -334,7 +381,7 @@ impl Cache {
                             == Some(entry.image_id.as_str())
                     }
                     Err(e) => {
-                        self.warn(e);
+                        self.warn(e.to_string());
                         false
                     }
                 };

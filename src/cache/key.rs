@@ -86,12 +86,24 @@ pub fn cache_key(plan: &Plan, config: &[u8]) -> CacheKey {
     }
 }
 
+/// A `cache-key-prefix` the Actions cache would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyPrefixError {
+    /// A comma, a control character or whitespace.
+    #[error(
+        "the cache key prefix {prefix:?} contains {character:?}; use letters, digits, '-', '_' or '.'"
+    )]
+    Character { prefix: String, character: char },
+    #[error("the cache key prefix is {len} characters long; keep it under 200")]
+    TooLong { len: usize },
+}
+
 impl CacheKey {
     /// The key and restore keys behind a user's prefix (the action's `cache-key-prefix`), which
     /// keeps several caches of one repository apart. Empty keeps the key as it is. The Actions
     /// cache refuses commas and keys over 512 characters; a prefix that would break either is
     /// an error naming the input.
-    pub fn with_prefix(self, prefix: &str) -> Result<CacheKey, String> {
+    pub fn with_prefix(self, prefix: &str) -> Result<CacheKey, KeyPrefixError> {
         if prefix.is_empty() {
             return Ok(self);
         }
@@ -99,15 +111,13 @@ impl CacheKey {
             .chars()
             .find(|c| *c == ',' || c.is_control() || c.is_whitespace())
         {
-            return Err(format!(
-                "the cache key prefix {prefix:?} contains {c:?}; use letters, digits, '-', '_' or '.'"
-            ));
+            return Err(KeyPrefixError::Character {
+                prefix: prefix.into(),
+                character: c,
+            });
         }
         if prefix.len() > 200 {
-            return Err(format!(
-                "the cache key prefix is {} characters long; keep it under 200",
-                prefix.len()
-            ));
+            return Err(KeyPrefixError::TooLong { len: prefix.len() });
         }
         Ok(CacheKey {
             key: format!("{prefix}-{}", self.key),
@@ -214,6 +224,34 @@ mod tests {
         let after = key_of(&root, "t");
         assert_ne!(before.restore_keys[1], after.restore_keys[1]);
         assert_eq!(before.restore_keys[2], after.restore_keys[2]);
+    }
+
+    #[test]
+    fn a_prefix_the_actions_cache_would_refuse_is_an_error() {
+        let key = CacheKey {
+            key: "k".into(),
+            restore_keys: vec!["r-".into()],
+        };
+        let prefixed = key.clone().with_prefix("team.a_1").unwrap();
+        assert_eq!(prefixed.key, "team.a_1-k");
+        assert_eq!(prefixed.restore_keys, ["team.a_1-r-"]);
+        assert_eq!(key.clone().with_prefix(""), Ok(key.clone()));
+        let err = key.clone().with_prefix("a,b").unwrap_err();
+        assert_eq!(
+            err,
+            KeyPrefixError::Character {
+                prefix: "a,b".into(),
+                character: ','
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            r#"the cache key prefix "a,b" contains ','; use letters, digits, '-', '_' or '.'"#
+        );
+        assert_eq!(
+            key.with_prefix(&"x".repeat(201)),
+            Err(KeyPrefixError::TooLong { len: 201 })
+        );
     }
 
     #[test]

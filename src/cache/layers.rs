@@ -244,18 +244,114 @@ pub struct Layout {
     pub blobs: BTreeMap<String, u64>,
 }
 
+/// Why the layer cache (`buildx/`, `buildx-new/`) cannot be used or saved. A cache never
+/// fails a build: the caller discards it, or keeps the previous one, with a warning.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerCacheError {
+    #[error("index.json: {source}")]
+    ReadIndex {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("index.json is not JSON: {source}")]
+    IndexNotJson {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("index.json: {source}")]
+    WriteIndex {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("index.json lists no manifests")]
+    NoManifests { path: PathBuf },
+    /// A descriptor lacks its `digest` or its `size`.
+    #[error("a descriptor without {missing}")]
+    Descriptor { missing: &'static str },
+    #[error("unsupported digest {digest}")]
+    UnsupportedDigest { digest: String },
+    #[error("blob {digest} is missing")]
+    BlobMissing {
+        digest: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("blob {digest} has {actual} bytes, not {expected}")]
+    BlobSize {
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("blob {digest}: {source}")]
+    ReadBlob {
+        digest: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("blob {digest} is corrupted (checksum mismatch)")]
+    Checksum { digest: String },
+    #[error("manifest {digest} is not JSON: {source}")]
+    ManifestNotJson {
+        digest: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `buildx-new/` has no `index.json`: no build wrote to it.
+    #[error("no build exported a cache")]
+    NothingExported,
+    /// A file operation (`what`: "cannot clear", "cannot create", "cannot copy") failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move buildx/ aside: {source}")]
+    MoveAside {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move buildx-new/ into place: {source}")]
+    MoveIntoPlace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A [`LayerCacheError::Io`] maker for `map_err`.
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LayerCacheError {
+    let path = path.to_path_buf();
+    move |source| LayerCacheError::Io { what, path, source }
+}
+
+/// Reads and parses a layout's `index.json`.
+fn read_index(path: &Path) -> Result<serde_json::Value, LayerCacheError> {
+    let bytes = std::fs::read(path).map_err(|source| LayerCacheError::ReadIndex {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| LayerCacheError::IndexNotJson {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Reads an OCI layout and checks that every blob it references is present with the right
 /// size (and, when `verify` is set, the right SHA-256).
-pub fn read_layout(dir: &Path, verify: bool) -> Result<Layout, String> {
-    let index: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("index.json")).map_err(|e| format!("index.json: {e}"))?,
-    )
-    .map_err(|e| format!("index.json is not JSON: {e}"))?;
+pub fn read_layout(dir: &Path, verify: bool) -> Result<Layout, LayerCacheError> {
+    let index_path = dir.join("index.json");
+    let index = read_index(&index_path)?;
     let mut layout = Layout::default();
     let mut todo: Vec<serde_json::Value> = Vec::new();
     for m in index["manifests"]
         .as_array()
-        .ok_or("index.json lists no manifests")?
+        .ok_or(LayerCacheError::NoManifests { path: index_path })?
     {
         if let Some(tag) = m["annotations"]["org.opencontainers.image.ref.name"].as_str() {
             layout.tags.insert(tag.to_string(), m.clone());
@@ -265,35 +361,52 @@ pub fn read_layout(dir: &Path, verify: bool) -> Result<Layout, String> {
     while let Some(desc) = todo.pop() {
         let digest = desc["digest"]
             .as_str()
-            .ok_or("a descriptor without digest")?;
-        let size = desc["size"].as_u64().ok_or("a descriptor without size")?;
+            .ok_or(LayerCacheError::Descriptor { missing: "digest" })?;
+        let size = desc["size"]
+            .as_u64()
+            .ok_or(LayerCacheError::Descriptor { missing: "size" })?;
         let hex = digest
             .strip_prefix("sha256:")
             .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| format!("unsupported digest {digest}"))?;
+            .ok_or_else(|| LayerCacheError::UnsupportedDigest {
+                digest: digest.into(),
+            })?;
         if layout.blobs.insert(digest.to_string(), size).is_some() {
             continue;
         }
         let path = dir.join("blobs/sha256").join(hex);
-        let meta = std::fs::metadata(&path).map_err(|_| format!("blob {digest} is missing"))?;
+        let meta = std::fs::metadata(&path).map_err(|source| LayerCacheError::BlobMissing {
+            digest: digest.into(),
+            source,
+        })?;
         if meta.len() != size {
-            return Err(format!(
-                "blob {digest} has {} bytes, not {size}",
-                meta.len()
-            ));
+            return Err(LayerCacheError::BlobSize {
+                digest: digest.into(),
+                expected: size,
+                actual: meta.len(),
+            });
         }
+        let read_blob = |source| LayerCacheError::ReadBlob {
+            digest: digest.into(),
+            source,
+        };
         if verify {
-            let w = store::sha256_file(&path).map_err(|e| format!("blob {digest}: {e}"))?;
+            let w = store::sha256_file(&path).map_err(read_blob)?;
             if w.sha256 != hex {
-                return Err(format!("blob {digest} is corrupted (checksum mismatch)"));
+                return Err(LayerCacheError::Checksum {
+                    digest: digest.into(),
+                });
             }
         }
         let media = desc["mediaType"].as_str().unwrap_or_default();
         if media.contains("index") || media.contains("manifest") {
             let doc: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(&path).map_err(|e| format!("blob {digest}: {e}"))?,
+                &std::fs::read(&path).map_err(read_blob)?,
             )
-            .map_err(|e| format!("manifest {digest} is not JSON: {e}"))?;
+            .map_err(|source| LayerCacheError::ManifestNotJson {
+                digest: digest.into(),
+                source,
+            })?;
             if let Some(ms) = doc["manifests"].as_array() {
                 todo.extend(ms.iter().cloned());
             }
@@ -309,11 +422,9 @@ pub fn read_layout(dir: &Path, verify: bool) -> Result<Layout, String> {
 }
 
 /// Writes a layout's `index.json` keeping only the entries whose tag is in `keep`.
-fn filter_index(dir: &Path, keep: &BTreeSet<String>) -> Result<(), String> {
+fn filter_index(dir: &Path, keep: &BTreeSet<String>) -> Result<(), LayerCacheError> {
     let path = dir.join("index.json");
-    let mut index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).map_err(|e| format!("index.json: {e}"))?)
-            .map_err(|e| e.to_string())?;
+    let mut index = read_index(&path)?;
     if let Some(ms) = index["manifests"].as_array_mut() {
         ms.retain(|m| {
             m["annotations"]["org.opencontainers.image.ref.name"]
@@ -321,34 +432,36 @@ fn filter_index(dir: &Path, keep: &BTreeSet<String>) -> Result<(), String> {
                 .is_some_and(|t| keep.contains(t))
         });
     }
-    std::fs::write(
-        &path,
-        serde_json::to_vec(&index).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| format!("index.json: {e}"))
+    serde_json::to_vec(&index)
+        .map_err(std::io::Error::from)
+        .and_then(|bytes| std::fs::write(&path, bytes))
+        .map_err(|source| LayerCacheError::WriteIndex { path, source })
 }
 
 /// Starts `buildx-new/` as a copy of `buildx/` (blobs hard-linked) with only the tags in `keep`.
-pub fn seed_new(root: &Path, keep: &BTreeSet<String>, have_old: bool) -> Result<(), String> {
+pub fn seed_new(
+    root: &Path,
+    keep: &BTreeSet<String>,
+    have_old: bool,
+) -> Result<(), LayerCacheError> {
     let new = root.join(BUILDX_NEW);
-    store::remove(&new).map_err(|e| format!("cannot clear {}: {e}", new.display()))?;
-    std::fs::create_dir_all(new.join("blobs/sha256")).map_err(|e| e.to_string())?;
+    store::remove(&new).map_err(io("cannot clear", &new))?;
+    let blobs = new.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(io("cannot create", &blobs))?;
     if !have_old {
         return Ok(());
     }
     let old = root.join(BUILDX);
     for blob in store::files_in(&old.join("blobs/sha256")) {
-        let target = new
-            .join("blobs/sha256")
-            .join(blob.file_name().unwrap_or_default());
+        let target = blobs.join(blob.file_name().unwrap_or_default());
         if std::fs::hard_link(&blob, &target).is_err() {
-            std::fs::copy(&blob, &target)
-                .map_err(|e| format!("cannot copy {}: {e}", blob.display()))?;
+            std::fs::copy(&blob, &target).map_err(io("cannot copy", &blob))?;
         }
     }
     for f in ["oci-layout", "index.json"] {
-        if old.join(f).is_file() {
-            std::fs::copy(old.join(f), new.join(f)).map_err(|e| format!("cannot copy {f}: {e}"))?;
+        let from = old.join(f);
+        if from.is_file() {
+            std::fs::copy(&from, new.join(f)).map_err(io("cannot copy", &from))?;
         }
     }
     if new.join("index.json").is_file() {
@@ -359,10 +472,10 @@ pub fn seed_new(root: &Path, keep: &BTreeSet<String>, have_old: bool) -> Result<
 
 /// Checks `buildx-new/`, removes what nothing references, and puts it in place of `buildx/`.
 /// Returns the tags it holds.
-pub fn rotate(root: &Path) -> Result<Vec<String>, String> {
+pub fn rotate(root: &Path) -> Result<Vec<String>, LayerCacheError> {
     let new = root.join(BUILDX_NEW);
     if !new.join("index.json").is_file() {
-        return Err("no build exported a cache".into());
+        return Err(LayerCacheError::NothingExported);
     }
     let layout = read_layout(&new, false)?;
     let keep: BTreeSet<String> = layout
@@ -384,12 +497,17 @@ pub fn rotate(root: &Path) -> Result<Vec<String>, String> {
     let _ = store::remove(&new.join("index.json.lock"));
     let current = root.join(BUILDX);
     let old = root.join(BUILDX_OLD);
-    store::remove(&old).map_err(|e| e.to_string())?;
+    store::remove(&old).map_err(io("cannot clear", &old))?;
     if current.exists() {
-        std::fs::rename(&current, &old).map_err(|e| format!("cannot move buildx/ aside: {e}"))?;
+        std::fs::rename(&current, &old).map_err(|source| LayerCacheError::MoveAside {
+            path: current.clone(),
+            source,
+        })?;
     }
-    std::fs::rename(&new, &current)
-        .map_err(|e| format!("cannot move buildx-new/ into place: {e}"))?;
+    std::fs::rename(&new, &current).map_err(|source| LayerCacheError::MoveIntoPlace {
+        path: new.clone(),
+        source,
+    })?;
     store::sync_dir(root);
     let _ = store::remove(&old);
     Ok(layout.tags.into_keys().collect())
@@ -542,19 +660,32 @@ mod tests {
         std::fs::write(&path, b"layer bytez").unwrap();
         assert!(read_layout(dir.path(), false).is_ok());
         let err = read_layout(dir.path(), true).unwrap_err();
-        assert!(err.contains("checksum"), "{err}");
+        assert!(matches!(err, LayerCacheError::Checksum { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("blob {layer} is corrupted (checksum mismatch)")
+        );
         std::fs::write(&path, b"layer").unwrap();
+        let err = read_layout(dir.path(), false).unwrap_err();
         assert!(
-            read_layout(dir.path(), false)
-                .unwrap_err()
-                .contains("bytes")
+            matches!(
+                err,
+                LayerCacheError::BlobSize {
+                    expected: 11,
+                    actual: 5,
+                    ..
+                }
+            ),
+            "{err:?}"
         );
+        assert_eq!(err.to_string(), format!("blob {layer} has 5 bytes, not 11"));
         std::fs::remove_file(&path).unwrap();
+        let err = read_layout(dir.path(), false).unwrap_err();
         assert!(
-            read_layout(dir.path(), false)
-                .unwrap_err()
-                .contains("missing")
+            matches!(err, LayerCacheError::BlobMissing { .. }),
+            "{err:?}"
         );
+        assert_eq!(err.to_string(), format!("blob {layer} is missing"));
     }
 
     #[test]
@@ -602,11 +733,27 @@ mod tests {
             b"{\"manifests\": [tru",
         )
         .unwrap();
-        assert!(rotate(root).is_err());
+        let err = rotate(root).unwrap_err();
+        assert!(
+            matches!(err, LayerCacheError::IndexNotJson { .. }),
+            "{err:?}"
+        );
         assert!(
             read_layout(&root.join(BUILDX), true).is_ok(),
             "the old cache is untouched"
         );
+    }
+
+    #[test]
+    fn nothing_exported_is_not_rotated_in() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        write_layout(&root.join(BUILDX), "api", b"good");
+        seed_new(root, &BTreeSet::new(), false).unwrap();
+        let err = rotate(root).unwrap_err();
+        assert!(matches!(err, LayerCacheError::NothingExported), "{err:?}");
+        assert_eq!(err.to_string(), "no build exported a cache");
+        assert!(read_layout(&root.join(BUILDX), true).is_ok());
     }
 
     #[test]

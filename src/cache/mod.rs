@@ -63,11 +63,9 @@ pub mod store;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 pub use freshness::Freshness;
 pub use images::RestoreStats;
-pub use key::{CacheKey, cache_key};
+pub use key::{CacheKey, KeyPrefixError, cache_key};
 pub use layers::{BuildCacheMode, BuildCachePlan, JobCache};
 
 use index::{Index, Loaded};
@@ -107,40 +105,8 @@ pub enum CacheError {
     Busy { path: PathBuf, pid: u32 },
 }
 
-/// What the report shows about the cache.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CacheStats {
-    pub dir: String,
-    /// The cache key of this run, when the caller set it.
-    pub key: Option<String>,
-    /// How layers were cached: `buildx-local`, `inline` or `off`.
-    pub mode: String,
-    /// Size of the directory after the run (and eviction).
-    pub size: u64,
-    pub max_size: u64,
-    /// Base images served from the cache plus services that built from a cache source.
-    pub hits: u32,
-    /// Base images pulled although a cache was used, plus services without a cache hit.
-    pub misses: u32,
-    pub base_image_hits: u32,
-    pub base_image_misses: u32,
-    pub service_hits: u32,
-    pub service_misses: u32,
-    /// Per service: whether its build used the cache.
-    pub services: std::collections::BTreeMap<String, bool>,
-    /// Bytes loaded into the daemon from archives.
-    pub restored_bytes: u64,
-    /// Bytes of archives written.
-    pub saved_bytes: u64,
-    /// Entries removed to stay under the budget, and their size.
-    pub evictions: u32,
-    pub evicted_bytes: u64,
-    /// Archives found corrupted or truncated and discarded.
-    pub discarded: u32,
-    pub restore_ms: u64,
-    pub save_ms: u64,
-    pub warnings: Vec<String>,
-}
+/// What the report shows about the cache (part of the report model).
+pub use crate::report::CacheStats;
 
 /// An open cache directory.
 #[derive(Debug)]
@@ -508,9 +474,20 @@ fn reset(root: &Path) {
     }
 }
 
+/// A `--cache-max-size` that is not a size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("{text:?} is not a size (e.g. 2GiB, 500MB, 1048576)")]
+    NotANumber { text: String },
+    #[error("unknown size unit {unit:?} in {text:?} (use k, m, g or t)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("{text:?} is out of range")]
+    OutOfRange { text: String },
+}
+
 /// Parses a size for `--cache-max-size`: bytes, or a number with a unit `k`, `m`, `g`, `t`
 /// (also `KB`/`KiB`, `MB`/`MiB`, …): powers of 1024, as Docker counts. `1.5g` works.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -518,7 +495,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let (number, unit) = t.split_at(split);
     let number: f64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a size (e.g. 2GiB, 500MB, 1048576)"))?;
+        .map_err(|_| SizeError::NotANumber { text: text.into() })?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -526,14 +503,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
         other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {text:?} (use k, m, g or t)"
-            ));
+            return Err(SizeError::UnknownUnit {
+                text: text.into(),
+                unit: other.into(),
+            });
         }
     };
     let bytes = number * (1u64 << shift) as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{text:?} is out of range"));
+        return Err(SizeError::OutOfRange { text: text.into() });
     }
     Ok(bytes as u64)
 }
@@ -791,13 +769,23 @@ mod tests {
         assert_eq!(parse_size(" 1.5 k"), Ok(1536));
         assert_eq!(parse_size("1048576"), Ok(1 << 20));
         assert_eq!(parse_size("0"), Ok(0));
-        assert!(parse_size("lots").unwrap_err().contains("not a size"));
-        assert!(
-            parse_size("5 parsecs")
-                .unwrap_err()
-                .contains("unknown size unit")
+        assert_eq!(
+            parse_size("lots").unwrap_err().to_string(),
+            r#""lots" is not a size (e.g. 2GiB, 500MB, 1048576)"#
         );
-        assert!(parse_size("").is_err());
+        assert_eq!(
+            parse_size("5 parsecs").unwrap_err().to_string(),
+            r#"unknown size unit "parsecs" in "5 parsecs" (use k, m, g or t)"#
+        );
+        assert!(matches!(
+            parse_size("1e400"),
+            Err(SizeError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_size(&format!("{}t", u64::MAX)),
+            Err(SizeError::OutOfRange { .. })
+        ));
+        assert!(matches!(parse_size(""), Err(SizeError::NotANumber { .. })));
     }
 
     #[test]

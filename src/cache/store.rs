@@ -62,6 +62,33 @@ pub struct Written {
     pub sha256: String,
 }
 
+/// Why [`write_stream_atomic`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The stream of bytes failed (for an export: the daemon's answer).
+    #[error("{source}")]
+    Stream {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A file operation in the cache directory failed.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io {
+        /// `create`, `write`, `flush`.
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The complete temp file could not be renamed to `target`.
+    #[error("cannot move the archive into place: {source}")]
+    Rename {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Streams chunks into `root/rel`, hashing them on the way: into a temp file first, renamed
 /// into place only when the stream ended without error. On any error nothing is left behind
 /// (and a process killed meanwhile leaves only a `tmp/*.partial` file, removed at next open).
@@ -69,37 +96,38 @@ pub async fn write_stream_atomic<S, E>(
     root: &Path,
     rel: &str,
     mut stream: S,
-) -> Result<Written, String>
+) -> Result<Written, WriteError>
 where
     S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let target = root.join(rel);
     let tmp = temp_path(root, rel);
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| WriteError::Io { what, path, source }
+    };
     let result = async {
         let mut file = tokio::fs::File::create(&tmp)
             .await
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            .map_err(io("create", &tmp))?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| e.to_string())?;
+            let chunk = chunk.map_err(|e| WriteError::Stream { source: e.into() })?;
             hasher.update(&chunk);
             size += chunk.len() as u64;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+            file.write_all(&chunk).await.map_err(io("write", &tmp))?;
         }
-        file.sync_all()
-            .await
-            .map_err(|e| format!("cannot flush {}: {e}", tmp.display()))?;
+        file.sync_all().await.map_err(io("flush", &tmp))?;
         drop(file);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
         }
-        std::fs::rename(&tmp, &target)
-            .map_err(|e| format!("cannot move the archive into place: {e}"))?;
+        std::fs::rename(&tmp, &target).map_err(|source| WriteError::Rename {
+            target: target.clone(),
+            source,
+        })?;
         if let Some(parent) = target.parent() {
             sync_dir(parent);
         }
@@ -212,7 +240,8 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(err.contains("connection reset"), "{err}");
+        assert!(matches!(err, WriteError::Stream { .. }), "{err:?}");
+        assert_eq!(err.to_string(), "connection reset by peer");
         assert!(!dir.path().join("base-images/x.tar").exists());
         assert!(files_in(&dir.path().join(TMP_DIR)).is_empty());
     }

@@ -28,7 +28,7 @@ pub async fn run(
     actions: ActionsEnv,
 ) -> Result<Exit, Error> {
     let started = std::time::Instant::now();
-    let started_at = crate::report::rfc3339_ms(crate::report::now_ms());
+    let started_at = crate::clock::rfc3339_ms(crate::clock::now_ms());
     let ws = Workspace::load(global, &args.prefetch.plan, actions)?;
     ws.announce(ui);
     let mut settings = BuildSettings::resolve(args, names, &ws)?;
@@ -110,7 +110,8 @@ pub async fn run(
     .await;
     let prefetch_report = prefetch_report.ok();
     if let (Some(c), Some(p)) = (&settings.prefetch.cache, &prefetch_report)
-        && let Err(err) = crate::health::HealthStore::update(&c.dir, p, crate::report::now_ms())
+        && let Err(err) =
+            crate::health::HealthStore::update(&c.dir, &p.health_samples(), crate::clock::now_ms())
     {
         ui.warn(&err.to_string());
     }

@@ -95,7 +95,7 @@ fn load_needs(
         Ok(project) => project,
         // A config named on the command line must be usable; without one, doctor works
         // anywhere.
-        Err(err) if global.config.is_some() => return Err(err),
+        Err(err) if global.config.is_some() => return Err(err.into()),
         Err(err) => {
             return Ok((
                 not_found(format!("no project here ({err})")),

@@ -41,8 +41,11 @@ pub async fn run(
         ui.note(&super::cache::render_stats(&c.close()));
     }
     if let Some(c) = &settings.cache
-        && let Err(err) =
-            crate::health::HealthStore::update(&c.dir, &report, crate::report::now_ms())
+        && let Err(err) = crate::health::HealthStore::update(
+            &c.dir,
+            &report.health_samples(),
+            crate::clock::now_ms(),
+        )
     {
         ui.warn(&err.to_string());
     }

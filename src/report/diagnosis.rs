@@ -25,6 +25,7 @@ use crate::registry::RequestKind;
 use crate::retry::ErrorClass;
 
 use super::text;
+pub use crate::endpoint::SourceRole;
 
 /// Waiting on retries at least this long (in total) gets a finding of its own.
 pub const LONG_WAIT_MS: u64 = 30_000;
@@ -54,14 +55,6 @@ pub struct Finding {
     pub rule: String,
     pub cause: String,
     pub remediation: String,
-}
-
-/// Whether a source is the image's own registry or a mirror of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SourceRole {
-    Origin,
-    Mirror,
 }
 
 /// Requests of one kind.

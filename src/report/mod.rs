@@ -6,12 +6,14 @@ pub mod diagnosis;
 pub mod merge;
 pub mod progress;
 pub mod publish;
-pub mod text;
 pub mod views;
 pub mod workflow;
 
 pub use publish::{PublishContext, Published, Publisher, publish};
 pub use views::{annotations, github, outputs, summary, terminal};
+// Moved to the bottom layer; re-exported for the views that still name them here.
+pub use crate::clock::{now_ms, rfc3339_ms};
+pub use crate::text;
 
 use std::collections::BTreeMap;
 
@@ -49,7 +51,7 @@ pub struct Report {
     pub source_order: Vec<crate::health::OrderDecision>,
     /// The cache directory (`--cache-dir`): mode, size, hits, evictions, warnings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<crate::cache::CacheStats>,
+    pub cache: Option<CacheStats>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -183,18 +185,22 @@ pub struct FailureLogEntry {
     pub message: String,
 }
 
-/// Milliseconds since the Unix epoch, now (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
-pub fn rfc3339_ms(at_ms: u64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at_ms as i64)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
+/// Build retries caused by network failures: a service's failed attempts are logged in order,
+/// one entry each, and its `n`-th failure was retried when an attempt `n + 1` was made. The
+/// last failure of a service whose retries ran out (or that was cancelled while waiting) was
+/// not retried (issue 17, item 15).
+fn build_retries(services: &[ServiceResult], build_failures: &[FailureLogEntry]) -> usize {
+    services
+        .iter()
+        .map(|s| {
+            build_failures
+                .iter()
+                .filter(|f| f.kind == "build" && f.subject == s.name)
+                .take(s.attempts.saturating_sub(1) as usize)
+                .filter(|f| f.class.starts_with("network"))
+                .count()
+        })
+        .sum()
 }
 
 impl Totals {
@@ -311,10 +317,7 @@ impl Report {
             }
             network.failed_pulls = p.failed().count();
         }
-        network.build_retries = build_failures
-            .iter()
-            .filter(|f| f.class.starts_with("network"))
-            .count();
+        network.build_retries = build_retries(&services, &build_failures);
         failure_log.extend(build_failures);
         failure_log.sort_by(|a, b| a.at.cmp(&b.at));
         let mut report =
@@ -333,4 +336,38 @@ impl Report {
             self.totals.succeeded, self.totals.services
         )
     }
+}
+/// What the report shows about the cache.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheStats {
+    pub dir: String,
+    /// The cache key of this run, when the caller set it.
+    pub key: Option<String>,
+    /// How layers were cached: `buildx-local`, `inline` or `off`.
+    pub mode: String,
+    /// Size of the directory after the run (and eviction).
+    pub size: u64,
+    pub max_size: u64,
+    /// Base images served from the cache plus services that built from a cache source.
+    pub hits: u32,
+    /// Base images pulled although a cache was used, plus services without a cache hit.
+    pub misses: u32,
+    pub base_image_hits: u32,
+    pub base_image_misses: u32,
+    pub service_hits: u32,
+    pub service_misses: u32,
+    /// Per service: whether its build used the cache.
+    pub services: BTreeMap<String, bool>,
+    /// Bytes loaded into the daemon from archives.
+    pub restored_bytes: u64,
+    /// Bytes of archives written.
+    pub saved_bytes: u64,
+    /// Entries removed to stay under the budget, and their size.
+    pub evictions: u32,
+    pub evicted_bytes: u64,
+    /// Archives found corrupted or truncated and discarded.
+    pub discarded: u32,
+    pub restore_ms: u64,
+    pub save_ms: u64,
+    pub warnings: Vec<String>,
 }

@@ -144,7 +144,8 @@ pub struct ServerLog {
 
 /// Serves the files under a directory on 127.0.0.1 (GET only, one connection at a time);
 /// the first `drop_first` connections are closed after their request was read, without an
-/// answer, like a proxy that loses them. Stops when dropped.
+/// answer, like a proxy that loses them; a file `NAME.redirect` makes NAME a redirect to the
+/// URL it holds. Stops when dropped.
 pub struct FileServer {
     addr: SocketAddr,
     log: Arc<ServerLog>,
@@ -236,7 +237,21 @@ fn serve(mut stream: TcpStream, root: &Path, drop_it: bool, log: &ServerLog) {
         .unwrap_or_default()
         .trim_start_matches('/');
     let file = root.join(rel);
-    let body = if method == "GET" && !rel.split('/').any(|c| c == "..") && file.is_file() {
+    let safe = method == "GET" && !rel.split('/').any(|c| c == "..");
+    // `NAME.redirect` holding a URL answers NAME with a redirect there.
+    let redirect = Path::new(&format!("{}.redirect", file.display())).to_path_buf();
+    if safe && redirect.is_file() {
+        let to = std::fs::read_to_string(&redirect).unwrap_or_default();
+        let _ = stream.write_all(
+            format!(
+                "HTTP/1.1 302 Found\r\nLocation: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                to.trim()
+            )
+            .as_bytes(),
+        );
+        return;
+    }
+    let body = if safe && file.is_file() {
         std::fs::read(&file).ok()
     } else {
         None
@@ -253,4 +268,104 @@ fn serve(mut stream: TcpStream, root: &Path, drop_it: bool, log: &ServerLog) {
             .and_then(|()| stream.write_all(&body)),
         None => stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n"),
     };
+}
+
+/// Serves the files under a directory over https on 127.0.0.1 (python3's http.server with a
+/// certificate made for it by openssl): what install.sh downloads from when it may use https
+/// only. curl trusts the certificate through `CURL_CA_BUNDLE` (see [`HttpsServer::ca`]).
+/// Stops when dropped.
+pub struct HttpsServer {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpsServer {
+    pub fn start(root: &Path) -> HttpsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl is needed for the https test server");
+        assert!(
+            out.status.success(),
+            "openssl req: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = r#"
+import functools, http.server, ssl, sys
+root, cert, key = sys.argv[1:4]
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        sys.stderr.write("%s %s\n" % (self.command, self.path))
+        sys.stderr.flush()
+server = http.server.HTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=root))
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+        let log = std::fs::File::create(dir.path().join("requests.log")).unwrap();
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(root)
+            .arg(&cert)
+            .arg(&key)
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("python3 runs the https test server");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the https test server printed no port: {line:?}")
+        });
+        HttpsServer { dir, child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The certificate to trust (for `CURL_CA_BUNDLE`).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    /// `METHOD PATH` of every request answered.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

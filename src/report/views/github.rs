@@ -20,7 +20,8 @@
 //! failures (5xx, 429, connection errors, timeouts) are retried a few times, and every retry is
 //! idempotent: before re-sending a create, we look whether the first one arrived (check runs
 //! by `external_id`, comments by the marker); before re-sending an annotation batch, whether
-//! the check run already counts it.
+//! the check run already counts it. Every retry goes through the crate's one retry runner
+//! ([`crate::retry::RetryPolicy::retry`]; the policy from [`ApiSettings::policy`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use super::annotations::{self, Annotation, PathMapper};
 use super::summary::{self, SummaryOptions};
 use crate::actions_env::ActionsEnv;
 use crate::report::{Report, ServiceResult, ServiceStatus};
+use crate::retry::{ErrorClass, RetryHint, RetryPolicy, classify_status};
 
 /// The API takes at most this many annotations per request.
 pub const ANNOTATIONS_PER_REQUEST: usize = 50;
@@ -145,7 +147,8 @@ pub enum TargetError {
 pub struct ApiSettings {
     /// Tries of one request (first try included) on transient failures.
     pub attempts: u32,
-    /// Wait before the first retry; doubled for each further one.
+    /// The ceiling of the wait before the first retry (full jitter); doubled for each further
+    /// one.
     pub backoff: Duration,
     /// Bound on one request, response included.
     pub timeout: Duration,
@@ -166,6 +169,23 @@ impl Default for ApiSettings {
         }
     }
 }
+
+impl ApiSettings {
+    /// The retry policy of one API call: `attempts` tries, `backoff` doubling, and no retry
+    /// starting more than [`API_RETRY_DEADLINE`] after the first try.
+    pub fn policy(&self) -> RetryPolicy {
+        let retries = self.attempts.saturating_sub(1);
+        RetryPolicy {
+            max_retries: retries,
+            base_delay: self.backoff,
+            max_delay: self.backoff.saturating_mul(1u32 << retries.min(20)),
+            deadline: API_RETRY_DEADLINE,
+        }
+    }
+}
+
+/// How long one API call may be retried.
+pub const API_RETRY_DEADLINE: Duration = Duration::from_secs(300);
 
 /// A failed API call.
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +245,61 @@ impl ApiError {
     /// token cannot see).
     pub fn is_forbidden(&self) -> bool {
         matches!(self.status(), Some(401 | 403 | 404))
+    }
+}
+
+impl RetryHint for ApiError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ApiError::Status { status, .. } => {
+                classify_status(*status).unwrap_or(ErrorClass::Other)
+            }
+            ApiError::Transport { .. } => ErrorClass::ConnectionReset,
+            ApiError::Timeout { .. } => ErrorClass::Timeout,
+            ApiError::Answer { .. } | ApiError::Client { .. } => ErrorClass::Other,
+        }
+    }
+
+    fn is_transient(&self) -> bool {
+        ApiError::is_transient(self)
+    }
+
+    /// API calls wait the full backoff whatever the class.
+    fn backoff_scale(&self) -> f64 {
+        1.0
+    }
+}
+
+/// The error of one try of a create or an append: the request's own (retried when
+/// transient), or that of the look-up before a re-send (which retried itself and ends the
+/// loop).
+#[derive(Debug)]
+enum TryError {
+    Send(ApiError),
+    Lookup(ApiError),
+}
+
+impl TryError {
+    fn into_inner(self) -> ApiError {
+        match self {
+            TryError::Send(e) | TryError::Lookup(e) => e,
+        }
+    }
+}
+
+impl RetryHint for TryError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            TryError::Send(e) | TryError::Lookup(e) => e.class(),
+        }
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, TryError::Send(e) if e.is_transient())
+    }
+
+    fn backoff_scale(&self) -> f64 {
+        1.0
     }
 }
 
@@ -433,9 +508,21 @@ impl GitHub {
         }
     }
 
-    async fn pause(&self, retry: u32) {
-        tokio::time::sleep(self.settings.backoff * 2u32.saturating_pow(retry.saturating_sub(1)))
-            .await;
+    /// Runs one try after another through the retry runner; `attempt` gets the try's number
+    /// (1 for the first).
+    async fn retrying<T, Fut>(&self, attempt: impl Fn(u32) -> Fut) -> Result<T, ApiError>
+    where
+        Fut: std::future::Future<Output = Result<T, TryError>>,
+    {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        self.settings
+            .policy()
+            .run(
+                || attempt(tries.fetch_add(1, Ordering::SeqCst) + 1),
+                |_, _| {},
+            )
+            .await
+            .map_err(TryError::into_inner)
     }
 
     /// GET/PATCH with retries (both are idempotent as they are).
@@ -446,16 +533,10 @@ impl GitHub {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Value, ApiError> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.call(method, route, query, body).await {
-                Err(e) if e.is_transient() && tries < self.settings.attempts => {
-                    self.pause(tries).await
-                }
-                other => return other,
-            }
-        }
+        self.settings
+            .policy()
+            .run(|| self.call(method, route, query, body), |_, _| {})
+            .await
     }
 
     fn external_id(&self, service: &str) -> String {
@@ -486,30 +567,31 @@ impl GitHub {
     /// Creates a check run; a retry first looks for the one a lost answer may have created.
     async fn create_check_run(&self, service: &str, body: Value) -> Result<u64, ApiError> {
         let route = self.repo_route("/check-runs");
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            if tries > 1 {
-                self.pause(tries - 1).await;
-                if let Some(id) = self.find_check_run(service).await? {
+        self.retrying(|try_number| {
+            let (route, body) = (&route, &body);
+            async move {
+                if try_number > 1
+                    && let Some(id) = self
+                        .find_check_run(service)
+                        .await
+                        .map_err(TryError::Lookup)?
+                {
                     return Ok(id);
                 }
+                let v = self
+                    .call("POST", route, &[], Some(body))
+                    .await
+                    .map_err(TryError::Send)?;
+                v.get("id").and_then(Value::as_u64).ok_or_else(|| {
+                    TryError::Lookup(ApiError::Answer {
+                        method: "POST",
+                        route: route.clone(),
+                        reason: "no check run id".into(),
+                    })
+                })
             }
-            match self.call("POST", &route, &[], Some(&body)).await {
-                Ok(v) => {
-                    return v
-                        .get("id")
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| ApiError::Answer {
-                            method: "POST",
-                            route: route.clone(),
-                            reason: "no check run id".into(),
-                        });
-                }
-                Err(e) if e.is_transient() && tries < self.settings.attempts => {}
-                Err(e) => return Err(e),
-            }
-        }
+        })
+        .await
     }
 
     fn may_create_check_run(&self, runs: &HashMap<String, u64>) -> bool {
@@ -603,28 +685,26 @@ impl GitHub {
         sent_before: usize,
         batch: usize,
     ) -> Result<(), ApiError> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            if tries > 1 {
-                self.pause(tries - 1).await;
-                if batch > 0 {
-                    let run = self.call_idempotent("GET", route, &[], None).await?;
-                    let count = run
-                        .pointer("/output/annotations_count")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0) as usize;
-                    if count >= sent_before + batch {
-                        return Ok(());
-                    }
+        self.retrying(|try_number| async move {
+            if try_number > 1 && batch > 0 {
+                let run = self
+                    .call_idempotent("GET", route, &[], None)
+                    .await
+                    .map_err(TryError::Lookup)?;
+                let count = run
+                    .pointer("/output/annotations_count")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0) as usize;
+                if count >= sent_before + batch {
+                    return Ok(());
                 }
             }
-            match self.call("PATCH", route, &[], Some(body)).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_transient() && tries < self.settings.attempts => {}
-                Err(e) => return Err(e),
-            }
-        }
+            self.call("PATCH", route, &[], Some(body))
+                .await
+                .map(|_| ())
+                .map_err(TryError::Send)
+        })
+        .await
     }
 
     /// The id of our comment on the pull request, if there is one.
@@ -670,27 +750,26 @@ impl GitHub {
 
     async fn try_upsert_comment(&self, pr: u64, body: &str) -> Result<(), ApiError> {
         let payload = json!({ "body": body });
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            if tries > 1 {
-                self.pause(tries - 1).await;
-            }
-            if let Some(id) = self.find_comment(pr).await? {
-                let route = self.repo_route(&format!("/issues/comments/{id}"));
-                return self
-                    .call_idempotent("PATCH", &route, &[], Some(&payload))
+        // Each try looks first: the POST of an earlier try may have arrived.
+        self.retrying(|_| {
+            let payload = &payload;
+            async move {
+                if let Some(id) = self.find_comment(pr).await.map_err(TryError::Lookup)? {
+                    let route = self.repo_route(&format!("/issues/comments/{id}"));
+                    return self
+                        .call_idempotent("PATCH", &route, &[], Some(payload))
+                        .await
+                        .map(|_| ())
+                        .map_err(TryError::Lookup);
+                }
+                let route = self.repo_route(&format!("/issues/{pr}/comments"));
+                self.call("POST", &route, &[], Some(payload))
                     .await
-                    .map(|_| ());
+                    .map(|_| ())
+                    .map_err(TryError::Send)
             }
-            let route = self.repo_route(&format!("/issues/{pr}/comments"));
-            match self.call("POST", &route, &[], Some(&payload)).await {
-                Ok(_) => return Ok(()),
-                // Look again before re-sending: the first POST may have arrived.
-                Err(e) if e.is_transient() && tries < self.settings.attempts => {}
-                Err(e) => return Err(e),
-            }
-        }
+        })
+        .await
     }
 
     /// Everything at the end of a run: completes every service's check run and posts the

@@ -93,8 +93,20 @@ impl Workspace {
     }
 
     /// The config file's bytes (empty when the services were discovered).
+    /// For a compose project read from several files (override, `-f`, include, extends) or
+    /// with env files, every one of them, each after its length.
     pub fn config_bytes(&self) -> Vec<u8> {
-        std::fs::read(self.project.root.join(&self.project.source)).unwrap_or_default()
+        let project = &self.project;
+        if project.files.len() <= 1 && project.env_files.is_empty() {
+            return std::fs::read(project.root.join(&project.source)).unwrap_or_default();
+        }
+        let mut bytes = Vec::new();
+        for file in project.files.iter().chain(&project.env_files) {
+            let content = std::fs::read(project.root.join(file)).unwrap_or_default();
+            bytes.extend_from_slice(&(content.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(&content);
+        }
+        bytes
     }
 
     /// This run's cache key, with `prefix` (`--cache-key-prefix`) before it.

@@ -411,3 +411,32 @@ fn issue_14_a_target_prunes_stages_it_does_not_reach() {
         ]
     );
 }
+
+#[test]
+fn issue_14_the_cache_key_follows_every_compose_and_env_file() {
+    let dir = project(&[
+        ("compose.yaml", "services:\n  api:\n    build: api\n"),
+        (
+            "compose.override.yaml",
+            "services:\n  api:\n    image: api:${TAG}\n",
+        ),
+        (".env", "TAG=1\n"),
+        ("api/Dockerfile", ALPINE),
+    ]);
+    let key = |dir: &Path| plan(dir, &[], &[]).json["cache_key"]["key"].clone();
+    let first = key(dir.path());
+    assert!(first.is_string());
+    std::fs::write(dir.path().join(".env"), "TAG=1\nOTHER=2\n").unwrap();
+    let second = key(dir.path());
+    assert_ne!(first, second, "a changed .env changes the key");
+    std::fs::write(
+        dir.path().join("compose.override.yaml"),
+        "services:\n  api:\n    image: api:${TAG}\n    build:\n      args: {A: '1'}\n",
+    )
+    .unwrap();
+    assert_ne!(
+        second,
+        key(dir.path()),
+        "a changed override file changes the key"
+    );
+}

@@ -543,6 +543,40 @@ mod tests {
         }
     }
 
+    /// Issue 14: BuildKit builds only the stages the target reaches.
+    #[test]
+    fn issue_14_reachable_stages_follow_from_copy_from_and_mounts() {
+        let text = "FROM golang:1.22 AS Build\nFROM node:20 AS assets\nFROM python:3 AS unused\n\
+                    FROM alpine AS release\nCOPY --from=build /a /a\nRUN --mount=from=assets,target=/x true\n\
+                    COPY --from=0 /b /b\nFROM release AS debug\nCOPY --from=ruby:3 /r /r\n";
+        let parsed = dockerfile::parse(text, &BuildContextArgs::default()).unwrap();
+        let set = |v: &[usize]| v.iter().copied().collect::<BTreeSet<usize>>();
+        assert_eq!(
+            parsed.reachable_stages(Some("RELEASE")),
+            Some(set(&[0, 1, 3]))
+        );
+        assert_eq!(parsed.reachable_stages(None), Some(set(&[0, 1, 3, 4])));
+        assert_eq!(parsed.reachable_stages(Some("unused")), Some(set(&[2])));
+        assert_eq!(parsed.reachable_stages(Some("nope")), None);
+        let images = |target| {
+            parsed
+                .images_for_target(target)
+                .unwrap()
+                .iter()
+                .map(|u| u.raw.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            images(Some("release")),
+            ["golang:1.22", "node:20", "alpine"]
+        );
+        assert_eq!(
+            images(None),
+            ["golang:1.22", "node:20", "alpine", "ruby:3"],
+            "the last stage is the default target"
+        );
+    }
+
     #[test]
     fn repository_names_become_valid_prefixes() {
         assert_eq!(sanitize("AI-Infra"), "ai-infra");

@@ -359,3 +359,42 @@ pub fn select_services(
     selected.retain(|i| !skipped.contains(i));
     Ok(selected)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: a service built as another's identical build is selected by its own name.
+    #[test]
+    fn issue_14_an_alias_selects_the_build_it_shares() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write(
+            "compose.yaml",
+            "x-app: &app\n  build: app\nservices:\n  web:\n    <<: *app\n  worker:\n    <<: *app\n  tools:\n    build: tools\n",
+        );
+        write("app/Dockerfile", "FROM alpine:3.20\n");
+        write("tools/Dockerfile", "FROM alpine:3.20\n");
+        let project =
+            Project::load_with(dir.path(), None, &crate::project::ComposeOptions::default())
+                .unwrap();
+        let naming = Naming::resolve(dir.path(), Some("p-"), Some(("t", "--tag")), None).unwrap();
+        let plan = plan(&project, &naming, &BTreeMap::new()).unwrap();
+        let names: Vec<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["tools", "web"]);
+        assert_eq!(plan.services[1].aliases, ["worker"]);
+        assert_eq!(plan.services[1].tags, ["p-worker:t"]);
+        let selected = select_services(&plan, &["worker".into()], &[], &[], false).unwrap();
+        assert_eq!(selected, [1].into_iter().collect());
+        let none = select_services(&plan, &[], &[], &["worker".into()], false).unwrap();
+        assert_eq!(
+            none,
+            [0].into_iter().collect(),
+            "--skip of an alias skips the build"
+        );
+    }
+}

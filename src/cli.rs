@@ -267,11 +267,12 @@ pub struct PlanCommandArgs {
         long,
         value_name = "N",
         conflicts_with = "max_per_shard",
-        requires = "matrix"
+        requires = "matrix",
+        value_parser = parse_count
     )]
     pub shards: Option<usize>,
     /// At most this many services per shard (with --matrix).
-    #[arg(long, value_name = "K", requires = "matrix")]
+    #[arg(long, value_name = "K", requires = "matrix", value_parser = parse_count)]
     pub max_per_shard: Option<usize>,
     /// Put this before the cache key (to keep several caches of one repository apart).
     /// In GitHub Actions (`GITHUB_OUTPUT` set), `plan` writes the step outputs `cache-key` and
@@ -358,7 +359,7 @@ pub struct ReportArgs {
     pub merge: Vec<PathBuf>,
     /// How many shards there were (default: as the reports say); a shard without a report
     /// is named in the summary and makes the exit code 1.
-    #[arg(long, value_name = "N", requires = "merge")]
+    #[arg(long, value_name = "N", requires = "merge", value_parser = parse_count)]
     pub shards: Option<usize>,
     /// Where the merged report goes.
     #[arg(
@@ -432,6 +433,15 @@ fn parse_mirrors(text: &str) -> Result<MirrorList, ValueError> {
 /// `--shard I/N`.
 fn parse_shard(text: &str) -> Result<ShardSpec, ValueError> {
     ShardSpec::parse(text)
+}
+
+/// A count of 1 or more (shards, services per shard): 0 would mean nothing to build.
+fn parse_count(text: &str) -> Result<usize, ValueError> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err(ValueError("must be 1 or more".into())),
+        Ok(n) => Ok(n),
+        Err(_) => Err(ValueError(format!("{text:?} is not a whole number"))),
+    }
 }
 
 /// `2GiB`, `500m`, bytes.
@@ -571,6 +581,34 @@ mod tests {
         assert_eq!(list.0.len(), 2);
         assert!(MirrorList::parse("docker.io=ok.example.com\nnot-a-mirror").is_err());
         assert_eq!(MirrorList::parse(""), Ok(MirrorList::default()));
+    }
+
+    #[test]
+    fn issue17_shard_counts_are_one_or_more() {
+        assert_eq!(parse_count("3"), Ok(3));
+        assert!(parse_count("0").is_err());
+        assert!(parse_count("-1").is_err());
+        assert!(parse_count("x").is_err());
+        for args in [
+            &["ai-infra-build", "plan", "--matrix", "--shards", "0"][..],
+            &["ai-infra-build", "plan", "--matrix", "--max-per-shard", "0"],
+            &[
+                "ai-infra-build",
+                "report",
+                "--merge",
+                "a.json",
+                "--shards",
+                "0",
+            ],
+        ] {
+            let err = Cli::try_parse_from(args).expect_err("0 is refused");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            assert_eq!(err.exit_code(), 2);
+        }
     }
 
     #[test]

@@ -242,30 +242,38 @@ impl BuildxBuilder {
     }
 }
 
+/// Why the buildx builders could not be listed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildxLsError {
+    #[error("`docker buildx ls` did not answer within {0}s")]
+    Timeout(u64),
+    #[error("cannot run `docker`: {0}")]
+    Spawn(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Lists the buildx builders (`docker buildx ls --format json`, one JSON object per line).
 pub async fn buildx_builders(
     timeout: Duration,
     containerd_store: bool,
-) -> Result<Vec<BuildxBuilder>, String> {
+) -> Result<Vec<BuildxBuilder>, BuildxLsError> {
     let child = tokio::process::Command::new("docker")
         .args(["buildx", "ls", "--format", "json"])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
     let out = match tokio::time::timeout(timeout, child).await {
-        Err(_) => {
-            return Err(format!(
-                "`docker buildx ls` did not answer within {}s",
-                timeout.as_secs()
-            ));
-        }
-        Ok(Err(err)) => return Err(format!("cannot run `docker`: {err}")),
+        Err(_) => return Err(BuildxLsError::Timeout(timeout.as_secs())),
+        Ok(Err(err)) => return Err(BuildxLsError::Spawn(err.to_string())),
         Ok(Ok(out)) => out,
     };
     if !out.status.success() {
-        return Err(first_line(&String::from_utf8_lossy(&out.stderr))
-            .unwrap_or("`docker buildx ls` failed")
-            .to_string());
+        return Err(BuildxLsError::Failed(
+            first_line(&String::from_utf8_lossy(&out.stderr))
+                .unwrap_or("`docker buildx ls` failed")
+                .to_string(),
+        ));
     }
     Ok(parse_buildx_ls(
         &String::from_utf8_lossy(&out.stdout),

@@ -38,7 +38,21 @@ impl ai_infra_build::ui::Sink for StdSink {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = ai_infra_build::cli::Cli::parse();
+    let cli = match ai_infra_build::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // In Actions, clap's messages quote flag values (and `INPUT_*` variables): keep them
+        // from becoming workflow commands.
+        Err(err) if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") => {
+            let text = ai_infra_build::ui::inert(&err.render().to_string());
+            if err.use_stderr() {
+                ai_infra_build::ui::Sink::err(&StdSink, &text);
+            } else {
+                ai_infra_build::ui::Sink::out(&StdSink, &text);
+            }
+            return std::process::ExitCode::from(err.exit_code().clamp(0, 255) as u8);
+        }
+        Err(err) => err.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

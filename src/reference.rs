@@ -58,6 +58,23 @@ pub struct Reference {
     pub digest: Option<String>,
 }
 
+/// Which part of a reference breaks the grammar.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatReason {
+    #[error(
+        "`{0}` is not a valid digest: write `<algorithm>:<hex>`, e.g. `sha256:` followed by 64 hex digits"
+    )]
+    Digest(String),
+    #[error(
+        "`{0}` is not a valid tag: a tag has 1 to 128 letters, digits, `_`, `.` or `-` and cannot start with `.` or `-`"
+    )]
+    Tag(String),
+    #[error(
+        "`{0}` is not a valid repository name: write `[registry[:port]/]path` where path components are lowercase letters and digits, separated by `.`, `_`, `__` or `-`"
+    )]
+    Name(String),
+}
+
 /// Why a string is not a valid image reference. Every variant names the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
@@ -78,7 +95,7 @@ pub enum ReferenceError {
     Uppercase { input: String, repository: String },
     /// The input does not follow the reference grammar.
     #[error("invalid reference format `{input}`: {reason}")]
-    InvalidFormat { input: String, reason: String },
+    InvalidFormat { input: String, reason: FormatReason },
     /// The repository path is longer than [`REPOSITORY_NAME_MAX`].
     #[error(
         "invalid reference `{input}`: repository name must not be more than {max} characters \
@@ -340,7 +357,7 @@ struct Parts<'a> {
 /// `anchoredNameRegexp`. Neither name nor tag can contain `@`, and a tag cannot contain `:` or
 /// `/`, so the split is unambiguous: the digest follows the only `@`, and the tag follows the
 /// last `:` if no `/` comes after it (a `:` before the last `/` can only be a port).
-fn split_reference(s: &str) -> Result<Parts<'_>, String> {
+fn split_reference(s: &str) -> Result<Parts<'_>, FormatReason> {
     let (name_and_tag, digest) = match s.split_once('@') {
         Some((before, after)) => (before, Some(after)),
         None => (s, None),
@@ -348,10 +365,7 @@ fn split_reference(s: &str) -> Result<Parts<'_>, String> {
     if let Some(digest) = digest
         && !is_digest_pattern(digest)
     {
-        return Err(format!(
-            "`{digest}` is not a valid digest: write `<algorithm>:<hex>`, e.g. `sha256:` \
-             followed by 64 hex digits"
-        ));
+        return Err(FormatReason::Digest(digest.to_string()));
     }
     let (name, tag) = match name_and_tag.rfind(':') {
         Some(i) if !name_and_tag[i..].contains('/') => {
@@ -362,17 +376,9 @@ fn split_reference(s: &str) -> Result<Parts<'_>, String> {
     if let Some(tag) = tag
         && !is_tag(tag)
     {
-        return Err(format!(
-            "`{tag}` is not a valid tag: a tag has 1 to 128 letters, digits, `_`, `.` or `-` \
-             and cannot start with `.` or `-`"
-        ));
+        return Err(FormatReason::Tag(tag.to_string()));
     }
-    let (domain, path) = split_name(name).ok_or_else(|| {
-        format!(
-            "`{name}` is not a valid repository name: write `[registry[:port]/]path` where path \
-             components are lowercase letters and digits, separated by `.`, `_`, `__` or `-`"
-        )
-    })?;
+    let (domain, path) = split_name(name).ok_or_else(|| FormatReason::Name(name.to_string()))?;
     Ok(Parts {
         domain,
         path,

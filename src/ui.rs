@@ -44,6 +44,108 @@ pub trait Sink: Send + Sync {
     fn progress_target(&self) -> Option<indicatif::ProgressDrawTarget> {
         None
     }
+    /// Writes workflow commands we mean to give the runner (annotations, groups, masks) to
+    /// the result stream: the one way past an [`InertSink`].
+    fn command_out(&self, text: &str) {
+        self.out(text);
+    }
+    /// As [`Sink::command_out`], to the notes stream (when stdout carries JSON).
+    fn command_err(&self, text: &str) {
+        self.err(text);
+    }
+}
+
+/// A zero-width space: invisible in the log, and not whitespace to the runner (.NET's
+/// `TrimStart` keeps it), so it breaks a command prefix without changing what people read.
+const BREAK: char = '\u{200B}';
+
+/// `text` with no line the GitHub Actions runner would take as a workflow command: the runner
+/// takes a line whose first non-blank characters are `::` (`::name::data`), and the old
+/// `##[name]data` syntax anywhere in a line. Both are broken with a zero-width space
+/// (`:\u{200B}:`, `#\u{200B}#[`); all other text is left as it is.
+pub fn inert(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        // Each `\r` may end a line for the runner too: treat the pieces alike.
+        for (j, piece) in line.split('\r').enumerate() {
+            if j > 0 {
+                out.push('\r');
+            }
+            inert_piece(piece, &mut out);
+        }
+    }
+    out
+}
+
+fn inert_piece(line: &str, out: &mut String) {
+    let body = line.trim_start();
+    let lead = &line[..line.len() - body.len()];
+    out.push_str(lead);
+    let mut rest = body;
+    if let Some(after) = rest.strip_prefix("::") {
+        out.push(':');
+        out.push(BREAK);
+        out.push(':');
+        rest = after;
+    }
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        // `#` followed by `#[`: break the pair (`###[` becomes `##\u{200B}#[`).
+        if c == '#' && chars.peek() == Some(&'#') {
+            let mut ahead = chars.clone();
+            ahead.next();
+            if ahead.peek() == Some(&'[') {
+                out.push(BREAK);
+            }
+        }
+    }
+}
+
+/// JSON text with the old `##[` command syntax escaped as `#\u0023[`: the same JSON value
+/// (a `#` only occurs inside strings), but no line the runner takes as a command. (A JSON
+/// line never starts with `::`.)
+pub fn inert_json(json: &str) -> String {
+    if json.contains("##[") {
+        json.replace("##[", "#\\u0023[")
+    } else {
+        json.to_string()
+    }
+}
+
+/// Makes everything written through it inert for the GitHub Actions runner ([`inert`]),
+/// except the workflow commands given to [`Sink::command_out`]/[`Sink::command_err`]. In
+/// Actions, every command's sink is wrapped in one, so no text from a build, a registry, a
+/// file or a variable can become a workflow command wherever it is printed.
+pub struct InertSink(pub Arc<dyn Sink>);
+
+impl Sink for InertSink {
+    fn out(&self, text: &str) {
+        self.0.out(&inert(text));
+    }
+
+    fn err(&self, text: &str) {
+        self.0.err(&inert(text));
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.0.is_terminal()
+    }
+
+    fn progress_target(&self) -> Option<indicatif::ProgressDrawTarget> {
+        self.0.progress_target()
+    }
+
+    fn command_out(&self, text: &str) {
+        self.0.command_out(text);
+    }
+
+    fn command_err(&self, text: &str) {
+        self.0.command_err(text);
+    }
 }
 
 /// Collects the text in memory (tests, and views rendered for files).
@@ -170,7 +272,7 @@ impl Ui {
     /// Prints a value as pretty JSON on stdout.
     pub fn json<T: Serialize>(&self, value: &T) {
         match serde_json::to_string_pretty(value) {
-            Ok(text) => self.sink.out(&text),
+            Ok(text) => self.sink.out(&inert_json(&text)),
             Err(err) => self.sink.err(&format!(
                 "error: cannot serialize the result as JSON: {err}"
             )),
@@ -262,6 +364,51 @@ mod tests {
         let ui = Ui { color: true, ..ui };
         assert_ne!(ui.bad("x"), "x");
         assert!(ui.bad("x").contains('x'));
+    }
+
+    #[test]
+    fn issue17_inert_breaks_both_command_syntaxes_and_nothing_else() {
+        assert_eq!(inert("::error::x"), ":\u{200B}:error::x");
+        assert_eq!(inert("  \t::warning::x"), "  \t:\u{200B}:warning::x");
+        assert_eq!(inert("a ##[error]x"), "a #\u{200B}#[error]x");
+        assert_eq!(inert("###[x]"), "##\u{200B}#[x]");
+        assert_eq!(
+            inert("ok\r::error::x\n##[y]"),
+            "ok\r:\u{200B}:error::x\n#\u{200B}#[y]"
+        );
+        for plain in [
+            "warning: a::b",
+            "# title",
+            "#[attr]",
+            "x::y",
+            "  │ line",
+            "",
+        ] {
+            assert_eq!(inert(plain), plain);
+        }
+        let json = serde_json::to_string(&serde_json::json!({"m": "##[set-output]x"})).unwrap();
+        let escaped = inert_json(&json);
+        assert!(!escaped.contains("##["), "{escaped}");
+        let back: serde_json::Value = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(back["m"], "##[set-output]x");
+    }
+
+    #[test]
+    fn issue17_inert_sink_lets_only_commands_through() {
+        let mem = Arc::new(MemorySink::default());
+        let sink = InertSink(mem.clone());
+        sink.out("::error::from a build");
+        sink.command_out("::error title=t::ours");
+        sink.err("##[warning]from a registry");
+        sink.command_err("::debug::ours");
+        assert_eq!(
+            mem.out_text(),
+            ":\u{200B}:error::from a build\n::error title=t::ours\n"
+        );
+        assert_eq!(
+            mem.err_text(),
+            "#\u{200B}#[warning]from a registry\n::debug::ours\n"
+        );
     }
 
     #[test]

@@ -123,7 +123,9 @@ pub enum BackendError {
     #[error("--builder buildx: buildx is not available ({reason})")]
     BuildxUnavailable { reason: String },
     #[error("--buildx-builder: cannot list the buildx builders ({reason})")]
-    BuildersUnlisted { reason: String },
+    BuildersUnlisted {
+        reason: crate::engine::BuildxLsError,
+    },
     #[error("--buildx-builder {name:?}: no such buildx builder; the builders are: {known}")]
     NoSuchBuilder { name: String, known: String },
 }

@@ -55,7 +55,7 @@ pub async fn run(
     if let Some(r) = &remote {
         settings.publish.warnings.extend(r.advice.iter().cloned());
     }
-    let publisher = Publisher::start(settings.publish.clone(), ui);
+    let mut publisher = Publisher::start(settings.publish.clone(), ui);
 
     let plan = &ws.plan;
     let wanted: BTreeSet<&String> = settings
@@ -108,7 +108,20 @@ pub async fn run(
         &engine, &backend, &ws, &settings, needs, vouched, &on_event, ui,
     )
     .await;
-    let prefetch_report = prefetch_report.ok();
+    let prefetch_report = match prefetch_report {
+        Ok(report) => Some(report),
+        // Cut by the signal: the report says the run was interrupted.
+        Err(_) if exit_on_signal.is_some() => None,
+        Err(err) => {
+            // The builds went on and pulled their base images themselves; say so.
+            let err = super::prefetch::prefetch_error(err);
+            publisher.warning(format!(
+                "the prefetch did not run ({err}); the builds pulled their base images without retries or mirrors{}",
+                err.help().map(|h| format!(": {h}")).unwrap_or_default()
+            ));
+            None
+        }
+    };
     if let (Some(c), Some(p)) = (&settings.prefetch.cache, &prefetch_report)
         && let Err(err) =
             crate::health::HealthStore::update(&c.dir, &p.health_samples(), crate::clock::now_ms())
@@ -129,8 +142,19 @@ pub async fn run(
         shard: settings.shard.map(|s| s.to_string()),
         interrupted: exit_on_signal.is_some(),
     };
+    let stop_early = settings.prefetch.failure == PrefetchFailure::Fail;
+    let missing: Vec<String> = prefetch_report
+        .as_ref()
+        .map(|p| p.failed().map(|i| i.reference.to_string()).collect())
+        .unwrap_or_default();
     let mut results = outcome.results;
-    add_cancelled(&mut results, &ws, &settings, &backend);
+    // `--prefetch-failure fail` with images missing: nothing was built on purpose.
+    let not_built = if exit_on_signal.is_none() && stop_early && !missing.is_empty() {
+        NotBuilt::ImagesMissing(&missing)
+    } else {
+        NotBuilt::Cancelled
+    };
+    add_not_built(&mut results, &ws, &settings, &backend, not_built);
     let cache_stats = match cache {
         Some(c) => Some(
             save_cache(
@@ -148,13 +172,12 @@ pub async fn run(
     let mut report = Report::new(run, prefetch_report.as_ref(), results, outcome.failure_log);
     report.cache = cache_stats;
     publisher.finish(&report).await?;
-    let stop_early = settings.prefetch.failure == PrefetchFailure::Fail;
     Ok(if let Some(signal) = exit_on_signal {
         signal
-    } else if report.totals.failed + report.totals.skipped + report.totals.cancelled > 0 {
-        Exit::BuildFailed
     } else if stop_early && report.totals.base_images_missing > 0 {
         Exit::ImagesMissing
+    } else if report.totals.failed + report.totals.skipped + report.totals.cancelled > 0 {
+        Exit::BuildFailed
     } else {
         Exit::Success
     })
@@ -189,55 +212,101 @@ async fn prefetch_and_build(
             on_event,
         )
     };
-    let work = async {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let vouched = &vouched;
-        let prefetch_run = async move {
-            let mut options = settings.prefetch.options.clone();
-            // Images the cache vouched for (--pull always) are ready now.
-            for v in &vouched.images {
-                let _ = tx.send(v.clone());
-            }
-            options.notify = Some(tx);
-            let mut report = prefetch::prefetch(engine, needs, &options).await;
-            if let Ok(r) = report.as_mut() {
-                vouched.merge_into(r);
-            }
-            report
-        };
-        if stop_early {
-            let report = prefetch_run.await;
-            if report.as_ref().is_ok_and(|r| r.failed().count() > 0) {
-                return (report, None);
-            }
-            let builds = build(None).await;
-            (report, Some(builds))
-        } else {
-            let (report, builds) = tokio::join!(prefetch_run, build(Some(rx)));
-            (report, Some(builds))
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // With `--prefetch-failure fail` the builds wait for the prefetch's verdict.
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<bool>();
+    let vouched = &vouched;
+    let prefetch_run = async move {
+        let mut options = settings.prefetch.options.clone();
+        // Images the cache vouched for (--pull always) are ready now.
+        for v in &vouched.images {
+            let _ = tx.send(v.clone());
+        }
+        options.notify = Some(tx);
+        let mut report = prefetch::prefetch(engine, needs, &options).await;
+        if let Ok(r) = report.as_mut() {
+            vouched.merge_into(r);
+        }
+        let _ = go_tx.send(!report.as_ref().is_ok_and(|r| r.failed().count() > 0));
+        report
+    };
+    let builds_run = async {
+        if !stop_early {
+            return Some(build(Some(rx)).await);
+        }
+        tokio::select! {
+            go = go_rx => match go {
+                Ok(true) => Some(build(None).await),
+                _ => None,
+            },
+            _ = cancel.cancelled() => None,
         }
     };
-    tokio::pin!(work);
-    tokio::select! {
-        (report, builds) = &mut work => (report, builds, None),
-        signal = super::interrupted() => {
-            ui.note("interrupted: cancelling running builds and writing a partial report");
-            cancel.cancel();
-            match tokio::time::timeout(Duration::from_secs(4), &mut work).await {
-                Ok((report, builds)) => (report, builds, Some(signal)),
-                Err(_) => (Err(anyhow::anyhow!("interrupted")), None, Some(signal)),
-            }
+    tokio::pin!(prefetch_run);
+    tokio::pin!(builds_run);
+    let signal = super::interrupted();
+    tokio::pin!(signal);
+    let mut report: Option<PrefetchOutcome> = None;
+    let mut builds: Option<Option<BuildRun>> = None;
+    let exit = loop {
+        if let (Some(_), Some(_)) = (&report, &builds) {
+            break None;
+        }
+        tokio::select! {
+            r = &mut prefetch_run, if report.is_none() => report = Some(r),
+            b = &mut builds_run, if builds.is_none() => builds = Some(b),
+            s = &mut signal => break Some(s),
+        }
+    };
+    if exit.is_some() {
+        // Cancel the builds and give them 4 s to stop; what finished is kept, also while the
+        // prefetch still pulls (it is cut: its images count as not pulled).
+        ui.note("interrupted: cancelling running builds and writing a partial report");
+        cancel.cancel();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        if builds.is_none() {
+            builds = tokio::time::timeout_at(deadline, &mut builds_run)
+                .await
+                .ok();
+        }
+        if report.is_none() {
+            report = tokio::time::timeout_at(deadline, &mut prefetch_run)
+                .await
+                .ok();
         }
     }
+    let report = report.unwrap_or_else(|| Err(anyhow::anyhow!("interrupted")));
+    (report, builds.flatten(), exit)
 }
 
-/// Services that never got a result (cut by a signal) are cancelled, never dropped.
-fn add_cancelled(
+/// Why a selected service has no result.
+enum NotBuilt<'a> {
+    /// Cut by a signal.
+    Cancelled,
+    /// `--prefetch-failure fail` stopped the run before any build: these images were missing.
+    ImagesMissing(&'a [String]),
+}
+
+/// Services that never got a result are reported, never dropped: cancelled (cut by a
+/// signal), or skipped because `--prefetch-failure fail` stopped the run.
+fn add_not_built(
     results: &mut Vec<ServiceResult>,
     ws: &Workspace,
     settings: &BuildSettings,
     backend: &Backend,
+    why: NotBuilt,
 ) {
+    let (status, reason) = match why {
+        NotBuilt::Cancelled => (ServiceStatus::Cancelled, "cancelled".to_string()),
+        NotBuilt::ImagesMissing(images) => (
+            ServiceStatus::Skipped,
+            format!(
+                "not built: --prefetch-failure fail and {} base image(s) missing ({})",
+                images.len(),
+                images.join(", ")
+            ),
+        ),
+    };
     for i in &settings.selected {
         let service = &ws.plan.services[*i];
         if results.iter().any(|r| r.name == service.name) {
@@ -247,7 +316,7 @@ fn add_cancelled(
             name: service.name.clone(),
             image: service.image.clone(),
             tags: service.tags.clone(),
-            status: ServiceStatus::Cancelled,
+            status,
             duration_ms: 0,
             attempts: 0,
             builder: backend.label(),
@@ -258,7 +327,7 @@ fn add_cancelled(
             log_path: None,
             dockerfile: service.dockerfile.clone(),
             failure: None,
-            skipped_reason: Some("cancelled".into()),
+            skipped_reason: Some(reason.clone()),
             log_tail: Vec::new(),
             reused: false,
         });

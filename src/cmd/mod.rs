@@ -21,6 +21,13 @@ use crate::ui::{Sink, Ui};
 pub async fn run(cli: Cli, sink: Arc<dyn Sink>) -> Exit {
     let no_color_env = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let global = &cli.global;
+    let actions = ActionsEnv::from_env();
+    // In Actions, nothing we print may become a workflow command unless we mean it to.
+    let sink: Arc<dyn Sink> = if actions.in_actions {
+        Arc::new(crate::ui::InertSink(sink))
+    } else {
+        sink
+    };
     let ui = Ui::new(
         sink,
         global.output,
@@ -29,7 +36,6 @@ pub async fn run(cli: Cli, sink: Arc<dyn Sink>) -> Exit {
         global.quiet,
         global.verbose,
     );
-    let actions = ActionsEnv::from_env();
     match dispatch(&cli, &ui, actions).await {
         Ok(exit) => exit,
         Err(err) => {

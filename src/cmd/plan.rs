@@ -41,7 +41,9 @@ pub async fn run(
         };
         let weights = ws.shard_weights(args.plan.durations.as_deref())?;
         let include = crate::matrix::shard(&plan.graph, &weights, n);
-        ui.result(&serde_json::to_string(&crate::matrix::Matrix { include }).unwrap_or_default());
+        ui.result(&crate::ui::inert_json(
+            &serde_json::to_string(&crate::matrix::Matrix { include }).unwrap_or_default(),
+        ));
         return Ok(Exit::Success);
     }
     match ui.format {

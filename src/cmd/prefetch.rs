@@ -30,10 +30,7 @@ pub async fn run(
     }
     let mut report = prefetch::prefetch(&engine, needs, options)
         .await
-        .map_err(|e| Error::Usage {
-            what: "prefetch".into(),
-            reason: format!("{e:#}"),
-        })?;
+        .map_err(prefetch_error)?;
     vouched.merge_into(&mut report);
     if let Some(mut c) = cache {
         c.save_base_images(&engine, &report.images).await;
@@ -57,6 +54,17 @@ pub async fn run(
         0 => Exit::Success,
         _ => Exit::ImagesMissing,
     })
+}
+
+/// A prefetch that could not start (the pull relay cannot listen on 127.0.0.1, the registry
+/// client cannot be made): the environment, not the input.
+pub(super) fn prefetch_error(err: anyhow::Error) -> Error {
+    Error::Environment {
+        what: "prefetch".into(),
+        reason: format!(
+            "cannot start the pull relay or the registry client: {err:#}; check that 127.0.0.1 is usable, or pass --pull-via direct"
+        ),
+    }
 }
 
 fn render(report: &PrefetchReport, ui: &Ui) -> String {

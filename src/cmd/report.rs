@@ -65,19 +65,44 @@ pub async fn run(args: &ReportArgs, ui: &Ui, actions: ActionsEnv) -> Result<Exit
         log_source: LogSource::FileOrTail,
     };
     let text = view.render(&report, &ctx);
-    ui.result(text.strip_suffix('\n').unwrap_or(&text));
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    match view.name() {
+        // The workflow commands are printed to be taken as such.
+        "annotations" => ui.sink.command_out(text),
+        "json" => ui.result(&crate::ui::inert_json(text)),
+        _ => ui.result(text),
+    }
     Ok(Exit::Success)
 }
 
 /// `report --merge`: loads every shard report, merges, and publishes like `build-all`.
 async fn merge(args: &ReportArgs, ui: &Ui, actions: ActionsEnv) -> Result<Exit, Error> {
     let mut reports = Vec::new();
+    let mut unreadable = Vec::new();
     for path in args.merge.iter().filter(|p| !p.as_os_str().is_empty()) {
         match load(path) {
             Ok(report) => reports.push((path.clone(), report)),
             // A shard whose upload failed may leave nothing (or garbage): it counts as missing.
-            Err(err) => ui.warn(&format!("{err}; that shard counts as missing")),
+            Err(err) => {
+                ui.warn(&format!("{err}; that shard counts as missing"));
+                unreadable.push(path.display().to_string());
+            }
         }
+    }
+    // Nothing to merge is never a green merge.
+    if reports.is_empty() {
+        return Err(Error::Input {
+            input: "report --merge".into(),
+            reason: if unreadable.is_empty() {
+                "no report files were given; pass each shard's ai-infra-build-report.json".into()
+            } else {
+                format!(
+                    "none of the {} reports could be read ({}); check that every shard uploaded its report",
+                    unreadable.len(),
+                    unreadable.join(", ")
+                )
+            },
+        });
     }
     let merged = crate::report::merge::merge(&reports, args.shards);
     let out_dir = std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone());
@@ -92,7 +117,10 @@ async fn merge(args: &ReportArgs, ui: &Ui, actions: ActionsEnv) -> Result<Exit, 
     Publisher::start(ctx, ui).finish(&merged).await?;
     let t = &merged.totals;
     Ok(
-        if t.failed + t.skipped + t.cancelled > 0 || !merged.missing_shards.is_empty() {
+        if t.failed + t.skipped + t.cancelled > 0
+            || !merged.missing_shards.is_empty()
+            || !unreadable.is_empty()
+        {
             Exit::BuildFailed
         } else {
             Exit::Success

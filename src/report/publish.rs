@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::progress::Progress;
-use super::views::annotations::{LogSource, PathMapper};
+use super::views::annotations::{Level, LogSource, MAX_PER_LEVEL, PathMapper, cap, collect};
 use super::views::github::{ApiSettings, CheckStarter, GitHub, GitHubTarget};
 use super::views::{self, Destination, ViewContext, outputs};
 use super::workflow;
@@ -276,9 +276,9 @@ impl Publisher {
     /// Workflow commands: stdout, or stderr when stdout carries JSON (the runner reads both).
     fn commands(&self, text: &str) {
         if views::json_output(&self.ui) {
-            self.sink.err(text);
+            self.sink.command_err(text);
         } else {
-            self.sink.out(text);
+            self.sink.command_out(text);
         }
     }
 
@@ -287,6 +287,11 @@ impl Publisher {
         if self.ctx.actions.in_actions && self.ctx.actions.debug {
             self.commands(&workflow::debug(message));
         }
+    }
+
+    /// A problem found while running (shown with the setup warnings when publishing).
+    pub fn warning(&mut self, text: String) {
+        self.ctx.warnings.push(text);
     }
 
     pub fn progress(&self) -> &Progress {
@@ -313,12 +318,16 @@ impl Publisher {
         self.progress.service_finished(name, status, took);
     }
 
-    fn warn(&self, warnings: &mut Vec<String>, text: String) {
-        if self.ctx.actions.in_actions {
+    /// A warning: an annotation in Actions while `budget` (what GitHub still shows of this
+    /// step's warning annotations) lasts, else a plain line in the log.
+    fn warn(&self, warnings: &mut Vec<String>, budget: &mut usize, text: String) {
+        if self.ctx.actions.in_actions && *budget > 0 {
+            *budget -= 1;
             self.commands(
                 &(workflow::command("warning", &[("title", "ai-infra-build")], &text) + "\n"),
             );
         } else {
+            // Past the budget not an annotation: GitHub would drop it, or the report's.
             self.sink.err(&format!("warning: {text}"));
         }
         warnings.push(text);
@@ -331,11 +340,19 @@ impl Publisher {
         self.progress.finish();
         let report = redact(report, &self.ctx.secrets);
         let mut warnings = Vec::new();
-        for w in self.ctx.warnings.clone() {
-            self.warn(&mut warnings, w);
-        }
         let report_path = self.ctx.report_path();
         let paths = self.ctx.paths();
+        // GitHub shows 10 warning annotations per step: the report's own (already capped)
+        // come first, setup and API warnings get what is left.
+        let hint = self.ctx.actions.run_url.clone().unwrap_or_default();
+        let report_warnings = cap(collect(&report, &paths), &hint)
+            .iter()
+            .filter(|a| a.level == Level::Warning)
+            .count();
+        let mut budget = MAX_PER_LEVEL.saturating_sub(report_warnings);
+        for w in self.ctx.warnings.clone() {
+            self.warn(&mut warnings, &mut budget, w);
+        }
         let ctx = ViewContext {
             ui: &self.ui,
             actions: &self.ctx.actions,
@@ -370,7 +387,7 @@ impl Publisher {
                         self.debug(&format!("{what}: {} bytes", text.len()));
                         if let Err(e) = outputs::append(file, &text) {
                             let text = format!("cannot write the {what} {}: {e}", file.display());
-                            self.warn(&mut warnings, text);
+                            self.warn(&mut warnings, &mut budget, text);
                         }
                     }
                     Destination::GitHubApi => {
@@ -381,10 +398,13 @@ impl Publisher {
                         gh.publish(&report, &paths, &view.render(&report, &ctx))
                             .await;
                         for w in gh.warnings() {
-                            self.warn(&mut warnings, w);
+                            self.warn(&mut warnings, &mut budget, w);
                         }
                     }
                     // Printed last, after everything the log shows.
+                    Destination::Result if views::json_output(&self.ui) => {
+                        results.push(crate::ui::inert_json(&view.render(&report, &ctx)))
+                    }
                     Destination::Result => results.push(view.render(&report, &ctx)),
                 }
             }

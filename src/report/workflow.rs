@@ -74,8 +74,10 @@ pub fn debug(message: &str) -> String {
     command("debug", &[], message)
 }
 
-/// A token for `::stop-commands::` that does not occur in `content`.
+/// A token for `::stop-commands::` that does not occur in `content`, in any case (the
+/// runner compares the resuming command's name with the token ignoring case).
 pub fn token_not_in(content: &str) -> String {
+    let content = content.to_ascii_lowercase();
     loop {
         let token = format!(
             "aib-{:016x}{:016x}",

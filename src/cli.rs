@@ -41,6 +41,14 @@ pub struct GlobalArgs {
     /// else */Dockerfile discovery).
     #[arg(long, global = true, value_name = "FILE", env = "INPUT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A compose file to read (repeat for several, later ones override earlier ones, as
+    /// `docker compose -f`); default: compose.yaml or docker-compose.yml and its override file.
+    #[arg(long = "compose-file", global = true, value_name = "FILE")]
+    pub compose_files: Vec<PathBuf>,
+    /// An env file for compose interpolation instead of .env (repeatable, as
+    /// `docker compose --env-file`); the process environment still wins.
+    #[arg(long = "env-file", global = true, value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
     /// How results are printed: `human` (tables, progress) or `json` (machine-readable).
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,

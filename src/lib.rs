@@ -12,6 +12,7 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod cmd;
+pub mod compose;
 pub mod context;
 pub mod dockerfile;
 pub mod doctor;

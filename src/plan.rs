@@ -159,6 +159,18 @@ pub fn valid_tag(tag: &str) -> bool {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub source: String,
+    /// Which reader read the compose files (for a compose project).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reader: Option<String>,
+    /// Every file the services were read from, when there are several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// The `.env` / `--env-file` files read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env_files: Vec<String>,
+    /// What the user should know (unset variables, build keys not applied, skipped folders).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub naming: Naming,
     pub services: Vec<ServicePlan>,
     /// External images to prefetch, deduplicated across services.
@@ -172,15 +184,21 @@ pub struct Plan {
 #[derive(Debug, Clone, Serialize)]
 pub struct ServicePlan {
     pub name: String,
+    /// Other services with exactly this build (context, Dockerfile, target, args, ...): built
+    /// once, as this one, their images added as tags.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     /// The image this service produces, `{prefix}{service}:{tag}`.
     pub image: String,
     /// Further references the image gets.
     pub tags: Vec<String>,
     pub dockerfile: String,
     pub origin: String,
-    /// Services this one needs first (from `depends-on` and FROM lines naming their images).
+    /// Services this one needs first (from `depends-on`, FROM/`COPY --from` lines naming
+    /// their images, and `additional_contexts: service:<name>`).
     pub depends_on: Vec<String>,
-    /// Canonical references of the external images this service's Dockerfile names.
+    /// Canonical references of the external images this service's build needs: the stages
+    /// its target reaches, and `docker-image://` named contexts.
     pub base_images: Vec<String>,
     /// The build arguments: `--build-arg`s overridden by the service's own.
     pub build_args: BTreeMap<String, String>,
@@ -188,57 +206,154 @@ pub struct ServicePlan {
     pub service: Service,
 }
 
+/// `input` for an error about `service`: its file, and the key and value as written and
+/// after interpolation when interpolation changed it.
+fn written_note(service: &Service, key: &str, value: &str) -> String {
+    match service.written.get(key) {
+        Some(w) => format!("key `{key}` ({w:?}, which is {value:?} after interpolation)"),
+        None => format!("key `{key}` ({value:?})"),
+    }
+}
+
+/// What makes two builds the same build.
+fn build_identity(service: &Service, args: &BTreeMap<String, String>) -> String {
+    serde_json::json!([
+        service.context,
+        service.dockerfile,
+        service.dockerfile_inline,
+        service.target,
+        args,
+        service.platforms,
+        service.network,
+        service.labels,
+        service.additional_contexts,
+    ])
+    .to_string()
+}
+
 /// Parses every service's Dockerfile and builds the plan. `extra_args` are `--build-arg`s
-/// for every service (a service's own build args win).
+/// for every service (a service's own build args win). Services with identical builds are
+/// planned as one build with several tags; only the stages a build's target reaches count.
 pub fn plan(
     project: &Project,
     naming: &Naming,
     extra_args: &BTreeMap<String, String>,
 ) -> Result<Plan, InputError> {
+    let mut seen = BTreeSet::new();
+    if let Some(dup) = project
+        .services
+        .iter()
+        .find(|s| !seen.insert(s.name.as_str()))
+    {
+        return Err(InputError {
+            input: project.source.clone(),
+            reason: format!("service {:?} is defined twice; rename one", dup.name),
+        });
+    }
+
+    // Identical builds: the first service of each group builds, the others are its aliases.
+    let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+    let mut by_identity: BTreeMap<String, usize> = BTreeMap::new();
+    let mut all_args = Vec::new();
+    for (i, service) in project.services.iter().enumerate() {
+        let mut args = extra_args.clone();
+        args.extend(service.build_args.clone());
+        let identity = build_identity(service, &args);
+        all_args.push(args);
+        match by_identity.get(&identity) {
+            Some(&g) => groups[g].1.push(i),
+            None => {
+                by_identity.insert(identity, groups.len());
+                groups.push((i, Vec::new()));
+            }
+        }
+    }
+
+    // The images each build produces, and which build produces each reference.
     let mut produced: BTreeMap<Reference, usize> = BTreeMap::new();
     let mut images = Vec::new();
-    for (i, service) in project.services.iter().enumerate() {
-        let image = naming.image_for(service);
-        let main = Reference::parse(&image).map_err(|e| InputError {
-            input: format!("service {:?}", service.name),
-            reason: format!("its image name {image:?} is not a valid reference: {e}"),
-        })?;
-        let mut tags = Vec::new();
-        for extra in &service.tags {
-            let full = if extra.contains(':') || extra.contains('/') {
-                extra.clone()
-            } else {
-                format!("{}:{extra}", main.familiar_name())
-            };
-            let r = Reference::parse(&full).map_err(|e| InputError {
-                input: format!("service {:?} tag {extra:?}", service.name),
-                reason: e.to_string(),
+    for (g, (first, others)) in groups.iter().enumerate() {
+        let mut main_image = None;
+        let mut tags: Vec<String> = Vec::new();
+        for &i in std::iter::once(first).chain(others.iter()) {
+            let service = &project.services[i];
+            let image = naming.image_for(service);
+            let main = Reference::parse(&image).map_err(|e| InputError {
+                input: service.origin.clone(),
+                reason: format!(
+                    "service {:?}, {}: not a valid image reference: {e}",
+                    service.name,
+                    written_note(service, "image", &image)
+                ),
             })?;
-            produced.insert(r.with_default_tag(), i);
-            tags.push(full);
+            let mut refs = vec![(main.clone().with_default_tag(), image.clone())];
+            for extra in &service.tags {
+                let full = if extra.contains(':') || extra.contains('/') {
+                    extra.clone()
+                } else {
+                    format!("{}:{extra}", main.familiar_name())
+                };
+                let r = Reference::parse(&full).map_err(|e| InputError {
+                    input: format!("service {:?} tag {extra:?}", service.name),
+                    reason: e.to_string(),
+                })?;
+                refs.push((r.with_default_tag(), full));
+            }
+            for (r, text) in refs {
+                if let Some(&other) = produced.get(&r)
+                    && other != g
+                {
+                    return Err(InputError {
+                        input: service.origin.clone(),
+                        reason: format!(
+                            "services {:?} and {:?} both produce image {text:?} from different builds; give one another `image:` or make their builds identical",
+                            project.services[groups[other].0].name, service.name
+                        ),
+                    });
+                }
+                produced.insert(r, g);
+                if main_image.is_none() {
+                    main_image = Some(text);
+                } else if main_image.as_ref() != Some(&text) && !tags.contains(&text) {
+                    tags.push(text);
+                }
+            }
         }
-        produced.insert(main.with_default_tag(), i);
-        images.push((image, tags));
+        images.push((main_image.unwrap_or_default(), tags));
     }
+    let group_of = |name: &str| {
+        project
+            .services
+            .iter()
+            .position(|s| s.name == name)
+            .and_then(|i| {
+                groups
+                    .iter()
+                    .position(|(first, others)| *first == i || others.contains(&i))
+            })
+    };
 
     let mut needs: BTreeMap<Reference, Vec<Use>> = BTreeMap::new();
     let mut services = Vec::new();
     let mut edges = Vec::new();
-    for (i, service) in project.services.iter().enumerate() {
+    for (g, (i, others)) in groups.iter().enumerate() {
+        let service = &project.services[*i];
         let path = &service.dockerfile;
         let shown = path
             .strip_prefix(&project.root)
             .unwrap_or(path)
             .to_path_buf();
-        let content = std::fs::read_to_string(path).map_err(|e| InputError {
-            input: shown.display().to_string(),
-            reason: format!(
-                "cannot read the Dockerfile of service {:?}: {e}",
-                service.name
-            ),
-        })?;
-        let mut args = extra_args.clone();
-        args.extend(service.build_args.clone());
+        let content = match &service.dockerfile_inline {
+            Some(text) => text.clone(),
+            None => std::fs::read_to_string(path).map_err(|e| InputError {
+                input: shown.display().to_string(),
+                reason: format!(
+                    "cannot read the Dockerfile of service {:?}: {e}",
+                    service.name
+                ),
+            })?,
+        };
+        let args = all_args[*i].clone();
         // Issue 13: BUILDPLATFORM is the engine's (this machine's: the engine is local when
         // planning), TARGETPLATFORM the service's first platform, else the same.
         let build_platform = dockerfile::Platform::host();
@@ -259,30 +374,113 @@ pub fn plan(
                 service.name
             ),
         })?;
+        let uses = parsed
+            .images_for_target(service.target.as_deref())
+            .ok_or_else(|| InputError {
+                input: service.origin.clone(),
+                reason: {
+                    let names: Vec<String> = parsed
+                        .stages
+                        .iter()
+                        .filter_map(|s| s.name.clone())
+                        .collect();
+                    format!(
+                        "service {:?}, {}: {} has no stage of that name ({}); fix the target",
+                        service.name,
+                        written_note(
+                            service,
+                            "build.target",
+                            service.target.as_deref().unwrap_or_default()
+                        ),
+                        shown.display(),
+                        if names.is_empty() {
+                            "it has no named stages".to_string()
+                        } else {
+                            format!("its stages: {}", names.join(", "))
+                        }
+                    )
+                },
+            })?;
         let mut deps: BTreeSet<String> = service.depends_on.iter().cloned().collect();
         let mut mine = Vec::new();
-        for image in parsed.images {
+        let mut add_need = |reference: Reference, use_: Use, mine: &mut Vec<String>| {
+            if !mine.contains(&reference.to_string()) {
+                mine.push(reference.to_string());
+            }
+            needs.entry(reference).or_default().push(use_);
+        };
+        for image in uses {
+            // A named context of the same name replaces the image (BuildKit's named contexts).
+            if service.additional_contexts.contains_key(&image.raw) {
+                continue;
+            }
             if let Some(&producer) = produced.get(&image.reference) {
-                if producer != i {
-                    deps.insert(project.services[producer].name.clone());
+                if producer != g {
+                    deps.insert(project.services[groups[producer].0].name.clone());
                 }
                 continue;
             }
-            if !mine.contains(&image.reference.to_string()) {
-                mine.push(image.reference.to_string());
+            add_need(
+                image.reference.clone(),
+                Use {
+                    dockerfile: shown.clone(),
+                    line: image.line,
+                },
+                &mut mine,
+            );
+        }
+        for (key, value) in &service.additional_contexts {
+            let context_key = format!("build.additional_contexts.{key}");
+            if let Some(other) = value.strip_prefix("service:") {
+                let producer = group_of(other).ok_or_else(|| InputError {
+                    input: service.origin.clone(),
+                    reason: format!(
+                        "service {:?}, {}: there is no service {other:?} with a build; fix the name",
+                        service.name,
+                        written_note(service, &context_key, value)
+                    ),
+                })?;
+                if producer != g {
+                    deps.insert(project.services[groups[producer].0].name.clone());
+                }
+            } else if let Some(image) = value.strip_prefix("docker-image://") {
+                let reference = Reference::parse(image)
+                    .map_err(|e| InputError {
+                        input: service.origin.clone(),
+                        reason: format!(
+                            "service {:?}, {}: not a valid image reference: {e}",
+                            service.name,
+                            written_note(service, &context_key, value)
+                        ),
+                    })?
+                    .with_default_tag();
+                if let Some(&producer) = produced.get(&reference) {
+                    if producer != g {
+                        deps.insert(project.services[groups[producer].0].name.clone());
+                    }
+                } else {
+                    add_need(
+                        reference,
+                        Use {
+                            dockerfile: shown.clone(),
+                            line: 0,
+                        },
+                        &mut mine,
+                    );
+                }
             }
-            needs.entry(image.reference).or_default().push(Use {
-                dockerfile: shown.clone(),
-                line: image.line,
-            });
         }
         edges.push((
             service.name.clone(),
             deps.iter().cloned().collect::<Vec<_>>(),
         ));
-        let (image, tags) = images[i].clone();
+        let (image, tags) = images[g].clone();
         services.push(ServicePlan {
             name: service.name.clone(),
+            aliases: others
+                .iter()
+                .map(|&o| project.services[o].name.clone())
+                .collect(),
             image,
             tags,
             dockerfile: shown.display().to_string(),
@@ -291,17 +489,6 @@ pub fn plan(
             base_images: mine,
             build_args: args,
             service: service.clone(),
-        });
-    }
-    let mut seen = BTreeSet::new();
-    if let Some(dup) = project
-        .services
-        .iter()
-        .find(|s| !seen.insert(s.name.as_str()))
-    {
-        return Err(InputError {
-            input: project.source.clone(),
-            reason: format!("service {:?} is defined twice; rename one", dup.name),
         });
     }
     let graph = Graph::new(&edges).map_err(|e| InputError {
@@ -323,6 +510,14 @@ pub fn plan(
         .collect();
     Ok(Plan {
         source: project.source.clone(),
+        reader: project.reader.clone(),
+        files: if project.files.len() > 1 {
+            project.files.clone()
+        } else {
+            Vec::new()
+        },
+        env_files: project.env_files.clone(),
+        warnings: project.warnings.clone(),
         naming: naming.clone(),
         services,
         base_images,
@@ -358,6 +553,40 @@ mod tests {
         ] {
             assert!(!valid_tag(bad), "{bad}");
         }
+    }
+
+    /// Issue 14: BuildKit builds only the stages the target reaches.
+    #[test]
+    fn issue_14_reachable_stages_follow_from_copy_from_and_mounts() {
+        let text = "FROM golang:1.22 AS Build\nFROM node:20 AS assets\nFROM python:3 AS unused\n\
+                    FROM alpine AS release\nCOPY --from=build /a /a\nRUN --mount=from=assets,target=/x true\n\
+                    COPY --from=0 /b /b\nFROM release AS debug\nCOPY --from=ruby:3 /r /r\n";
+        let parsed = dockerfile::parse(text, &BuildContextArgs::default()).unwrap();
+        let set = |v: &[usize]| v.iter().copied().collect::<BTreeSet<usize>>();
+        assert_eq!(
+            parsed.reachable_stages(Some("RELEASE")),
+            Some(set(&[0, 1, 3]))
+        );
+        assert_eq!(parsed.reachable_stages(None), Some(set(&[0, 1, 3, 4])));
+        assert_eq!(parsed.reachable_stages(Some("unused")), Some(set(&[2])));
+        assert_eq!(parsed.reachable_stages(Some("nope")), None);
+        let images = |target| {
+            parsed
+                .images_for_target(target)
+                .unwrap()
+                .iter()
+                .map(|u| u.raw.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            images(Some("release")),
+            ["golang:1.22", "node:20", "alpine"]
+        );
+        assert_eq!(
+            images(None),
+            ["golang:1.22", "node:20", "alpine", "ruby:3"],
+            "the last stage is the default target"
+        );
     }
 
     #[test]

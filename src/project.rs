@@ -1,14 +1,18 @@
 //! The services of a repository and where each came from.
 //!
-//! Sources, first found wins: `--config FILE`, else `ai-infra-build.yml` at the root, else a
-//! compose file (`compose.yaml`, `compose.yml`, `docker-compose.yaml`, `docker-compose.yml`:
-//! the services with a `build:` section), else directory discovery (`src/*/Dockerfile`,
-//! `services/*/Dockerfile`, `*/Dockerfile`).
+//! Sources, first found wins: `--compose-file FILE...`, else `--config FILE`, else
+//! `ai-infra-build.yml` at the root, else a compose project (`compose.yaml`, `compose.yml`,
+//! `docker-compose.yaml`, `docker-compose.yml` and its override file, read by
+//! [`crate::compose`]: the services with a `build:` section), else directory discovery
+//! (`src/*/Dockerfile`, `services/*/Dockerfile`, `*/Dockerfile`, and one level deeper in a
+//! service folder without a Dockerfile of its own: `src/<svc>/<dir>/Dockerfile`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::compose::Options as ComposeOptions;
 
 pub const CONFIG_FILE: &str = "ai-infra-build.yml";
 pub const COMPOSE_FILES: [&str; 4] = [
@@ -48,6 +52,13 @@ pub struct Service {
     pub image: Option<String>,
     /// Where this service was defined (`ai-infra-build.yml`, `directory discovery`).
     pub origin: String,
+    /// Named build contexts (compose `build.additional_contexts`): a `service:<name>` value
+    /// makes that service a dependency.
+    pub additional_contexts: BTreeMap<String, String>,
+    /// The Dockerfile's text when the compose file gives it inline (`dockerfile_inline`).
+    pub dockerfile_inline: Option<String>,
+    /// Values as written before interpolation (`image`, `build.context`, ...), by key.
+    pub written: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +68,15 @@ pub struct Project {
     /// How the services were found.
     pub source: String,
     pub settings: Settings,
+    /// Which reader read the compose files (for a compose project).
+    pub reader: Option<String>,
+    /// Every file the services were read from (compose, override, included files).
+    pub files: Vec<String>,
+    /// The `.env` / `--env-file` files read.
+    pub env_files: Vec<String>,
+    /// What the user should know: variables not set, build keys not applied, folders that
+    /// discovery skipped.
+    pub warnings: Vec<String>,
 }
 
 /// Run-wide settings a config file may give (CLI flags override them).
@@ -110,17 +130,45 @@ struct ServiceConfig {
     image: Option<String>,
 }
 
+/// Whether `path` names a compose file (`compose.yaml`, `docker-compose.prod.yml`, ...).
+pub fn is_compose_file(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    COMPOSE_FILES.contains(&name)
+        || (name.contains("compose") && (name.ends_with(".yml") || name.ends_with(".yaml")))
+}
+
+/// A path as messages show it.
+fn shown(_root: &Path, path: &Path) -> String {
+    path.display().to_string()
+}
+
 impl Project {
-    /// Finds the services under `root`.
+    /// Finds the services under `root`, reading compose files with the process environment.
     pub fn load(root: &Path, config: Option<&Path>) -> Result<Project, InputError> {
+        let options = ComposeOptions {
+            environment: crate::compose::process_environment(),
+            ..ComposeOptions::default()
+        };
+        Self::load_with(root, config, &options)
+    }
+
+    /// Finds the services under `root`: `compose.files` (`--compose-file`), else `config`,
+    /// else the first source found (see the module documentation).
+    pub fn load_with(
+        root: &Path,
+        config: Option<&Path>,
+        compose: &ComposeOptions,
+    ) -> Result<Project, InputError> {
+        if !compose.files.is_empty() {
+            return Self::from_compose(root, compose.files.clone(), compose);
+        }
         let default = root.join(CONFIG_FILE);
         if let Some(path) = config {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            return if COMPOSE_FILES.contains(&name) {
-                Self::from_compose(root, path)
+            return if is_compose_file(path) {
+                Self::from_compose(root, vec![path.to_path_buf()], compose)
             } else {
                 Self::from_config(root, path)
             };
@@ -128,12 +176,8 @@ impl Project {
         if default.is_file() {
             return Self::from_config(root, &default);
         }
-        if let Some(compose) = COMPOSE_FILES
-            .iter()
-            .map(|f| root.join(f))
-            .find(|p| p.is_file())
-        {
-            return Self::from_compose(root, &compose);
+        if let Some(files) = crate::compose::default_files(root) {
+            return Self::from_compose(root, files, compose);
         }
         Self::discover(root)
     }
@@ -184,6 +228,9 @@ impl Project {
                 network: svc.network,
                 image: svc.image,
                 origin: origin.clone(),
+                additional_contexts: BTreeMap::new(),
+                dockerfile_inline: None,
+                written: BTreeMap::new(),
             });
         }
         if services.is_empty() {
@@ -194,122 +241,125 @@ impl Project {
             services,
             source: origin,
             settings: file.settings,
+            reader: None,
+            files: vec![path.display().to_string()],
+            env_files: Vec::new(),
+            warnings: Vec::new(),
         })
     }
 
-    /// Reads the services with a `build:` section from a compose file (other keys are the
-    /// compose file's business and are ignored).
-    fn from_compose(root: &Path, path: &Path) -> Result<Project, InputError> {
-        let bad = |reason: String| InputError {
-            input: path.display().to_string(),
-            reason,
+    /// The services with a `build:` section of a compose project ([`crate::compose`]): every
+    /// service that can be built, profiled or not; `depends_on` orders containers, not
+    /// builds, and is not kept.
+    fn from_compose(
+        root: &Path,
+        files: Vec<PathBuf>,
+        options: &ComposeOptions,
+    ) -> Result<Project, InputError> {
+        let options = ComposeOptions {
+            files,
+            ..options.clone()
         };
-        let text =
-            std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        let doc: serde_json::Value =
-            serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(root);
-        let origin = path.display().to_string();
-        let Some(entries) = doc.get("services").and_then(|s| s.as_object()) else {
-            return Err(bad("it has no `services:` map".into()));
-        };
-        let strings = |v: Option<&serde_json::Value>| -> BTreeMap<String, String> {
-            match v {
-                Some(serde_json::Value::Object(m)) => m
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v.as_str().map_or_else(|| v.to_string(), str::to_string),
-                        )
-                    })
-                    .collect(),
-                Some(serde_json::Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|x| {
-                        x.as_str()?
-                            .split_once('=')
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                    })
-                    .collect(),
-                _ => BTreeMap::new(),
-            }
-        };
+        let compose = crate::compose::load(root, &options).map_err(|e| InputError {
+            input: shown(root, &e.file),
+            reason: e.message,
+        })?;
+        let mut warnings = compose.warnings.clone();
         let mut services = Vec::new();
-        for (name, svc) in entries {
-            let Some(build) = svc.get("build") else {
+        for s in &compose.services {
+            let Some(build) = &s.build else {
                 continue;
             };
-            let (context, dockerfile) = match build {
-                serde_json::Value::String(ctx) => (base.join(ctx), None),
-                serde_json::Value::Object(b) => (
-                    base.join(b.get("context").and_then(|c| c.as_str()).unwrap_or(".")),
-                    b.get("dockerfile")
-                        .and_then(|d| d.as_str())
-                        .map(PathBuf::from),
-                ),
-                _ => {
-                    return Err(bad(format!(
-                        "service {name:?}: `build` must be a path or a map"
-                    )));
+            let file = shown(root, &s.file);
+            let bad = |key: &str, reason: String| {
+                let value = match key {
+                    "build.context" => build.context.display().to_string(),
+                    "build.dockerfile" => build.dockerfile.display().to_string(),
+                    _ => String::new(),
+                };
+                let as_written = match s.written.get(key) {
+                    Some(w) => format!("{w:?}, which is {value:?} after interpolation"),
+                    None => format!("{value:?}"),
+                };
+                InputError {
+                    input: file.clone(),
+                    reason: format!("service {:?}, key `{key}` ({as_written}): {reason}", s.name),
                 }
             };
-            let dockerfile =
-                context.join(dockerfile.unwrap_or_else(|| PathBuf::from("Dockerfile")));
-            if !dockerfile.is_file() {
-                return Err(bad(format!(
-                    "service {name:?}: Dockerfile {} does not exist; fix `build.context`/`build.dockerfile`",
-                    dockerfile.display()
-                )));
+            if build.remote {
+                warnings.push(format!(
+                    "compose: service {:?} builds from a remote context ({}); ai-infra-build builds local contexts only and leaves it out",
+                    s.name,
+                    build.context.display()
+                ));
+                continue;
             }
-            let depends_on = match svc.get("depends_on") {
-                Some(serde_json::Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|d| d.as_str().map(str::to_string))
-                    .collect(),
-                Some(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
-                _ => Vec::new(),
-            };
+            if !build.context.is_dir() {
+                return Err(bad(
+                    "build.context",
+                    "the build context is not a directory; fix the path (it is relative to the project directory)".into(),
+                ));
+            }
+            let dockerfile = build.context.join(&build.dockerfile);
+            if build.dockerfile_inline.is_none() && !dockerfile.is_file() {
+                return Err(bad(
+                    "build.dockerfile",
+                    format!(
+                        "there is no Dockerfile at {}; fix `build.dockerfile` (relative to the context) or `build.context`",
+                        shown(root, &dockerfile)
+                    ),
+                ));
+            }
+            if s.image.is_none() {
+                validate_name(&s.name).map_err(|reason| InputError {
+                    input: file.clone(),
+                    reason: format!("service {:?}: {reason}; or give it an `image:`", s.name),
+                })?;
+            }
             services.push(Service {
-                name: name.clone(),
-                context,
+                name: s.name.clone(),
+                context: build.context.clone(),
                 dockerfile,
-                build_args: strings(build.get("args")),
-                target: build
-                    .get("target")
-                    .and_then(|t| t.as_str())
-                    .map(str::to_string),
-                depends_on,
-                tags: Vec::new(),
-                labels: strings(build.get("labels")),
-                platforms: Vec::new(),
-                network: build
-                    .get("network")
-                    .and_then(|t| t.as_str())
-                    .map(str::to_string),
-                image: svc
-                    .get("image")
-                    .and_then(|i| i.as_str())
-                    .map(str::to_string),
-                origin: origin.clone(),
+                build_args: build.args.clone(),
+                target: build.target.clone(),
+                depends_on: Vec::new(),
+                tags: build.tags.clone(),
+                labels: build.labels.clone(),
+                platforms: build.platforms.clone(),
+                network: build.network.clone(),
+                image: s.image.clone(),
+                origin: file,
+                additional_contexts: build.additional_contexts.clone(),
+                dockerfile_inline: build.dockerfile_inline.clone(),
+                written: s.written.clone(),
             });
         }
+        let first = shown(root, &compose.files[0]);
         if services.is_empty() {
-            return Err(bad("no service in it has a `build:` section".into()));
+            return Err(InputError {
+                input: first,
+                reason: "no service in it has a `build:` section; add one, or pass --config FILE"
+                    .into(),
+            });
         }
         Ok(Project {
             root: root.to_path_buf(),
             services,
-            source: origin,
+            source: first,
             settings: Settings::default(),
+            reader: Some(crate::compose::READER.to_string()),
+            files: compose.files.iter().map(|f| shown(root, f)).collect(),
+            env_files: compose.env_files.iter().map(|f| shown(root, f)).collect(),
+            warnings,
         })
     }
 
+    /// Directory discovery: `src/*/Dockerfile`, `services/*/Dockerfile`, `*/Dockerfile`, and
+    /// for a service folder without a Dockerfile, the one Dockerfile one level deeper
+    /// (`src/cart/src/Dockerfile`). What it skips is said in [`Project::warnings`].
     fn discover(root: &Path) -> Result<Project, InputError> {
         let mut services: BTreeMap<String, Service> = BTreeMap::new();
+        let mut skipped = Vec::new();
         for parent in ["src", "services", "."] {
             let dir = root.join(parent);
             let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -317,42 +367,105 @@ impl Project {
             };
             let mut dirs: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.join("Dockerfile").is_file())
+                .filter(|p| p.is_dir())
                 .collect();
             dirs.sort();
-            for context in dirs {
-                let Some(name) = context
+            for folder in dirs {
+                let Some(name) = folder
                     .file_name()
                     .and_then(|n| n.to_str())
                     .map(str::to_string)
                 else {
                     continue;
                 };
+                let at = |p: &Path| p.strip_prefix(root).unwrap_or(p).display().to_string();
+                let context = if folder.join("Dockerfile").is_file() {
+                    folder.clone()
+                } else if parent == "." {
+                    continue;
+                } else {
+                    let mut deeper: Vec<PathBuf> = std::fs::read_dir(&folder)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.join("Dockerfile").is_file())
+                        .collect();
+                    deeper.sort();
+                    match deeper.len() {
+                        0 => continue,
+                        1 => deeper.remove(0),
+                        _ => {
+                            skipped.push(format!(
+                                "{}: no Dockerfile of its own and several one level down ({}); list the service in {CONFIG_FILE}",
+                                at(&folder),
+                                deeper
+                                    .iter()
+                                    .map(|d| at(&d.join("Dockerfile")))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ));
+                            continue;
+                        }
+                    }
+                };
                 if name.starts_with('.') {
+                    skipped.push(format!("{}: a hidden folder", at(&folder)));
                     continue;
                 }
-                services.entry(name.clone()).or_insert_with(|| Service {
-                    name,
-                    dockerfile: context.join("Dockerfile"),
-                    context,
-                    build_args: BTreeMap::new(),
-                    target: None,
-                    depends_on: Vec::new(),
-                    tags: Vec::new(),
-                    labels: BTreeMap::new(),
-                    platforms: Vec::new(),
-                    network: None,
-                    image: None,
-                    origin: format!("directory discovery ({parent}/*/Dockerfile)"),
-                });
+                if let Err(reason) = validate_name(&name) {
+                    skipped.push(format!("{}: {reason}", at(&folder)));
+                    continue;
+                }
+                if let Some(first) = services.get(&name) {
+                    skipped.push(format!(
+                        "{}: service {name:?} is already {}",
+                        at(&context.join("Dockerfile")),
+                        at(&first.dockerfile)
+                    ));
+                    continue;
+                }
+                let pattern = if context == folder {
+                    format!("{parent}/*/Dockerfile")
+                } else {
+                    format!("{parent}/*/*/Dockerfile")
+                };
+                services.insert(
+                    name.clone(),
+                    Service {
+                        name,
+                        dockerfile: context.join("Dockerfile"),
+                        context,
+                        build_args: BTreeMap::new(),
+                        target: None,
+                        depends_on: Vec::new(),
+                        tags: Vec::new(),
+                        labels: BTreeMap::new(),
+                        platforms: Vec::new(),
+                        network: None,
+                        image: None,
+                        origin: format!("directory discovery ({pattern})"),
+                        additional_contexts: BTreeMap::new(),
+                        dockerfile_inline: None,
+                        written: BTreeMap::new(),
+                    },
+                );
             }
         }
+        let warnings: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("directory discovery skipped {s}"))
+            .collect();
         if services.is_empty() {
+            let mut reason = format!(
+                "no services found: looked for {CONFIG_FILE}, {}, then src/*/Dockerfile, services/*/Dockerfile, */Dockerfile, and src/*/*/Dockerfile or services/*/*/Dockerfile in a folder without a Dockerfile; pass --config FILE",
+                COMPOSE_FILES.join(", ")
+            );
+            if !skipped.is_empty() {
+                reason.push_str(&format!("; skipped: {}", skipped.join("; ")));
+            }
             return Err(InputError {
                 input: root.display().to_string(),
-                reason: format!(
-                    "no services found: no {CONFIG_FILE}, and no src/*/Dockerfile, services/*/Dockerfile or */Dockerfile; pass --config FILE"
-                ),
+                reason,
             });
         }
         Ok(Project {
@@ -360,6 +473,10 @@ impl Project {
             services: services.into_values().collect(),
             source: "directory discovery".into(),
             settings: Settings::default(),
+            reader: None,
+            files: Vec::new(),
+            env_files: Vec::new(),
+            warnings,
         })
     }
 }

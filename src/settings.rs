@@ -72,7 +72,12 @@ impl Workspace {
             what: "the working directory".into(),
             reason: e.to_string(),
         })?;
-        let project = Project::load(&root, global.config.as_deref())?;
+        let compose = crate::project::ComposeOptions {
+            files: global.compose_files.clone(),
+            env_files: global.env_files.clone(),
+            environment: crate::compose::process_environment(),
+        };
+        let project = Project::load_with(&root, global.config.as_deref(), &compose)?;
         let plan = plan_project(&root, &project, args, &actions)?;
         Ok(Workspace {
             root,
@@ -82,9 +87,29 @@ impl Workspace {
         })
     }
 
+    /// Says what reading the project warned about (variables not set, build keys not
+    /// applied, folders discovery skipped), each on one cleaned line.
+    pub fn announce(&self, ui: &crate::ui::Ui) {
+        for warning in &self.plan.warnings {
+            ui.warn(&crate::text::clean_line(warning, 4000));
+        }
+    }
+
     /// The config file's bytes (empty when the services were discovered).
+    /// For a compose project read from several files (override, `-f`, include, extends) or
+    /// with env files, every one of them, each after its length.
     pub fn config_bytes(&self) -> Vec<u8> {
-        std::fs::read(self.project.root.join(&self.project.source)).unwrap_or_default()
+        let project = &self.project;
+        if project.files.len() <= 1 && project.env_files.is_empty() {
+            return std::fs::read(project.root.join(&project.source)).unwrap_or_default();
+        }
+        let mut bytes = Vec::new();
+        for file in project.files.iter().chain(&project.env_files) {
+            let content = std::fs::read(project.root.join(file)).unwrap_or_default();
+            bytes.extend_from_slice(&(content.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(&content);
+        }
+        bytes
     }
 
     /// This run's cache key, with `prefix` (`--cache-key-prefix`) before it.
@@ -392,7 +417,7 @@ pub fn select_services(
     let index = |name: &String, flag: &str| {
         plan.services
             .iter()
-            .position(|s| &s.name == name)
+            .position(|s| &s.name == name || s.aliases.contains(name))
             .ok_or_else(|| Error::Usage {
                 what: format!("{flag} {name:?}"),
                 reason: format!(
@@ -439,4 +464,43 @@ pub fn select_services(
     };
     selected.retain(|i| !skipped.contains(i));
     Ok(selected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: a service built as another's identical build is selected by its own name.
+    #[test]
+    fn issue_14_an_alias_selects_the_build_it_shares() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write(
+            "compose.yaml",
+            "x-app: &app\n  build: app\nservices:\n  web:\n    <<: *app\n  worker:\n    <<: *app\n  tools:\n    build: tools\n",
+        );
+        write("app/Dockerfile", "FROM alpine:3.20\n");
+        write("tools/Dockerfile", "FROM alpine:3.20\n");
+        let project =
+            Project::load_with(dir.path(), None, &crate::project::ComposeOptions::default())
+                .unwrap();
+        let naming = Naming::resolve(dir.path(), Some("p-"), Some(("t", "--tag")), None).unwrap();
+        let plan = plan(&project, &naming, &BTreeMap::new()).unwrap();
+        let names: Vec<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["tools", "web"]);
+        assert_eq!(plan.services[1].aliases, ["worker"]);
+        assert_eq!(plan.services[1].tags, ["p-worker:t"]);
+        let selected = select_services(&plan, &["worker".into()], &[], &[], false).unwrap();
+        assert_eq!(selected, [1].into_iter().collect());
+        let none = select_services(&plan, &[], &[], &["worker".into()], false).unwrap();
+        assert_eq!(
+            none,
+            [0].into_iter().collect(),
+            "--skip of an alias skips the build"
+        );
+    }
 }

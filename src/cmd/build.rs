@@ -30,6 +30,7 @@ pub async fn run(
     let started = std::time::Instant::now();
     let started_at = crate::clock::rfc3339_ms(crate::clock::now_ms());
     let ws = Workspace::load(global, &args.prefetch.plan, actions)?;
+    ws.announce(ui);
     let mut settings = BuildSettings::resolve(args, names, &ws)?;
     let engine = Engine::connect(Duration::from_secs(10)).await?;
     let multi_platform = ws

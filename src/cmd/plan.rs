@@ -17,6 +17,7 @@ pub async fn run(
     actions: ActionsEnv,
 ) -> Result<Exit, Error> {
     let ws = Workspace::load(global, &args.plan, actions)?;
+    ws.announce(ui);
     let key = ws.cache_key(&args.cache_key_prefix)?;
     if let Some(path) = &ws.actions.output {
         let text = crate::report::outputs::render(&[
@@ -62,14 +63,24 @@ pub async fn run(
 }
 
 fn render(plan: &Plan) -> String {
-    let mut out = format!(
+    let mut out = String::new();
+    if let Some(reader) = &plan.reader {
+        out.push_str(&format!("Read by {reader}\n"));
+        if !plan.files.is_empty() {
+            out.push_str(&format!("  files: {}\n", plan.files.join(", ")));
+        }
+        if !plan.env_files.is_empty() {
+            out.push_str(&format!("  env files: {}\n", plan.env_files.join(", ")));
+        }
+    }
+    out.push_str(&format!(
         "Services ({}, from {}; images {}<service>:{}, tag from {}):\n",
         plan.services.len(),
         plan.source,
         plan.naming.prefix,
         plan.naming.tag,
         plan.naming.tag_source
-    );
+    ));
     for name in &plan.order {
         let Some(s) = plan.services.iter().find(|s| &s.name == name) else {
             continue;
@@ -79,8 +90,13 @@ fn render(plan: &Plan) -> String {
         } else {
             format!("  after {}", s.depends_on.join(", "))
         };
+        let aliases = if s.aliases.is_empty() {
+            String::new()
+        } else {
+            format!("  also {} (same build)", s.aliases.join(", "))
+        };
         out.push_str(&format!(
-            "  {:<20} {}  {}  [{}]{deps}\n",
+            "  {:<20} {}  {}  [{}]{deps}{aliases}\n",
             s.name, s.image, s.dockerfile, s.origin
         ));
     }

@@ -23,6 +23,7 @@ pub async fn run(
     let started = std::time::Instant::now();
     let started_at = crate::clock::rfc3339_ms(crate::clock::now_ms());
     let ws = Workspace::load(global, &args.plan, actions)?;
+    ws.announce(ui);
     let settings = PrefetchSettings::resolve(args, &ws.project)?;
     let options = &settings.options;
     let engine = Engine::connect(Duration::from_secs(10)).await?;

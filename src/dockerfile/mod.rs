@@ -77,6 +77,7 @@ fn syntax_image(
             line: 0,
             kind: UseKind::Syntax,
             platform: None,
+            stage: None,
         }));
     }
     let Some((raw, line)) = directives::detect_syntax(content) else {
@@ -90,6 +91,7 @@ fn syntax_image(
         line,
         kind: UseKind::Syntax,
         platform: None,
+        stage: None,
     }))
 }
 

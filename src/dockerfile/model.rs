@@ -1,7 +1,7 @@
 //! What [`super::parse`] returns and takes: the found stages and image uses, the build's
 //! platforms and build args.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -149,6 +149,48 @@ impl Dockerfile {
             .filter(|r| seen.insert(*r))
             .collect()
     }
+
+    /// The stages a build of `target` runs, as BuildKit decides (`isReachable` in
+    /// `dockerfile2llb`): the target stage (by name, case-insensitive; the last stage when
+    /// `None`), the stages it builds on, copies from or mounts, and theirs in turn. `None`
+    /// when no stage has that name.
+    pub fn reachable_stages(&self, target: Option<&str>) -> Option<BTreeSet<usize>> {
+        let start = match target {
+            None => self.stages.len().checked_sub(1)?,
+            Some(name) => {
+                let name = name.to_lowercase();
+                self.stages
+                    .iter()
+                    .find(|s| s.name.as_deref() == Some(name.as_str()))?
+                    .index
+            }
+        };
+        let mut reached = BTreeSet::new();
+        let mut todo = vec![start];
+        while let Some(i) = todo.pop() {
+            if !reached.insert(i) {
+                continue;
+            }
+            let stage = &self.stages[i];
+            if let StageBase::Stage(base) = stage.base {
+                todo.push(base);
+            }
+            todo.extend(stage.reads.iter().copied());
+        }
+        Some(reached)
+    }
+
+    /// The external images a build of `target` needs: the syntax frontend and the images of
+    /// the stages [`Dockerfile::reachable_stages`] gives. `None` when no stage has that name.
+    pub fn images_for_target(&self, target: Option<&str>) -> Option<Vec<&ImageUse>> {
+        let reached = self.reachable_stages(target)?;
+        Some(
+            self.images
+                .iter()
+                .filter(|u| u.stage.is_none_or(|s| reached.contains(&s)))
+                .collect(),
+        )
+    }
 }
 
 /// One `FROM` and what it builds on.
@@ -164,6 +206,9 @@ pub struct Stage {
     /// The expanded `--platform` value, if the `FROM` has one (otherwise the target platform,
     /// or for a stage built on another stage, that stage's platform).
     pub platform: Option<String>,
+    /// Other stages this one reads with `COPY --from=<stage>` or `RUN --mount=from=<stage>`,
+    /// in source order (a stage it builds on is in [`Stage::base`]).
+    pub reads: Vec<usize>,
 }
 
 /// What a stage starts from.
@@ -193,6 +238,8 @@ pub struct ImageUse {
     /// `FROM` without `--platform`, `COPY --from` and `RUN --mount from=`, which BuildKit
     /// resolves for the target platform) or the build platform (for the syntax frontend).
     pub platform: Option<String>,
+    /// The stage whose instruction uses the image (`None` for the syntax frontend).
+    pub stage: Option<usize>,
 }
 
 /// Which instruction uses an image.

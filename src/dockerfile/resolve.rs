@@ -61,6 +61,7 @@ fn image(
     line: usize,
     kind: UseKind,
     platform: Option<String>,
+    stage: usize,
 ) -> Result<ImageUse, DockerfileError> {
     let reference = Reference::parse(&raw)
         .map_err(|source| DockerfileError::InvalidReference { line, source })?
@@ -71,6 +72,7 @@ fn image(
         line,
         kind,
         platform,
+        stage: Some(stage),
     })
 }
 
@@ -154,14 +156,24 @@ pub(super) fn resolve(
             base: stage_base,
             line: from.line,
             platform,
+            reads: Vec::new(),
         });
     }
 
     // toCommand / detectRunMount: `--from` is a stage name (case-insensitive, any stage)
     // or, for COPY only, a stage index; otherwise an image.
-    let mut other_uses: Vec<(usize, String, UseKind)> = Vec::new();
+    // The stage each instruction belongs to: the last FROM before it.
+    let mut other_uses: Vec<(usize, String, UseKind, usize)> = Vec::new();
+    let mut current = 0;
+    let mut seen_from = false;
     for p in parsed {
         match p {
+            Parsed::From(_) => {
+                if seen_from {
+                    current += 1;
+                }
+                seen_from = true;
+            }
             Parsed::CopyFrom { line, from } => {
                 // PR moby/buildkit#6153: `--from` is never expanded; say so.
                 let unchanged = shell::process(from, &Env::new(), escape, Options::default())
@@ -186,16 +198,21 @@ pub(super) fn resolve(
                             stages: stages.len(),
                         });
                     }
+                    stages[current].reads.push(index as usize);
                     continue;
                 }
-                if !by_name.contains_key(&from.to_lowercase()) && from != SCRATCH {
-                    other_uses.push((*line, from.clone(), UseKind::CopyFrom));
+                match by_name.get(&from.to_lowercase()) {
+                    Some(&read) => stages[current].reads.push(read),
+                    None if from == SCRATCH => {}
+                    None => other_uses.push((*line, from.clone(), UseKind::CopyFrom, current)),
                 }
             }
             Parsed::RunMounts { line, froms } => {
                 for from in froms {
-                    if !by_name.contains_key(&from.to_lowercase()) && from != SCRATCH {
-                        other_uses.push((*line, from.clone(), UseKind::MountFrom));
+                    match by_name.get(&from.to_lowercase()) {
+                        Some(&read) => stages[current].reads.push(read),
+                        None if from == SCRATCH => {}
+                        None => other_uses.push((*line, from.clone(), UseKind::MountFrom, current)),
                     }
                 }
             }
@@ -205,12 +222,18 @@ pub(super) fn resolve(
 
     for (index, raw) in from_images {
         let stage = &mut stages[index];
-        let use_ = image(raw, stage.line, UseKind::From, stage.platform.clone())?;
+        let use_ = image(
+            raw,
+            stage.line,
+            UseKind::From,
+            stage.platform.clone(),
+            index,
+        )?;
         stage.base = StageBase::Image(use_.reference.clone());
         images.push(use_);
     }
-    for (line, raw, kind) in other_uses {
-        images.push(image(raw, line, kind, None)?);
+    for (line, raw, kind, stage) in other_uses {
+        images.push(image(raw, line, kind, None, stage)?);
     }
     // Source order; a RUN's mounts keep their order (the sort is stable).
     images.sort_by_key(|u| u.line);

@@ -1,0 +1,123 @@
+//! Issue 14, acceptance 2: `build-all` of a compose project of the corpus (deviantony/docker-elk
+//! with its fleet extension: `.env` build args into ARG-before-FROM, a profiled service, two
+//! pairs of services with one identical build, extension files given with several
+//! `--compose-file`, a registry other than Docker Hub) builds every service. Its base images
+//! are made offline by the test bed under their real names (docker.elastic.co/...) and served
+//! by a local registry configured as docker.elastic.co's mirror.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{copy_tree, text};
+use testbed::RemoveImagesOnDrop;
+use testbed::images::{ImageSpec, push_image};
+use testbed::registry::Registry;
+
+#[tokio::test]
+async fn issue_14_build_all_builds_every_service_of_a_corpus_compose_project() {
+    let registry = Registry::start()
+        .await
+        .expect("docker-registry starts (run scripts/setup)");
+    // A unique version: the process environment wins over the project's .env
+    // (ELASTIC_VERSION=9.5.1), so the base images and the built images are this run's own.
+    let version = testbed::unique_name("elk");
+    let prefix = format!("{version}-");
+    let _cleanup = RemoveImagesOnDrop(vec![version.clone()]);
+    for repo in [
+        "elasticsearch/elasticsearch",
+        "kibana/kibana",
+        "logstash/logstash",
+        "elastic-agent/elastic-agent",
+    ] {
+        push_image(&registry.host(), &ImageSpec::new(repo, version.as_str()))
+            .await
+            .expect("push a base image");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/compose-corpus/docker-elk"),
+        dir.path(),
+    );
+    let out = Command::new(support::bin())
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .env("ELASTIC_VERSION", &version)
+        .env_remove("GITHUB_ACTIONS")
+        .env_remove("GITHUB_STEP_SUMMARY")
+        .env_remove("GITHUB_OUTPUT")
+        .args([
+            "build-all",
+            "--compose-file",
+            "docker-compose.yml",
+            "--compose-file",
+            "extensions/fleet/fleet-compose.yml",
+            "--compose-file",
+            "extensions/fleet/agent-apmserver-compose.yml",
+            "--mirror",
+            &format!("docker.elastic.co={}", registry.host()),
+            "--mirror-first",
+            "--prefix",
+            &prefix,
+            "--tag",
+            &version,
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            dir.path()
+                .join(".ai-infra-build/ai-infra-build-report.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // Five builds for seven services: kibana-genkeys is kibana's build, fleet-server
+    // apm-server's.
+    assert_eq!(report["totals"]["succeeded"], 5, "{report:#}");
+    assert_eq!(report["totals"]["failed"], 0, "{report:#}");
+    for service in [
+        "apm-server",
+        "elasticsearch",
+        "fleet-server",
+        "kibana",
+        "kibana-genkeys",
+        "logstash",
+        "setup",
+    ] {
+        let image = format!("{prefix}{service}:{version}");
+        let inspect = Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", &image])
+            .output()
+            .unwrap();
+        assert!(
+            inspect.status.success(),
+            "{image} was not built: {}",
+            String::from_utf8_lossy(&inspect.stderr)
+        );
+    }
+    let id = |image: String| {
+        let out = Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", &image])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        id(format!("{prefix}kibana:{version}")),
+        id(format!("{prefix}kibana-genkeys:{version}")),
+        "one build, two tags"
+    );
+    // The setup image runs what its Dockerfile says on the base made offline.
+    let base = id(format!(
+        "docker.elastic.co/elasticsearch/elasticsearch:{version}"
+    ));
+    assert!(!base.is_empty(), "the base image was had from the mirror");
+    for image in report["base_images"].as_array().unwrap() {
+        assert_ne!(image["status"], "failed", "{image:#}");
+    }
+}

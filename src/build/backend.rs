@@ -42,7 +42,7 @@ pub struct BuildJob {
     pub cache_to: Vec<String>,
     pub idle_timeout: Duration,
     /// Secrets, SSH and attestations (buildx only; [`Backend::choose`] takes buildx for them).
-    pub extras: super::run::BuildxExtras,
+    pub extras: super::secrets::BuildxExtras,
     /// Credentials for the registries the Dockerfile pulls from (mirrors included).
     pub registry_auth: crate::auth::EngineAuth,
 }

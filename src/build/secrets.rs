@@ -301,3 +301,31 @@ mod tests {
         assert!(attestation_on("mode=max") && !attestation_on("false"));
     }
 }
+
+/// What only buildx builds with: build secrets, SSH forwarding, attestations. (bollard's
+/// BuildKit session over the Engine API has no secrets or SSH provider.)
+#[derive(Debug, Clone, Default)]
+pub struct BuildxExtras {
+    pub secrets: Vec<Secret>,
+    pub ssh: Vec<String>,
+    pub provenance: Option<String>,
+    pub sbom: Option<String>,
+}
+
+impl BuildxExtras {
+    /// What of these needs buildx (empty when nothing does).
+    pub fn needs_buildx(&self) -> Vec<&'static str> {
+        let mut needs = Vec::new();
+        if !self.secrets.is_empty() {
+            needs.push("build secrets");
+        }
+        if !self.ssh.is_empty() {
+            needs.push("SSH forwarding");
+        }
+        let on = |a: &Option<String>| a.as_deref().is_some_and(attestation_on);
+        if on(&self.provenance) || on(&self.sbom) {
+            needs.push("attestations");
+        }
+        needs
+    }
+}

@@ -48,12 +48,14 @@ pub async fn run(cli: Cli, sink: Arc<dyn Sink>) -> Exit {
 async fn dispatch(cli: &Cli, ui: &Ui, actions: ActionsEnv) -> Result<Exit, Error> {
     let global = &cli.global;
     match &cli.command {
-        Command::Doctor(args) => doctor::run(global, args, ui, actions).await,
-        Command::Plan(args) => plan::run(global, args, ui, actions).await,
-        Command::Prefetch(args) => prefetch::run(global, args, ui, actions).await,
-        Command::Report(args) => report::run(args, ui, actions).await,
-        Command::BuildAll(args) => build::run(global, args, &[], ui, actions).await,
-        Command::Build(args) => build::run(global, &args.build, &args.services, ui, actions).await,
+        Command::Doctor(args) => Box::pin(doctor::run(global, args, ui, actions)).await,
+        Command::Plan(args) => Box::pin(plan::run(global, args, ui, actions)).await,
+        Command::Prefetch(args) => Box::pin(prefetch::run(global, args, ui, actions)).await,
+        Command::Report(args) => Box::pin(report::run(args, ui, actions)).await,
+        Command::BuildAll(args) => Box::pin(build::run(global, args, &[], ui, actions)).await,
+        Command::Build(args) => {
+            Box::pin(build::run(global, &args.build, &args.services, ui, actions)).await
+        }
     }
 }
 

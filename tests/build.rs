@@ -495,7 +495,7 @@ async fn issue17_a_runs_own_connection_refused_is_not_retried() {
     for backend in BACKENDS {
         let out = project.run(&[
             "build-all",
-            "--builder",
+            "--backend",
             backend,
             "--build-retries",
             "2",

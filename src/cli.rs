@@ -535,32 +535,32 @@ fn parse_ssh_lines(text: &str) -> Result<Lines<String>, ValueError> {
 
 /// `--secret id=ID[,env=VAR|,src=PATH]`.
 fn parse_secret_spec(text: &str) -> Result<SecretSpec, ValueError> {
-    SecretSpec::parse_buildx(text).map_err(ValueError)
+    SecretSpec::parse_buildx(text).map_err(|e| ValueError(e.to_string()))
 }
 
 /// `--secret-value ID=VALUE` (the `secrets` input).
 fn parse_secret_value(text: &str) -> Result<SecretSpec, ValueError> {
-    SecretSpec::parse_pair(text, PairKind::Value).map_err(ValueError)
+    SecretSpec::parse_pair(text, PairKind::Value).map_err(|e| ValueError(e.to_string()))
 }
 
 /// `--secret-env ID=VAR` (the `secret-envs` input).
 fn parse_secret_env(text: &str) -> Result<SecretSpec, ValueError> {
-    SecretSpec::parse_pair(text, PairKind::Env).map_err(ValueError)
+    SecretSpec::parse_pair(text, PairKind::Env).map_err(|e| ValueError(e.to_string()))
 }
 
 /// `--secret-file ID=PATH` (the `secret-files` input).
 fn parse_secret_file(text: &str) -> Result<SecretSpec, ValueError> {
-    SecretSpec::parse_pair(text, PairKind::File).map_err(ValueError)
+    SecretSpec::parse_pair(text, PairKind::File).map_err(|e| ValueError(e.to_string()))
 }
 
 /// `--ssh default|ID=PATH[,PATH]`.
 fn parse_ssh_spec(text: &str) -> Result<String, ValueError> {
-    crate::build::secrets::check_ssh(text).map_err(ValueError)
+    crate::build::secrets::check_ssh(text).map_err(|e| ValueError(e.to_string()))
 }
 
 /// `--provenance`/`--sbom`.
 fn parse_attestation(text: &str) -> Result<String, ValueError> {
-    crate::build::secrets::check_attestation(text).map_err(ValueError)
+    crate::build::secrets::check_attestation(text).map_err(|e| ValueError(e.to_string()))
 }
 
 /// `--mirror REGISTRY=HOST[,HOST...]`, or several such lines (the `mirrors` input).

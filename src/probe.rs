@@ -425,8 +425,8 @@ pub async fn probe(target: &Target, options: &ProbeOptions) -> anyhow::Result<So
 
 /// The docker CLI's credentials, as the prefetch reads them; a broken config file probes
 /// anonymously (the token step then says why).
-fn load_credentials() -> Result<Credentials, String> {
-    Credentials::from_env().map_err(|err| format!("{err}; {}", err.help()))
+fn load_credentials() -> Result<Credentials, crate::auth::AuthError> {
+    Credentials::from_env()
 }
 
 /// The steps so far, and the rules of adding one.
@@ -483,7 +483,7 @@ async fn probe_with(
     target: &Target,
     options: &ProbeOptions,
     proxies: &ProxyEnv,
-    credentials: &Result<Credentials, String>,
+    credentials: &Result<Credentials, crate::auth::AuthError>,
 ) -> SourceProbe {
     let started = Instant::now();
     let endpoint = &target.source.endpoint;
@@ -573,7 +573,7 @@ async fn probe_with(
             let t = Instant::now();
             let credential = match credentials {
                 Ok(all) => all.lookup(&endpoint.host).map_err(|e| e.to_string()),
-                Err(err) => Err(err.clone()),
+                Err(err) => Err(format!("{err}; {}", err.help())),
             };
             match fetch_token(client, c, repository, &endpoint.host, credential).await {
                 Ok((detail, value)) => {

@@ -394,9 +394,9 @@ fn resolve_secrets(args: &BuildArgs, root: &Path) -> Result<Vec<Secret>, Error> 
     ];
     for (flag, specs) in groups {
         for spec in specs {
-            let secret = Secret::resolve(&spec, root).map_err(|reason| Error::Input {
+            let secret = Secret::resolve(&spec, root).map_err(|e| Error::Input {
                 input: format!("{flag} secret {:?}", spec.id),
-                reason,
+                reason: e.to_string(),
             })?;
             secrets.retain(|s| s.id != secret.id);
             secrets.push(secret);

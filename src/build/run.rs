@@ -366,7 +366,7 @@ async fn build_one(
                                 cache.record_inputs(&s.name, d);
                             }
                         }
-                        Err(message) => result.failure = Some(push_failure(message)),
+                        Err(err) => result.failure = Some(push_failure(err)),
                     }
                     result.attempts = 1;
                     result.duration_ms = started.elapsed().as_millis() as u64;
@@ -466,8 +466,8 @@ async fn build_one(
                     result.total_steps = Some(out.total_steps);
                     result.image_id = out.image_id;
                 }
-                Err(message) => {
-                    result.failure = Some(push_failure(message));
+                Err(err) => {
+                    result.failure = Some(push_failure(err));
                     result.status = ServiceStatus::Failed;
                 }
             }
@@ -516,7 +516,8 @@ impl RetryHint for BuildAttemptFailed {
 }
 
 /// A failed push, classified like a build failure.
-fn push_failure(message: String) -> ServiceFailure {
+fn push_failure(err: PushError) -> ServiceFailure {
+    let message = err.to_string();
     let (class, network_class) = failure::classify(&message, &[]);
     ServiceFailure {
         class,
@@ -590,7 +591,7 @@ async fn push(
     policy: &RetryPolicy,
     log: &mut Log,
     cancel: &CancellationToken,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, PushError> {
     let policy = RetryPolicy {
         max_retries: policy.max_retries.max(3),
         deadline: PUSH_DEADLINE,
@@ -622,8 +623,8 @@ async fn push(
         match pushed {
             // The tags name the same image: the first reference's digest is the image's.
             Ok(pushed) => digest = digest.or(pushed),
-            Err(Stopped::Failed(err)) => return Err(err.message),
-            Err(Stopped::Cancelled) => return Err("cancelled while pushing".into()),
+            Err(Stopped::Failed(err)) => return Err(PushError::Failed(err)),
+            Err(Stopped::Cancelled) => return Err(PushError::Cancelled),
         }
     }
     Ok(digest)
@@ -643,6 +644,16 @@ fn pushed_digest(output: &str) -> Option<String> {
 /// How long a reference's push may be retried (no retry starts later than this after its
 /// first try).
 const PUSH_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Why the pushes of a service's references stopped.
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    /// A reference's push failed and its retries ran out (or the failure was permanent).
+    #[error("{}", .0.message)]
+    Failed(PushFailed),
+    #[error("cancelled while pushing")]
+    Cancelled,
+}
 
 /// A failed `docker push` of one reference.
 #[derive(Debug)]

@@ -37,24 +37,22 @@ impl SecretSpec {
     /// buildx's `--secret` syntax: `id=ID[,env=VAR|,src=PATH][,type=env|file]` (`source=` is
     /// `src=`); `id=ID` alone (or with `type=env`) reads the environment variable ID, with
     /// `type=file` the file ID.
-    pub fn parse_buildx(text: &str) -> Result<SecretSpec, String> {
+    pub fn parse_buildx(text: &str) -> Result<SecretSpec, SpecError> {
         let (mut id, mut env, mut src, mut kind) = (None, None, None, None);
         for field in text.split(',').map(str::trim).filter(|f| !f.is_empty()) {
             let (key, value) = field
                 .split_once('=')
-                .ok_or_else(|| format!("{field:?} is not KEY=VALUE"))?;
+                .ok_or_else(|| SpecError::NotKeyValue(field.to_string()))?;
             match key.to_ascii_lowercase().as_str() {
                 "id" => id = Some(value.to_string()),
                 "env" => env = Some(value.to_string()),
                 "src" | "source" => src = Some(value.to_string()),
                 "type" => match value {
                     "env" | "file" => kind = Some(value.to_string()),
-                    _ => return Err(format!("type={value}: expected type=env or type=file")),
+                    _ => return Err(SpecError::Type(value.to_string())),
                 },
                 _ => {
-                    return Err(format!(
-                        "unknown field {key:?}; expected id=, env=, src= or type="
-                    ));
+                    return Err(SpecError::Field(key.to_string()));
                 }
             }
         }
@@ -69,27 +67,27 @@ impl SecretSpec {
                         .map_or(s.to_string(), |n| n.to_string_lossy().into_owned())
                 })
                 .or_else(|| env.clone())
-                .ok_or("expected id=ID")?,
+                .ok_or(SpecError::Expected("id=ID"))?,
         };
         check_id(&id)?;
         let source = match (env, src, kind.as_deref()) {
-            (Some(_), Some(_), _) => return Err("give env= or src=, not both".into()),
+            (Some(_), Some(_), _) => return Err(SpecError::BothSources),
             (Some(var), None, None | Some("env")) => SecretSource::Env(var),
             (None, Some(path), None | Some("file")) => SecretSource::File(PathBuf::from(path)),
             (None, None, None | Some("env")) => SecretSource::Env(id.clone()),
             (None, None, Some(_)) => SecretSource::File(PathBuf::from(&id)),
-            (Some(_), None, Some(_)) => return Err("env= goes with type=env".into()),
-            (None, Some(_), Some(_)) => return Err("src= goes with type=file".into()),
+            (Some(_), None, Some(_)) => return Err(SpecError::TypeMismatch("env=", "type=env")),
+            (None, Some(_), Some(_)) => return Err(SpecError::TypeMismatch("src=", "type=file")),
         };
         Ok(SecretSpec { id, source })
     }
 
     /// `ID=VALUE` (the `secrets` input), `ID=VAR` (`secret-envs`), `ID=PATH` (`secret-files`).
-    pub fn parse_pair(text: &str, kind: PairKind) -> Result<SecretSpec, String> {
+    pub fn parse_pair(text: &str, kind: PairKind) -> Result<SecretSpec, SpecError> {
         let text = text.trim_end_matches('\r');
         let (id, rest) = text
             .split_once('=')
-            .ok_or_else(|| format!("expected {}", kind.syntax()))?;
+            .ok_or(SpecError::Expected(kind.syntax()))?;
         let id = id.trim();
         check_id(id)?;
         let source = match kind {
@@ -100,7 +98,7 @@ impl SecretSpec {
         if matches!(&source, SecretSource::Env(v) if v.is_empty())
             || matches!(&source, SecretSource::File(p) if p.as_os_str().is_empty())
         {
-            return Err(format!("expected {}", kind.syntax()));
+            return Err(SpecError::Expected(kind.syntax()));
         }
         Ok(SecretSpec {
             id: id.to_string(),
@@ -108,6 +106,41 @@ impl SecretSpec {
         })
     }
 }
+
+/// A secret, SSH or attestation value that does not follow buildx's syntax.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0:?} is not KEY=VALUE")]
+    NotKeyValue(String),
+    #[error("type={0}: expected type=env or type=file")]
+    Type(String),
+    #[error("unknown field {0:?}; expected id=, env=, src= or type=")]
+    Field(String),
+    #[error("give env= or src=, not both")]
+    BothSources,
+    #[error("{0} goes with {1}")]
+    TypeMismatch(&'static str, &'static str),
+    #[error("secret id {0:?}: must be non-empty, without spaces or commas")]
+    Id(String),
+    /// The value's whole syntax, when no finer reason applies.
+    #[error("expected {0}")]
+    Expected(&'static str),
+}
+
+/// A secret whose value cannot be read before the run.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("the environment variable {0} is not set (or not UTF-8)")]
+    Unset(String),
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+const SSH_SYNTAX: &str = "`default` or ID=PATH[,PATH]";
 
 /// Which of the action's secret inputs a line comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,11 +160,9 @@ impl PairKind {
     }
 }
 
-fn check_id(id: &str) -> Result<(), String> {
+fn check_id(id: &str) -> Result<(), SpecError> {
     if id.is_empty() || id.contains(char::is_whitespace) || id.contains(',') {
-        return Err(format!(
-            "secret id {id:?}: must be non-empty, without spaces or commas"
-        ));
+        return Err(SpecError::Id(id.to_string()));
     }
     Ok(())
 }
@@ -158,18 +189,18 @@ impl std::fmt::Debug for Secret {
 impl Secret {
     /// Reads the secret's value now, so that a missing variable or file stops the run before
     /// any work, and its value can be masked. `base` makes relative files absolute.
-    pub fn resolve(spec: &SecretSpec, base: &std::path::Path) -> Result<Secret, String> {
+    pub fn resolve(spec: &SecretSpec, base: &std::path::Path) -> Result<Secret, ResolveError> {
         let (source, value) = match &spec.source {
             SecretSource::Env(var) => {
-                let value = std::env::var(var).map_err(|_| {
-                    format!("the environment variable {var} is not set (or not UTF-8)")
-                })?;
+                let value = std::env::var(var).map_err(|_| ResolveError::Unset(var.to_string()))?;
                 (spec.source.clone(), Some(value))
             }
             SecretSource::File(path) => {
                 let path = base.join(path);
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let bytes = std::fs::read(&path).map_err(|source| ResolveError::Unreadable {
+                    path: path.clone(),
+                    source,
+                })?;
                 (SecretSource::File(path), String::from_utf8(bytes).ok())
             }
             SecretSource::Value(value) => (spec.source.clone(), Some(value.clone())),
@@ -194,22 +225,22 @@ impl Secret {
 }
 
 /// buildx's `--ssh` syntax: `default` or `ID[=PATH[,PATH...]]`.
-pub fn check_ssh(text: &str) -> Result<String, String> {
+pub fn check_ssh(text: &str) -> Result<String, SpecError> {
     let text = text.trim();
     let id = text.split_once('=').map_or(text, |(id, _)| id);
     if id.is_empty() || id.contains(char::is_whitespace) || id.contains(',') {
-        return Err("expected `default` or ID=PATH[,PATH]".into());
+        return Err(SpecError::Expected(SSH_SYNTAX));
     }
     if let Some((_, paths)) = text.split_once('=')
         && paths.split(',').any(|p| p.trim().is_empty())
     {
-        return Err("expected `default` or ID=PATH[,PATH]".into());
+        return Err(SpecError::Expected(SSH_SYNTAX));
     }
     Ok(text.to_string())
 }
 
 /// buildx's `--provenance`/`--sbom` values: `true`, `false`, `1`, `0`, or `KEY=VALUE,...`.
-pub fn check_attestation(text: &str) -> Result<String, String> {
+pub fn check_attestation(text: &str) -> Result<String, SpecError> {
     let text = text.trim();
     let ok = matches!(
         text.to_ascii_lowercase().as_str(),
@@ -221,7 +252,9 @@ pub fn check_attestation(text: &str) -> Result<String, String> {
     if ok {
         Ok(text.to_string())
     } else {
-        Err("expected true, false, or KEY=VALUE[,KEY=VALUE] (e.g. mode=max)".into())
+        Err(SpecError::Expected(
+            "true, false, or KEY=VALUE[,KEY=VALUE] (e.g. mode=max)",
+        ))
     }
 }
 

@@ -367,7 +367,7 @@ impl Loader {
                 format!("cannot read the compose file: {e}; check the path (-f / --compose-file)"),
             )
         })?;
-        let doc = yaml::parse(&text).map_err(|e| fail(file, e))?;
+        let doc = yaml::parse(&text).map_err(|e| fail(file, e.to_string()))?;
         let mut doc = match doc {
             Value::Object(m) => m,
             Value::Null => Map::new(),

@@ -10,7 +10,7 @@ use serde_saphyr::budget::BudgetBreach;
 pub const MAX_NODES: usize = 50_000;
 
 /// Reads one YAML document into a JSON value.
-pub fn parse(text: &str) -> Result<serde_json::Value, String> {
+pub fn parse(text: &str) -> Result<serde_json::Value, YamlError> {
     let mut options = serde_saphyr::Options::default();
     let mut budget = serde_saphyr::Budget::default();
     budget.enforce_alias_anchor_ratio = false;
@@ -23,12 +23,31 @@ pub fn parse(text: &str) -> Result<serde_json::Value, String> {
     options.alias_limits.max_total_replayed_events = 2 * MAX_NODES;
     serde_saphyr::from_str_with_options::<Option<serde_json::Value>>(text, options)
         .map(|v| v.unwrap_or(serde_json::Value::Null))
-        .map_err(|e| describe(&e))
+        .map_err(YamlError::from)
 }
 
-/// A sentence for a serde-saphyr error.
-pub fn describe(err: &serde_saphyr::Error) -> String {
-    let mut inner = err;
+/// Why a compose file's YAML could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum YamlError {
+    /// Over one of the limits against alias bombs: `at` is " (line N)" or empty.
+    #[error(
+        "the YAML is too large or too deeply aliased to read{at}: {limit}; a compose file this size is not expected (is it an alias bomb?)"
+    )]
+    TooLarge { at: String, limit: String },
+    /// Not YAML, or not one document.
+    #[error("{0}")]
+    Syntax(serde_saphyr::Error),
+}
+
+impl From<serde_saphyr::Error> for YamlError {
+    fn from(err: serde_saphyr::Error) -> YamlError {
+        describe(err)
+    }
+}
+
+/// A serde-saphyr error as a sentence: a budget breach never shows its debug struct.
+fn describe(err: serde_saphyr::Error) -> YamlError {
+    let mut inner = &err;
     while let serde_saphyr::Error::AliasError { error, .. }
     | serde_saphyr::Error::WithSnippet { error, .. } = inner
     {
@@ -40,12 +59,12 @@ pub fn describe(err: &serde_saphyr::Error) -> String {
         } else {
             String::new()
         };
-        return format!(
-            "the YAML is too large or too deeply aliased to read{at}: {}; a compose file this size is not expected (is it an alias bomb?)",
-            breach_text(breach)
-        );
+        return YamlError::TooLarge {
+            at,
+            limit: breach_text(breach),
+        };
     }
-    err.to_string()
+    YamlError::Syntax(err)
 }
 
 fn breach_text(breach: &BudgetBreach) -> String {
@@ -101,7 +120,7 @@ mod tests {
             prev = name;
         }
         let started = std::time::Instant::now();
-        let err = parse(&text).unwrap_err();
+        let err = parse(&text).unwrap_err().to_string();
         let took = started.elapsed();
         assert!(took < std::time::Duration::from_secs(1), "{took:?}");
         assert!(err.contains("too large or too deeply aliased"), "{err}");

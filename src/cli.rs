@@ -286,14 +286,6 @@ pub struct BuildArgs {
     /// Create or update the PR comment (with --github-token).
     #[arg(long, env = "INPUT_PR_COMMENT", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub pr_comment: bool,
-    /// Where the report and the build logs go.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = ".ai-infra-build",
-        env = "INPUT_OUT_DIR"
-    )]
-    pub out_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -415,6 +407,14 @@ pub struct PrefetchArgs {
     /// `direct`: the daemon pulls itself; `auto`: relay for a local daemon.
     #[arg(long, value_enum, default_value_t = PullVia::Auto)]
     pub pull_via: PullVia,
+    /// Where the report (and, for builds, the logs) go.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".ai-infra-build",
+        env = "INPUT_OUT_DIR"
+    )]
+    pub out_dir: std::path::PathBuf,
 }
 
 /// Which saved report to show, and as what.

@@ -42,7 +42,7 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         // In Actions, clap's messages quote flag values (and `INPUT_*` variables): keep them
         // from becoming workflow commands.
-        Err(err) if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") => {
+        Err(err) if ai_infra_build::actions_env::ActionsEnv::from_env().in_actions => {
             let text = ai_infra_build::ui::inert(&err.render().to_string());
             if err.use_stderr() {
                 ai_infra_build::ui::Sink::err(&StdSink, &text);

@@ -307,7 +307,8 @@ impl BuildSettings {
         if args.force {
             prefetch.options.pull = PullPolicy::Always;
         }
-        let out_dir = std::path::absolute(&args.out_dir).unwrap_or_else(|_| args.out_dir.clone());
+        let out_dir = &args.prefetch.out_dir;
+        let out_dir = std::path::absolute(out_dir).unwrap_or_else(|_| out_dir.clone());
         let secrets = resolve_secrets(args, &ws.root)?;
         let mut masks: Vec<String> = secrets.iter().flat_map(Secret::mask_lines).collect();
         masks.extend(read_credentials(&prefetch.options, plan)?);

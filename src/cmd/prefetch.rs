@@ -56,7 +56,7 @@ pub async fn run(
         OutputFormat::Human => ui.result(&render(&report, ui)),
     }
     if ws.actions.in_actions {
-        publish_in_actions(&ws, &report, started, started_at, ui).await?;
+        publish_in_actions(&ws, &report, &args.out_dir, started, started_at, ui).await?;
     }
     Ok(match report.failed().count() {
         0 => Exit::Success,
@@ -65,20 +65,17 @@ pub async fn run(
 }
 
 /// In Actions, a `prefetch` step publishes as `build-all` does: step summary, outputs,
-/// annotations at the FROM lines, diagnosis and the JSON report (in `INPUT_OUT_DIR`, else
-/// `.ai-infra-build`), from a report with no services. Its result (table or JSON) was
+/// annotations at the FROM lines, diagnosis and the JSON report (in `--out-dir`), from a report with no services. Its result (table or JSON) was
 /// already printed above, so the publisher's own result is left out.
 async fn publish_in_actions(
     ws: &Workspace,
     prefetch: &PrefetchReport,
+    out_dir: &std::path::Path,
     started: std::time::Instant,
     started_at: String,
     ui: &Ui,
 ) -> Result<(), Error> {
-    let out_dir = std::env::var_os("INPUT_OUT_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| ".ai-infra-build".into(), std::path::PathBuf::from);
-    let out_dir = std::path::absolute(&out_dir).unwrap_or(out_dir);
+    let out_dir = std::path::absolute(out_dir).unwrap_or_else(|_| out_dir.to_path_buf());
     let ctx = PublishContext::new(
         out_dir,
         ws.project.root.clone(),

@@ -111,7 +111,7 @@ fn step<'a>(action: &'a Action, id: &str) -> &'a Step {
         .unwrap_or_else(|| panic!("no step with id {id}"))
 }
 
-const ISSUE_INPUTS: [&str; 39] = [
+const ISSUE_INPUTS: [&str; 40] = [
     "config",
     "services",
     "only",
@@ -154,9 +154,11 @@ const ISSUE_INPUTS: [&str; 39] = [
     "provenance",
     "sbom",
     "no-cache",
+    // Issue #16: no cache churn.
+    "cache-save",
 ];
 
-const ISSUE_OUTPUTS: [&str; 8] = [
+const ISSUE_OUTPUTS: [&str; 9] = [
     "report",
     "succeeded",
     "failed",
@@ -166,6 +168,8 @@ const ISSUE_OUTPUTS: [&str; 8] = [
     "cache-key",
     // Issue #13: buildx-style metadata.
     "metadata",
+    // Issue #16: the cache directory's content key.
+    "cache-content-key",
 ];
 
 #[test]
@@ -276,6 +280,18 @@ fn steps_install_plan_restore_build_save_in_that_order() {
         "{condition}"
     );
     assert_eq!(save.with["path"], "${{ steps.plan.outputs.cache-dir }}");
+    // Issue 16: saved under its content key, only when that changed and cache-save allows.
+    assert_eq!(
+        save.with["key"],
+        "${{ steps.plan.outputs.cache-key }}-${{ steps.build.outputs.cache-content-key }}"
+    );
+    for part in [
+        "steps.plan.outputs.cache-save == 'true'",
+        "steps.build.outputs.cache-content-key != ''",
+        "!endsWith(steps.cache-restore.outputs.cache-matched-key, format('-{0}', steps.build.outputs.cache-content-key))",
+    ] {
+        assert!(condition.contains(part), "{condition} lacks {part}");
+    }
 
     for step in &action.runs.steps {
         assert!(step.name.is_some(), "every step has a name");

@@ -126,6 +126,41 @@ impl Index {
         }
     }
 
+    /// A digest of what the directory holds for the next run: base images (reference and
+    /// image ID), archives (by checksum), kept service images (ID and inputs) and the BuildKit
+    /// cache (`buildx/index.json`), but no times, key or source health. Two runs that leave
+    /// the same content have the same content key: the action saves an Actions cache entry
+    /// only when it differs from the restored entry's (issue 16: no churn).
+    pub fn content_key(&self, dir: &Path) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut field = |parts: &[&str]| {
+            for p in parts {
+                h.update((p.len() as u64).to_le_bytes());
+                h.update(p.as_bytes());
+            }
+        };
+        field(&[&FORMAT.to_string()]);
+        for (reference, image) in &self.base_images {
+            field(&["base", reference, &image.image_id, &image.archive]);
+        }
+        for (name, archive) in &self.archives {
+            field(&["archive", name, &archive.sha256]);
+        }
+        for (service, image) in &self.services {
+            let inputs = image.inputs.as_deref().unwrap_or_default();
+            field(&["service", service, &image.image_id, inputs]);
+        }
+        if let Some(buildx) = &self.buildx {
+            let index = std::fs::read(dir.join(super::layers::BUILDX).join("index.json"))
+                .map(|b| format!("{:x}", sha2::Sha256::digest(&b)))
+                .unwrap_or_default();
+            field(&["buildx", &buildx.tags.join(","), &index]);
+        }
+        let digest = format!("{:x}", h.finalize());
+        digest[..24].to_string()
+    }
+
     /// Reads `dir/index.json`.
     pub fn load(dir: &Path) -> Loaded {
         let path = dir.join(INDEX_FILE);

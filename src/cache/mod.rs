@@ -451,6 +451,7 @@ impl Cache {
         self.write_index();
         let _ = store::remove(&self.root.join(store::TMP_DIR));
         let mut stats = std::mem::take(&mut self.stats);
+        stats.content_key = Some(self.index.content_key(&self.root));
         stats.warnings.extend(std::mem::take(&mut self.warnings));
         stats.size = store::disk_size(&self.root);
         stats.hits = stats.base_image_hits + stats.service_hits;

@@ -348,6 +348,10 @@ pub struct CacheStats {
     pub dir: String,
     /// The cache key of this run, when the caller set it.
     pub key: Option<String>,
+    /// A digest of the directory's content after the run (no times, no source health):
+    /// equal to the restored entry's when nothing changed, so nothing needs saving.
+    #[serde(default)]
+    pub content_key: Option<String>,
     /// How layers were cached: `buildx-local`, `inline` or `off`.
     pub mode: String,
     /// Size of the directory after the run (and eviction).

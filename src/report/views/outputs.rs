@@ -104,6 +104,14 @@ pub fn outputs(report: &Report, report_path: &str) -> Vec<(String, String)> {
             "metadata".into(),
             serde_json::to_string(&metadata).unwrap_or_else(|_| "{}".into()),
         ),
+        (
+            "cache-content-key".into(),
+            report
+                .cache
+                .as_ref()
+                .and_then(|c| c.content_key.clone())
+                .unwrap_or_default(),
+        ),
     ]
 }
 

@@ -6,8 +6,9 @@
 //! reached here: actions/cache is mapped to a test double on a local folder
 //! (tests/fixtures/actions-cache-local), which logs every restore and save. The workflow
 //! builds the bundled example (11 services, `cache: false`: no cache request), a project with
-//! a broken service (`continue-on-error`), and the example again with `cache: true` (one
-//! restore and one save, under the key `plan` prints).
+//! a broken service (`continue-on-error`), the example again with `cache: true` (one restore
+//! and one save, under the key `plan` prints and the content key `build-all` writes), and once
+//! more unchanged (a restore, no save).
 //!
 //! act runs in a copy of the files the workflow needs, made into a git repository, with its
 //! own cache directory (XDG_CACHE_HOME: act's tool cache and work dirs), so that nothing is
@@ -368,7 +369,8 @@ fn the_action_builds_the_example_under_act_from_a_local_release_and_mirror() {
 }
 
 /// With `cache: true` (and only then), the cache steps ran with the key `plan` computes: one
-/// restore (nothing saved yet: a miss), then one save of the filled cache directory.
+/// restore (nothing saved yet: a miss), then one save of the filled cache directory under its
+/// content key; the unchanged run after it restores that entry and saves nothing.
 fn assert_cache_requests(run: &ActRun, messages: &str, binary: &Path, repo: &Path, store: &Path) {
     assert_eq!(
         run.step_result("example", &["cached", "build"]).as_deref(),
@@ -407,9 +409,13 @@ fn assert_cache_requests(run: &ActRun, messages: &str, binary: &Path, repo: &Pat
     let log = std::fs::read_to_string(store.join("requests.log"))
         .unwrap_or_else(|e| panic!("no cache request was made ({e}):\n{messages}"));
     let requests: Vec<Vec<&str>> = log.lines().map(|l| l.split('\t').collect()).collect();
-    assert_eq!(requests.len(), 2, "one restore and one save only:\n{log}");
-    let (restore, save) = (&requests[0], &requests[1]);
-    // Saved per run: <key>-<run id>-<attempt>; restored by the key's prefix, then plan's.
+    assert_eq!(
+        requests.len(),
+        3,
+        "a restore and a save, then (nothing changed) a restore only:\n{log}"
+    );
+    let (restore, save, again) = (&requests[0], &requests[1], &requests[2]);
+    // Restored by the key's prefix, then plan's (the run-specific key never matches exactly).
     assert_eq!(restore[0], "restore", "{log}");
     let run_part = restore[1]
         .strip_prefix(&format!("{key}-"))
@@ -433,9 +439,28 @@ fn assert_cache_requests(run: &ActRun, messages: &str, binary: &Path, repo: &Pat
         restore[3].ends_with("/ai-infra-build-cache-self-test"),
         "{log}"
     );
+    // Saved under <key>-<content key>, the content key the build step wrote.
+    let content = run
+        .output("example", &["cached", "build"], "cache-content-key")
+        .unwrap_or_else(|| panic!("no cache-content-key output:\n{messages}"));
+    assert_eq!(content.len(), 24, "{content}");
     assert_eq!(save[0], "save", "{log}");
-    assert_eq!(save[1], restore[1], "{log}");
+    assert_eq!(save[1], format!("{key}-{content}"), "{log}");
     assert_eq!(save[3], restore[3], "{log}");
+    // The unchanged run restored that entry, ended with the same content, and saved nothing.
+    assert_eq!(again[0], "restore", "{log}");
+    assert_eq!(
+        run.output("example", &["unchanged", "build"], "cache-content-key")
+            .as_deref(),
+        Some(content.as_str()),
+        "{messages}"
+    );
+    assert_eq!(
+        run.step_result("example", &["unchanged", "build"])
+            .as_deref(),
+        Some("success"),
+        "{messages}"
+    );
     // What was saved is a filled cache directory: the base images and their index.
     let saved = store.join("entries").join(save[1]);
     let index = std::fs::read_to_string(saved.join("index.json"))

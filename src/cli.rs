@@ -153,7 +153,9 @@ pub struct BuildArgs {
     /// Build without the layer cache (base images are still used when present).
     #[arg(long, env = "INPUT_NO_CACHE")]
     pub no_cache: bool,
-    /// How many services build at once (default: the number of CPUs).
+    /// How many services build at once. Default: every service whose dependencies are built
+    /// (as bake does: builds wait on the network and I/O, BuildKit schedules their steps), up
+    /// to one per 512 MiB of the engine's memory and at most 32.
     #[arg(long, value_name = "N", env = "INPUT_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: Option<u16>,
     /// Start no new build after the first failure.

@@ -326,10 +326,8 @@ impl BuildSettings {
             }
         }
         let options = BuildOptions {
-            parallel: args.parallel.map_or_else(
-                || std::thread::available_parallelism().map_or(2, |n| n.get()),
-                usize::from,
-            ),
+            // Without --parallel: chosen from the engine once connected (cmd::build).
+            parallel: args.parallel.map_or(0, usize::from),
             fail_fast: args.fail_fast,
             no_cache: args.force || args.no_cache,
             build_retries: args.build_retries,

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod failure;
 pub mod inputs;
+pub mod parallelism;
 pub mod run;
 pub mod secrets;
 

@@ -22,6 +22,8 @@ use crate::retry::{ErrorClass, RetryHint, RetryPolicy, Stopped};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
+    /// Builds at once (at least 1; `cmd::build` fills in the default, see
+    /// [`super::parallelism`]).
     pub parallel: usize,
     pub fail_fast: bool,
     pub no_cache: bool,

@@ -101,6 +101,18 @@ pub async fn run(
         None => backend.label(),
     };
 
+    if settings.options.parallel == 0 {
+        let memory = engine.docker.info().await.ok().and_then(|i| i.mem_total);
+        let choice = crate::build::parallelism::default(
+            settings.selected.len(),
+            memory.and_then(|m| u64::try_from(m).ok()),
+        );
+        ui.note(&format!(
+            "building {} at once: {} (--parallel to change)",
+            choice.parallel, choice.why
+        ));
+        settings.options.parallel = choice.parallel;
+    }
     let on_event = |event: BuildEvent| match event {
         BuildEvent::Started { service, attempt } => publisher.service_started(&service, attempt),
         BuildEvent::Finished {

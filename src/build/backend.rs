@@ -16,7 +16,8 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::secrets::SecretSource;
-use crate::context::context_tar;
+use crate::context::stream::{self, ChunkWriter};
+use crate::context::{ContextError, ContextStats, PreparedContext, prepare_context};
 use crate::engine::Engine;
 
 /// Everything one build needs.
@@ -365,7 +366,8 @@ async fn engine_build(
     buildkit: bool,
 ) -> Result<BuildOutput, BuildFailure> {
     let (context, dockerfile) = (job.context.clone(), job.dockerfile.clone());
-    let archive = tokio::task::spawn_blocking(move || context_tar(&context, &dockerfile))
+    // Checked before the request; the tar itself is streamed as the body while it is written.
+    let prepared = tokio::task::spawn_blocking(move || prepare_context(&context, &dockerfile))
         .await
         .map_err(|e| BuildFailure {
             message: format!("archiving the build context failed: {e}"),
@@ -373,17 +375,15 @@ async fn engine_build(
         .map_err(|e| BuildFailure {
             message: e.to_string(),
         })?;
-    log.line(&format!(
-        "context: {} files, {} bytes",
-        archive.files, archive.size
-    ));
+    let dockerfile_in_context = prepared.dockerfile_in_context().to_string();
+    let (chunks, archiving) = streamed_context(prepared);
     let mut build_args: HashMap<String, String> = job.build_args.clone().into_iter().collect();
     if job.inline_cache {
         build_args.insert("BUILDKIT_INLINE_CACHE".into(), "1".into());
     }
     let labels: HashMap<String, String> = job.labels.clone().into_iter().collect();
     let mut options = BuildImageOptionsBuilder::default()
-        .dockerfile(&archive.dockerfile_in_context)
+        .dockerfile(&dockerfile_in_context)
         .t(&job.image)
         .buildargs(&build_args)
         .labels(&labels)
@@ -423,11 +423,87 @@ async fn engine_build(
             .version(BuilderVersion::BuilderBuildKit)
             .session(&session);
     }
-    let body = bollard::body_full(archive.bytes.into());
     let credentials = (!job.registry_auth.is_empty()).then(|| job.registry_auth.0.clone());
-    let mut stream = engine
-        .docker
-        .build_image(options.build(), credentials, Some(body));
+    let stream = engine.docker.build_image(
+        options.build(),
+        credentials,
+        Some(bollard::body_try_stream(chunks)),
+    );
+    let built = read_build_stream(stream, job, log).await;
+    // The request is over (the body dropped with it): the archive is done or stopped.
+    match archiving.await {
+        Ok(Ok(stats)) => log.line(&format!(
+            "context: {} files, {} bytes",
+            stats.files, stats.size
+        )),
+        // Stopped because the daemon stopped reading: the build's own error says why.
+        Ok(Err(ContextError::Archive { source, .. }))
+            if source.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Ok(Err(err)) => {
+            return Err(BuildFailure {
+                message: err.to_string(),
+            });
+        }
+        Err(err) => {
+            return Err(BuildFailure {
+                message: format!("archiving the build context failed: {err}"),
+            });
+        }
+    }
+    let mut output = built?;
+    if output.image_id.is_none() {
+        output.image_id = engine
+            .docker
+            .inspect_image(&job.image)
+            .await
+            .ok()
+            .and_then(|i| i.id);
+    }
+    tag_extra(engine, job, log).await?;
+    Ok(output)
+}
+
+/// The build context's tar as a stream of chunks for the request body, written on a blocking
+/// thread while the request sends it (a few chunks in memory), and that thread's result.
+fn streamed_context(
+    prepared: PreparedContext,
+) -> (
+    impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
+    tokio::task::JoinHandle<Result<ContextStats, ContextError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let archiving = tokio::task::spawn_blocking(move || {
+        let failed = tx.clone();
+        let out = ChunkWriter::new(move |chunk| {
+            tx.blocking_send(Ok(chunk.into()))
+                .map_err(|_| stream::reader_gone())
+        });
+        let written = prepared.write_to(out).and_then(|(mut out, stats)| {
+            std::io::Write::flush(&mut out).map_err(|source| ContextError::Archive {
+                path: "(end of archive)".into(),
+                source,
+            })?;
+            Ok(stats)
+        });
+        if let Err(err) = &written {
+            // Ends the body with an error, so the daemon does not take a cut archive.
+            let _ = failed.blocking_send(Err(std::io::Error::other(err.to_string())));
+        }
+        written
+    });
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    (chunks, archiving)
+}
+
+/// Follows a build's progress stream into the log until it ends.
+async fn read_build_stream(
+    stream: impl futures_util::Stream<Item = Result<bollard::models::BuildInfo, bollard::errors::Error>>,
+    job: &BuildJob,
+    log: &mut Log,
+) -> Result<BuildOutput, BuildFailure> {
+    let mut stream = std::pin::pin!(stream);
     let mut output = BuildOutput::default();
     let mut vertex_names: HashMap<String, String> = HashMap::new();
     let mut done: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -505,15 +581,6 @@ async fn engine_build(
             None => {}
         }
     }
-    if output.image_id.is_none() {
-        output.image_id = engine
-            .docker
-            .inspect_image(&job.image)
-            .await
-            .ok()
-            .and_then(|i| i.id);
-    }
-    tag_extra(engine, job, log).await?;
     Ok(output)
 }
 

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use crate::context::ContextError;
+use crate::context::stream::StreamError;
 use crate::engine::Engine;
 use crate::plan::Plan;
 use crate::reference::Reference;
@@ -139,46 +140,57 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The digest of the build context as it is sent, without mtimes and owners.
+/// The digest of the build context as it is sent, without mtimes and owners. The archive is
+/// streamed through the hash (a few chunks in memory, whatever the context's size).
 fn context_digest(
     context: &std::path::Path,
     dockerfile: &std::path::Path,
 ) -> Result<String, InputsError> {
-    let archive = crate::context::context_tar(context, dockerfile)?;
+    let prepared = crate::context::prepare_context(context, dockerfile)?;
     // A Dockerfile outside the context goes in under a random name: hash a fixed one.
-    let outside = archive
-        .dockerfile_in_context
+    let in_context = prepared.dockerfile_in_context().to_string();
+    let outside = in_context
         .starts_with(".dockerfile.")
-        .then(|| archive.dockerfile_in_context.clone());
+        .then(|| in_context.clone());
     let fixed = |text: &str| match &outside {
         Some(name) => text.replace(name.as_str(), ".dockerfile"),
         None => text.to_string(),
     };
     let mut h = Sha256::new();
-    field(&mut h, fixed(&archive.dockerfile_in_context).as_bytes());
-    let mut tar = tar::Archive::new(archive.bytes.as_slice());
-    let entries = tar.entries().map_err(archive_error)?;
-    for entry in entries {
-        let mut entry = entry.map_err(archive_error)?;
-        let path = fixed(&String::from_utf8_lossy(&entry.path_bytes()));
-        let header = entry.header();
-        let kind = header.entry_type().as_byte();
-        let mode = header.mode().unwrap_or(0) & 0o7777;
-        let link = entry
-            .link_name_bytes()
-            .map(|l| String::from_utf8_lossy(&l).into_owned())
-            .unwrap_or_default();
-        field(
-            &mut h,
-            format!("{path}\0{}\0{mode:o}\0{link}", kind as char).as_bytes(),
-        );
-        let mut content = Vec::new();
-        entry.read_to_end(&mut content).map_err(archive_error)?;
-        if outside.is_some() && path == ".dockerignore" {
-            content = fixed(&String::from_utf8_lossy(&content)).into_bytes();
+    field(&mut h, fixed(&in_context).as_bytes());
+    let hash_entries = |stream: &mut dyn Read| -> std::io::Result<()> {
+        let mut tar = tar::Archive::new(stream);
+        for entry in tar.entries()? {
+            let mut entry = entry?;
+            let path = fixed(&String::from_utf8_lossy(&entry.path_bytes()));
+            let header = entry.header();
+            let kind = header.entry_type().as_byte();
+            let mode = header.mode().unwrap_or(0) & 0o7777;
+            let link = entry
+                .link_name_bytes()
+                .map(|l| String::from_utf8_lossy(&l).into_owned())
+                .unwrap_or_default();
+            field(
+                &mut h,
+                format!("{path}\0{}\0{mode:o}\0{link}", kind as char).as_bytes(),
+            );
+            let digest = if outside.is_some() && path == ".dockerignore" {
+                let mut content = Vec::new();
+                entry.read_to_end(&mut content)?;
+                Sha256::digest(fixed(&String::from_utf8_lossy(&content)).as_bytes())
+            } else {
+                let mut content = Sha256::new();
+                std::io::copy(&mut entry, &mut content)?;
+                content.finalize()
+            };
+            field(&mut h, &digest);
         }
-        field(&mut h, &Sha256::digest(&content));
-    }
+        Ok(())
+    };
+    crate::context::stream::read_streamed(prepared, hash_entries).map_err(|e| match e {
+        StreamError::Context(e) => InputsError::Context { source: e },
+        StreamError::Read(source) => archive_error(source),
+    })?;
     Ok(hex(&h.finalize()))
 }
 

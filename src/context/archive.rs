@@ -44,9 +44,18 @@ pub(super) struct OutsideDockerfile {
     pub(super) dockerignore_written: bool,
 }
 
-/// The tar being written, and what has been counted.
-pub(super) struct Archive {
-    builder: tar::Builder<Vec<u8>>,
+/// What went into an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContextStats {
+    /// Entries that are not directories (files, symlinks, hard links, devices).
+    pub files: usize,
+    /// Bytes of file content (headers and padding not counted).
+    pub size: u64,
+}
+
+/// The tar being written (to memory, a pipe or a request body), and what has been counted.
+pub(super) struct Archive<W: io::Write> {
+    builder: tar::Builder<W>,
     files: usize,
     size: u64,
     /// First archived name of each (device, inode) with more than one link.
@@ -54,26 +63,15 @@ pub(super) struct Archive {
     pub(super) outside: Option<OutsideDockerfile>,
 }
 
-impl Archive {
-    pub(super) fn new(outside: Option<OutsideDockerfile>) -> Archive {
+impl<W: io::Write> Archive<W> {
+    pub(super) fn new(out: W, outside: Option<OutsideDockerfile>) -> Archive<W> {
         Archive {
-            builder: tar::Builder::new(Vec::new()),
+            builder: tar::Builder::new(out),
             files: 0,
             size: 0,
             links: HashMap::new(),
             outside,
         }
-    }
-
-    fn header(entry_type: tar::EntryType, mode: u32, mtime: u64) -> tar::Header {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(entry_type);
-        header.set_mode(mode);
-        header.set_mtime(mtime);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_size(0);
-        header
     }
 
     /// addTarFile: one walked path.
@@ -99,7 +97,7 @@ impl Archive {
         if file_type.is_dir() {
             let mut name = rel.as_os_str().to_owned();
             name.push("/");
-            let mut header = Self::header(tar::EntryType::Directory, mode, mtime);
+            let mut header = header(tar::EntryType::Directory, mode, mtime);
             return self
                 .builder
                 .append_data(&mut header, PathBuf::from(name), io::empty())
@@ -112,7 +110,7 @@ impl Archive {
 
         if let Some(key) = hardlink_key(meta) {
             if let Some(first) = self.links.get(&key) {
-                let mut header = Self::header(tar::EntryType::Link, mode, mtime);
+                let mut header = header(tar::EntryType::Link, mode, mtime);
                 self.builder
                     .append_link(&mut header, rel, first)
                     .map_err(write_err)?;
@@ -124,20 +122,21 @@ impl Archive {
 
         if file_type.is_symlink() {
             let target = fs::read_link(abs).map_err(unreadable)?;
-            let mut header = Self::header(tar::EntryType::Symlink, mode, mtime);
+            let mut header = header(tar::EntryType::Symlink, mode, mtime);
             self.builder
                 .append_link(&mut header, rel, target)
                 .map_err(write_err)?;
         } else if file_type.is_file() {
-            // Read whole, so the header's size is the size of what is written even if the
-            // file changes meanwhile.
-            let data = fs::read(abs).map_err(unreadable)?;
-            let mut header = Self::header(tar::EntryType::Regular, mode, mtime);
-            header.set_size(data.len() as u64);
+            // Streamed (a context may hold files of gigabytes): the size is the open file's,
+            // and exactly that many bytes are written even if it grows or shrinks meanwhile.
+            let file = fs::File::open(abs).map_err(unreadable)?;
+            let len = file.metadata().map_err(unreadable)?.len();
+            let mut header = header(tar::EntryType::Regular, mode, mtime);
+            header.set_size(len);
             self.builder
-                .append_data(&mut header, rel, data.as_slice())
+                .append_data(&mut header, rel, ExactLen::new(file, len))
                 .map_err(write_err)?;
-            self.size += data.len() as u64;
+            self.size += len;
         } else {
             let Some(mut header) = special_header(meta, mode, mtime) else {
                 // Sockets: archive/tar refuses them and moby skips them.
@@ -163,7 +162,7 @@ impl Archive {
             return Ok(false);
         };
         content.extend_from_slice(format!("\n{}\n", outside.name).as_bytes());
-        let mut header = Self::header(tar::EntryType::Regular, mode_bits(&meta), mtime_secs(&meta));
+        let mut header = header(tar::EntryType::Regular, mode_bits(&meta), mtime_secs(&meta));
         header.set_size(content.len() as u64);
         self.builder
             .append_data(&mut header, rel, content.as_slice())
@@ -183,7 +182,7 @@ impl Archive {
         content: &[u8],
         mtime: u64,
     ) -> Result<(), ContextError> {
-        let mut header = Self::header(tar::EntryType::Regular, 0o600, mtime);
+        let mut header = header(tar::EntryType::Regular, 0o600, mtime);
         header.set_size(content.len() as u64);
         self.builder
             .append_data(&mut header, name, content)
@@ -196,24 +195,69 @@ impl Archive {
         Ok(())
     }
 
-    pub(super) fn finish(
-        self,
-        dockerfile_in_context: String,
-    ) -> Result<ContextArchive, ContextError> {
-        let bytes = self
+    /// Writes the end of the archive and hands back the writer.
+    pub(super) fn finish(self) -> Result<(W, ContextStats), ContextError> {
+        let out = self
             .builder
             .into_inner()
             .map_err(|source| ContextError::Archive {
                 path: PathBuf::from("(end of archive)"),
                 source,
             })?;
-        Ok(ContextArchive {
-            bytes,
-            dockerfile_in_context,
+        let stats = ContextStats {
             files: self.files,
             size: self.size,
-        })
+        };
+        Ok((out, stats))
     }
+}
+
+/// Reads exactly `len` bytes of a file: its data, cut at `len` if it grew, padded with zeros
+/// if it shrank since its size was taken (a tar header's size must be what follows it).
+struct ExactLen<R> {
+    inner: io::Take<R>,
+    left: u64,
+}
+
+impl<R: io::Read> ExactLen<R> {
+    fn new(inner: R, len: u64) -> ExactLen<R> {
+        ExactLen {
+            inner: io::Read::take(inner, len),
+            left: len,
+        }
+    }
+}
+
+impl<R: io::Read> io::Read for ExactLen<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = match self.inner.read(buf)? {
+            0 => {
+                let n = buf
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                buf[..n].fill(0);
+                n
+            }
+            n => n,
+        };
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A header as docker writes it: owner 0:0, the mode and mtime kept, size 0 until set.
+fn header(entry_type: tar::EntryType, mode: u32, mtime: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(entry_type);
+    header.set_mode(mode);
+    header.set_mtime(mtime);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(0);
+    header
 }
 
 pub(super) fn mtime_secs(meta: &fs::Metadata) -> u64 {
@@ -274,7 +318,7 @@ fn special_header(meta: &fs::Metadata, mode: u32, mtime: u64) -> Option<tar::Hea
         } else {
             return None;
         };
-        let mut header = Archive::header(entry_type, mode, mtime);
+        let mut header = header(entry_type, mode, mtime);
         if entry_type != tar::EntryType::Fifo {
             // Linux's dev_t encoding (glibc major()/minor()).
             let dev = meta.rdev();

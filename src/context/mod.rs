@@ -56,11 +56,12 @@ mod error;
 mod goregexp;
 mod ignorefile;
 mod patterns;
+pub mod stream;
 #[cfg(test)]
 mod tests;
 mod walk;
 
-pub use archive::ContextArchive;
+pub use archive::{ContextArchive, ContextStats};
 pub use error::ContextError;
 pub use goregexp::RegexError;
 pub use ignorefile::{IgnorePattern, read_ignore_patterns};
@@ -79,12 +80,50 @@ use walk::walk;
 /// The name of a context's ignore file.
 pub const DOCKERIGNORE: &str = ".dockerignore";
 
-/// Archives `context_dir` as docker would send it to build `dockerfile`.
+/// Archives `context_dir` as docker would send it to build `dockerfile`, in memory (for
+/// tests and small contexts; builds stream it: [`prepare_context`]).
 ///
 /// `dockerfile` is a path (absolute, or relative to the working directory like
 /// `docker build -f`); it may lie outside the context. Symlinks in both paths are resolved
 /// first, as the docker CLI does.
 pub fn context_tar(context_dir: &Path, dockerfile: &Path) -> Result<ContextArchive, ContextError> {
+    let prepared = prepare_context(context_dir, dockerfile)?;
+    let dockerfile_in_context = prepared.dockerfile_in_context.clone();
+    let (bytes, stats) = prepared.write_to(Vec::new())?;
+    Ok(ContextArchive {
+        bytes,
+        dockerfile_in_context,
+        files: stats.files,
+        size: stats.size,
+    })
+}
+
+/// A build context checked (directory, Dockerfile, ignore file) and ready to be written as
+/// the tar docker would send, to any writer: nothing of it is held in memory but the
+/// Dockerfile when it lies outside the context.
+pub struct PreparedContext {
+    root: PathBuf,
+    matcher: PatternMatcher,
+    /// Names that go in whatever the ignore file says (TrimBuildFilesFromExcludes).
+    forced: Vec<String>,
+    outside: Option<OutsideDockerfile>,
+    dockerfile_in_context: String,
+}
+
+impl std::fmt::Debug for PreparedContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedContext")
+            .field("root", &self.root)
+            .field("dockerfile_in_context", &self.dockerfile_in_context)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks `context_dir` and `dockerfile` as [`context_tar`] does, without archiving yet.
+pub fn prepare_context(
+    context_dir: &Path,
+    dockerfile: &Path,
+) -> Result<PreparedContext, ContextError> {
     let root = resolve_context(context_dir)?;
     let dockerfile_err = |source| ContextError::Dockerfile {
         path: dockerfile.to_path_buf(),
@@ -132,20 +171,39 @@ pub fn context_tar(context_dir: &Path, dockerfile: &Path) -> Result<ContextArchi
         }
     };
 
-    let mut archive = Archive::new(outside);
-    walk(&root, &matcher, &forced, &mut archive)?;
-    let dockerfile_in_context = match archive.outside.take() {
-        Some(df) => {
+    let dockerfile_in_context = match &outside {
+        Some(df) => df.name.clone(),
+        None => inside.unwrap_or_default(),
+    };
+    Ok(PreparedContext {
+        root,
+        matcher,
+        forced,
+        outside,
+        dockerfile_in_context,
+    })
+}
+
+impl PreparedContext {
+    /// The value for the API's `dockerfile` parameter: the Dockerfile's path inside the
+    /// context (`/`-separated), or `.dockerfile.<hex>` when it lies outside the context.
+    pub fn dockerfile_in_context(&self) -> &str {
+        &self.dockerfile_in_context
+    }
+
+    /// Writes the archive to `out` as it walks the context, and hands `out` back.
+    pub fn write_to<W: io::Write>(self, out: W) -> Result<(W, ContextStats), ContextError> {
+        let mut archive = Archive::new(out, self.outside);
+        walk(&self.root, &self.matcher, &self.forced, &mut archive)?;
+        if let Some(df) = archive.outside.take() {
             archive.add_generated(&df.name, &df.content, df.mtime)?;
             if !df.dockerignore_written {
                 let content = format!("{DOCKERIGNORE}\n{}\n", df.name);
                 archive.add_generated(DOCKERIGNORE, content.as_bytes(), df.mtime)?;
             }
-            df.name
         }
-        None => inside.unwrap_or_default(),
-    };
-    archive.finish(dockerfile_in_context)
+        archive.finish()
+    }
 }
 
 /// The ignore file that applies to a build of `dockerfile` in `context_dir`: the

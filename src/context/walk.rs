@@ -51,7 +51,7 @@ pub(super) fn walk(
     root: &Path,
     matcher: &PatternMatcher,
     forced: &[String],
-    archive: &mut Archive,
+    archive: &mut Archive<impl std::io::Write>,
 ) -> Result<(), ContextError> {
     let mut stack = vec![Frame::open(
         root.to_path_buf(),

@@ -546,6 +546,20 @@ mod tests {
         ),
         ("write: broken pipe", ConnectionReset),
         (
+            "Get \"https://10.1.2.3:5000/v2/\": x509: certificate is valid for 10.9.9.9, not 10.1.2.3",
+            TlsUntrusted,
+        ),
+        (
+            "error pulling image configuration: certificate signed by unknown authority",
+            TlsUntrusted,
+        ),
+        (
+            "client error (Connect): invalid peer certificate: BadSignature",
+            TlsUntrusted,
+        ),
+        ("tls: UnknownIssuer", TlsUntrusted),
+        ("received fatal alert: CertificateRequired", TlsUntrusted),
+        (
             "dial tcp 127.0.0.1:1: connect: connection refused",
             ConnectionRefused,
         ),

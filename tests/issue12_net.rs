@@ -366,3 +366,60 @@ async fn issue12_a_daemon_that_cannot_reach_the_relay_pulls_direct() -> anyhow::
     );
     Ok(())
 }
+
+/// `prefetch` in Actions masks each credential as soon as it is read, before anything else
+/// is printed, once (as build-all does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_prefetch_masks_credentials_in_actions() -> anyhow::Result<()> {
+    use testbed::proxy::ProxyCredentials;
+    let password = unique_name("pw-s3cret");
+    let bed = testbed::TestBed::start(|o| {
+        o.with_credentials(ProxyCredentials::new("alice", &password).private(&["private/"]))
+    })
+    .await?;
+    let host = bed.proxy.host();
+    let name = unique_name("issue12-mask-prefetch");
+    let _cleanup = RemoveImagesOnDrop(vec![name.clone()]);
+    let pushed = push_image(
+        &bed.registry.host(),
+        &ImageSpec::new(format!("private/{name}"), "1.0"),
+    )
+    .await?;
+    let dir = project(&pushed.reference_via(&host));
+    let auth = base64_basic("alice", &password);
+    std::fs::write(
+        dir.path().join(".docker-config/config.json"),
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    )?;
+    let summary = dir.path().join("summary.md");
+    let out = run(
+        dir.path(),
+        &["prefetch"],
+        &[
+            ("GITHUB_ACTIONS", "true".to_string()),
+            ("GITHUB_STEP_SUMMARY", summary.display().to_string()),
+        ],
+    )
+    .await?;
+    assert_eq!(out.code, 0, "{}", out.describe());
+    let mask = format!("::add-mask::{password}");
+    assert!(
+        out.stdout.starts_with(&mask),
+        "the mask comes first:\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        out.stdout.matches(&password).count(),
+        1,
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains(&password));
+    assert!(!std::fs::read_to_string(&summary)?.contains(&password));
+    Ok(())
+}
+
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}

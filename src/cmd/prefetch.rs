@@ -122,8 +122,17 @@ async fn publish_in_actions(
     Ok(())
 }
 
-/// Passes notes and workflow commands on, drops the result stream.
+/// Passes notes and workflow commands on, drops the result stream, and the publisher's
+/// `::add-mask::` lines: the same masks were printed when the credentials were read.
 struct NoResult(Arc<dyn Sink>);
+
+impl NoResult {
+    fn without_masks(text: &str) -> String {
+        text.split_inclusive('\n')
+            .filter(|line| !line.starts_with("::add-mask::"))
+            .collect()
+    }
+}
 
 impl Sink for NoResult {
     fn out(&self, _: &str) {}
@@ -131,10 +140,16 @@ impl Sink for NoResult {
         self.0.err(text);
     }
     fn command_out(&self, text: &str) {
-        self.0.command_out(text);
+        let text = NoResult::without_masks(text);
+        if !text.is_empty() {
+            self.0.command_out(&text);
+        }
     }
     fn command_err(&self, text: &str) {
-        self.0.command_err(text);
+        let text = NoResult::without_masks(text);
+        if !text.is_empty() {
+            self.0.command_err(&text);
+        }
     }
 }
 

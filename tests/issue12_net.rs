@@ -364,6 +364,26 @@ async fn issue12_a_daemon_that_cannot_reach_the_relay_pulls_direct() -> anyhow::
         !reason.contains("/k"),
         "the relay's secret path is not shown: {reason}"
     );
+
+    // `--pull-via relay` asks for no check before pulling: the first pull that cannot reach
+    // the relay switches the rest to direct, and the image is pulled all the same.
+    let removed = engine.docker(&["rmi", "-f", &reference])?;
+    assert!(removed.status.success(), "{removed:?}");
+    let forced = run(
+        dir.path(),
+        &["prefetch", "--output", "json", "--pull-via", "relay"],
+        &[("DOCKER_HOST", engine.unix_host())],
+    )
+    .await?;
+    assert_eq!(forced.code, 0, "{}", forced.describe());
+    let report = forced.json();
+    assert_eq!(report["via"], "direct", "{report:#}");
+    let base = image(&report, &reference);
+    assert_eq!(base["status"], "pulled", "{report:#}");
+    assert_eq!(base["via"], "direct", "{report:#}");
+    let reason = base["via_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("could not reach the relay"), "{report:#}");
+    assert!(!reason.contains("/k"), "{reason}");
     Ok(())
 }
 

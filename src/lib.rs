@@ -28,6 +28,7 @@ pub mod probe;
 pub mod project;
 pub mod reference;
 pub mod registry;
+pub mod registry_trust;
 pub mod relay;
 pub mod report;
 pub mod retry;

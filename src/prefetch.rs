@@ -27,6 +27,7 @@ use crate::health::Sample;
 pub use crate::plan::{ImageNeed, Use};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, Timeouts};
+use crate::registry_trust::{DaemonRegistryConfig, RegistryTrust};
 use crate::relay::{Relay, RequestEvent};
 use crate::retry::{ErrorClass, RetryHint, RetryPolicy, classify_message, classify_status};
 
@@ -102,6 +103,23 @@ pub struct ImageFailure {
     pub message: String,
 }
 
+/// Which way a pull went: through the relay, or the daemon pulling by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPath {
+    Relay,
+    Direct,
+}
+
+impl PullPath {
+    pub fn label(self) -> &'static str {
+        match self {
+            PullPath::Relay => "relay",
+            PullPath::Direct => "direct",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageResult {
     pub reference: String,
@@ -112,6 +130,10 @@ pub struct ImageResult {
     pub digest: Option<String>,
     /// The order the sources were tried in, and why.
     pub source_order: Vec<String>,
+    /// How it was pulled (`None` when it was not: already present, vouched for by the cache).
+    pub via: Option<PullPath>,
+    /// Why a pull went direct (the daemon cannot reach the relay, `--pull-via direct`, …).
+    pub via_reason: Option<String>,
     pub attempts: Vec<Attempt>,
     /// Time spent waiting between attempts of this image.
     pub wait_ms: u64,
@@ -121,8 +143,10 @@ pub struct ImageResult {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PrefetchReport {
-    /// `relay` or `direct`.
+    /// `relay` or `direct`: how the run's pulls went (at its end, after any switch to direct).
     pub via: &'static str,
+    /// Why the pulls went direct, when they did.
+    pub via_reason: Option<String>,
     pub images: Vec<ImageResult>,
     /// Every registry request the relay sent (empty when pulling direct).
     pub requests: Vec<RequestEvent>,
@@ -237,25 +261,53 @@ pub async fn prefetch(
     options: &PrefetchOptions,
 ) -> anyhow::Result<PrefetchReport> {
     let started = Instant::now();
-    let use_relay = match options.via {
-        PullVia::Relay => true,
-        PullVia::Direct => false,
-        PullVia::Auto => daemon_is_local(&engine.host),
+    let daemon = engine
+        .docker
+        .info()
+        .await
+        .ok()
+        .map(|info| DaemonRegistryConfig::from_info(&info));
+    let mut trust = RegistryTrust::from_env();
+    if let Some(daemon) = &daemon {
+        trust = trust.with_daemon(daemon);
+    }
+    let trust = Arc::new(trust);
+    let rootless = daemon.as_ref().is_some_and(|d| d.rootless);
+    let (use_relay, mut via_reason) = match options.via {
+        PullVia::Relay => (true, None),
+        PullVia::Direct => (false, Some("--pull-via direct".to_string())),
+        PullVia::Auto => match relay_unreachable_reason(&engine.host, rootless) {
+            Some(reason) => (false, Some(reason)),
+            None => (true, None),
+        },
     };
-    let relay = if use_relay {
+    let mut relay = if use_relay {
         let client = RegistryClient::new(Timeouts {
             connect: Duration::from_secs(10),
             idle: options.idle_timeout,
         })?
-        .with_credentials(Arc::clone(&options.credentials));
+        .with_credentials(Arc::clone(&options.credentials))
+        .with_trust(Arc::clone(&trust));
         Some(Relay::start(client, options.policy).await?)
     } else {
         None
     };
+    // Before any pull: can the daemon reach the relay at all? (A daemon on a local socket may
+    // still live in another network namespace.) Asked with a pull the relay answers itself.
+    if options.via == PullVia::Auto
+        && !needs.is_empty()
+        && let Some(r) = &relay
+        && let Err(reason) = relay_reachable(engine, r, options.idle_timeout).await
+    {
+        via_reason = Some(reason.to_string());
+        relay = None;
+    }
     let ctx = Arc::new(Context {
         engine: engine.clone(),
         options: options.clone(),
         relay,
+        relay_down: Mutex::new(None),
+        direct_reason: via_reason,
         last_good: Mutex::new(HashMap::new()),
         orders: Mutex::new(BTreeMap::new()),
         started_ms: now_ms(),
@@ -285,8 +337,10 @@ pub async fn prefetch(
         .lock()
         .map(|o| o.values().cloned().collect())
         .unwrap_or_default();
+    let relay_used = ctx.active_relay().is_some();
     Ok(PrefetchReport {
-        via: if use_relay { "relay" } else { "direct" },
+        via: if relay_used { "relay" } else { "direct" },
+        via_reason: ctx.direct_reason(),
         images,
         requests,
         duration_ms: started.elapsed().as_millis() as u64,
@@ -322,6 +376,77 @@ pub fn planned_sources(
     crate::health::order_sources(&reference.domain, order, options.health.as_deref(), now_ms)
 }
 
+/// Why a daemon cannot reach a relay on our 127.0.0.1, when that is known from its address
+/// and its info: a daemon on another machine (`tcp://` to another address, `ssh://`), or a
+/// rootless one (its 127.0.0.1 is RootlessKit's network namespace). `None`: it may.
+pub fn relay_unreachable_reason(host: &str, rootless: bool) -> Option<String> {
+    if !daemon_is_local(host) {
+        return Some(format!(
+            "the daemon at {host} is not on this machine's loopback: it cannot reach the relay on 127.0.0.1"
+        ));
+    }
+    if rootless {
+        return Some(
+            "the daemon runs rootless: its 127.0.0.1 is its own network namespace, not ours"
+                .to_string(),
+        );
+    }
+    None
+}
+
+/// Asks the daemon to pull a name only the relay serves (and answers `404` itself): the
+/// relay counts the request when the daemon reached it. `Err` says why it did not.
+async fn relay_reachable(
+    engine: &Engine,
+    relay: &Relay,
+    idle: Duration,
+) -> Result<(), RelayUnreachable> {
+    let (repository, tag) = relay.reachability_probe();
+    let options = CreateImageOptionsBuilder::default()
+        .from_image(&repository)
+        .tag(&tag)
+        .build();
+    let mut stream = engine.docker.create_image(Some(options), None, None);
+    let mut error = None;
+    let limit = idle.clamp(Duration::from_secs(5), Duration::from_secs(30));
+    let consumed = tokio::time::timeout(limit, async {
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                        error = Some(detail);
+                    }
+                }
+                Err(err) => error = Some(err.to_string()),
+            }
+        }
+    })
+    .await;
+    if relay.reachability_hits() > 0 {
+        return Ok(());
+    }
+    let why = match (consumed, error) {
+        (Err(_), _) => format!("no answer within {}s", limit.as_secs()),
+        (Ok(()), Some(e)) => e.replace(relay.secret(), "***"),
+        (Ok(()), None) => "the daemon sent no request to it".to_string(),
+    };
+    Err(RelayUnreachable {
+        relay: relay.host().to_string(),
+        why,
+    })
+}
+
+/// The daemon did not reach the relay with the probe pull.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the daemon cannot reach the relay at {relay} ({why}): it runs in another network namespace or on another machine"
+)]
+struct RelayUnreachable {
+    relay: String,
+    /// What the pull answered (the relay's secret blanked), or that nothing came.
+    why: String,
+}
+
 /// A daemon on a Unix socket or on loopback TCP shares our 127.0.0.1 and can reach the relay.
 pub fn daemon_is_local(host: &str) -> bool {
     if host.starts_with("unix://") || host.starts_with("npipe://") {
@@ -339,6 +464,11 @@ struct Context {
     engine: Engine,
     options: PrefetchOptions,
     relay: Option<Relay>,
+    /// Set when a pull showed that the daemon cannot reach the relay after all: the reason;
+    /// every later pull goes direct.
+    relay_down: Mutex<Option<String>>,
+    /// Why pulls go direct from the start (`None`: through the relay).
+    direct_reason: Option<String>,
     /// Per registry: the source that served the last success in this run (tried first).
     last_good: Mutex<HashMap<String, String>>,
     /// Per registry: the first order decision of the run (the report's `source_orders`).
@@ -348,6 +478,52 @@ struct Context {
 }
 
 impl Context {
+    /// The relay, unless pulls have switched to direct.
+    fn active_relay(&self) -> Option<&Relay> {
+        let down = self.relay_down.lock().map(|d| d.is_some()).unwrap_or(true);
+        self.relay.as_ref().filter(|_| !down)
+    }
+
+    /// Why pulls go (or went, from some point on) direct.
+    fn direct_reason(&self) -> Option<String> {
+        self.relay_down
+            .lock()
+            .ok()
+            .and_then(|d| d.clone())
+            .or_else(|| self.direct_reason.clone())
+    }
+
+    /// A relay pull failed: when the failure is the daemon not reaching the relay (it names the
+    /// relay's address, and no request of the daemon ever reached the relay), every later pull
+    /// goes direct. Returns whether that switch happened now or earlier.
+    fn relay_failed(&self, relay: &Relay, message: &str) -> bool {
+        if let Ok(down) = self.relay_down.lock()
+            && down.is_some()
+        {
+            return true;
+        }
+        if relay.daemon_requests() > 0 || !message.contains(&relay.host()) {
+            return false;
+        }
+        let class = classify_message(message);
+        let unreachable = matches!(
+            class,
+            ErrorClass::ConnectionRefused
+                | ErrorClass::Timeout
+                | ErrorClass::Eof
+                | ErrorClass::ConnectionReset
+        ) || message.contains("no route to host")
+            || message.contains("network is unreachable");
+        if unreachable && let Ok(mut down) = self.relay_down.lock() {
+            *down = Some(format!(
+                "the daemon could not reach the relay at {} ({}): the other pulls went direct",
+                relay.host(),
+                message.replace(relay.secret(), "***")
+            ));
+        }
+        unreachable
+    }
+
     async fn fetch(&self, need: ImageNeed) -> ImageResult {
         let started = Instant::now();
         let reference = need.reference.clone();
@@ -358,6 +534,8 @@ impl Context {
             source: None,
             digest: None,
             source_order: Vec::new(),
+            via: None,
+            via_reason: None,
             attempts: Vec::new(),
             wait_ms: 0,
             duration_ms: 0,
@@ -446,9 +624,40 @@ impl Context {
         source: &Source,
         result: &mut ImageResult,
     ) -> Result<Option<String>, PullError> {
+        let relay = self.active_relay();
+        let outcome = self.pull_via(reference, source, result, relay).await;
+        match (&outcome, relay) {
+            // The daemon cannot reach the relay: this pull again, direct (the others follow).
+            (Err(_), Some(_)) if self.active_relay().is_none() => {
+                self.pull_via(reference, source, result, None).await
+            }
+            _ => outcome,
+        }
+    }
+
+    /// [`Context::pull_from`] through `relay`, or direct when `None`.
+    async fn pull_via(
+        &self,
+        reference: &Reference,
+        source: &Source,
+        result: &mut ImageResult,
+        relay: Option<&Relay>,
+    ) -> Result<Option<String>, PullError> {
         // A digest reference must be pulled under its own name, or the daemon will not find it
         // by digest later (a re-tag cannot add a repo digest): the relay cannot serve it.
-        let via_relay = self.relay.as_ref().filter(|_| reference.digest.is_none());
+        let via_relay = relay.filter(|_| reference.digest.is_none());
+        result.via = Some(if via_relay.is_some() {
+            PullPath::Relay
+        } else {
+            PullPath::Direct
+        });
+        result.via_reason = match (via_relay, relay) {
+            (Some(_), _) => None,
+            (None, Some(_)) => {
+                Some("a digest reference is pulled under its own name, by the daemon".into())
+            }
+            (None, None) => self.direct_reason(),
+        };
         let repository = match via_relay {
             Some(relay) => relay.repository(source, &reference.path),
             None if source.endpoint.host == reference.registry_host()
@@ -557,6 +766,14 @@ impl Context {
         relay: Option<(&Relay, &Source)>,
         path: &str,
     ) -> Result<(), PullError> {
+        if let Some((relay, _)) = relay
+            && self.active_relay().is_none()
+        {
+            return Err(PullError {
+                class: ErrorClass::Other,
+                message: format!("the daemon cannot reach the relay at {}", relay.host()),
+            });
+        }
         let options = CreateImageOptionsBuilder::default()
             .from_image(&repository)
             .tag(&tag)
@@ -584,12 +801,29 @@ impl Context {
                 Ok(None) => return Ok(()),
                 Ok(Some(Ok(info))) => {
                     if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-                        return Err(self.explain(detail, relay, path));
+                        return Err(self.relay_check(self.explain(detail, relay, path), relay));
                     }
                 }
-                Ok(Some(Err(err))) => return Err(self.explain_docker(err, relay, path)),
+                Ok(Some(Err(err))) => {
+                    return Err(self.relay_check(self.explain_docker(err, relay, path), relay));
+                }
             }
         }
+    }
+
+    /// A failed relay pull that shows the daemon cannot reach the relay stops this source's
+    /// retries through the relay (a permanent class): the pull is made again, direct.
+    fn relay_check(&self, mut err: PullError, relay: Option<(&Relay, &Source)>) -> PullError {
+        if let Some((relay, _)) = relay
+            && self.relay_failed(relay, &err.message)
+        {
+            err.class = ErrorClass::Other;
+            err.message = format!(
+                "{}; switching to direct pulls",
+                err.message.replace(relay.secret(), "***")
+            );
+        }
+        err
     }
 
     fn explain_docker(
@@ -738,6 +972,8 @@ mod tests {
             source: source.map(str::to_string),
             digest: None,
             source_order: vec![HUB.into(), MIRROR.into()],
+            via: None,
+            via_reason: None,
             attempts,
             wait_ms: 0,
             duration_ms,
@@ -745,6 +981,7 @@ mod tests {
         };
         let report = PrefetchReport {
             via: "relay",
+            via_reason: None,
             images: vec![
                 image(
                     ImageStatus::Pulled,
@@ -790,5 +1027,20 @@ mod tests {
         assert!(daemon_is_local("tcp://localhost:2375"));
         assert!(!daemon_is_local("tcp://docker:2375"));
         assert!(!daemon_is_local("tcp://10.1.2.3:2376"));
+        assert!(!daemon_is_local("ssh://builder@build-host"));
+        assert_eq!(
+            relay_unreachable_reason("unix:///var/run/docker.sock", false),
+            None
+        );
+        assert!(
+            relay_unreachable_reason("unix:///run/user/1000/docker.sock", true)
+                .unwrap()
+                .contains("rootless")
+        );
+        assert!(
+            relay_unreachable_reason("tcp://10.1.2.3:2375", false)
+                .unwrap()
+                .contains("tcp://10.1.2.3:2375")
+        );
     }
 }

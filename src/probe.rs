@@ -34,6 +34,7 @@ use crate::endpoint::{Source, SourceRole};
 use crate::plan::ImageNeed;
 use crate::reference::Reference;
 use crate::registry::parse_bearer_challenge;
+use crate::registry_trust::RegistryTrust;
 use crate::retry::{ErrorClass, classify_message, classify_status};
 
 /// The detail of a TLS step skipped for a plain-HTTP registry.
@@ -168,59 +169,9 @@ pub struct ProbeOptions {
     pub step_timeout: Duration,
 }
 
-/// The proxy settings of this process (which the prefetch's requests follow too).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProxyEnv {
-    pub http_proxy: Option<String>,
-    pub https_proxy: Option<String>,
-    pub no_proxy: Option<String>,
-}
-
-impl ProxyEnv {
-    pub fn from_env() -> ProxyEnv {
-        ProxyEnv::from_lookup(&|k| std::env::var(k).ok())
-    }
-
-    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> ProxyEnv {
-        let var = |upper: &str| {
-            lookup(upper)
-                .or_else(|| lookup(&upper.to_ascii_lowercase()))
-                .filter(|v| !v.trim().is_empty())
-        };
-        ProxyEnv {
-            http_proxy: var("HTTP_PROXY"),
-            https_proxy: var("HTTPS_PROXY"),
-            no_proxy: var("NO_PROXY"),
-        }
-    }
-
-    /// The proxy a request to `host` (`name[:port]`) goes through, if any.
-    pub fn proxy_for(&self, host: &str, https: bool) -> Option<String> {
-        let proxy = if https {
-            self.https_proxy.as_ref()
-        } else {
-            self.http_proxy.as_ref()
-        }?;
-        let (name, _) = split_host_port(host, 0);
-        let bypass = self
-            .no_proxy
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .any(|entry| {
-                let entry = entry.trim().trim_start_matches('*').trim_start_matches('.');
-                let (entry_name, _) = split_host_port(entry, 0);
-                !entry.is_empty()
-                    && (entry == "*"
-                        || name.eq_ignore_ascii_case(&entry_name)
-                        || name
-                            .to_ascii_lowercase()
-                            .ends_with(&format!(".{}", entry_name.to_ascii_lowercase())))
-            });
-        let star = self.no_proxy.as_deref().is_some_and(|n| n.trim() == "*");
-        (!bypass && !star).then(|| proxy.clone())
-    }
-}
+/// The proxy settings of this process (which the prefetch's requests follow too), read with
+/// Go's rules as the daemon reads them (see [`crate::registry_trust`]).
+pub use crate::registry_trust::ProxyEnv;
 
 /// `host:port` -> (`host`, port); `[::1]:5000` -> (`::1`, 5000); no port -> `default`.
 fn split_host_port(host: &str, default: u16) -> (String, u16) {
@@ -369,15 +320,14 @@ pub fn targets(
 pub async fn probe_registries(
     plan: Vec<(RegistryHealth, Vec<Target>)>,
     options: &ProbeOptions,
-    proxies: &ProxyEnv,
+    trust: &RegistryTrust,
 ) -> anyhow::Result<Vec<RegistryHealth>> {
-    let client = http_client(options.step_timeout)?;
     let credentials = load_credentials();
     let probes = plan.iter().map(|(_, targets)| {
         futures_util::future::join_all(
             targets
                 .iter()
-                .map(|t| probe_with(&client, t, options, proxies, &credentials)),
+                .map(|t| probe_with(t, options, trust, &credentials)),
         )
     });
     let results = futures_util::future::join_all(probes).await;
@@ -392,35 +342,47 @@ pub async fn probe_registries(
         .collect())
 }
 
-/// The HTTP client of the probes: like the prefetch's (rustls with ring, the proxy
-/// environment), with every request bounded by `timeout`, and no connection reuse, so that no
-/// request is ever re-sent silently on a fresh connection.
-pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+/// The HTTP client of the probes of registry `host`: like the prefetch's (rustls with ring,
+/// the host's certs.d and insecure setting, the proxy environment), with every request
+/// bounded by `timeout`, and no connection reuse, so that no request is ever re-sent silently
+/// on a fresh connection. A certs.d directory that cannot be used is the error.
+pub fn http_client(
+    host: &str,
+    insecure: bool,
+    trust: &RegistryTrust,
+    timeout: Duration,
+) -> Result<reqwest::Client, ClientError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(reqwest::Client::builder()
+    let tls = trust.tls_config(host, insecure)?;
+    reqwest::Client::builder()
         .connect_timeout(timeout)
         .timeout(timeout)
         .pool_max_idle_per_host(0)
+        .use_preconfigured_tls(tls)
+        .proxy(trust.proxies.reqwest_proxy())
         .user_agent(concat!(
             "ai-infra-build/",
             env!("CARGO_PKG_VERSION"),
             " (doctor)"
         ))
-        .build()?)
+        .build()
+        .map_err(ClientError::Build)
+}
+
+/// Why the probes' HTTP client for a registry could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The host's certs.d directory cannot be used.
+    #[error("{0}; {help}", help = .0.help())]
+    Trust(#[from] crate::registry_trust::TrustError),
+    #[error("cannot make the HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
 }
 
 /// Probes one source (see the module docs).
 pub async fn probe(target: &Target, options: &ProbeOptions) -> anyhow::Result<SourceProbe> {
-    let client = http_client(options.step_timeout)?;
     let credentials = load_credentials();
-    Ok(probe_with(
-        &client,
-        target,
-        options,
-        &ProxyEnv::from_env(),
-        &credentials,
-    )
-    .await)
+    Ok(probe_with(target, options, &RegistryTrust::from_env(), &credentials).await)
 }
 
 /// The docker CLI's credentials, as the prefetch reads them; a broken config file probes
@@ -479,16 +441,19 @@ impl Steps {
 type Failure = (ErrorClass, String);
 
 async fn probe_with(
-    client: &reqwest::Client,
     target: &Target,
     options: &ProbeOptions,
-    proxies: &ProxyEnv,
+    trust: &RegistryTrust,
     credentials: &Result<Credentials, crate::auth::AuthError>,
 ) -> SourceProbe {
     let started = Instant::now();
     let endpoint = &target.source.endpoint;
-    let https = !endpoint.insecure;
-    let proxy = proxies.proxy_for(&endpoint.host, https);
+    // As the prefetch: HTTPS, except plain HTTP first for a loopback registry the daemon
+    // counts as insecure; an insecure registry's certificate is not checked.
+    let insecure = trust.is_insecure_resolved(&endpoint.host).await;
+    let mut https = !(insecure && endpoint.insecure);
+    let proxy = trust.proxies.proxy_for(&endpoint.host, https);
+    let client = http_client(&endpoint.host, insecure, trust, options.step_timeout);
     let mut steps = Steps { steps: Vec::new() };
     let timeout = options.step_timeout;
 
@@ -549,27 +514,54 @@ async fn probe_with(
         }
     }
 
-    let base = endpoint.base_url();
+    let scheme = |https: bool| if https { "https" } else { "http" };
+    let mut base = format!("{}://{}", scheme(https), endpoint.host);
     let mut challenge = None;
-    if steps.failed() {
-        steps.skip(Step::Ping, "not reached");
-    } else {
-        let t = Instant::now();
-        match ping(client, &base).await {
-            Ok((detail, c)) => {
-                challenge = c;
-                steps.ok(Step::Ping, t, detail);
+    let client = match client {
+        Ok(client) => Some(client),
+        Err(reason) => {
+            if !steps.failed() {
+                let reason = reason.to_string();
+                steps.fail(Step::Ping, Instant::now(), ErrorClass::Other, reason);
             }
-            Err((class, detail)) => steps.fail(Step::Ping, t, class, detail),
+            None
+        }
+    };
+    match &client {
+        _ if steps.failed() => {
+            if !steps.steps.iter().any(|s| s.step == Step::Ping) {
+                steps.skip(Step::Ping, "not reached");
+            }
+        }
+        None => steps.skip(Step::Ping, "not reached"),
+        Some(client) => {
+            let t = Instant::now();
+            let mut answer = ping(client, &base, &endpoint.host, trust).await;
+            // An insecure registry that speaks the other protocol: that one, as the daemon does.
+            if insecure
+                && let Err((_, detail)) = &answer
+                && crate::registry_trust::wrong_protocol(detail)
+            {
+                https = !https;
+                base = format!("{}://{}", scheme(https), endpoint.host);
+                answer = ping(client, &base, &endpoint.host, trust).await;
+            }
+            match answer {
+                Ok((detail, c)) => {
+                    challenge = c;
+                    steps.ok(Step::Ping, t, detail);
+                }
+                Err((class, detail)) => steps.fail(Step::Ping, t, class, detail),
+            }
         }
     }
 
     let repository = target.image.as_ref().map(|(path, _)| path.as_str());
     let mut token = None;
-    match &challenge {
+    match (&challenge, &client) {
         _ if steps.failed() => steps.skip(Step::Token, "not reached"),
-        None => steps.skip(Step::Token, "no Bearer challenge: no token needed"),
-        Some(c) => {
+        (None, _) | (_, None) => steps.skip(Step::Token, "no Bearer challenge: no token needed"),
+        (Some(c), Some(client)) => {
             let t = Instant::now();
             let credential = match credentials {
                 Ok(all) => all.lookup(&endpoint.host).map_err(|e| e.to_string()),
@@ -585,13 +577,13 @@ async fn probe_with(
         }
     }
 
-    match &target.image {
+    match (&target.image, &client) {
         _ if steps.failed() => steps.skip(Step::Manifest, "not reached"),
-        None => steps.skip(
+        (None, _) | (_, None) => steps.skip(
             Step::Manifest,
             "no image of this registry in the plan (name one: --registry HOST/REPOSITORY:TAG)",
         ),
-        Some((path, version)) => {
+        (Some((path, version)), Some(client)) => {
             let t = Instant::now();
             match head_manifest(client, &base, path, version, token.as_deref()).await {
                 Ok(detail) => steps.ok(Step::Manifest, t, detail),
@@ -852,13 +844,17 @@ fn transport_failure(what: &str, err: &reqwest::Error) -> Failure {
 async fn ping(
     client: &reqwest::Client,
     base: &str,
+    host: &str,
+    trust: &RegistryTrust,
 ) -> Result<(String, Option<crate::registry::Challenge>), Failure> {
     let url = format!("{base}/v2/");
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| transport_failure("GET", &e))?;
+    let resp = client.get(&url).send().await.map_err(|e| {
+        let cause = crate::registry::describe_reqwest(&e);
+        match crate::registry_trust::untrusted_advice(&cause, host, trust) {
+            Some(advice) => (ErrorClass::TlsUntrusted, format!("GET {url}: {advice}")),
+            None => transport_failure("GET", &e),
+        }
+    })?;
     let status = resp.status();
     if status == StatusCode::UNAUTHORIZED {
         let header = resp
@@ -1127,7 +1123,7 @@ mod tests {
     }
 
     #[test]
-    fn the_proxy_environment_is_followed_like_curl() {
+    fn the_proxy_environment_is_followed_like_go_httpproxy() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             ProxyEnv::from_lookup(&move |k| {
                 pairs
@@ -1150,7 +1146,8 @@ mod tests {
             "no HTTP_PROXY"
         );
         assert_eq!(p.proxy_for("harbor.corp.example", true), None);
-        assert_eq!(p.proxy_for("corp.example:5000", true), None);
+        // Go's rule: a leading dot matches subdomains only.
+        assert!(p.proxy_for("corp.example:5000", true).is_some());
         assert_eq!(p.proxy_for("10.1.2.3:5000", true), None);
         assert_eq!(p.proxy_for("localhost:5000", true), None);
         let all = env(&[("HTTPS_PROXY", "http://proxy:3128"), ("NO_PROXY", "*")]);
@@ -1252,14 +1249,9 @@ mod tests {
         let options = ProbeOptions {
             step_timeout: Duration::from_secs(2),
         };
-        let p = probe_with(
-            &http_client(Duration::from_secs(2)).unwrap(),
-            &target,
-            &options,
-            &ProxyEnv::default(),
-            &Ok(Credentials::none()),
-        )
-        .await;
+        let mut trust = RegistryTrust::from_env();
+        trust.proxies = ProxyEnv::default();
+        let p = probe_with(&target, &options, &trust, &Ok(Credentials::none())).await;
         assert!(!p.healthy);
         assert_eq!(p.failed_step, Some(Step::Dns));
         assert_eq!(p.class, Some(ErrorClass::DnsNotFound));

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Credential, Credentials, Secret};
 use crate::endpoint::Endpoint;
+use crate::registry_trust::RegistryTrust;
 use crate::retry::{ErrorClass, RetryHint, classify_message, classify_status, parse_retry_after};
 
 /// Which step of the protocol a request was.
@@ -172,9 +173,20 @@ pub struct Timeouts {
 }
 
 /// Speaks the registry API; shared by all requests of a run (connection pool, token cache).
+///
+/// Each registry host gets its own HTTP client, made on first use with that host's TLS
+/// settings as the daemon has them ([`RegistryTrust`]: the CAs and client certificate of its
+/// certs.d directory; no verification for the daemon's insecure registries) and the proxy
+/// environment (Go's rules: loopback never through a proxy). A token request goes through the
+/// client of the registry that asked for it, as the daemon's does.
 #[derive(Debug)]
 pub struct RegistryClient {
-    http: reqwest::Client,
+    clients: Mutex<HashMap<String, reqwest::Client>>,
+    trust: Arc<RegistryTrust>,
+    /// Per insecure host: the scheme that answered (`http` or `https`), once known.
+    schemes: Mutex<HashMap<String, &'static str>>,
+    /// Per host: whether the daemon treats it as insecure (resolved once).
+    insecure: Mutex<HashMap<String, bool>>,
     tokens: Mutex<HashMap<(String, String), String>>,
     /// Bearer challenges seen, per registry host and repository: a later request for the
     /// same repository fetches its token first instead of being answered 401 again.
@@ -188,18 +200,107 @@ impl RegistryClient {
     pub fn new(timeouts: Timeouts) -> anyhow::Result<RegistryClient> {
         // reqwest is built without a default crypto provider; ring is ours (no aws-lc, no OpenSSL).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .read_timeout(timeouts.idle)
-            .user_agent(concat!("ai-infra-build/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         Ok(RegistryClient {
-            http,
+            clients: Mutex::new(HashMap::new()),
+            trust: Arc::new(RegistryTrust::from_env()),
+            schemes: Mutex::new(HashMap::new()),
+            insecure: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             challenges: Mutex::new(HashMap::new()),
             credentials: Arc::new(Credentials::none()),
             timeouts,
         })
+    }
+
+    /// Reaches registries with these TLS, insecure-registry and proxy settings (default:
+    /// [`RegistryTrust::from_env`]).
+    pub fn with_trust(mut self, trust: Arc<RegistryTrust>) -> RegistryClient {
+        self.trust = trust;
+        self
+    }
+
+    pub fn trust(&self) -> &Arc<RegistryTrust> {
+        &self.trust
+    }
+
+    /// Whether the daemon treats `host` as an insecure registry (resolved once per host).
+    async fn is_insecure(&self, host: &str) -> bool {
+        if let Some(known) = self.insecure.lock().ok().and_then(|m| m.get(host).copied()) {
+            return known;
+        }
+        let answer = self.trust.is_insecure_resolved(host).await;
+        if let Ok(mut m) = self.insecure.lock() {
+            m.insert(host.to_string(), answer);
+        }
+        answer
+    }
+
+    /// The base URL of `endpoint`: `https://` for a secure registry; for an insecure one,
+    /// the scheme that answered before, else plain HTTP first for loopback hosts (as they
+    /// nearly always are) and HTTPS first for others.
+    async fn base_url(&self, endpoint: &Endpoint) -> String {
+        let known = self
+            .schemes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&endpoint.host).copied());
+        let scheme = match known {
+            Some(scheme) => scheme,
+            None if self.is_insecure(&endpoint.host).await && endpoint.insecure => "http",
+            None => "https",
+        };
+        format!("{scheme}://{}", endpoint.host)
+    }
+
+    /// After a wrong-protocol failure with an insecure registry: the other scheme, from now on.
+    /// `false` when the host is not insecure (no switch allowed).
+    async fn switch_scheme(&self, endpoint: &Endpoint, failed_url: &str) -> bool {
+        if !self.is_insecure(&endpoint.host).await {
+            return false;
+        }
+        let other = if failed_url.starts_with("http://") {
+            "https"
+        } else {
+            "http"
+        };
+        if let Ok(mut m) = self.schemes.lock() {
+            m.insert(endpoint.host.clone(), other);
+        }
+        true
+    }
+
+    /// The HTTP client for `host` (made on first use; see the type's docs).
+    async fn client_for(&self, host: &str) -> Result<reqwest::Client, RegistryError> {
+        if let Some(client) = self.clients.lock().ok().and_then(|m| m.get(host).cloned()) {
+            return Ok(client);
+        }
+        let insecure = self.is_insecure(host).await;
+        let failure = |message: String| RegistryError {
+            host: host.to_string(),
+            kind: RequestKind::Other,
+            class: ErrorClass::Other,
+            status: None,
+            code: None,
+            message,
+            body: None,
+            retry_after: None,
+        };
+        let tls = self
+            .trust
+            .tls_config(host, insecure)
+            .map_err(|err| failure(format!("{err}; {}", err.help())))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(self.timeouts.connect)
+            .read_timeout(self.timeouts.idle)
+            .user_agent(concat!("ai-infra-build/", env!("CARGO_PKG_VERSION")))
+            .use_preconfigured_tls(tls)
+            .proxy(self.trust.proxies.reqwest_proxy())
+            .build()
+            .map_err(|err| failure(format!("cannot make the HTTP client: {err}")))?;
+        if let Ok(mut m) = self.clients.lock() {
+            m.insert(host.to_string(), client.clone());
+        }
+        Ok(client)
     }
 
     /// Sends these credentials in token requests (per registry host, mirrors by their host).
@@ -243,7 +344,7 @@ impl RegistryClient {
         headers: HeaderMap,
     ) -> Result<Response, RegistryError> {
         let kind = RequestKind::of_path(path);
-        let url = format!("{}{}", endpoint.base_url(), path);
+        let mut url = format!("{}{}", self.base_url(endpoint).await, path);
         let key = Self::token_key(endpoint, path);
         let mut token = self.cached_token(&key);
         if token.is_none()
@@ -253,8 +354,9 @@ impl RegistryClient {
             self.store(&self.tokens, &key, fresh.clone());
             token = Some(fresh);
         }
-        let first = self
+        let mut first = self
             .request(
+                &endpoint.host,
                 &endpoint.host,
                 kind,
                 method.clone(),
@@ -262,7 +364,26 @@ impl RegistryClient {
                 headers.clone(),
                 token.as_deref(),
             )
-            .await?;
+            .await;
+        // An insecure registry that speaks the other protocol: once more with that one.
+        if let Err(err) = &first
+            && crate::registry_trust::wrong_protocol(&err.message)
+            && self.switch_scheme(endpoint, &url).await
+        {
+            url = format!("{}{}", self.base_url(endpoint).await, path);
+            first = self
+                .request(
+                    &endpoint.host,
+                    &endpoint.host,
+                    kind,
+                    method.clone(),
+                    &url,
+                    headers.clone(),
+                    token.as_deref(),
+                )
+                .await;
+        }
+        let first = first?;
         if first.status() != StatusCode::UNAUTHORIZED {
             return self.checked(&endpoint.host, kind, first).await;
         }
@@ -278,7 +399,15 @@ impl RegistryClient {
         let token = self.fetch_token(&endpoint.host, &challenge).await?;
         self.store(&self.tokens, &key, token.clone());
         let second = self
-            .request(&endpoint.host, kind, method, &url, headers, Some(&token))
+            .request(
+                &endpoint.host,
+                &endpoint.host,
+                kind,
+                method,
+                &url,
+                headers,
+                Some(&token),
+            )
             .await?;
         self.checked(&endpoint.host, kind, second).await
     }
@@ -352,8 +481,12 @@ impl RegistryClient {
         }
     }
 
+    /// One request to `url`, through the client of registry `registry` (the token endpoint
+    /// of a registry is reached with that registry's TLS settings); failures name `host`.
+    #[allow(clippy::too_many_arguments)]
     async fn request(
         &self,
+        registry: &str,
         host: &str,
         kind: RequestKind,
         method: Method,
@@ -361,7 +494,11 @@ impl RegistryClient {
         headers: HeaderMap,
         token: Option<&str>,
     ) -> Result<Response, RegistryError> {
-        let mut req = self.http.request(method, url).headers(headers);
+        let http = self.client_for(registry).await.map_err(|mut err| {
+            err.kind = kind;
+            err
+        })?;
+        let mut req = http.request(method, url).headers(headers);
         if let Some(token) = token
             && let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}"))
         {
@@ -377,14 +514,34 @@ impl RegistryClient {
                     self.timeouts.idle.as_secs()
                 ),
             )),
-            Ok(Err(err)) => Err(transport_error(host, kind, describe_reqwest(&err))),
+            Ok(Err(err)) => Err(self.failed_request(host, kind, &err)),
             Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// A request that got no answer: an untrusted certificate is one permanent error that
+    /// names the file to add; anything else is a transport failure.
+    fn failed_request(&self, host: &str, kind: RequestKind, err: &reqwest::Error) -> RegistryError {
+        let cause = describe_reqwest(err);
+        match crate::registry_trust::untrusted_advice(&cause, host, &self.trust) {
+            Some(advice) => RegistryError {
+                host: host.to_string(),
+                kind,
+                class: ErrorClass::TlsUntrusted,
+                status: None,
+                code: None,
+                message: advice,
+                body: None,
+                retry_after: None,
+            },
+            None => transport_error(host, kind, cause),
         }
     }
 
     /// An OAuth2 token request: `form` posted to the realm (without its query).
     async fn post_form(
         &self,
+        registry: &str,
         token_host: &str,
         url: &reqwest::Url,
         form: &[(&str, String)],
@@ -401,18 +558,23 @@ impl RegistryClient {
         );
         let mut realm = url.clone();
         realm.set_query(None);
-        self.request_with_body(token_host, realm.as_str(), headers, body)
+        self.request_with_body(registry, token_host, realm.as_str(), headers, body)
             .await
     }
 
     async fn request_with_body(
         &self,
+        registry: &str,
         host: &str,
         url: &str,
         headers: HeaderMap,
         body: String,
     ) -> Result<Response, RegistryError> {
-        let send = self.http.post(url).headers(headers).body(body).send();
+        let http = self.client_for(registry).await.map_err(|mut err| {
+            err.kind = RequestKind::Token;
+            err
+        })?;
+        let send = http.post(url).headers(headers).body(body).send();
         match tokio::time::timeout(self.timeouts.idle, send).await {
             Err(_) => Err(transport_error(
                 host,
@@ -422,11 +584,7 @@ impl RegistryClient {
                     self.timeouts.idle.as_secs()
                 ),
             )),
-            Ok(Err(err)) => Err(transport_error(
-                host,
-                RequestKind::Token,
-                describe_reqwest(&err),
-            )),
+            Ok(Err(err)) => Err(self.failed_request(host, RequestKind::Token, &err)),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
@@ -477,7 +635,7 @@ impl RegistryClient {
                 if let Some(scope) = &challenge.scope {
                     form.push(("scope", scope.clone()));
                 }
-                self.post_form(&token_host, &url, &form).await
+                self.post_form(host, &token_host, &url, &form).await
             }
             Some(Secret::Password { username, password }) => {
                 let mut basic_url = url.clone();
@@ -492,6 +650,7 @@ impl RegistryClient {
                 }
                 let basic = self
                     .request(
+                        host,
                         &token_host,
                         RequestKind::Token,
                         Method::GET,
@@ -516,13 +675,14 @@ impl RegistryClient {
                         if let Some(scope) = &challenge.scope {
                             form.push(("scope", scope.clone()));
                         }
-                        self.post_form(&token_host, &url, &form).await
+                        self.post_form(host, &token_host, &url, &form).await
                     }
                     other => other,
                 }
             }
             None => {
                 self.request(
+                    host,
                     &token_host,
                     RequestKind::Token,
                     Method::GET,

@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,9 @@ use crate::registry::{RegistryClient, RegistryError, RequestKind};
 use crate::retry::{ErrorClass, RetryPolicy, classify_message};
 
 type Body = BoxBody<Bytes, std::io::Error>;
+
+/// The first path component of the reachability probe's name (not a source: those are `s<N>`).
+const PROBE: &str = "probe";
 
 /// One request the relay sent upstream (successful or not).
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +77,10 @@ struct State {
     secret: String,
     /// Upstream requests and bodies in flight, per (source label, repository).
     inflight: Mutex<HashMap<(String, String), usize>>,
+    /// Requests that carried the run's secret: the daemon reached us.
+    daemon_requests: AtomicUsize,
+    /// Requests for the reachability probe's name ([`Relay::reachability_probe`]).
+    probe_hits: AtomicUsize,
 }
 
 /// Counts one upstream exchange as in flight for its repository until dropped.
@@ -128,6 +136,8 @@ impl Relay {
             events: Mutex::new(Vec::new()),
             secret: format!("{:032x}", rand::random::<u128>()),
             inflight: Mutex::new(HashMap::new()),
+            daemon_requests: AtomicUsize::new(0),
+            probe_hits: AtomicUsize::new(0),
         });
         let (stop, mut stopped) = watch::channel(());
         let serving = state.clone();
@@ -180,6 +190,29 @@ impl Relay {
             self.source_id(source),
             repository
         )
+    }
+
+    /// A name and tag for the daemon to pull that only this relay serves (it answers `404`
+    /// itself, without going upstream): whether the daemon can reach the relay at all.
+    pub fn reachability_probe(&self) -> (String, String) {
+        (
+            format!(
+                "{}/k{}/{PROBE}/reachability",
+                self.host(),
+                self.state.secret
+            ),
+            "probe".to_string(),
+        )
+    }
+
+    /// How many requests for the reachability probe arrived.
+    pub fn reachability_hits(&self) -> usize {
+        self.state.probe_hits.load(Ordering::Relaxed)
+    }
+
+    /// How many requests carrying the run's secret arrived (from the daemon).
+    pub fn daemon_requests(&self) -> usize {
+        self.state.daemon_requests.load(Ordering::Relaxed)
     }
 
     /// The run's secret (for masking: it appears in the daemon's pull names).
@@ -249,6 +282,15 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             "the relay serves only the pulls of the run that started it",
         ));
     };
+    state.daemon_requests.fetch_add(1, Ordering::Relaxed);
+    if rest.starts_with(&format!("{PROBE}/")) {
+        state.probe_hits.fetch_add(1, Ordering::Relaxed);
+        return Ok(error_response(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            "the relay is reachable (this name exists only to find that out)",
+        ));
+    }
     let Some((source, repository, upstream_path)) = route(&state, rest) else {
         return Ok(error_response(
             StatusCode::NOT_FOUND,

@@ -61,6 +61,10 @@ pub enum ErrorClass {
     NoMatchingPlatform,
     /// The name does not resolve (`no such host`): retrying the same source will not help.
     DnsNotFound,
+    /// The registry's TLS certificate is not trusted (`x509: certificate signed by unknown
+    /// authority`, a name it is not valid for) or a client certificate is missing: permanent
+    /// until its CA is added to `certs.d` (or the registry is listed as insecure).
+    TlsUntrusted,
     /// Anything not recognised. Treated as permanent: retrying unknown failures hides bugs.
     Other,
 }
@@ -117,6 +121,7 @@ impl ErrorClass {
             InvalidReference => "invalid-reference",
             NoMatchingPlatform => "no-matching-platform",
             DnsNotFound => "dns-not-found",
+            TlsUntrusted => "tls-untrusted",
             Other => "other",
         }
     }
@@ -155,6 +160,11 @@ pub const MESSAGE_RULES: &[Rule] = {
         rule("name unknown", NameUnknown),
         rule("repository does not exist", NameUnknown),
         rule("invalid reference format", InvalidReference),
+        rule("x509:", TlsUntrusted),
+        rule("certificate signed by unknown authority", TlsUntrusted),
+        rule("invalid peer certificate", TlsUntrusted),
+        rule("unknownissuer", TlsUntrusted),
+        rule("certificaterequired", TlsUntrusted),
         rule("toomanyrequests", RateLimited),
         rule("too many requests", RateLimited),
         rule("rate limit", RateLimited),
@@ -535,6 +545,20 @@ mod tests {
             ConnectionReset,
         ),
         ("write: broken pipe", ConnectionReset),
+        (
+            "Get \"https://10.1.2.3:5000/v2/\": x509: certificate is valid for 10.9.9.9, not 10.1.2.3",
+            TlsUntrusted,
+        ),
+        (
+            "error pulling image configuration: certificate signed by unknown authority",
+            TlsUntrusted,
+        ),
+        (
+            "client error (Connect): invalid peer certificate: BadSignature",
+            TlsUntrusted,
+        ),
+        ("tls: UnknownIssuer", TlsUntrusted),
+        ("received fatal alert: CertificateRequired", TlsUntrusted),
         (
             "dial tcp 127.0.0.1:1: connect: connection refused",
             ConnectionRefused,

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use ai_infra_build::actions_env::ActionsEnv;
 use ai_infra_build::build::failure::BuildFailureClass;
-use ai_infra_build::prefetch::ImageStatus;
+use ai_infra_build::prefetch::{ImageStatus, PullPath};
 use ai_infra_build::report::annotations::{self, Level, LogSource, PathMapper};
 use ai_infra_build::report::summary::{self, STEP_SUMMARY_LIMIT, SummaryOptions};
 use ai_infra_build::report::{
@@ -634,6 +634,8 @@ fn at_most_ten_annotations_per_level_ranked_with_an_overflow_note() {
                 dockerfile: format!("s{i:02}/Dockerfile"),
                 line: 1,
             }],
+            via: None,
+            via_reason: None,
         })
         .collect();
     let out = annotations::render(
@@ -761,6 +763,7 @@ fn all_error_classes() -> Vec<ErrorClass> {
         InvalidReference,
         NoMatchingPlatform,
         DnsNotFound,
+        TlsUntrusted,
         Other,
     ];
     // A new variant fails to compile here: add it to the list and to the schema.
@@ -769,7 +772,7 @@ fn all_error_classes() -> Vec<ErrorClass> {
             Eof | ConnectionReset | ConnectionRefused | Timeout | Stalled | DnsTemporary
             | RateLimited | ServerError | RequestTimeout | TokenFetch | ManifestUnknown
             | NameUnknown | Unauthorized | Denied | AuthRejected | InvalidReference
-            | NoMatchingPlatform | DnsNotFound | Other => {}
+            | NoMatchingPlatform | DnsNotFound | TlsUntrusted | Other => {}
         }
     }
     all
@@ -849,6 +852,9 @@ fn a_report_using_every_enum_value_validates() {
                 dockerfile: "Dockerfile".into(),
                 line: 1,
             }],
+            // Every pull path, so the schema sees each (issue 12: direct pulls).
+            via: [None, Some(PullPath::Relay), Some(PullPath::Direct)][i % 3],
+            via_reason: (i % 3 == 2).then(|| "the daemon runs rootless".to_string()),
         });
         report.network.failures_by_class.insert(class, i);
     }

@@ -131,6 +131,10 @@ impl Cache {
         .map(|c| c.with_credentials(std::sync::Arc::clone(&options.credentials))) else {
             return Vouched::default();
         };
+        // The daemon's certs.d and insecure registries, as the prefetch uses them.
+        let client = client.with_trust(std::sync::Arc::new(
+            crate::registry_trust::RegistryTrust::for_engine(engine).await,
+        ));
         let mut vouched = Vouched::default();
         for need in needs {
             let started = Instant::now();
@@ -182,6 +186,8 @@ impl Cache {
             };
             self.restored.insert(key.clone());
             vouched.images.push(ImageResult {
+                via: None,
+                via_reason: None,
                 reference: key,
                 uses: need.uses.clone(),
                 status: ImageStatus::Present,

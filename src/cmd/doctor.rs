@@ -10,7 +10,7 @@ use crate::doctor::{self, DoctorReport, ProjectFound};
 use crate::engine::{self, Buildx, Engine};
 use crate::error::{Error, Exit};
 use crate::prefetch::{ImageNeed, Mirrors};
-use crate::probe::{self, ProbeOptions, ProxyEnv};
+use crate::probe::{self, ProbeOptions};
 use crate::project::Project;
 use crate::settings;
 use crate::ui::{OutputFormat, Ui};
@@ -27,7 +27,9 @@ pub async fn run(
     let options = ProbeOptions {
         step_timeout: Duration::from_secs(args.probe_timeout.max(1)),
     };
-    let proxy_env = ProxyEnv::from_env();
+    // The daemon's certs.d and insecure registries, this process's proxy environment.
+    let trust = crate::registry_trust::RegistryTrust::for_engine(&engine).await;
+    let proxy_env = trust.proxies.clone();
     let targets = probe::targets(&needs, &mirrors, &args.registries);
     let daemon = async {
         let facts = engine.facts().await?;
@@ -42,7 +44,7 @@ pub async fn run(
         };
         Ok::<_, Error>((facts, buildx, builders))
     };
-    let probes = probe::probe_registries(targets, &options, &proxy_env);
+    let probes = probe::probe_registries(targets, &options, &trust);
     let (daemon, registries) = tokio::join!(daemon, probes);
     let (facts, buildx, builders) = daemon?;
     let registries = registries.map_err(|e| Error::Environment {

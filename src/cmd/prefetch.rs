@@ -26,6 +26,20 @@ pub async fn run(
     ws.announce(ui);
     let settings = PrefetchSettings::resolve(args, &ws.project)?;
     let options = &settings.options;
+    // Every credential the pulls will use is read now, and in Actions masked before anything
+    // else is printed (as build-all does).
+    let masks = crate::settings::read_credentials(options, &ws.plan)?;
+    if ws.actions.in_actions {
+        let lines = crate::report::workflow::add_masks(&masks);
+        if !lines.is_empty() {
+            let text = lines.join("\n") + "\n";
+            if crate::report::views::json_output(ui) {
+                ui.sink.command_err(&text);
+            } else {
+                ui.sink.command_out(&text);
+            }
+        }
+    }
     let engine = Engine::connect(Duration::from_secs(10)).await?;
     let mut cache = super::cache::open(settings.cache.as_ref(), &ws, ui);
     let mut needs = ws.plan.base_images.clone();
@@ -56,7 +70,7 @@ pub async fn run(
         OutputFormat::Human => ui.result(&render(&report, ui)),
     }
     if ws.actions.in_actions {
-        publish_in_actions(&ws, &report, &args.out_dir, started, started_at, ui).await?;
+        publish_in_actions(&ws, &report, &args.out_dir, masks, started, started_at, ui).await?;
     }
     Ok(match report.failed().count() {
         0 => Exit::Success,
@@ -71,6 +85,7 @@ async fn publish_in_actions(
     ws: &Workspace,
     prefetch: &PrefetchReport,
     out_dir: &std::path::Path,
+    masks: Vec<String>,
     started: std::time::Instant,
     started_at: String,
     ui: &Ui,
@@ -79,7 +94,7 @@ async fn publish_in_actions(
     let ctx = PublishContext::new(
         out_dir,
         ws.project.root.clone(),
-        Vec::new(),
+        masks,
         None,
         ws.actions.clone(),
     );
@@ -104,8 +119,17 @@ async fn publish_in_actions(
     Ok(())
 }
 
-/// Passes notes and workflow commands on, drops the result stream.
+/// Passes notes and workflow commands on, drops the result stream, and the publisher's
+/// `::add-mask::` lines: the same masks were printed when the credentials were read.
 struct NoResult(Arc<dyn Sink>);
+
+impl NoResult {
+    fn without_masks(text: &str) -> String {
+        text.split_inclusive('\n')
+            .filter(|line| !line.starts_with("::add-mask::"))
+            .collect()
+    }
+}
 
 impl Sink for NoResult {
     fn out(&self, _: &str) {}
@@ -113,10 +137,16 @@ impl Sink for NoResult {
         self.0.err(text);
     }
     fn command_out(&self, text: &str) {
-        self.0.command_out(text);
+        let text = NoResult::without_masks(text);
+        if !text.is_empty() {
+            self.0.command_out(&text);
+        }
     }
     fn command_err(&self, text: &str) {
-        self.0.command_err(text);
+        let text = NoResult::without_masks(text);
+        if !text.is_empty() {
+            self.0.command_err(&text);
+        }
     }
 }
 
@@ -152,13 +182,21 @@ fn render(report: &PrefetchReport, ui: &Ui) -> String {
         report.duration_ms as f64 / 1000.0,
         report.via,
     ));
+    if let Some(reason) = &report.via_reason {
+        out.push_str(&format!("  Pulls went direct: {reason}\n"));
+    }
     for image in &ok {
         let tries = image.attempts.len();
         out.push_str(&format!(
-            "  {} {}  from {}{}\n",
+            "  {} {}  from {}{}{}\n",
             ui.good("ok  "),
             image.reference,
             image.source.as_deref().unwrap_or("?"),
+            if image.via == Some(prefetch::PullPath::Direct) && report.via == "relay" {
+                " (direct)"
+            } else {
+                ""
+            },
             if tries > 1 {
                 format!(", {tries} attempts")
             } else {

@@ -954,6 +954,8 @@ mod tests {
             source: source.map(str::to_string),
             digest: None,
             source_order: order.iter().map(|s| s.to_string()).collect(),
+            via: None,
+            via_reason: None,
             attempts: Vec::new(),
             wait_ms: 0,
             duration_ms: 10,
@@ -1012,6 +1014,7 @@ mod tests {
     fn report(images: Vec<ImageResult>, requests: Vec<RequestEvent>) -> PrefetchReport {
         PrefetchReport {
             via: "relay",
+            via_reason: None,
             images,
             requests,
             duration_ms: 100,

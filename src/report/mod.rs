@@ -154,6 +154,12 @@ pub struct BaseImageResult {
     pub error: Option<String>,
     /// Where it is referenced: `path/Dockerfile:line`.
     pub used_at: Vec<ImageUseSite>,
+    /// How it was pulled: through the relay or by the daemon itself (`None`: not pulled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<crate::prefetch::PullPath>,
+    /// Why it was pulled direct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -303,6 +309,8 @@ impl Report {
                             line: u.line,
                         })
                         .collect(),
+                    via: image.via,
+                    via_reason: image.via_reason.clone(),
                 });
             }
             for r in p.requests.iter().filter(|r| r.class.is_some()) {

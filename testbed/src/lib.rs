@@ -8,6 +8,9 @@
 //!   registry (EOF, 503, 429 + `Retry-After`, truncated bodies, stalls before the answer or
 //!   mid-body, latency, windows, an optional Bearer token flow), with counters, a log of
 //!   every request with its arrival time, and a control endpoint (faults, seed, counters).
+//! - [`tls`]: a CA per test, certificates, `certs.d` files, and a TLS-terminating front.
+//! - [`forward_proxy`]: an HTTP(S) forward proxy (CONNECT) that records what it carried.
+//! - [`netns`]: a network namespace of the test's own and a second Docker engine in it.
 //! - [`docker`]: the few daemon operations tests need (pull with the exact error text,
 //!   remove an image by name, run a container).
 //!
@@ -20,10 +23,13 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod docker;
+pub mod forward_proxy;
 pub mod http;
 pub mod images;
+pub mod netns;
 pub mod proxy;
 pub mod registry;
+pub mod tls;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

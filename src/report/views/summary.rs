@@ -648,6 +648,11 @@ fn base_images_table(report: &Report, all_rows: bool) -> String {
                 (None, ImageStatus::Failed) => "not pulled".to_string(),
                 (None, _) => dash(),
             };
+            // The relay is the usual path; a pull the daemon made by itself says so.
+            let source = match b.via {
+                Some(crate::prefetch::PullPath::Direct) => format!("{source} (direct)"),
+                _ => source,
+            };
             let _ = writeln!(
                 out,
                 "| {} | <code>{}</code> | {source} | {} | {} | {} |",
@@ -672,6 +677,20 @@ fn base_images_table(report: &Report, all_rows: bool) -> String {
                 count(hidden, "base image", "base images")
             );
         }
+    }
+    let mut reasons: Vec<&str> = report
+        .base_images
+        .iter()
+        .filter(|b| b.via == Some(crate::prefetch::PullPath::Direct))
+        .filter_map(|b| b.via_reason.as_deref())
+        .collect();
+    reasons.dedup();
+    for reason in reasons {
+        let _ = writeln!(
+            out,
+            "\nPulled direct (by the daemon itself): {}.",
+            cell(reason)
+        );
     }
     out.push('\n');
     out

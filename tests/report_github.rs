@@ -3,11 +3,12 @@
 //! commands, masks, API) with the environment a runner gives.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ai_infra_build::registry_trust::ProxyEnv;
 use ai_infra_build::report::annotations::{Annotation, Level};
 use ai_infra_build::report::github::{
     ApiSettings, CheckAnnotation, CheckCompletion, GitHub, GitHubTarget,
@@ -21,6 +22,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use testbed::forward_proxy::ForwardProxy;
+use testbed::netns::Netns;
+use testbed::tls::{Front, FrontOptions, TestCa};
 
 // ---------------------------------------------------------------------------------------
 // A fake of the parts of the GitHub REST API we use.
@@ -1106,4 +1110,286 @@ async fn issue17_pr_comment_only_ours_is_updated() {
     assert_eq!(st.comments[1], planted(2, "mallory"));
     assert_eq!(st.comments[2]["body"], format!("{marker}\nsecond"));
     assert_eq!(st.comments[2]["user"]["login"], "octo-dev");
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 12, item 5: the API calls follow HTTP_PROXY / HTTPS_PROXY / NO_PROXY as the relay and
+// the probes do (Go's rules). The fake API listens on 127.0.0.1, which never goes through a
+// proxy, so it is reached through a front on the host side of a test namespace's veth pair
+// (10.R.S.1, a non-loopback address the forward proxy may connect to).
+
+/// The methods of the requests the proxy carried to `host` (`CONNECT` for a tunnel), each
+/// after checking that the proxy reached the host.
+fn carried(proxy: &ForwardProxy, host: &str) -> Vec<String> {
+    proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == host)
+        .map(|r| {
+            assert!(r.connected, "the proxy could not reach {host}: {r:?}");
+            r.method
+        })
+        .collect()
+}
+
+/// One run's calls: a check run created and completed, the PR comment posted or updated.
+/// Returns the client's warnings.
+async fn api_session(api_url: &str, proxies: ProxyEnv, text: &str) -> Vec<String> {
+    let gh = GitHub::with_proxies(
+        "tok-proxy",
+        target(api_url.into(), Some(7)),
+        fast(),
+        proxies,
+    )
+    .unwrap();
+    gh.start_check("api").await;
+    gh.complete_check("api", &completion(2)).await;
+    gh.upsert_comment(&format!(
+        "{}\n{text}",
+        ai_infra_build::report::summary::COMMENT_MARKER
+    ))
+    .await;
+    gh.warnings()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_api_calls_go_through_http_proxy_unless_no_proxy_names_the_host() {
+    let fake = FakeGitHub::start().await;
+    let netns = Netns::create().expect("a test network namespace (needs root)");
+    let ip = IpAddr::V4(netns.host_ip);
+    let front = Front::start(FrontOptions {
+        bind: SocketAddr::new(ip, 0),
+        upstream: fake.addr,
+        tls: None,
+        client_ca: None,
+    })
+    .await
+    .unwrap();
+    let host = front.host();
+    let api = format!("http://{host}");
+    let proxy = ForwardProxy::start().await.unwrap();
+    let proxies = |no_proxy: Option<String>| ProxyEnv {
+        http_proxy: Some(proxy.url()),
+        https_proxy: None,
+        no_proxy,
+    };
+
+    // HTTP_PROXY: every call goes through the proxy (absolute-form requests, no tunnel), and
+    // arrives as it would directly.
+    let warnings = api_session(&api, proxies(None), "via the proxy").await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let requests = fake.requests();
+    assert_eq!(
+        fake.lines(),
+        [
+            "POST /repos/acme/shop/check-runs",
+            "PATCH /repos/acme/shop/check-runs/1",
+            "GET /user",
+            "GET /repos/acme/shop/issues/7/comments",
+            "POST /repos/acme/shop/issues/7/comments",
+        ]
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.auth.as_deref() == Some("Bearer tok-proxy")),
+        "{requests:?}"
+    );
+    let methods: Vec<&str> = requests.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(
+        carried(&proxy, &host),
+        methods,
+        "each call went through the proxy: {:?}",
+        proxy.requests()
+    );
+    assert_eq!(fake.state.lock().unwrap().comments.len(), 1);
+
+    // HTTPS_PROXY is not for an http:// API; NO_PROXY naming the host (its address, a CIDR,
+    // host:port) bypasses HTTP_PROXY. The calls still succeed, and the proxy sees none.
+    let through = proxy.requests().len();
+    for (n, proxies) in [
+        ProxyEnv {
+            http_proxy: None,
+            https_proxy: Some(proxy.url()),
+            no_proxy: None,
+        },
+        proxies(Some(ip.to_string())),
+        proxies(Some("example.com, 10.0.0.0/8".into())),
+        proxies(Some(host.clone())),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let before = fake.requests().len();
+        let warnings = api_session(&api, proxies.clone(), &format!("direct {n}")).await;
+        assert!(warnings.is_empty(), "{proxies:?}: {warnings:?}");
+        assert!(fake.requests().len() > before + 3, "{proxies:?}");
+        assert_eq!(
+            proxy.requests().len(),
+            through,
+            "{proxies:?} bypasses the proxy: {:?}",
+            proxy.requests()
+        );
+    }
+    // Every session updated the one comment.
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.comments.len(), 1);
+    assert!(
+        st.comments[0]["body"]
+            .as_str()
+            .unwrap()
+            .ends_with("direct 3")
+    );
+}
+
+/// The binary, as in a workflow: `report --merge` with a token publishes check runs and the PR
+/// comment to an `https://` API (GitHub Enterprise Server on a private address) through
+/// HTTPS_PROXY — a CONNECT tunnel, TLS to the API inside it, verified against the system roots
+/// (`SSL_CERT_FILE` holds the test CA) — and directly when NO_PROXY names the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_the_binary_reaches_an_https_api_through_https_proxy_unless_no_proxy() {
+    let fake = FakeGitHub::start().await;
+    let netns = Netns::create().expect("a test network namespace (needs root)");
+    let ip = IpAddr::V4(netns.host_ip);
+    let ca = TestCa::new("report_github proxy CA").unwrap();
+    let front = Front::start(FrontOptions {
+        bind: SocketAddr::new(ip, 0),
+        upstream: fake.addr,
+        tls: Some(ca.server_cert(&[&ip.to_string()]).unwrap()),
+        client_ca: None,
+    })
+    .await
+    .unwrap();
+    let host = front.host();
+    let proxy = ForwardProxy::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        json!({"pull_request": {"number": 7, "head": {"sha": "feedface"}}}).to_string(),
+    )
+    .unwrap();
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reports/all-green.json");
+    let token = "ghs_proxy_test_token";
+    let run = |extra: &[(&str, String)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ai-infra-build"));
+        command
+            .arg("report")
+            .arg("--merge")
+            .arg(&fixture)
+            .args(["--out-dir", "merged"])
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .env("GITHUB_REPOSITORY", "acme/shop")
+            .env("GITHUB_SHA", "feedface")
+            .env("GITHUB_EVENT_PATH", &event)
+            .env("GITHUB_API_URL", format!("https://{host}"))
+            .env("INPUT_GITHUB_TOKEN", token)
+            .env("SSL_CERT_FILE", &ca_file)
+            .env("HTTPS_PROXY", proxy.url())
+            .stdin(std::process::Stdio::null());
+        for k in [
+            "GITHUB_ACTIONS",
+            "GITHUB_STEP_SUMMARY",
+            "GITHUB_OUTPUT",
+            "GITHUB_REF",
+            "GITHUB_RUN_ID",
+            "SSL_CERT_DIR",
+            "HTTP_PROXY",
+            "NO_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "no_proxy",
+        ] {
+            command.env_remove(k);
+        }
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        command
+    };
+    let expect_published = |output: std::process::Output, before: usize| {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            output.status
+        );
+        assert!(
+            !stdout.contains(token) && !stderr.contains(token),
+            "the token was printed"
+        );
+        assert!(
+            !stderr.contains("could not") && !stderr.contains("GitHub"),
+            "{stderr}"
+        );
+        let requests = fake.requests();
+        let new = &requests[before..];
+        let creates = new
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == "/repos/acme/shop/check-runs")
+            .count();
+        assert_eq!(creates, 11, "{:#?}", fake.lines());
+        assert!(
+            new.iter()
+                .all(|r| r.auth.as_deref() == Some(&*format!("Bearer {token}"))),
+            "{new:?}"
+        );
+        new.len()
+    };
+
+    // Through the proxy: CONNECT tunnels only, TLS inside them.
+    let output = tokio::task::spawn_blocking({
+        let mut command = run(&[]);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    expect_published(output, 0);
+    assert_eq!(fake.state.lock().unwrap().comments.len(), 1);
+    let tunnels = carried(&proxy, &host);
+    assert!(
+        !tunnels.is_empty() && tunnels.iter().all(|m| m == "CONNECT"),
+        "https through the proxy is a CONNECT tunnel: {:?}",
+        proxy.requests()
+    );
+    assert_eq!(
+        proxy.requests().len(),
+        tunnels.len(),
+        "{:?}",
+        proxy.requests()
+    );
+    assert!(
+        front.handshakes() >= tunnels.len(),
+        "TLS inside the tunnels"
+    );
+    assert_eq!(front.failed_handshakes(), 0);
+
+    // NO_PROXY names the host: direct, and the proxy sees nothing more.
+    let through = proxy.requests().len();
+    let before = fake.requests().len();
+    let handshakes = front.handshakes();
+    for no_proxy in [ip.to_string(), "10.0.0.0/8".to_string()] {
+        let start = fake.requests().len();
+        let output = tokio::task::spawn_blocking({
+            let mut command = run(&[("NO_PROXY", no_proxy)]);
+            move || command.output().unwrap()
+        })
+        .await
+        .unwrap();
+        expect_published(output, start);
+    }
+    assert!(fake.requests().len() > before);
+    assert!(front.handshakes() > handshakes);
+    assert_eq!(
+        proxy.requests().len(),
+        through,
+        "NO_PROXY bypasses the proxy: {:?}",
+        proxy.requests()
+    );
+    assert_eq!(fake.state.lock().unwrap().comments.len(), 1);
 }

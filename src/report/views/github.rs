@@ -14,7 +14,9 @@
 //!
 //! A token without them (a pull request from a fork gets a read-only one) makes the API answer
 //! 403: that becomes one warning, and the run's result is not affected. Honours
-//! `GITHUB_API_URL` (GitHub Enterprise Server: `https://HOST/api/v3`).
+//! `GITHUB_API_URL` (GitHub Enterprise Server: `https://HOST/api/v3`), and `HTTPS_PROXY` /
+//! `HTTP_PROXY` / `NO_PROXY` by the rules the relay and the probes follow
+//! ([`crate::registry_trust::ProxyEnv`]).
 //!
 //! Retries are ours, never octocrab's (its retry layer re-sends POSTs blindly): transient
 //! failures (5xx, 429, connection errors, timeouts) are retried a few times, and every retry is
@@ -38,6 +40,7 @@ use tokio::sync::mpsc;
 use super::annotations::{self, Annotation, PathMapper};
 use super::summary::{self, SummaryOptions};
 use crate::actions_env::ActionsEnv;
+use crate::registry_trust::ProxyEnv;
 use crate::report::{Report, ServiceResult, ServiceStatus};
 use crate::retry::{ErrorClass, RetryHint, RetryPolicy, classify_status};
 
@@ -220,7 +223,7 @@ pub enum ApiError {
     Client {
         api_url: String,
         #[source]
-        source: Box<octocrab::Error>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -403,25 +406,29 @@ fn now() -> String {
 }
 
 impl GitHub {
-    /// A client for `target` with `token`. octocrab's own retries are off (not compiled in).
+    /// A client for `target` with `token`, through the proxy the environment names
+    /// (`HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, see [`ProxyEnv`]). octocrab's own retries are off
+    /// (not compiled in).
     pub fn new(
         token: &str,
         target: GitHubTarget,
         settings: ApiSettings,
     ) -> Result<GitHub, ApiError> {
-        let client_err = |source| ApiError::Client {
-            api_url: target.api_url.clone(),
-            source: Box::new(source),
-        };
-        let client = Octocrab::builder()
-            .personal_token(token.to_string())
-            .base_uri(target.api_url.as_str())
-            .map_err(client_err)?
-            .set_connect_timeout(Some(settings.timeout))
-            .set_read_timeout(Some(settings.timeout))
-            .set_write_timeout(Some(settings.timeout))
-            .build()
-            .map_err(client_err)?;
+        GitHub::with_proxies(token, target, settings, ProxyEnv::from_env())
+    }
+
+    /// [`GitHub::new`] with the proxy settings given instead of read from the environment.
+    pub fn with_proxies(
+        token: &str,
+        target: GitHubTarget,
+        settings: ApiSettings,
+        proxies: ProxyEnv,
+    ) -> Result<GitHub, ApiError> {
+        let client = super::github_http::client(token, &target.api_url, settings.timeout, proxies)
+            .map_err(|source| ApiError::Client {
+                api_url: target.api_url.clone(),
+                source,
+            })?;
         Ok(GitHub {
             client,
             target,

@@ -8,6 +8,7 @@
 
 pub mod annotations;
 pub mod github;
+mod github_http;
 pub mod json;
 pub mod outputs;
 pub mod summary;

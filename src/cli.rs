@@ -15,6 +15,7 @@ use crate::build::backend::BuilderChoice;
 use crate::build::secrets::{PairKind, SecretSpec};
 use crate::prefetch::Mirrors;
 use crate::prefetch::{PullPolicy, PullVia};
+use crate::reuse::ReuseMode;
 use crate::ui::{ColorChoice, OutputFormat};
 
 /// Builds every Docker image of a multi-service repository reliably, even on networks
@@ -106,6 +107,12 @@ value_enum!(PullVia {
     PullVia::Direct => "direct": "The daemon pulls from the registry itself; only whole pulls are retried",
 });
 value_enum!(PrefetchFailure { PrefetchFailure::Warn => "warn", PrefetchFailure::Fail => "fail" });
+value_enum!(ReuseMode {
+    ReuseMode::Auto => "auto": "The registry when the run pushes, the cache directory when there is one",
+    ReuseMode::Registry => "registry": "The registry only (the image is pulled when the run does not push)",
+    ReuseMode::Cache => "cache": "The cache directory only",
+    ReuseMode::Off => "off": "Build every service",
+});
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -153,6 +160,14 @@ pub struct BuildArgs {
     /// Build without the layer cache (base images are still used when present).
     #[arg(long, env = "INPUT_NO_CACHE")]
     pub no_cache: bool,
+    /// Where an unchanged service's image may come from instead of a build: `auto` (the
+    /// registry when pushing, the cache directory when there is one), `registry`, `cache`,
+    /// `off`. A service is unchanged when its build inputs digest is (docs/reuse.md).
+    #[arg(long, value_enum, default_value_t = ReuseMode::Auto, env = "INPUT_REUSE", value_name = "FROM")]
+    pub reuse: ReuseMode,
+    /// Build every service, reusing nothing (as `--reuse off`; `--force` does it too).
+    #[arg(long)]
+    pub no_reuse: bool,
     /// How many services build at once (default: the number of CPUs).
     #[arg(long, value_name = "N", env = "INPUT_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: Option<u16>,

@@ -31,6 +31,7 @@ pub mod registry;
 pub mod relay;
 pub mod report;
 pub mod retry;
+pub mod reuse;
 pub mod settings;
 pub mod text;
 pub mod ui;

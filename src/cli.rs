@@ -366,6 +366,76 @@ pub struct PlanCommandArgs {
         default_value = ""
     )]
     pub cache_key_prefix: String,
+    #[command(flatten)]
+    pub registry: RegistryCheckArgs,
+}
+
+/// `plan --check-registry` (issue 15): what the build inputs digest depends on besides the
+/// plan, read from the same inputs as `build-all` reads them.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryCheckArgs {
+    /// Ask the registry, per service, whether it has an image made from the same build
+    /// inputs: the plan says build or reuse and why, and `--matrix` makes jobs only for the
+    /// services to build (for `--only ${{ matrix.services }}`).
+    #[arg(long)]
+    pub check_registry: bool,
+    /// With --check-registry: give every reused service this run's tags in the registry
+    /// (a manifest PUT, no layer moves), as `build-all --push` would.
+    #[arg(long, env = "INPUT_PUSH")]
+    pub push: bool,
+    /// Mirrors of the base images' registries, as for build-all.
+    #[arg(
+        long = "mirror",
+        value_name = "REGISTRY=HOST[,HOST...]",
+        env = "INPUT_MIRRORS",
+        value_parser = parse_mirrors
+    )]
+    pub mirrors: Vec<MirrorList>,
+    /// Try the mirrors before the registry itself.
+    #[arg(long, env = "INPUT_MIRROR_FIRST")]
+    pub mirror_first: bool,
+    /// The platforms, as for build-all.
+    #[arg(
+        long = "platform",
+        value_name = "PLATFORM",
+        env = "INPUT_PLATFORMS",
+        value_delimiter = ','
+    )]
+    pub platforms: Vec<String>,
+    /// Labels of every image, as for build-all.
+    #[arg(
+        long = "label",
+        value_name = "KEY=VALUE",
+        env = "INPUT_LABELS",
+        value_parser = parse_build_arg_lines
+    )]
+    pub labels: Vec<Lines<BuildArg>>,
+    /// Build secrets, as for build-all (only their ids count; nothing is read).
+    #[arg(long = "secret", value_name = "id=ID[,env=VAR|,src=PATH]", value_parser = parse_secret_spec)]
+    pub secrets: Vec<SecretSpec>,
+    #[arg(long = "secret-value", value_name = "ID=VALUE", env = "INPUT_SECRETS", hide = true, hide_env_values = true, value_parser = parse_secret_value_lines)]
+    pub secret_values: Vec<Lines<SecretSpec>>,
+    #[arg(long = "secret-env", value_name = "ID=VAR", env = "INPUT_SECRET_ENVS", hide = true, value_parser = parse_secret_env_lines)]
+    pub secret_envs: Vec<Lines<SecretSpec>>,
+    #[arg(long = "secret-file", value_name = "ID=PATH", env = "INPUT_SECRET_FILES", hide = true, value_parser = parse_secret_file_lines)]
+    pub secret_files: Vec<Lines<SecretSpec>>,
+    /// SSH sockets or keys, as for build-all (only their ids count).
+    #[arg(long = "ssh", value_name = "default|ID=PATH", env = "INPUT_SSH", value_parser = parse_ssh_lines)]
+    pub ssh: Vec<Lines<String>>,
+}
+
+impl RegistryCheckArgs {
+    /// The ids of every secret given.
+    pub fn secret_ids(&self) -> Vec<String> {
+        self.secrets
+            .iter()
+            .cloned()
+            .chain(flatten(&self.secret_values))
+            .chain(flatten(&self.secret_envs))
+            .chain(flatten(&self.secret_files))
+            .map(|s| s.id)
+            .collect()
+    }
 }
 
 /// How base images are pulled.

@@ -807,11 +807,10 @@ impl RunReuse {
         self.vouched.lock().is_ok_and(|v| v.contains(&i))
     }
 
-    /// Adds this run's tags to the registry's image of service `i` (and pulls it when the
-    /// daemon needs it); what to report, or why it could not (then the service is built).
-    pub async fn apply(
+    /// Adds this run's tags to the registry's image of service `i` (manifest `PUT`s, no
+    /// layer moves); what to report, or why it could not.
+    pub async fn tag(
         &self,
-        engine: &crate::engine::Engine,
         plan: &Plan,
         i: usize,
         log: &mut dyn FnMut(&str),
@@ -840,26 +839,40 @@ impl RunReuse {
                 .map_err(|e| format!("tagging {target} failed: {e}"))?;
             log(&format!("tagged {target} (manifest PUT of {digest})"));
         }
-        let mut image_id = (!manifest.is_index())
-            .then(|| manifest.config_digest())
-            .flatten();
-        let mut size = None;
+        self.vouch(i);
+        Ok(Applied {
+            from: from.clone(),
+            digest: digest.clone(),
+            image_id: (!manifest.is_index())
+                .then(|| manifest.config_digest())
+                .flatten(),
+            size: None,
+        })
+    }
+
+    /// [`RunReuse::tag`], then the pull when the daemon needs the image.
+    pub async fn apply(
+        &self,
+        engine: &crate::engine::Engine,
+        plan: &Plan,
+        i: usize,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Applied, String> {
+        let mut applied = self.tag(plan, i, log).await?;
         if self.pull.contains(&i) {
+            let s = &plan.services[i];
             pull(&s.image, log).await?;
             for tag in &s.tags {
                 tag_local(engine, &s.image, tag).await?;
             }
             let inspect = engine.docker.inspect_image(&s.image).await.ok();
-            image_id = inspect.as_ref().and_then(|i| i.id.clone()).or(image_id);
-            size = inspect.and_then(|i| i.size).map(|s| s.max(0) as u64);
+            applied.image_id = inspect
+                .as_ref()
+                .and_then(|i| i.id.clone())
+                .or(applied.image_id);
+            applied.size = inspect.and_then(|i| i.size).map(|s| s.max(0) as u64);
         }
-        self.vouch(i);
-        Ok(Applied {
-            from: from.clone(),
-            digest: digest.clone(),
-            image_id,
-            size,
-        })
+        Ok(applied)
     }
 
     /// After service `i` was built and pushed (`pushed`: the registry's digest), records it

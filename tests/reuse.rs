@@ -346,6 +346,48 @@ async fn issue15_unchanged_services_are_reused_from_the_registry_without_moving_
         assert_eq!(bed.digest(s, "c6").await, bed.digest(s, "c5").await, "{s}");
     }
 
+    // Acceptance 4: `plan --matrix --check-registry` makes jobs only for what is to build; with
+    // nothing to build the matrix is empty and the outputs still list every image.
+    let plan = |tag: &str| {
+        let output = bed.dir.path().join(format!("output-{tag}"));
+        let out = bed
+            .command(
+                &["plan", "--matrix", "--check-registry", "--shards", "3"],
+                tag,
+            )
+            .env("GITHUB_OUTPUT", &output)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let matrix: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+        let outputs = std::fs::read_to_string(&output).unwrap();
+        (matrix, outputs)
+    };
+    let (matrix, outputs) = plan("c8");
+    assert_eq!(matrix, serde_json::json!({ "include": [] }), "{outputs}");
+    let images = outputs
+        .lines()
+        .skip_while(|l| !l.starts_with("images<<"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{outputs}"));
+    let images: serde_json::Value = serde_json::from_str(images).unwrap();
+    for s in SERVICES {
+        assert_eq!(
+            images[s]["digest"].as_str(),
+            bed.digest(s, "c6").await.as_deref(),
+            "{images:#}"
+        );
+    }
+    bed.write(
+        "docs/Dockerfile",
+        &format!("FROM {}:1\nRUN echo docs v2 > /docs\n", bed.base("b")),
+    );
+    let (matrix, _) = plan("c8");
+    let jobs = matrix["include"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{matrix:#}");
+    assert_eq!(jobs[0]["services"], "docs", "{matrix:#}");
+
     // --no-reuse builds everything (and records nothing new that differs).
     let (report, _) = bed.build("c7", &["--no-reuse"]);
     assert_eq!(built(&report), set(&SERVICES));

@@ -111,7 +111,7 @@ fn step<'a>(action: &'a Action, id: &str) -> &'a Step {
         .unwrap_or_else(|| panic!("no step with id {id}"))
 }
 
-const ISSUE_INPUTS: [&str; 39] = [
+const ISSUE_INPUTS: [&str; 40] = [
     "config",
     "services",
     "only",
@@ -154,6 +154,8 @@ const ISSUE_INPUTS: [&str; 39] = [
     "provenance",
     "sbom",
     "no-cache",
+    // Issue #15: build only what changed.
+    "reuse",
 ];
 
 const ISSUE_OUTPUTS: [&str; 8] = [

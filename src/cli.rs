@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::build::PrefetchFailure;
 use crate::build::backend::BuilderChoice;
+use crate::build::reuse::ReuseMode;
 use crate::build::secrets::{PairKind, SecretSpec};
 use crate::prefetch::Mirrors;
 use crate::prefetch::{PullPolicy, PullVia};
@@ -106,6 +107,12 @@ value_enum!(PullVia {
     PullVia::Direct => "direct": "The daemon pulls from the registry itself; only whole pulls are retried",
 });
 value_enum!(PrefetchFailure { PrefetchFailure::Warn => "warn", PrefetchFailure::Fail => "fail" });
+value_enum!(ReuseMode {
+    ReuseMode::Auto => "auto": "The registry when the run pushes, the cache directory when there is one",
+    ReuseMode::Registry => "registry": "The registry only (the image is pulled when the run does not push)",
+    ReuseMode::Cache => "cache": "The cache directory only",
+    ReuseMode::Off => "off": "Build every service",
+});
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -153,6 +160,14 @@ pub struct BuildArgs {
     /// Build without the layer cache (base images are still used when present).
     #[arg(long, env = "INPUT_NO_CACHE")]
     pub no_cache: bool,
+    /// Where an unchanged service's image may come from instead of a build: `auto` (the
+    /// registry when pushing, the cache directory when there is one), `registry`, `cache`,
+    /// `off`. A service is unchanged when its build inputs digest is (docs/reuse.md).
+    #[arg(long, value_enum, default_value_t = ReuseMode::Auto, env = "INPUT_REUSE", value_name = "FROM")]
+    pub reuse: ReuseMode,
+    /// Build every service, reusing nothing (as `--reuse off`; `--force` does it too).
+    #[arg(long)]
+    pub no_reuse: bool,
     /// How many services build at once. Default: every service whose dependencies are built
     /// (as bake does: builds wait on the network and I/O, BuildKit schedules their steps), up
     /// to one per 512 MiB of the engine's memory and at most 32.
@@ -353,6 +368,76 @@ pub struct PlanCommandArgs {
         default_value = ""
     )]
     pub cache_key_prefix: String,
+    #[command(flatten)]
+    pub registry: RegistryCheckArgs,
+}
+
+/// `plan --check-registry` (issue 15): what the build inputs digest depends on besides the
+/// plan, read from the same inputs as `build-all` reads them.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryCheckArgs {
+    /// Ask the registry, per service, whether it has an image made from the same build
+    /// inputs: the plan says build or reuse and why, and `--matrix` makes jobs only for the
+    /// services to build (for `--only ${{ matrix.services }}`).
+    #[arg(long)]
+    pub check_registry: bool,
+    /// With --check-registry: give every reused service this run's tags in the registry
+    /// (a manifest PUT, no layer moves), as `build-all --push` would.
+    #[arg(long, env = "INPUT_PUSH")]
+    pub push: bool,
+    /// Mirrors of the base images' registries, as for build-all.
+    #[arg(
+        long = "mirror",
+        value_name = "REGISTRY=HOST[,HOST...]",
+        env = "INPUT_MIRRORS",
+        value_parser = parse_mirrors
+    )]
+    pub mirrors: Vec<MirrorList>,
+    /// Try the mirrors before the registry itself.
+    #[arg(long, env = "INPUT_MIRROR_FIRST")]
+    pub mirror_first: bool,
+    /// The platforms, as for build-all.
+    #[arg(
+        long = "platform",
+        value_name = "PLATFORM",
+        env = "INPUT_PLATFORMS",
+        value_delimiter = ','
+    )]
+    pub platforms: Vec<String>,
+    /// Labels of every image, as for build-all.
+    #[arg(
+        long = "label",
+        value_name = "KEY=VALUE",
+        env = "INPUT_LABELS",
+        value_parser = parse_build_arg_lines
+    )]
+    pub labels: Vec<Lines<BuildArg>>,
+    /// Build secrets, as for build-all (only their ids count; nothing is read).
+    #[arg(long = "secret", value_name = "id=ID[,env=VAR|,src=PATH]", value_parser = parse_secret_spec)]
+    pub secrets: Vec<SecretSpec>,
+    #[arg(long = "secret-value", value_name = "ID=VALUE", env = "INPUT_SECRETS", hide = true, hide_env_values = true, value_parser = parse_secret_value_lines)]
+    pub secret_values: Vec<Lines<SecretSpec>>,
+    #[arg(long = "secret-env", value_name = "ID=VAR", env = "INPUT_SECRET_ENVS", hide = true, value_parser = parse_secret_env_lines)]
+    pub secret_envs: Vec<Lines<SecretSpec>>,
+    #[arg(long = "secret-file", value_name = "ID=PATH", env = "INPUT_SECRET_FILES", hide = true, value_parser = parse_secret_file_lines)]
+    pub secret_files: Vec<Lines<SecretSpec>>,
+    /// SSH sockets or keys, as for build-all (only their ids count).
+    #[arg(long = "ssh", value_name = "default|ID=PATH", env = "INPUT_SSH", value_parser = parse_ssh_lines)]
+    pub ssh: Vec<Lines<String>>,
+}
+
+impl RegistryCheckArgs {
+    /// The ids of every secret given.
+    pub fn secret_ids(&self) -> Vec<String> {
+        self.secrets
+            .iter()
+            .cloned()
+            .chain(flatten(&self.secret_values))
+            .chain(flatten(&self.secret_envs))
+            .chain(flatten(&self.secret_files))
+            .map(|s| s.id)
+            .collect()
+    }
 }
 
 /// How base images are pulled.

@@ -412,6 +412,68 @@ impl RegistryClient {
         self.checked(&endpoint.host, kind, second).await
     }
 
+    /// Like [`RegistryClient::send`], with a request body (a manifest `PUT`, a blob mount
+    /// `POST`): the token flow is the same; a token cached for pulling that the registry
+    /// refuses for a push is replaced by one for the new challenge's scope.
+    pub async fn send_body(
+        &self,
+        endpoint: &Endpoint,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<Response, RegistryError> {
+        let kind = RequestKind::of_path(path);
+        let url = format!("{}{}", self.base_url(endpoint).await, path);
+        let key = Self::token_key(endpoint, path);
+        let token = self.cached_token(&key);
+        // This host's client: its certs.d, insecure setting and proxy, as every request.
+        let http = self.client_for(&endpoint.host).await.map_err(|mut err| {
+            err.kind = kind;
+            err
+        })?;
+        let attempt = |token: Option<String>| {
+            let mut req = http
+                .request(method.clone(), &url)
+                .headers(headers.clone())
+                .body(body.clone());
+            if let Some(value) =
+                token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+            {
+                req = req.header(AUTHORIZATION, value);
+            }
+            let host = endpoint.host.clone();
+            let idle = self.timeouts.idle;
+            async move {
+                match tokio::time::timeout(idle, req.send()).await {
+                    Err(_) => Err(transport_error(
+                        &host,
+                        kind,
+                        format!("no response headers within {}s (timeout)", idle.as_secs()),
+                    )),
+                    Ok(Err(err)) => Err(self.failed_request(&host, kind, &err)),
+                    Ok(Ok(resp)) => Ok(resp),
+                }
+            }
+        };
+        let first = attempt(token).await?;
+        if first.status() != StatusCode::UNAUTHORIZED {
+            return self.checked(&endpoint.host, kind, first).await;
+        }
+        let challenge = first
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_bearer_challenge);
+        let Some(challenge) = challenge else {
+            return check(&endpoint.host, kind, first).await;
+        };
+        let token = self.fetch_token(&endpoint.host, &challenge).await?;
+        self.store(&self.tokens, &key, token.clone());
+        let second = attempt(Some(token)).await?;
+        self.checked(&endpoint.host, kind, second).await
+    }
+
     /// [`check`], with a 401/403 explained by the credentials used (or not).
     async fn checked(
         &self,

@@ -283,6 +283,8 @@ pub struct BuildSettings {
     pub shard: Option<ShardSpec>,
     pub options: BuildOptions,
     pub publish: PublishContext,
+    /// Issue 15: where unchanged services may come from.
+    pub reuse: crate::build::reuse::ReusePolicy,
 }
 
 impl BuildSettings {
@@ -350,7 +352,17 @@ impl BuildSettings {
                 sbom: args.sbom.clone(),
             },
             registry_auth: engine_auth(&prefetch.options, plan)?,
+            reuse_cache: true,
+            reuse: None,
         };
+        let reuse = crate::build::reuse::ReusePolicy::resolve(
+            args.reuse,
+            args.no_reuse || args.force,
+            args.push,
+            prefetch.cache.is_some(),
+        );
+        let mut options = options;
+        options.reuse_cache = reuse.cache;
         let needs_buildx = options.extras.needs_buildx();
         Ok(BuildSettings {
             prefetch,
@@ -368,6 +380,7 @@ impl BuildSettings {
             shard: args.shard,
             options,
             publish,
+            reuse,
         })
     }
 }

@@ -111,7 +111,7 @@ fn step<'a>(action: &'a Action, id: &str) -> &'a Step {
         .unwrap_or_else(|| panic!("no step with id {id}"))
 }
 
-const ISSUE_INPUTS: [&str; 40] = [
+const ISSUE_INPUTS: [&str; 41] = [
     "config",
     "services",
     "only",
@@ -156,6 +156,8 @@ const ISSUE_INPUTS: [&str; 40] = [
     "no-cache",
     // Issue #16: no cache churn.
     "cache-save",
+    // Issue #15: build only what changed.
+    "reuse",
 ];
 
 const ISSUE_OUTPUTS: [&str; 9] = [

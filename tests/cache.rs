@@ -372,6 +372,7 @@ fn service_result(name: &str, image: &str) -> ServiceResult {
         skipped_reason: None,
         log_tail: Vec::new(),
         reused: false,
+        reused_from: None,
     }
 }
 

@@ -286,6 +286,7 @@ fn big_report(services: usize, failures: usize, log_lines: usize) -> Report {
                 vec!["#12 DONE 0.4s".into()]
             },
             reused: false,
+            reused_from: None,
         });
     }
     let mut report = Report::new(
@@ -600,6 +601,7 @@ fn failing_service(i: usize, class: BuildFailureClass, line: Option<usize>) -> S
         skipped_reason: None,
         log_tail: vec![],
         reused: false,
+        reused_from: None,
     }
 }
 

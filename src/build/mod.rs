@@ -5,6 +5,7 @@ pub mod backend;
 pub mod failure;
 pub mod inputs;
 pub mod parallelism;
+pub mod reuse;
 pub mod run;
 pub mod secrets;
 

@@ -46,6 +46,22 @@ pub struct BuildOptions {
     pub extras: BuildxExtras,
     /// Credentials for every registry the Dockerfiles name (issue 12).
     pub registry_auth: crate::auth::EngineAuth,
+    /// Issue 15: the cache directory's image of an unchanged service is used as it is.
+    pub reuse_cache: bool,
+    /// Issue 15: the registry's decisions (reuse, record), when the registry takes part.
+    pub reuse: Option<std::sync::Arc<crate::build::reuse::RunReuse>>,
+}
+
+impl BuildOptions {
+    /// What of these options goes into every service's inputs digest.
+    pub fn run_inputs(&self) -> super::inputs::RunInputs {
+        super::inputs::RunInputs::new(
+            self.labels.clone(),
+            self.platforms.clone(),
+            self.extras.secrets.iter().map(|s| s.id.clone()).collect(),
+            &self.extras.ssh,
+        )
+    }
 }
 
 pub use super::secrets::BuildxExtras;
@@ -87,10 +103,19 @@ pub async fn run(
     cancel: CancellationToken,
     on_event: &(dyn Fn(BuildEvent) + Sync),
 ) -> BuildRun {
+    let reused = |i: usize| options.reuse.as_ref().is_some_and(|r| r.is_reused(i));
+    // A service reused from the registry needs no base image (none is prefetched for it).
     let mut waiting_images: Vec<BTreeSet<String>> = plan
         .services
         .iter()
-        .map(|s| s.base_images.iter().cloned().collect())
+        .enumerate()
+        .map(|(i, s)| {
+            if reused(i) {
+                BTreeSet::new()
+            } else {
+                s.base_images.iter().cloned().collect()
+            }
+        })
         .collect();
     let mut results: HashMap<usize, ServiceResult> = HashMap::new();
     let mut failure_log = Vec::new();
@@ -246,6 +271,7 @@ fn skipped(plan: &Plan, i: usize, reason: String, status: ServiceStatus) -> Serv
         skipped_reason: Some(reason),
         log_tail: Vec::new(),
         reused: false,
+        reused_from: None,
     }
 }
 
@@ -319,17 +345,49 @@ async fn build_one(
     result.builder = backend.label();
     result.log_path = Some(log_path.display().to_string());
 
+    // Issue 15: the registry has an image made from the same inputs.
+    if let Some(reuse) = options.reuse.as_deref().filter(|r| r.is_reused(i)) {
+        on_event(BuildEvent::Started {
+            service: s.name.clone(),
+            attempt: 1,
+        });
+        let mut note = |line: &str| log.line(&format!("=== {}: {line}", s.name));
+        match reuse.apply(engine, plan, i, &mut note).await {
+            Ok(applied) => {
+                log.line(&format!(
+                    "=== {}: not built: the registry's {} ({}) was made from the same inputs",
+                    s.name, applied.from, applied.digest
+                ));
+                result.status = ServiceStatus::Success;
+                result.reused = true;
+                result.reused_from = Some(crate::report::ReusedFrom {
+                    source: crate::report::ReuseSource::Registry,
+                    image: applied.from,
+                    digest: Some(applied.digest.clone()),
+                });
+                result.digest = Some(applied.digest);
+                result.image_id = applied.image_id;
+                result.size = applied.size;
+                result.attempts = 1;
+                result.duration_ms = started.elapsed().as_millis() as u64;
+                result.log_tail = log.tail();
+                return (result, failure_log);
+            }
+            Err(why) => log.line(&format!("=== {}: building: {why}", s.name)),
+        }
+    }
     // Issue 7: the build inputs, and the cache directory's image made from the same ones.
     let tracked = options.cache.as_ref().filter(|c| c.tracks_inputs());
     let mut inputs = None;
     if let Some(cache) = tracked {
-        match super::inputs::digest(engine, &backend.label(), plan, i).await {
+        let run_inputs = options.run_inputs();
+        match super::inputs::digest(engine, &backend.label(), plan, i, &run_inputs).await {
             Ok(digest) => inputs = Some(digest),
             Err(why) => log.line(&format!("=== {}: build inputs not tracked: {why}", s.name)),
         }
         let reusable = inputs
             .as_deref()
-            .filter(|_| !options.no_cache)
+            .filter(|_| !options.no_cache && options.reuse_cache)
             .and_then(|d| cache.reusable(&s.name, d));
         if let Some(reuse) = reusable {
             on_event(BuildEvent::Started {
@@ -351,9 +409,18 @@ async fn build_one(
                     };
                     match pushed {
                         Ok(digest) => {
+                            if let Some(reuse) = options.reuse.as_deref().filter(|r| r.record) {
+                                let note = reuse.record(engine, plan, i, digest.as_deref()).await;
+                                log.line(&format!("=== {}: {note}", s.name));
+                            }
                             result.status = ServiceStatus::Success;
                             result.digest = digest;
                             result.reused = true;
+                            result.reused_from = Some(crate::report::ReusedFrom {
+                                source: crate::report::ReuseSource::Cache,
+                                image: reuse.image_id.clone(),
+                                digest: Some(reuse.image_id.clone()),
+                            });
                             result.cached_steps = reuse.total_steps;
                             result.total_steps = reuse.total_steps;
                             result.image_id = Some(reuse.image_id.clone());
@@ -462,6 +529,10 @@ async fn build_one(
         Ok(out) if options.push => {
             match push(&s.image, &s.tags, &policy, &mut log, &cancel).await {
                 Ok(digest) => {
+                    if let Some(reuse) = options.reuse.as_deref().filter(|r| r.record) {
+                        let note = reuse.record(engine, plan, i, digest.as_deref()).await;
+                        log.line(&format!("=== {}: {note}", s.name));
+                    }
                     result.status = ServiceStatus::Success;
                     result.digest = digest;
                     result.cached_steps = Some(out.cached_steps);

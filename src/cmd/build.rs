@@ -60,12 +60,51 @@ pub async fn run(
     if let Some(r) = &remote {
         settings.publish.warnings.extend(r.advice.iter().cloned());
     }
+    // Issue 15: what the registry has, decided before anything is pulled.
+    if settings.reuse.registry || settings.options.push {
+        match crate::build::reuse::Store::new(&settings.prefetch.options) {
+            Ok(store) => {
+                let inputs = settings.options.run_inputs();
+                let reuse = crate::build::reuse::RunReuse::prepare(
+                    store,
+                    &ws.plan,
+                    &settings.selected,
+                    &inputs,
+                    settings.reuse.registry,
+                    settings.options.push,
+                )
+                .await;
+                if settings.reuse.registry {
+                    for d in reuse.decisions.values() {
+                        ui.note(&crate::text::clean_line(
+                            &format!("{}: {}", d.service, d.describe()),
+                            400,
+                        ));
+                    }
+                }
+                settings.options.reuse = Some(std::sync::Arc::new(reuse));
+            }
+            Err(err) => settings
+                .publish
+                .warnings
+                .push(format!("registry reuse is off: {err}")),
+        }
+    }
     let mut publisher = Publisher::start(settings.publish.clone(), ui);
 
     let plan = &ws.plan;
+    let reused = |i: &usize| {
+        settings
+            .options
+            .reuse
+            .as_ref()
+            .is_some_and(|r| r.is_reused(*i))
+    };
+    // A service reused from the registry needs none of its base images.
     let wanted: BTreeSet<&String> = settings
         .selected
         .iter()
+        .filter(|i| !reused(i))
         .flat_map(|i| plan.services[*i].base_images.iter())
         .collect();
     // A builder that is not the local daemon's pulls base images by itself: prefetching into
@@ -348,6 +387,7 @@ fn add_not_built(
             skipped_reason: Some(reason.clone()),
             log_tail: Vec::new(),
             reused: false,
+            reused_from: None,
         });
     }
 }

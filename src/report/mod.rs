@@ -123,10 +123,99 @@ pub struct ServiceResult {
     pub skipped_reason: Option<String>,
     /// The last lines of the build log.
     pub log_tail: Vec<String>,
-    /// Not built: the cache directory's image of the service was made from the very same
-    /// inputs (Dockerfile, context, build args, base images), and was used as it is.
+    /// Not built: an image of the service made from the very same inputs (Dockerfile,
+    /// context, build args, base images) was used as it is: the cache directory's, or the
+    /// registry's (see `reused_from`).
     #[serde(default)]
     pub reused: bool,
+    /// For a reused service: where its image came from (issue 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<ReusedFrom>,
+}
+
+/// Where a reused service's image came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReusedFrom {
+    pub source: ReuseSource,
+    /// The image it came from: `<repository>:inputs-<hex>` in the registry, the cache
+    /// directory's image ID.
+    pub image: String,
+    /// The registry's manifest digest (registry), the image ID (cache).
+    pub digest: Option<String>,
+}
+
+/// `registry` or `cache`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReuseSource {
+    /// An image recorded in the registry under the same build inputs.
+    Registry,
+    /// The cache directory's image of the service.
+    Cache,
+}
+
+impl ReuseSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            ReuseSource::Registry => "registry",
+            ReuseSource::Cache => "cache",
+        }
+    }
+}
+
+/// How many services were built and how many reused, from where.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReuseCounts {
+    pub built: usize,
+    pub registry: usize,
+    pub cache: usize,
+}
+
+impl ReuseCounts {
+    pub fn of(services: &[ServiceResult]) -> ReuseCounts {
+        let mut counts = ReuseCounts::default();
+        for s in services
+            .iter()
+            .filter(|s| s.status == ServiceStatus::Success)
+        {
+            match (s.reused, s.reused_from.as_ref().map(|r| r.source)) {
+                (false, _) => counts.built += 1,
+                (true, Some(ReuseSource::Registry)) => counts.registry += 1,
+                (true, _) => counts.cache += 1,
+            }
+        }
+        counts
+    }
+
+    /// `built 1 · reused (registry) 9 · reused (cache) 0`, and `nothing to build` when every
+    /// service of a successful run was reused; `None` when nothing was reused.
+    pub fn line(&self, totals: &Totals) -> Option<String> {
+        if self.registry + self.cache == 0 {
+            return None;
+        }
+        let mut line = format!(
+            "built {} · reused (registry) {} · reused (cache) {}",
+            self.built, self.registry, self.cache
+        );
+        if self.built == 0 && totals.succeeded == totals.services {
+            line.push_str(" · nothing to build");
+        }
+        Some(line)
+    }
+}
+
+impl ServiceResult {
+    /// `reused (registry)`, `reused (cache)`, or `None` when it was not reused.
+    pub fn reuse_label(&self) -> Option<String> {
+        if !self.reused {
+            return None;
+        }
+        let source = self
+            .reused_from
+            .as_ref()
+            .map_or(ReuseSource::Cache, |r| r.source);
+        Some(format!("reused ({})", source.label()))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -208,6 +208,37 @@ fn render_with(
     );
     out.push_str(&stats_line(report));
     out.push_str("\n\n");
+    let counts = crate::report::ReuseCounts::of(&report.services);
+    if let Some(line) = counts.line(&report.totals) {
+        let _ = writeln!(out, "{}\n", cell(&line));
+        let reused: Vec<String> = report
+            .services
+            .iter()
+            .filter(|s| s.reused)
+            .filter_map(|s| {
+                let from = s.reused_from.as_ref()?;
+                Some(format!(
+                    "<code>{}</code> reused ({}) from <code>{}</code>{}",
+                    cell(&s.name),
+                    from.source.label(),
+                    cell(&from.image),
+                    from.digest
+                        .as_deref()
+                        .filter(|d| *d != from.image)
+                        .map(|d| format!(" <code>{}</code>", cell(d)))
+                        .unwrap_or_default()
+                ))
+            })
+            .collect();
+        if !reused.is_empty() {
+            let _ = writeln!(
+                out,
+                "<details><summary>Reused ({})</summary>\n\n{}\n\n</details>\n",
+                reused.len(),
+                reused.join("<br>\n")
+            );
+        }
+    }
     for shard in &report.missing_shards {
         let _ = writeln!(
             out,
@@ -590,7 +621,7 @@ fn services_table(report: &Report, all_rows: bool) -> String {
             let _ = write!(image, " +{extra} tag{}", if extra == 1 { "" } else { "s" });
         }
         let cached = match (s.cached_steps, s.total_steps) {
-            _ if s.reused => "reused".to_string(),
+            _ if s.reused => s.reuse_label().unwrap_or_default(),
             (Some(c), Some(t)) if t > 0 => format!("{c}/{t}"),
             _ => dash(),
         };
@@ -945,7 +976,16 @@ fn service_view(report: &Report, s: &ServiceResult, log_lines: usize) -> String 
         ));
         facts.push(text::duration(s.duration_ms));
     }
-    if s.reused {
+    if let Some(from) = s.reused_from.as_ref().filter(|_| s.reused) {
+        facts.push(format!(
+            "not built: {} <code>{}</code> has the same inputs",
+            match from.source {
+                crate::report::ReuseSource::Registry => "the registry's",
+                crate::report::ReuseSource::Cache => "the cached image",
+            },
+            cell(&from.image)
+        ));
+    } else if s.reused {
         facts.push("not built: the cached image has the same inputs".into());
     } else if let (Some(c), Some(t)) = (s.cached_steps, s.total_steps) {
         facts.push(format!("{c}/{t} steps cached"));

@@ -73,7 +73,7 @@ pub fn render(report: &Report, ui: &Ui) -> String {
                     s.attempts.to_string()
                 },
                 match (s.cached_steps, s.total_steps) {
-                    _ if s.reused => "reused".into(),
+                    _ if s.reused => s.reuse_label().unwrap_or_default(),
                     (Some(c), Some(t)) if t > 0 => format!("{c}/{t}"),
                     _ => "-".into(),
                 },
@@ -206,6 +206,33 @@ pub fn render(report: &Report, ui: &Ui) -> String {
         );
     }
 
+    let counts = crate::report::ReuseCounts::of(&report.services);
+    if let Some(line) = counts.line(&report.totals) {
+        out.push('\n');
+        let _ = writeln!(out, "{}", ui.dim(&line));
+        for s in &report.services {
+            if let Some(from) = s.reused_from.as_ref().filter(|_| s.reused) {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    ui.dim(&text::clean_line(
+                        &format!(
+                            "  {} reused ({}) from {}{}",
+                            s.name,
+                            from.source.label(),
+                            from.image,
+                            from.digest
+                                .as_deref()
+                                .filter(|d| *d != from.image)
+                                .map(|d| format!(" {d}"))
+                                .unwrap_or_default()
+                        ),
+                        400
+                    ))
+                );
+            }
+        }
+    }
     let n = &report.network;
     out.push('\n');
     let _ = writeln!(

@@ -134,6 +134,10 @@ impl Cache {
         let mut vouched = Vouched::default();
         for need in needs {
             let started = Instant::now();
+            // The cache keeps one image per reference, of the engine's platform.
+            if need.platform.is_some() {
+                continue;
+            }
             let key = need.reference.to_string();
             let Some(entry) = self.index.base_images.get(&key).cloned() else {
                 continue;
@@ -183,6 +187,7 @@ impl Cache {
             self.restored.insert(key.clone());
             vouched.images.push(ImageResult {
                 reference: key,
+                platform: None,
                 uses: need.uses.clone(),
                 status: ImageStatus::Present,
                 source: Some(source),

@@ -541,7 +541,7 @@ impl Cache {
         services: &[String],
     ) -> BuildCachePlan {
         let driver = match backend {
-            Backend::Buildx { builder } => layers::buildx_driver(builder.as_deref()).await,
+            Backend::Buildx { builder, .. } => layers::buildx_driver(builder.as_deref()).await,
             Backend::Engine { .. } => None,
         };
         let mode = BuildCacheMode::decide(driver.as_deref(), facts.containerd_image_store);

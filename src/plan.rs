@@ -232,6 +232,7 @@ fn build_identity(service: &Service, args: &BTreeMap<String, String>) -> String 
         service.network,
         service.labels,
         service.additional_contexts,
+        service.secrets,
     ])
     .to_string()
 }

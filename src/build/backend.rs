@@ -850,7 +850,7 @@ async fn buildx_once(
     }
     // Secrets reach buildx by name only: a value given as such goes through the child's
     // environment, never its command line.
-    for (n, secret) in job.extras.secrets.iter().enumerate() {
+    for (n, secret) in job.extras.secrets_for(&job.service).into_iter().enumerate() {
         let spec = match &secret.source {
             SecretSource::Env(var) => format!("id={},env={var}", secret.id),
             SecretSource::File(path) => format!("id={},src={}", secret.id, path.display()),

@@ -255,7 +255,8 @@ pub struct BuildArgs {
     )]
     pub ssh: Vec<Lines<String>>,
     /// Provenance attestation, as buildx takes it: `false`, `true`, `mode=min`, `mode=max`
-    /// (runs on buildx; the image store must keep attestations, so mostly with --push).
+    /// (runs on buildx; the image store must keep attestations, so mostly with --push). Unset:
+    /// `mode=min` when buildx pushes with a builder that can attest, as build-push-action.
     #[arg(long, value_name = "SPEC", env = "INPUT_PROVENANCE", value_parser = parse_attestation)]
     pub provenance: Option<String>,
     /// SBOM attestation, as buildx takes it: `false`, `true`, or generator options.

@@ -25,6 +25,11 @@ pub struct Use {
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageNeed {
     pub reference: Reference,
+    /// The platform to pull (`os/architecture[/variant]`) from a multi-platform image: the
+    /// `FROM --platform` value, else the service's first `platforms` entry. `None`: the
+    /// engine's own platform. The same image needed for two platforms is two needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     pub uses: Vec<Use>,
 }
 
@@ -227,6 +232,7 @@ fn build_identity(service: &Service, args: &BTreeMap<String, String>) -> String 
         service.network,
         service.labels,
         service.additional_contexts,
+        service.secrets,
     ])
     .to_string()
 }
@@ -333,7 +339,7 @@ pub fn plan(
             })
     };
 
-    let mut needs: BTreeMap<Reference, Vec<Use>> = BTreeMap::new();
+    let mut needs: BTreeMap<(Reference, Option<String>), Vec<Use>> = BTreeMap::new();
     let mut services = Vec::new();
     let mut edges = Vec::new();
     for (g, (i, others)) in groups.iter().enumerate() {
@@ -403,12 +409,16 @@ pub fn plan(
             })?;
         let mut deps: BTreeSet<String> = service.depends_on.iter().cloned().collect();
         let mut mine = Vec::new();
-        let mut add_need = |reference: Reference, use_: Use, mine: &mut Vec<String>| {
-            if !mine.contains(&reference.to_string()) {
-                mine.push(reference.to_string());
-            }
-            needs.entry(reference).or_default().push(use_);
-        };
+        // The platform a use pulls: its `FROM --platform`, else the service's target
+        // platform when it names one (the syntax frontend runs on the build platform).
+        let service_platform = service.platforms.first().cloned();
+        let mut add_need =
+            |reference: Reference, platform: Option<String>, use_: Use, mine: &mut Vec<String>| {
+                if !mine.contains(&reference.to_string()) {
+                    mine.push(reference.to_string());
+                }
+                needs.entry((reference, platform)).or_default().push(use_);
+            };
         for image in uses {
             // A named context of the same name replaces the image (BuildKit's named contexts).
             if service.additional_contexts.contains_key(&image.raw) {
@@ -420,8 +430,13 @@ pub fn plan(
                 }
                 continue;
             }
+            let platform = match image.kind {
+                dockerfile::UseKind::Syntax => None,
+                _ => image.platform.clone().or_else(|| service_platform.clone()),
+            };
             add_need(
                 image.reference.clone(),
+                platform,
                 Use {
                     dockerfile: shown.clone(),
                     line: image.line,
@@ -461,6 +476,7 @@ pub fn plan(
                 } else {
                     add_need(
                         reference,
+                        service_platform.clone(),
                         Use {
                             dockerfile: shown.clone(),
                             line: 0,
@@ -502,10 +518,14 @@ pub fn plan(
         .collect();
     let base_images = needs
         .into_iter()
-        .map(|(reference, mut uses)| {
+        .map(|((reference, platform), mut uses)| {
             uses.sort();
             uses.dedup();
-            ImageNeed { reference, uses }
+            ImageNeed {
+                reference,
+                platform,
+                uses,
+            }
         })
         .collect();
     Ok(Plan {

@@ -123,6 +123,9 @@ impl PullPath {
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageResult {
     pub reference: String,
+    /// The platform pulled from a multi-platform image ([`ImageNeed::platform`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     pub uses: Vec<Use>,
     pub status: ImageStatus,
     /// The source that served it (registry host, or mirror `host[/prefix]`).
@@ -527,8 +530,10 @@ impl Context {
     async fn fetch(&self, need: ImageNeed) -> ImageResult {
         let started = Instant::now();
         let reference = need.reference.clone();
+        let platform = need.platform.clone();
         let mut result = ImageResult {
             reference: reference.to_string(),
+            platform: need.platform,
             uses: need.uses,
             status: ImageStatus::Failed,
             source: None,
@@ -542,7 +547,7 @@ impl Context {
             error: None,
         };
         if self.options.pull == PullPolicy::Missing
-            && let Some(digest) = self.local_digest(&reference).await
+            && let Some(digest) = self.local_digest(&reference, platform.as_deref()).await
         {
             result.status = ImageStatus::Present;
             result.digest = digest;
@@ -554,7 +559,10 @@ impl Context {
         result.source_order = sources.iter().map(Source::label).collect();
         let mut last_error = None;
         for source in &sources {
-            match self.pull_from(&reference, source, &mut result).await {
+            match self
+                .pull_from(&reference, platform.as_deref(), source, &mut result)
+                .await
+            {
                 Ok(digest) => {
                     result.status = ImageStatus::Pulled;
                     result.source = Some(source.label());
@@ -601,14 +609,24 @@ impl Context {
         order
     }
 
-    /// The local image's digest (`Some(None)` when present without a repo digest).
-    async fn local_digest(&self, reference: &Reference) -> Option<Option<String>> {
+    /// The local image's digest (`Some(None)` when present without a repo digest). With a
+    /// `platform`, an image of another platform under that name is not present.
+    async fn local_digest(
+        &self,
+        reference: &Reference,
+        platform: Option<&str>,
+    ) -> Option<Option<String>> {
         let image = self
             .engine
             .docker
             .inspect_image(&reference.familiar())
             .await
             .ok()?;
+        if let Some(wanted) = platform.and_then(|p| p.parse::<crate::dockerfile::Platform>().ok())
+            && !platform_matches(&wanted, &image)
+        {
+            return None;
+        }
         let digest = image
             .repo_digests
             .unwrap_or_default()
@@ -621,15 +639,19 @@ impl Context {
     async fn pull_from(
         &self,
         reference: &Reference,
+        platform: Option<&str>,
         source: &Source,
         result: &mut ImageResult,
     ) -> Result<Option<String>, PullError> {
         let relay = self.active_relay();
-        let outcome = self.pull_via(reference, source, result, relay).await;
+        let outcome = self
+            .pull_via(reference, platform, source, result, relay)
+            .await;
         match (&outcome, relay) {
             // The daemon cannot reach the relay: this pull again, direct (the others follow).
             (Err(_), Some(_)) if self.active_relay().is_none() => {
-                self.pull_via(reference, source, result, None).await
+                self.pull_via(reference, platform, source, result, None)
+                    .await
             }
             _ => outcome,
         }
@@ -639,6 +661,7 @@ impl Context {
     async fn pull_via(
         &self,
         reference: &Reference,
+        platform: Option<&str>,
         source: &Source,
         result: &mut ImageResult,
         relay: Option<&Relay>,
@@ -688,6 +711,7 @@ impl Context {
                     self.pull_once(
                         repository.clone(),
                         tag.clone(),
+                        platform,
                         via_relay.map(|r| (r, source)),
                         &reference.path,
                     )
@@ -763,6 +787,7 @@ impl Context {
         &self,
         repository: String,
         tag: String,
+        platform: Option<&str>,
         relay: Option<(&Relay, &Source)>,
         path: &str,
     ) -> Result<(), PullError> {
@@ -774,10 +799,15 @@ impl Context {
                 message: format!("the daemon cannot reach the relay at {}", relay.host()),
             });
         }
-        let options = CreateImageOptionsBuilder::default()
+        // With a platform, the daemon takes that platform's manifest from an index (the
+        // relay passes the index through as it is).
+        let mut options = CreateImageOptionsBuilder::default()
             .from_image(&repository)
-            .tag(&tag)
-            .build();
+            .tag(&tag);
+        if let Some(platform) = platform {
+            options = options.platform(platform);
+        }
+        let options = options.build();
         // A direct pull carries the registry's credentials (X-Registry-Auth); through the
         // relay, the relay sends them upstream and the daemon needs none.
         let auth = match relay {
@@ -936,9 +966,46 @@ impl Context {
     }
 }
 
+/// Whether a local image is of `wanted` (its os and architecture; its variant when both say
+/// one, as an image without a variant serves any).
+fn platform_matches(
+    wanted: &crate::dockerfile::Platform,
+    image: &bollard::models::ImageInspect,
+) -> bool {
+    let same =
+        |have: Option<&String>, want: &str| have.is_some_and(|h| h.eq_ignore_ascii_case(want));
+    same(image.os.as_ref(), &wanted.os)
+        && same(image.architecture.as_ref(), &wanted.architecture)
+        && match (&wanted.variant, &image.variant) {
+            (Some(w), Some(h)) => w.eq_ignore_ascii_case(h),
+            _ => true,
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue13_a_local_image_of_another_platform_is_not_the_one_needed() {
+        let image = |os: &str, arch: &str, variant: Option<&str>| bollard::models::ImageInspect {
+            os: Some(os.into()),
+            architecture: Some(arch.into()),
+            variant: variant.map(str::to_string),
+            ..Default::default()
+        };
+        let arm64: crate::dockerfile::Platform = "linux/arm64".parse().unwrap();
+        assert!(platform_matches(&arm64, &image("linux", "arm64", None)));
+        assert!(platform_matches(
+            &arm64,
+            &image("linux", "arm64", Some("v8"))
+        ));
+        assert!(!platform_matches(&arm64, &image("linux", "amd64", None)));
+        assert!(!platform_matches(&arm64, &image("windows", "arm64", None)));
+        let v7: crate::dockerfile::Platform = "linux/arm/v7".parse().unwrap();
+        assert!(!platform_matches(&v7, &image("linux", "arm", Some("v6"))));
+        assert!(platform_matches(&v7, &image("linux", "arm", None)));
+    }
 
     #[test]
     fn health_samples_say_what_each_source_did_and_how_long_its_pulls_took() {
@@ -967,6 +1034,7 @@ mod tests {
         };
         let image = |status, source: Option<&str>, attempts, duration_ms| ImageResult {
             reference: "docker.io/library/a:1".into(),
+            platform: None,
             uses: Vec::new(),
             status,
             source: source.map(str::to_string),

@@ -1159,6 +1159,7 @@ mod tests {
     fn need(reference: &str) -> ImageNeed {
         ImageNeed {
             reference: Reference::parse(reference).unwrap(),
+            platform: None,
             uses: vec![Use {
                 dockerfile: "Dockerfile".into(),
                 line: 1,

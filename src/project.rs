@@ -59,6 +59,21 @@ pub struct Service {
     pub dockerfile_inline: Option<String>,
     /// Values as written before interpolation (`image`, `build.context`, ...), by key.
     pub written: BTreeMap<String, String>,
+    /// Build secrets of this service (values are read when a build starts).
+    pub secrets: Vec<ServiceSecret>,
+}
+
+/// A build secret one service's file gives (never its value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceSecret {
+    /// buildx's `--secret` syntax (`id=ID,env=VAR` or `id=ID,src=PATH`): an entry of the
+    /// config file's `secrets:` (relative paths from the project root).
+    Buildx(String),
+    /// A compose `build.secrets` entry whose top-level secret has `file:`.
+    File { id: String, path: PathBuf },
+    /// A compose `build.secrets` entry whose top-level secret has `environment:`.
+    Env { id: String, variable: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,6 +143,9 @@ struct ServiceConfig {
     network: Option<String>,
     #[serde(default)]
     image: Option<String>,
+    /// Build secrets in buildx's `--secret` syntax (`id=ID,env=VAR`, `id=ID,src=PATH`).
+    #[serde(default)]
+    secrets: Vec<String>,
 }
 
 /// Whether `path` names a compose file (`compose.yaml`, `docker-compose.prod.yml`, ...).
@@ -231,6 +249,7 @@ impl Project {
                 additional_contexts: BTreeMap::new(),
                 dockerfile_inline: None,
                 written: BTreeMap::new(),
+                secrets: svc.secrets.into_iter().map(ServiceSecret::Buildx).collect(),
             });
         }
         if services.is_empty() {
@@ -310,6 +329,37 @@ impl Project {
                     ),
                 ));
             }
+            let mut secrets = Vec::new();
+            for (source, id) in &build.secret_mounts {
+                secrets.push(match compose.secrets.get(source) {
+                    Some(crate::compose::SecretDef::File(path)) => ServiceSecret::File {
+                        id: id.clone(),
+                        path: path.clone(),
+                    },
+                    Some(crate::compose::SecretDef::Environment(variable)) => ServiceSecret::Env {
+                        id: id.clone(),
+                        variable: variable.clone(),
+                    },
+                    Some(crate::compose::SecretDef::Unusable) => {
+                        return Err(InputError {
+                            input: file.clone(),
+                            reason: format!(
+                                "service {:?}, key `build.secrets`: secret {source:?} has neither `file:` nor `environment:`, and builds take only those (as `docker compose build`)",
+                                s.name
+                            ),
+                        });
+                    }
+                    None => {
+                        return Err(InputError {
+                            input: file.clone(),
+                            reason: format!(
+                                "service {:?}, key `build.secrets`: there is no top-level secret {source:?}; define it under `secrets:` with `file:` or `environment:`",
+                                s.name
+                            ),
+                        });
+                    }
+                });
+            }
             if s.image.is_none() {
                 validate_name(&s.name).map_err(|reason| InputError {
                     input: file.clone(),
@@ -332,6 +382,7 @@ impl Project {
                 additional_contexts: build.additional_contexts.clone(),
                 dockerfile_inline: build.dockerfile_inline.clone(),
                 written: s.written.clone(),
+                secrets,
             });
         }
         let first = shown(root, &compose.files[0]);
@@ -447,6 +498,7 @@ impl Project {
                         additional_contexts: BTreeMap::new(),
                         dockerfile_inline: None,
                         written: BTreeMap::new(),
+                        secrets: Vec::new(),
                     },
                 );
             }

@@ -312,7 +312,12 @@ impl BuildSettings {
         let out_dir = &args.prefetch.out_dir;
         let out_dir = std::path::absolute(out_dir).unwrap_or_else(|_| out_dir.clone());
         let secrets = resolve_secrets(args, &ws.root)?;
-        let mut masks: Vec<String> = secrets.iter().flat_map(Secret::mask_lines).collect();
+        let service_secrets = resolve_service_secrets(plan, &selected, &ws.root)?;
+        let mut masks: Vec<String> = secrets
+            .iter()
+            .chain(service_secrets.values().flatten())
+            .flat_map(Secret::mask_lines)
+            .collect();
         masks.extend(read_credentials(&prefetch.options, plan)?);
         let mut publish = PublishContext::new(
             out_dir.clone(),
@@ -347,6 +352,7 @@ impl BuildSettings {
                 .collect(),
             extras: BuildxExtras {
                 secrets,
+                service_secrets,
                 ssh: flatten(&args.ssh),
                 provenance: args.provenance.clone(),
                 sbom: args.sbom.clone(),
@@ -415,6 +421,64 @@ fn resolve_secrets(args: &BuildArgs, root: &Path) -> Result<Vec<Secret>, Error> 
         }
     }
     Ok(secrets)
+}
+
+/// The selected services' own build secrets (config file `secrets:`, compose
+/// `build.secrets`), each read now like the run's: a missing variable or file is an input
+/// error naming the service.
+fn resolve_service_secrets(
+    plan: &crate::plan::Plan,
+    selected: &BTreeSet<usize>,
+    root: &Path,
+) -> Result<std::collections::BTreeMap<String, Vec<Secret>>, Error> {
+    use crate::build::secrets::{SecretSource, SecretSpec};
+    use crate::project::ServiceSecret;
+    let mut out = std::collections::BTreeMap::new();
+    for &i in selected {
+        let service = &plan.services[i];
+        let mut secrets: Vec<Secret> = Vec::new();
+        for entry in &service.service.secrets {
+            let (spec, key) = match entry {
+                ServiceSecret::Buildx(text) => (
+                    SecretSpec::parse_buildx(text).map_err(|reason| Error::Input {
+                        input: format!(
+                            "{}: service {:?}, key `secrets` ({text:?})",
+                            service.origin, service.name
+                        ),
+                        reason: format!("{reason}; write id=ID,env=VARIABLE or id=ID,src=PATH"),
+                    })?,
+                    "secrets",
+                ),
+                ServiceSecret::File { id, path } => (
+                    SecretSpec {
+                        id: id.clone(),
+                        source: SecretSource::File(path.clone()),
+                    },
+                    "build.secrets",
+                ),
+                ServiceSecret::Env { id, variable } => (
+                    SecretSpec {
+                        id: id.clone(),
+                        source: SecretSource::Env(variable.clone()),
+                    },
+                    "build.secrets",
+                ),
+            };
+            let secret = Secret::resolve(&spec, root).map_err(|reason| Error::Input {
+                input: format!(
+                    "{}: service {:?}, key `{key}`, secret {:?}",
+                    service.origin, service.name, spec.id
+                ),
+                reason: reason.to_string(),
+            })?;
+            secrets.retain(|s| s.id != secret.id);
+            secrets.push(secret);
+        }
+        if !secrets.is_empty() {
+            out.insert(service.name.clone(), secrets);
+        }
+    }
+    Ok(out)
 }
 
 /// Which services to build: `names` (from `build SERVICE...`) or `--only`, minus `--skip`,

@@ -49,6 +49,7 @@ impl Fixture {
             pushed.push(push_image(&bed.registry.host(), &spec).await.expect("push"));
             needs.push(ImageNeed {
                 reference: Reference::parse(&format!("{ns}/{name}:1")).unwrap(),
+                platform: None,
                 uses: Vec::new(),
             });
         }

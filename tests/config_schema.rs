@@ -51,7 +51,7 @@ async fn every_key_in_the_schema_is_accepted_by_the_tool() {
         .keys()
         .collect();
     let top_keys: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
-    let config = "services:\n  api:\n    context: api\n    dockerfile: Dockerfile\n    target: final\n    build-args: {A: b}\n    tags: [extra]\n    depends-on: []\n    platforms: [linux/amd64]\n    labels: {team: ml}\n    network: host\n    image: example/api:1\nmirrors:\n  docker.io: [mirror.example.com]\nmirror-first: false\nprefix: p-\ntag: v1\n";
+    let config = "services:\n  api:\n    context: api\n    dockerfile: Dockerfile\n    target: final\n    build-args: {A: b}\n    tags: [extra]\n    depends-on: []\n    platforms: [linux/amd64]\n    labels: {team: ml}\n    network: host\n    image: example/api:1\n    secrets: [\"id=tok,env=AIB_SCHEMA_SECRET\"]\nmirrors:\n  docker.io: [mirror.example.com]\nmirror-first: false\nprefix: p-\ntag: v1\n";
     for key in service_keys.iter().chain(top_keys.iter()) {
         assert!(
             config.contains(&format!("{key}:")),

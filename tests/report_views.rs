@@ -620,6 +620,7 @@ fn at_most_ten_annotations_per_level_ranked_with_an_overflow_note() {
     report.base_images = (0..15)
         .map(|i| BaseImageResult {
             reference: format!("img{i}:1"),
+            platform: None,
             status: ImageStatus::Failed,
             source: None,
             digest: None,
@@ -842,6 +843,7 @@ fn a_report_using_every_enum_value_validates() {
         ][i % 3];
         report.base_images.push(BaseImageResult {
             reference: format!("i{i}"),
+            platform: None,
             status,
             source: Some("docker.io".into()),
             digest: None,

@@ -178,3 +178,151 @@ async fn issue13_a_missing_secret_source_is_an_input_error_before_any_work() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.txt"));
 }
+
+/// [`DOCKERFILE`] with a step of its own (a unique marker written beside the hash).
+fn unique_dockerfile(name: &str) -> String {
+    format!(
+        "FROM busybox:1.36\n\
+         RUN --mount=type=secret,id=tok,required=true sha256sum /run/secrets/tok > /secret.sha && echo {} > /marker\n",
+        testbed::unique_name(name)
+    )
+}
+
+/// The hash of `/secret.sha`'s first field in `image` (what `RUN --mount=type=secret` saw).
+fn seen_hash(image: &str, file: &str) -> String {
+    docker(&["run", "--rm", image, "cat", file])
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Issue 13 item 1, per service: a config file entry's `secrets:` (buildx syntax) reaches its
+/// build and replaces the run's `--secret` of the same id; a service without its own gets the
+/// run's. Values are in no report or log.
+#[tokio::test]
+async fn issue13_config_file_secrets_are_per_service() {
+    let project = Project::empty().await;
+    project.push_bases(&[("library/busybox", "1.36")]).await;
+    // Each build's steps are its own: BuildKit merges identical steps of concurrent builds
+    // (a secret is not part of a step's identity), here and in the other tests.
+    for svc in ["env", "file", "plain"] {
+        project.write(&format!("{svc}/Dockerfile"), &unique_dockerfile(svc));
+    }
+    project.write(
+        "ai-infra-build.yml",
+        "services:\n  env:\n    secrets: [\"id=tok,env=AIB_SVC_SECRET\"]\n  file:\n    secrets: [\"id=tok,src=conf/tok.txt\"]\n  plain: {}\n",
+    );
+    let (run_value, env_value, file_value) = (
+        testbed::unique_name("run-secret"),
+        testbed::unique_name("env-secret"),
+        testbed::unique_name("file-secret"),
+    );
+    project.write("conf/tok.txt", &file_value);
+    let out = project
+        // No cache: a secret is in no cache key, and the three builds have the same steps.
+        .command(&[
+            "build-all",
+            "--no-cache",
+            "--secret",
+            "id=tok,env=AIB_RUN_SECRET",
+        ])
+        .args(project.common_args())
+        .env("AIB_RUN_SECRET", &run_value)
+        .env("AIB_SVC_SECRET", &env_value)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = project.report();
+    for (svc, value) in [
+        ("env", &env_value),
+        ("file", &file_value),
+        ("plain", &run_value),
+    ] {
+        let image = service(&report, svc)["image"].as_str().unwrap().to_string();
+        assert_eq!(
+            seen_hash(&image, "/secret.sha"),
+            hex_sha256(value),
+            "{svc}: the build saw another value"
+        );
+    }
+    let written = all_text(&project.path().join(".ai-infra-build"));
+    for value in [&run_value, &env_value, &file_value] {
+        assert!(
+            !written.contains(value.as_str()),
+            "a secret is in the report or logs"
+        );
+        assert!(!text(&out).contains(value.as_str()), "a secret was printed");
+    }
+    project.remove_built_images();
+
+    // A service's secret whose variable is not set stops the run before any work, naming it.
+    let out = project
+        .command(&["build-all"])
+        .args(project.common_args())
+        .env_remove("AIB_SVC_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"env\"") && stderr.contains("AIB_SVC_SECRET"),
+        "{stderr}"
+    );
+}
+
+/// Issue 13 item 1, compose: `build.secrets` names top-level secrets with `file:` (relative
+/// to the project directory) and `environment:`; the long syntax's `target` is the id the
+/// Dockerfile mounts. An undefined secret is an input error naming the service.
+#[tokio::test]
+async fn issue13_compose_build_secrets_reach_run_mount_secret() {
+    let project = Project::empty().await;
+    project.push_bases(&[("library/busybox", "1.36")]).await;
+    project.write(
+        "api/Dockerfile",
+        &format!(
+            "FROM busybox:1.36\n\
+             RUN --mount=type=secret,id=npmrc,required=true sha256sum /run/secrets/npmrc > /npmrc.sha && echo {0} > /marker\n\
+             RUN --mount=type=secret,id=tok,required=true sha256sum /run/secrets/tok > /tok.sha && echo {0} > /marker\n",
+            testbed::unique_name("compose")
+        ),
+    );
+    project.write(
+        "compose.yaml",
+        "services:\n  api:\n    build:\n      context: ./api\n      secrets:\n        - npmrc\n        - source: token\n          target: tok\nsecrets:\n  npmrc:\n    file: ./conf/npmrc\n  token:\n    environment: AIB_COMPOSE_TOKEN\n",
+    );
+    let (file_value, env_value) = (testbed::unique_name("npmrc"), testbed::unique_name("token"));
+    project.write("conf/npmrc", &file_value);
+    let out = project
+        .command(&["build-all", "--no-cache"])
+        .args(project.common_args())
+        .env("AIB_COMPOSE_TOKEN", &env_value)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = project.report();
+    let api = service(&report, "api");
+    let image = api["image"].as_str().unwrap().to_string();
+    assert_eq!(seen_hash(&image, "/npmrc.sha"), hex_sha256(&file_value));
+    assert_eq!(seen_hash(&image, "/tok.sha"), hex_sha256(&env_value));
+    assert!(
+        !report["warnings"].to_string().contains("build.secrets"),
+        "build.secrets is applied: {}",
+        report["warnings"]
+    );
+    let written = all_text(&project.path().join(".ai-infra-build"));
+    assert!(!written.contains(&file_value) && !written.contains(&env_value));
+    project.remove_built_images();
+
+    project.write(
+        "compose.yaml",
+        "services:\n  api:\n    build:\n      context: ./api\n      secrets: [nope]\n",
+    );
+    let out = project.command(&["plan"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"api\"") && stderr.contains("\"nope\"") && stderr.contains("secrets:"),
+        "{stderr}"
+    );
+}

@@ -46,6 +46,10 @@ pub struct BuildJob {
     pub extras: super::secrets::BuildxExtras,
     /// Credentials for the registries the Dockerfile pulls from (mirrors included).
     pub registry_auth: crate::auth::EngineAuth,
+    /// The run pushes the image and its tags after the build. buildx then pushes itself what
+    /// the engine's image store cannot hold (several platforms, attestations), see
+    /// [`BuildOutput::pushed_digest`].
+    pub push: bool,
 }
 
 /// What a successful build produced.
@@ -55,6 +59,9 @@ pub struct BuildOutput {
     /// Steps the builder reported as cached, and all steps it reported.
     pub cached_steps: u32,
     pub total_steps: u32,
+    /// The registry digest (manifest or index) when the builder pushed the image and its tags
+    /// itself; the run then pushes nothing more.
+    pub pushed_digest: Option<String>,
 }
 
 /// A failed build: the builder's error and whatever it printed last.
@@ -230,6 +237,9 @@ pub enum Backend {
     },
     Buildx {
         builder: Option<String>,
+        /// The engine keeps images in containerd (its `docker` driver then builds several
+        /// platforms and attestations).
+        containerd_store: bool,
     },
 }
 
@@ -254,8 +264,13 @@ impl Backend {
         needs_buildx: &[&str],
         engine: &Engine,
     ) -> Result<Backend, BackendError> {
+        let containerd_store = engine
+            .facts()
+            .await
+            .is_ok_and(|facts| facts.containerd_image_store);
         let buildx = || Backend::Buildx {
             builder: buildx_builder.map(str::to_string),
+            containerd_store,
         };
         let engine_backend = |buildkit: bool| Backend::Engine {
             engine: engine.clone(),
@@ -325,8 +340,10 @@ impl Backend {
                     "engine (classic)".into()
                 }
             }
-            Backend::Buildx { builder: Some(b) } => format!("buildx ({b})"),
-            Backend::Buildx { builder: None } => "buildx".into(),
+            Backend::Buildx {
+                builder: Some(b), ..
+            } => format!("buildx ({b})"),
+            Backend::Buildx { builder: None, .. } => "buildx".into(),
         }
     }
 
@@ -348,7 +365,10 @@ impl Backend {
                     engine_build(engine, job, log, false).await
                 }
             }
-            Backend::Buildx { builder } => buildx_build(builder.as_deref(), job, log).await,
+            Backend::Buildx {
+                builder,
+                containerd_store,
+            } => buildx_build(builder.as_deref(), *containerd_store, job, log).await,
         }
     }
 }
@@ -622,10 +642,227 @@ fn docker_message(err: bollard::errors::Error) -> String {
     }
 }
 
-/// `docker buildx build` as a child process; its plain progress goes to the log.
+/// What `docker buildx inspect [BUILDER]` says of a builder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuilderInfo {
+    pub driver: String,
+    /// The first node's BuildKit `(major, minor)` (`v0.13.2` -> `(0, 13)`).
+    pub buildkit: Option<(u32, u32)>,
+}
+
+impl BuilderInfo {
+    fn parse(inspect: &str) -> Option<BuilderInfo> {
+        let field = |name: &str| {
+            inspect.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().to_string())
+            })
+        };
+        let buildkit = field("BuildKit version").and_then(|v| {
+            let v = v.trim_start_matches('v');
+            let mut parts = v.split(|c: char| !c.is_ascii_digit());
+            Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+        });
+        Some(BuilderInfo {
+            driver: field("Driver")?,
+            buildkit,
+        })
+    }
+
+    /// Whether the builder can push several platforms as one index: every driver but
+    /// `docker`, and `docker` on an engine with the containerd image store.
+    pub fn multi_platform(&self, containerd_store: bool) -> bool {
+        self.driver != "docker" || containerd_store
+    }
+
+    /// Whether it makes attestations: BuildKit 0.11 or later, with an exporter that can keep
+    /// them (not the `docker` driver on the classic image store). An unknown version (Debian's
+    /// engines say `v0.0.0+unknown`) counts as recent: the containerd image store came after
+    /// BuildKit 0.11 (Engine 24), and BuildKit's own images carry their version.
+    pub fn attests(&self, containerd_store: bool) -> bool {
+        self.multi_platform(containerd_store)
+            && self.buildkit.is_none_or(|v| v == (0, 0) || v >= (0, 11))
+    }
+}
+
+/// `docker buildx inspect [BUILDER]`, `None` when it fails.
+pub async fn inspect_builder(builder: Option<&str>) -> Option<BuilderInfo> {
+    let mut cmd = tokio::process::Command::new("docker");
+    cmd.args(["buildx", "inspect"]);
+    if let Some(b) = builder {
+        cmd.arg(b);
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .ok()?
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    BuilderInfo::parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The provenance a pushing build gets when the user set none, as docker/build-push-action
+/// gives it: `mode=min` (its default for private repositories; it gives `mode=max` to public
+/// ones, which we cannot tell) when the builder can attest; none when loading.
+pub const DEFAULT_PUSH_PROVENANCE: &str = "mode=min";
+
+/// Where `docker buildx build` puts the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// `--load`: into the engine's image store (the run pushes it afterwards).
+    Load,
+    /// `--push`: buildx pushes it (and keeps it locally where the driver stores images).
+    Push,
+}
+
+/// `docker buildx build`; its plain progress goes to the log. When the run pushes, buildx
+/// pushes itself what `--load` cannot give the engine: several platforms as one index, and
+/// attestations (provenance is on by default then, as with docker/build-push-action). A
+/// builder that builds one platform at a time (the `docker` driver on the classic image store)
+/// builds and pushes each platform, then makes the index of them with
+/// `docker buildx imagetools create`.
 async fn buildx_build(
     builder: Option<&str>,
+    containerd_store: bool,
     job: &BuildJob,
+    log: &mut Log,
+) -> Result<BuildOutput, BuildFailure> {
+    let info = match job.push {
+        true => inspect_builder(builder).await,
+        false => None,
+    };
+    let provenance = job.extras.provenance.clone().or_else(|| {
+        info.as_ref()
+            .filter(|i| job.push && i.attests(containerd_store))
+            .map(|_| DEFAULT_PUSH_PROVENANCE.to_string())
+    });
+    let on = |a: &Option<String>| a.as_deref().is_some_and(super::secrets::attestation_on);
+    let attests = on(&provenance) || on(&job.extras.sbom);
+    let direct = job.push && (job.platforms.len() > 1 || attests);
+    if !direct {
+        return buildx_once(builder, job, Output::Load, provenance.as_deref(), log).await;
+    }
+    let multi_platform = info
+        .as_ref()
+        .map_or(containerd_store, |i| i.multi_platform(containerd_store));
+    if job.platforms.len() <= 1 || multi_platform {
+        let out = buildx_once(builder, job, Output::Push, provenance.as_deref(), log).await?;
+        if out.pushed_digest.is_none() {
+            return Err(BuildFailure {
+                message: "buildx pushed the image but its metadata file names no digest".into(),
+            });
+        }
+        return Ok(out);
+    }
+    log.line(&format!(
+        "=== builder {} (driver docker, classic image store) builds one platform at a time: \
+         each of {} is pushed by itself, then one index of them",
+        builder.unwrap_or("default"),
+        job.platforms.join(", ")
+    ));
+    let mut total = BuildOutput::default();
+    let mut digests = Vec::new();
+    for platform in &job.platforms {
+        let one = BuildJob {
+            platforms: vec![platform.clone()],
+            tags: Vec::new(),
+            ..job.clone()
+        };
+        let out = buildx_once(builder, &one, Output::Push, provenance.as_deref(), log).await?;
+        total.cached_steps += out.cached_steps;
+        total.total_steps += out.total_steps;
+        digests.push(out.pushed_digest.ok_or_else(|| BuildFailure {
+            message: format!(
+                "buildx pushed {} for {platform} but its metadata file names no digest",
+                job.image
+            ),
+        })?);
+    }
+    total.pushed_digest = Some(imagetools_create(builder, job, &digests, log).await?);
+    Ok(total)
+}
+
+/// `docker buildx imagetools create`: one index of the per-platform manifests `digests`
+/// (pushed to `job.image`'s repository), as `job.image` and every tag. Returns its digest.
+async fn imagetools_create(
+    builder: Option<&str>,
+    job: &BuildJob,
+    digests: &[String],
+    log: &mut Log,
+) -> Result<String, BuildFailure> {
+    let repository = split_tag(&job.image).0;
+    let mut cmd = tokio::process::Command::new("docker");
+    cmd.arg("buildx");
+    if let Some(b) = builder {
+        cmd.args(["--builder", b]);
+    }
+    cmd.args(["imagetools", "create", "--progress=plain"]);
+    for name in std::iter::once(&job.image).chain(&job.tags) {
+        cmd.args(["-t", name]);
+    }
+    cmd.args(digests.iter().map(|d| format!("{repository}@{d}")));
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    log.line(&format!(
+        "running: docker buildx imagetools create -t {} {}",
+        job.image,
+        digests.join(" ")
+    ));
+    let limit = job.idle_timeout.max(Duration::from_secs(60));
+    let out = tokio::time::timeout(limit, cmd.output())
+        .await
+        .map_err(|_| BuildFailure {
+            message: format!(
+                "`docker buildx imagetools create` did not finish within {}s",
+                limit.as_secs()
+            ),
+        })?
+        .map_err(|e| BuildFailure {
+            message: format!("cannot run `docker buildx imagetools create`: {e}"),
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    log.line(text.trim_end());
+    if !out.status.success() {
+        return Err(BuildFailure {
+            message: format!(
+                "making the index of {} failed: {}",
+                job.image,
+                text.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("`docker buildx imagetools create` failed")
+            ),
+        });
+    }
+    index_digest(&text).ok_or_else(|| BuildFailure {
+        message: format!(
+            "`docker buildx imagetools create` pushed the index of {} but named no digest",
+            job.image
+        ),
+    })
+}
+
+/// The digest in `imagetools create`'s `pushing sha256:… to REF` line.
+fn index_digest(output: &str) -> Option<String> {
+    output.lines().find_map(|line| {
+        let rest = &line[line.find("pushing sha256:")? + "pushing ".len()..];
+        let digest = rest.split_whitespace().next()?;
+        let hex = digest.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| digest.to_string())
+    })
+}
+
+/// One `docker buildx build` of `job`, its image loaded or pushed.
+async fn buildx_once(
+    builder: Option<&str>,
+    job: &BuildJob,
+    output_to: Output,
+    provenance: Option<&str>,
     log: &mut Log,
 ) -> Result<BuildOutput, BuildFailure> {
     let metadata = tempfile::Builder::new()
@@ -640,7 +877,11 @@ async fn buildx_build(
     if let Some(b) = builder {
         cmd.args(["--builder", b]);
     }
-    cmd.args(["build", "--progress=plain", "--load", "--pull=false"]);
+    cmd.args(["build", "--progress=plain", "--pull=false"]);
+    cmd.arg(match output_to {
+        Output::Load => "--load",
+        Output::Push => "--push",
+    });
     cmd.arg("--metadata-file").arg(metadata.path());
     cmd.arg("-f").arg(&job.dockerfile);
     cmd.args(["-t", &job.image]);
@@ -676,7 +917,7 @@ async fn buildx_build(
     }
     // Secrets reach buildx by name only: a value given as such goes through the child's
     // environment, never its command line.
-    for (n, secret) in job.extras.secrets.iter().enumerate() {
+    for (n, secret) in job.extras.secrets_for(&job.service).into_iter().enumerate() {
         let spec = match &secret.source {
             SecretSource::Env(var) => format!("id={},env={var}", secret.id),
             SecretSource::File(path) => format!("id={},src={}", secret.id, path.display()),
@@ -691,7 +932,7 @@ async fn buildx_build(
     for ssh in &job.extras.ssh {
         cmd.arg("--ssh").arg(ssh);
     }
-    if let Some(p) = &job.extras.provenance {
+    if let Some(p) = provenance {
         cmd.arg(format!("--provenance={p}"));
     }
     if let Some(s) = &job.extras.sbom {
@@ -702,11 +943,23 @@ async fn buildx_build(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if job.extras.provenance.is_none() {
+    if provenance.is_none() {
         cmd.env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1");
     }
     log.line(&format!(
-        "running: docker buildx build ... {}",
+        "running: docker buildx build{}{}{} ... {}",
+        match output_to {
+            Output::Load => " --load",
+            Output::Push => " --push",
+        },
+        if job.platforms.is_empty() {
+            String::new()
+        } else {
+            format!(" --platform {}", job.platforms.join(","))
+        },
+        provenance
+            .map(|p| format!(" --provenance={p}"))
+            .unwrap_or_default(),
         job.context.display()
     ));
     let mut child = cmd.spawn().map_err(|e| BuildFailure {
@@ -780,17 +1033,65 @@ async fn buildx_build(
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    output.image_id = meta
-        .get("containerimage.config.digest")
-        .or_else(|| meta.get("containerimage.digest"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
+    let field = |name: &str| meta.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    match output_to {
+        Output::Load => {
+            output.image_id =
+                field("containerimage.config.digest").or_else(|| field("containerimage.digest"));
+        }
+        // The pushed manifest's or index's digest; an index has no one config.
+        Output::Push => {
+            output.image_id = field("containerimage.config.digest");
+            output.pushed_digest = field("containerimage.digest");
+        }
+    }
     Ok(output)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builders_are_read_from_buildx_inspect() {
+        let docker = BuilderInfo::parse(
+            "Name:          default\nDriver:        docker\n\nNodes:\nName:             default\n\
+             Endpoint:         default\nStatus:           running\nBuildKit version: v0.8+unknown\n",
+        )
+        .unwrap();
+        assert_eq!(docker.driver, "docker");
+        assert_eq!(docker.buildkit, Some((0, 8)));
+        assert!(!docker.multi_platform(false) && !docker.attests(false));
+        assert!(
+            docker.multi_platform(true) && !docker.attests(true),
+            "BuildKit 0.8"
+        );
+        let modern = BuilderInfo {
+            buildkit: Some((0, 13)),
+            ..docker.clone()
+        };
+        assert!(modern.attests(true) && !modern.attests(false));
+        let container =
+            BuilderInfo::parse("Name: ci\nDriver: docker-container\nBuildKit version: v0.12.5\n")
+                .unwrap();
+        assert!(container.multi_platform(false) && container.attests(false));
+        let debian26 =
+            BuilderInfo::parse("Name: default\nDriver: docker\nBuildKit version: v0.0.0+unknown\n")
+                .unwrap();
+        assert_eq!(debian26.buildkit, Some((0, 0)));
+        assert!(debian26.attests(true) && !debian26.attests(false));
+        assert_eq!(BuilderInfo::parse("Name: x\n"), None);
+    }
+
+    #[test]
+    fn the_index_digest_is_read_from_imagetools_output() {
+        let digest = format!("sha256:{}", "0a".repeat(32));
+        let out = format!(
+            "#1 [internal] pushing 127.0.0.1:5000/team/api:1\n#1 0.000 pushing {digest} to 127.0.0.1:5000/team/api:1\n#1 DONE 0.0s\n"
+        );
+        assert_eq!(index_digest(&out), Some(digest));
+        assert_eq!(index_digest("#1 pushing sha256:12 to x"), None);
+    }
 
     #[test]
     fn tags_split_after_the_last_colon_outside_the_host() {

@@ -331,6 +331,7 @@ async fn build_one(
         cache_to: dir_cache.cache_to,
         idle_timeout: options.idle_timeout,
         registry_auth: options.registry_auth.clone(),
+        push: options.push,
     };
     let dockerfile_text = std::fs::read_to_string(&svc.dockerfile).unwrap_or_default();
     let policy = RetryPolicy {
@@ -527,7 +528,12 @@ async fn build_one(
             result.status = ServiceStatus::Failed;
         }
         Ok(out) if options.push => {
-            match push(&s.image, &s.tags, &policy, &mut log, &cancel).await {
+            // A builder that pushed itself (several platforms, attestations) gave the digest.
+            let pushed = match out.pushed_digest.clone() {
+                Some(digest) => Ok(Some(digest)),
+                None => push(&s.image, &s.tags, &policy, &mut log, &cancel).await,
+            };
+            match pushed {
                 Ok(digest) => {
                     if let Some(reuse) = options.reuse.as_deref().filter(|r| r.record) {
                         let note = reuse.record(engine, plan, i, digest.as_deref()).await;

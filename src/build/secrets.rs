@@ -339,7 +339,11 @@ mod tests {
 /// BuildKit session over the Engine API has no secrets or SSH provider.)
 #[derive(Debug, Clone, Default)]
 pub struct BuildxExtras {
+    /// Secrets of every build (`--secret`, the action's secret inputs).
     pub secrets: Vec<Secret>,
+    /// Secrets of one service (its config file entry or compose `build.secrets`), by the
+    /// plan's service name; over the run's secrets of the same id.
+    pub service_secrets: std::collections::BTreeMap<String, Vec<Secret>>,
     pub ssh: Vec<String>,
     pub provenance: Option<String>,
     pub sbom: Option<String>,
@@ -349,7 +353,7 @@ impl BuildxExtras {
     /// What of these needs buildx (empty when nothing does).
     pub fn needs_buildx(&self) -> Vec<&'static str> {
         let mut needs = Vec::new();
-        if !self.secrets.is_empty() {
+        if !self.secrets.is_empty() || self.service_secrets.values().any(|s| !s.is_empty()) {
             needs.push("build secrets");
         }
         if !self.ssh.is_empty() {
@@ -360,5 +364,70 @@ impl BuildxExtras {
             needs.push("attestations");
         }
         needs
+    }
+}
+
+impl BuildxExtras {
+    /// The secrets `service`'s build gets: the run's, then the service's own (which replace
+    /// the run's of the same id).
+    pub fn secrets_for(&self, service: &str) -> Vec<&Secret> {
+        let own = self
+            .service_secrets
+            .get(service)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        self.secrets
+            .iter()
+            .filter(|s| !own.iter().any(|o| o.id == s.id))
+            .chain(own)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+
+    #[test]
+    fn issue13_a_services_own_secret_replaces_the_runs_of_the_same_id() {
+        let secret = |id: &str, var: &str| Secret {
+            id: id.into(),
+            source: SecretSource::Env(var.into()),
+            value: None,
+        };
+        let extras = BuildxExtras {
+            secrets: vec![secret("a", "RUN_A"), secret("b", "RUN_B")],
+            service_secrets: [(
+                "api".to_string(),
+                vec![secret("b", "API_B"), secret("c", "API_C")],
+            )]
+            .into_iter()
+            .collect(),
+            ..BuildxExtras::default()
+        };
+        let sources = |service| -> Vec<SecretSource> {
+            extras
+                .secrets_for(service)
+                .into_iter()
+                .map(|s| s.source.clone())
+                .collect()
+        };
+        assert_eq!(
+            sources("api"),
+            [
+                SecretSource::Env("RUN_A".into()),
+                SecretSource::Env("API_B".into()),
+                SecretSource::Env("API_C".into())
+            ]
+        );
+        assert_eq!(sources("web").len(), 2);
+        assert_eq!(
+            BuildxExtras {
+                service_secrets: extras.service_secrets.clone(),
+                ..BuildxExtras::default()
+            }
+            .needs_buildx(),
+            ["build secrets"]
+        );
     }
 }

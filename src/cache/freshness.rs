@@ -138,6 +138,10 @@ impl Cache {
         let mut vouched = Vouched::default();
         for need in needs {
             let started = Instant::now();
+            // The cache keeps one image per reference, of the engine's platform.
+            if need.platform.is_some() {
+                continue;
+            }
             let key = need.reference.to_string();
             let Some(entry) = self.index.base_images.get(&key).cloned() else {
                 continue;
@@ -189,6 +193,7 @@ impl Cache {
                 via: None,
                 via_reason: None,
                 reference: key,
+                platform: None,
                 uses: need.uses.clone(),
                 status: ImageStatus::Present,
                 source: Some(source),

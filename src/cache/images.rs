@@ -310,6 +310,12 @@ impl Cache {
         let mut wanted: BTreeMap<String, Vec<(Reference, BaseImage)>> = BTreeMap::new();
         for need in needs {
             let key = need.reference.to_string();
+            // The cache keeps one image per reference, of the engine's platform: an image
+            // needed for a given platform is the prefetch's.
+            if need.platform.is_some() {
+                stats.not_cached.push(key);
+                continue;
+            }
             let Some(entry) = self.index.base_images.get(&key).cloned() else {
                 stats.not_cached.push(key);
                 continue;
@@ -415,7 +421,7 @@ impl Cache {
                 ImageStatus::Pulled => self.stats.base_image_misses += 1,
                 _ => {}
             }
-            if image.status == ImageStatus::Failed {
+            if image.status == ImageStatus::Failed || image.platform.is_some() {
                 continue;
             }
             let Ok(reference) = Reference::parse(&image.reference) else {
@@ -535,7 +541,7 @@ impl Cache {
         services: &[String],
     ) -> BuildCachePlan {
         let driver = match backend {
-            Backend::Buildx { builder } => layers::buildx_driver(builder.as_deref()).await,
+            Backend::Buildx { builder, .. } => layers::buildx_driver(builder.as_deref()).await,
             Backend::Engine { .. } => None,
         };
         let mode = BuildCacheMode::decide(driver.as_deref(), facts.containerd_image_store);

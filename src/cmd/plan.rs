@@ -287,7 +287,16 @@ fn render(plan: &Plan) -> String {
             .iter()
             .map(|u| format!("{}:{}", PathBuf::from(&u.dockerfile).display(), u.line))
             .collect();
-        out.push_str(&format!("  {}  <- {}\n", need.reference, uses.join(", ")));
+        let platform = need
+            .platform
+            .as_deref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {}{platform}  <- {}\n",
+            need.reference,
+            uses.join(", ")
+        ));
     }
     out.trim_end().to_string()
 }

@@ -84,6 +84,8 @@ pub struct Compose {
     pub env_files: Vec<PathBuf>,
     /// Every service, by name.
     pub services: Vec<ComposeService>,
+    /// The top-level `secrets:` (what `build.secrets` names), by name.
+    pub secrets: BTreeMap<String, SecretDef>,
     /// Things the user should know (unset variables, build keys not applied).
     pub warnings: Vec<String>,
 }
@@ -124,9 +126,35 @@ pub struct Build {
     /// Named contexts: a path, `service:<name>`, `docker-image://<ref>`, a URL.
     pub additional_contexts: BTreeMap<String, String>,
     pub secrets: Vec<String>,
+    /// `build.secrets` as (source, id): the id the Dockerfile mounts is `target` when the
+    /// long syntax gives one, else the source's name (as `docker compose build`).
+    pub secret_mounts: Vec<(String, String)>,
     pub ssh: Vec<String>,
     /// Keys of the build section that change a build but that ai-infra-build does not apply.
     pub unsupported: Vec<String>,
+}
+
+/// A top-level secret's definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretDef {
+    /// `file:`, made absolute.
+    File(PathBuf),
+    /// `environment:`: the variable holding the value.
+    Environment(String),
+    /// Anything else (`external:`, no source): builds cannot use it.
+    Unusable,
+}
+
+impl SecretDef {
+    fn from_value(value: &Value, base: &Path) -> SecretDef {
+        if let Some(file) = value.get("file").and_then(scalar_string) {
+            SecretDef::File(base.join(file))
+        } else if let Some(var) = value.get("environment").and_then(scalar_string) {
+            SecretDef::Environment(var)
+        } else {
+            SecretDef::Unusable
+        }
+    }
 }
 
 /// Build keys the Compose specification defines. The ones [`Build`] does not apply are
@@ -159,11 +187,10 @@ const BUILD_KEYS: [&str; 24] = [
 ];
 
 /// The keys of [`BUILD_KEYS`] whose effect the builds do not get.
-const NOT_APPLIED: [&str; 16] = [
+const NOT_APPLIED: [&str; 15] = [
     "dockerfile_inline",
     "cache_from",
     "additional_contexts",
-    "secrets",
     "ssh",
     "cache_to",
     "extra_hosts",
@@ -273,6 +300,7 @@ pub fn load(dir: &Path, options: &Options) -> Result<Compose, ComposeError> {
         files: loader.files,
         env_files: loader.env_files,
         services,
+        secrets: project.secrets,
         warnings,
     })
 }
@@ -281,6 +309,8 @@ pub fn load(dir: &Path, options: &Options) -> Result<Compose, ComposeError> {
 #[derive(Debug, Default)]
 struct Project {
     services: BTreeMap<String, Def>,
+    /// Top-level `secrets:` (a later file's definition replaces an earlier one's).
+    secrets: BTreeMap<String, SecretDef>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +324,7 @@ struct Def {
 
 impl Project {
     fn merge(&mut self, layer: Project) {
+        self.secrets.extend(layer.secrets);
         for (name, def) in layer.services {
             match self.services.get_mut(&name) {
                 Some(existing) => {
@@ -385,6 +416,14 @@ impl Loader {
         let mut project = Project::default();
         if let Some(include) = doc.get("include") {
             self.include(include, file, base, stack, &mut project)?;
+        }
+        if let Some(Value::Object(secrets)) = doc.get("secrets") {
+            // Relative to the project directory, as every path of the file.
+            for (name, def) in secrets {
+                project
+                    .secrets
+                    .insert(name.clone(), SecretDef::from_value(def, base));
+            }
         }
         let services = match doc.get("services") {
             None | Some(Value::Null) => Map::new(),
@@ -484,6 +523,7 @@ impl Loader {
                 sub.merge(layer);
             }
             self.extends(&mut sub, &env)?;
+            project.secrets.extend(std::mem::take(&mut sub.secrets));
             for (name, def) in sub.services {
                 if project.services.contains_key(&name) {
                     return Err(fail(
@@ -836,6 +876,21 @@ fn service(
                         _ => Vec::new(),
                     })
                     .unwrap_or_default(),
+                secret_mounts: match b.get("secrets") {
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|x| {
+                            let source = scalar_string(x)
+                                .or_else(|| x.get("source").and_then(scalar_string))?;
+                            let id = x
+                                .get("target")
+                                .and_then(scalar_string)
+                                .unwrap_or_else(|| source.clone());
+                            Some((source, id))
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                },
                 ssh: match b.get("ssh") {
                     Some(Value::Object(m)) => m.keys().cloned().collect(),
                     other => strings(other),

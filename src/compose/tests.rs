@@ -318,8 +318,13 @@ fn build_keys_not_applied_are_one_warning_and_remote_contexts_are_marked() {
     assert!(build(&c, "c").remote);
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     let w = &c.warnings[0];
+    // build.secrets is applied (issue 13): not in the warning.
+    assert!(!w.contains("build.secrets"), "{w}");
+    assert_eq!(
+        build(&c, "b").secret_mounts,
+        [("token".into(), "token".into())]
+    );
     for part in [
-        "build.secrets (a, b)",
         "build.ssh (a)",
         "build.cache_from (a)",
         "build.additional_contexts (b)",
@@ -339,4 +344,43 @@ fn yaml_errors_are_sentences_with_the_file() {
     let dir = project(&[("compose.yaml", "- a list\n")]);
     let err = load(dir.path(), &Options::default()).unwrap_err();
     assert!(err.to_string().contains("mapping"), "{err}");
+}
+
+/// Issue 13: `build.secrets` names top-level secrets (`file:` relative to the project
+/// directory, `environment:`); the long syntax's `target` is the id the Dockerfile mounts.
+#[test]
+fn issue13_build_secrets_and_their_top_level_definitions() {
+    let dir = project(&[
+        (
+            "compose.yaml",
+            "services:\n  a:\n    build:\n      context: .\n      secrets:\n        - npmrc\n        - source: token\n          target: api_token\nsecrets:\n  npmrc:\n    file: ./conf/npmrc\n  token:\n    environment: API_TOKEN\n  ext:\n    external: true\n",
+        ),
+        (
+            "compose.override.yaml",
+            "secrets:\n  npmrc:\n    file: other/npmrc\n",
+        ),
+    ]);
+    let c = read(dir.path(), Options::default());
+    assert_eq!(
+        build(&c, "a").secret_mounts,
+        [
+            ("npmrc".to_string(), "npmrc".to_string()),
+            ("token".to_string(), "api_token".to_string())
+        ]
+    );
+    assert_eq!(
+        c.secrets["npmrc"],
+        SecretDef::File(dir.path().join("other/npmrc")),
+        "the override file's definition wins"
+    );
+    assert_eq!(
+        c.secrets["token"],
+        SecretDef::Environment("API_TOKEN".into())
+    );
+    assert_eq!(c.secrets["ext"], SecretDef::Unusable);
+    assert!(
+        c.warnings.iter().all(|w| !w.contains("secrets")),
+        "{:?}",
+        c.warnings
+    );
 }

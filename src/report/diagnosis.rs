@@ -949,6 +949,7 @@ mod tests {
     ) -> ImageResult {
         ImageResult {
             reference: reference.to_string(),
+            platform: None,
             uses: Vec::new(),
             status,
             source: source.map(str::to_string),

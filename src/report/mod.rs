@@ -231,6 +231,9 @@ pub struct ServiceFailure {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BaseImageResult {
     pub reference: String,
+    /// The platform pulled from a multi-platform image; `None`: the engine's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     /// `pulled`, `present` or `failed`.
     pub status: ImageStatus,
     /// Registry or mirror that served it (`local` when it was already present).
@@ -382,6 +385,7 @@ impl Report {
                 }
                 base_images.push(BaseImageResult {
                     reference: image.reference.clone(),
+                    platform: image.platform.clone(),
                     status: image.status,
                     source: image.source.clone(),
                     digest: image.digest.clone(),

@@ -78,6 +78,10 @@ pub struct ImageSpec {
     pub tag: String,
     /// Size in bytes of each extra layer's single random file, in layer order.
     pub extra_layers: Vec<usize>,
+    /// The config's `os/architecture[/variant]` (default `linux/amd64`). Any platform but the
+    /// default also gets a layer with `/etc/testbed-platform` holding it, so a build can tell
+    /// which platform's image it started from (the busybox binary stays this machine's).
+    pub platform: Option<String>,
 }
 
 impl ImageSpec {
@@ -87,7 +91,14 @@ impl ImageSpec {
             repo: repo.into(),
             tag: tag.into(),
             extra_layers: Vec::new(),
+            platform: None,
         }
+    }
+
+    /// The image for `platform` (`os/architecture[/variant]`).
+    pub fn for_platform(mut self, platform: impl Into<String>) -> Self {
+        self.platform = Some(platform.into());
+        self
     }
 
     /// Adds a layer holding `bytes` random bytes.
@@ -137,6 +148,8 @@ pub struct PushedImage {
     pub layers: Vec<Descriptor>,
     /// Bytes a pull downloads: config plus compressed layers (without the manifest).
     pub size: u64,
+    /// Bytes of the manifest itself (for a descriptor in an index).
+    pub manifest_size: u64,
 }
 
 impl PushedImage {
@@ -150,6 +163,15 @@ impl PushedImage {
 /// Builds the image `spec` describes and pushes it to the registry at `registry_host`
 /// (`127.0.0.1:PORT`).
 pub async fn push_image(registry_host: &str, spec: &ImageSpec) -> anyhow::Result<PushedImage> {
+    push_as(registry_host, spec, Some(&spec.tag)).await
+}
+
+/// Builds `spec` and pushes it, its manifest under `tag`, or by its digest alone (`None`).
+async fn push_as(
+    registry_host: &str,
+    spec: &ImageSpec,
+    tag: Option<&str>,
+) -> anyhow::Result<PushedImage> {
     let context = || {
         format!(
             "while pushing {}:{} to {registry_host}",
@@ -167,9 +189,15 @@ pub async fn push_image(registry_host: &str, spec: &ImageSpec) -> anyhow::Result
             .await
             .with_context(context)?;
     }
-    let digest = put_manifest(registry_host, &spec.repo, &spec.tag, &built.manifest)
-        .await
-        .with_context(context)?;
+    let by_digest = sha256_digest(&built.manifest);
+    let digest = put_manifest(
+        registry_host,
+        &spec.repo,
+        tag.unwrap_or(&by_digest),
+        &built.manifest,
+    )
+    .await
+    .with_context(context)?;
     let layers: Vec<Descriptor> = built.layers.iter().map(|l| l.blob.descriptor()).collect();
     let config = built.config.descriptor();
     Ok(PushedImage {
@@ -180,8 +208,83 @@ pub async fn push_image(registry_host: &str, spec: &ImageSpec) -> anyhow::Result
         digest,
         image_id: config.digest.clone(),
         size: config.size + layers.iter().map(|l| l.size).sum::<u64>(),
+        manifest_size: built.manifest.len() as u64,
         config,
         layers,
+    })
+}
+
+/// Media type of a Docker manifest list (an image index).
+pub const MEDIA_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// What [`push_index`] put in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PushedIndex {
+    /// `registry/repo:tag`, ready for `docker pull`.
+    pub reference: String,
+    /// Digest of the manifest list.
+    pub digest: String,
+    /// Each platform (`os/architecture[/variant]`) and its image, pushed by digest only.
+    pub images: Vec<(String, PushedImage)>,
+}
+
+impl PushedIndex {
+    /// The image of `platform`.
+    pub fn image(&self, platform: &str) -> Option<&PushedImage> {
+        self.images
+            .iter()
+            .find(|(p, _)| p == platform)
+            .map(|(_, i)| i)
+    }
+}
+
+/// Builds one image of `spec` per platform (each with `/etc/testbed-platform`, see
+/// [`ImageSpec::platform`]), pushes them by digest and then a manifest list of them as
+/// `spec.repo:spec.tag`: a multi-platform image as Docker Hub serves them.
+pub async fn push_index(
+    registry_host: &str,
+    spec: &ImageSpec,
+    platforms: &[&str],
+) -> anyhow::Result<PushedIndex> {
+    let mut images = Vec::new();
+    let mut manifests = Vec::new();
+    for platform in platforms {
+        let image = push_as(registry_host, &spec.clone().for_platform(*platform), None).await?;
+        let mut parts = platform.split('/');
+        let mut entry = json!({
+            "mediaType": MEDIA_MANIFEST,
+            "size": image.manifest_size,
+            "digest": image.digest,
+            "platform": {
+                "os": parts.next().unwrap_or_default(),
+                "architecture": parts.next().unwrap_or_default(),
+            },
+        });
+        if let Some(variant) = parts.next() {
+            entry["platform"]["variant"] = json!(variant);
+        }
+        manifests.push(entry);
+        images.push((platform.to_string(), image));
+    }
+    let list = json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST_LIST,
+        "manifests": manifests,
+    });
+    let list: Bytes = serde_json::to_vec(&list)?.into();
+    let digest = put_manifest_as(
+        registry_host,
+        &spec.repo,
+        &spec.tag,
+        MEDIA_MANIFEST_LIST,
+        &list,
+    )
+    .await
+    .with_context(|| format!("while pushing the index {}:{}", spec.repo, spec.tag))?;
+    Ok(PushedIndex {
+        reference: format!("{registry_host}/{}:{}", spec.repo, spec.tag),
+        digest,
+        images,
     })
 }
 
@@ -245,10 +348,22 @@ pub async fn put_manifest(
     reference: &str,
     manifest: &Bytes,
 ) -> anyhow::Result<String> {
+    put_manifest_as(registry_host, repo, reference, MEDIA_MANIFEST, manifest).await
+}
+
+/// Puts a manifest of `media_type` (a manifest, a manifest list or an OCI index) as
+/// `repo:reference` and returns its digest.
+pub async fn put_manifest_as(
+    registry_host: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    manifest: &Bytes,
+) -> anyhow::Result<String> {
     let resp = http::send(
         Method::PUT,
         &format!("http://{registry_host}/v2/{repo}/manifests/{reference}"),
-        &[("content-type", MEDIA_MANIFEST)],
+        &[("content-type", media_type)],
         manifest.clone(),
     )
     .await?;
@@ -323,12 +438,24 @@ struct BuiltImage {
 
 fn build_image(spec: &ImageSpec) -> anyhow::Result<BuiltImage> {
     let mut layers = vec![busybox_layer()?];
+    let platform = spec.platform.as_deref().unwrap_or("linux/amd64");
+    let mut parts = platform.split('/');
+    let (os, architecture, variant) = (
+        parts.next().unwrap_or("linux"),
+        parts
+            .next()
+            .context("a platform is os/architecture[/variant]")?,
+        parts.next(),
+    );
+    if spec.platform.is_some() {
+        layers.push(platform_layer(platform)?);
+    }
     for (index, &size) in spec.extra_layers.iter().enumerate() {
         layers.push(random_layer(index, size)?);
     }
-    let config = json!({
-        "architecture": "amd64",
-        "os": "linux",
+    let mut config = json!({
+        "architecture": architecture,
+        "os": os,
         "created": CREATED,
         "config": {
             "Env": [PATH_ENV],
@@ -347,6 +474,9 @@ fn build_image(spec: &ImageSpec) -> anyhow::Result<BuiltImage> {
             .map(|l| json!({ "created": CREATED, "created_by": l.created_by }))
             .collect::<Vec<_>>(),
     });
+    if let Some(variant) = variant {
+        config["variant"] = json!(variant);
+    }
     let config = Blob::new(MEDIA_CONFIG, serde_json::to_vec(&config)?);
     let manifest = json!({
         "schemaVersion": 2,
@@ -387,6 +517,22 @@ fn busybox_layer() -> anyhow::Result<Layer> {
         "testbed: busybox rootfs".to_owned(),
     )?;
     Ok(LAYER.get_or_init(|| layer).clone())
+}
+
+/// A layer with `/etc/testbed-platform` holding `platform` and a newline.
+fn platform_layer(platform: &str) -> anyhow::Result<Layer> {
+    let mut tar = TarWriter::new();
+    tar.dir("etc", 0o755)?;
+    tar.file(
+        "etc/testbed-platform",
+        0o644,
+        format!("{platform}\n").as_bytes(),
+    )?;
+    Layer::from_tar(
+        tar.finish()?,
+        Compression::default(),
+        format!("testbed: platform {platform}"),
+    )
 }
 
 /// A layer with one file of `size` random bytes; stored uncompressed inside the gzip stream

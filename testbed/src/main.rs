@@ -6,7 +6,8 @@
 //!   and runs until SIGTERM or SIGINT (then stops both and removes the storage).
 //! - `testbed push --registry HOST --repo library/ubuntu --tag 22.04 [--size-mb N]
 //!   [--layers L]` builds a busybox image with N MB of random data in L layers, pushes it,
-//!   and prints the pushed image as one JSON line.
+//!   and prints the pushed image as one JSON line; with `--platforms linux/amd64,linux/arm64`
+//!   an index of one such image per platform (each with `/etc/testbed-platform`).
 //! - `testbed control --proxy HOST [--faults-json JSON] [--seed S] [--reset-stats] [--stats]
 //!   [--totals]` changes a running proxy through its control endpoint (faults and seed re-arm
 //!   it) and prints its counters (without the request log) as one JSON line with `--stats`,
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hyper::{Method, StatusCode};
 use testbed::http;
-use testbed::images::{ImageSpec, push_image};
+use testbed::images::{ImageSpec, push_image, push_index};
 use testbed::proxy::{FaultConfig, FaultProxy, ProxyOptions, ProxyStats};
 use testbed::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
@@ -72,6 +73,10 @@ enum Command {
         /// Number of layers the random data is split into.
         #[arg(long, default_value_t = 1)]
         layers: usize,
+        /// Push an index (manifest list) of one image per platform instead, e.g.
+        /// `linux/amd64,linux/arm64`.
+        #[arg(long, value_delimiter = ',')]
+        platforms: Vec<String>,
     },
     /// Change a running proxy (faults, seed, counters) and optionally print its counters.
     Control {
@@ -164,13 +169,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tag,
             size_mb,
             layers,
+            platforms,
         } => {
             let mut spec = ImageSpec::new(repo, tag);
             if size_mb > 0 {
                 spec = spec.with_random_bytes(size_mb << 20, layers);
             }
-            let pushed = push_image(&registry, &spec).await?;
-            println!("{}", serde_json::to_string(&pushed)?);
+            if platforms.is_empty() {
+                let pushed = push_image(&registry, &spec).await?;
+                println!("{}", serde_json::to_string(&pushed)?);
+            } else {
+                let platforms: Vec<&str> = platforms.iter().map(String::as_str).collect();
+                let pushed = push_index(&registry, &spec, &platforms).await?;
+                println!("{}", serde_json::to_string(&pushed)?);
+            }
             Ok(())
         }
         Command::Control {

@@ -93,6 +93,18 @@ impl Workspace {
         for warning in &self.plan.warnings {
             ui.warn(&crate::text::clean_line(warning, 4000));
         }
+        for s in &self.plan.services {
+            if let Some(error) = &s.error {
+                let at = error.line.map(|l| format!(":{l}")).unwrap_or_default();
+                ui.warn(&crate::text::clean_line(
+                    &format!(
+                        "service {} cannot be built: {}{at}: {}",
+                        s.name, error.file, error.message
+                    ),
+                    4000,
+                ));
+            }
+        }
     }
 
     /// The config file's bytes (empty when the services were discovered).

@@ -669,3 +669,133 @@ async fn issue17_prefetch_step_publishes_in_actions() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(!proj.path().join(".ai-infra-build").exists());
 }
+
+/// Item 10 (and 3): one service's Dockerfile that cannot be parsed (a FROM ARG without a
+/// value, an unterminated heredoc) or read (a broken symbolic link, a directory named
+/// Dockerfile) fails that service alone, annotated at its file and line; the others build,
+/// the service built FROM a broken one is skipped with the reason, the exit code is 1.
+/// `plan` lists the broken services and exits 0 (the action's plan step must not stop the
+/// build of the others).
+#[tokio::test]
+async fn issue17_a_broken_dockerfile_fails_its_service_alone() {
+    let bed = TestBed::start(|o| o).await.unwrap();
+    let base = testbed::unique_name("i17-broken");
+    let _pulled = testbed::RemoveImagesOnDrop(vec![base.clone()]);
+    let pushed = push(&bed, &base, 1024).await;
+    let present = pushed.reference_via(&bed.registry.host());
+    let proj = Proj::new(
+        "i17-broken",
+        &[
+            ("fine", format!("FROM {present}\nRUN true\n")),
+            (
+                "noarg",
+                "# syntax=docker/dockerfile:1\n# the base comes from an ARG\nFROM ${UNSET_BASE_I17}\nRUN true\n".into(),
+            ),
+            (
+                "heredoc",
+                format!("FROM {present}\nRUN <<EOF\necho never closed\n"),
+            ),
+            ("after", String::new()),
+        ],
+    );
+    // `after` is built FROM noarg's image: its Dockerfile names the project's image prefix.
+    std::fs::write(
+        proj.path().join("after/Dockerfile"),
+        format!("FROM {}-noarg:t\nRUN true\n", proj.name),
+    )
+    .unwrap();
+    std::fs::create_dir_all(proj.path().join("link")).unwrap();
+    std::os::unix::fs::symlink("../nowhere/Dockerfile", proj.path().join("link/Dockerfile"))
+        .unwrap();
+    std::fs::create_dir_all(proj.path().join("folder/Dockerfile")).unwrap();
+
+    let prefix = format!("{}-", proj.name);
+    let plan = proj.run(&[
+        "plan", "--output", "json", "--prefix", &prefix, "--tag", "t",
+    ]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let planned: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let entry = |name: &str| {
+        planned["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not planned: {planned:#}"))
+            .clone()
+    };
+    assert!(entry("fine").get("error").is_none(), "{planned:#}");
+    assert_eq!(entry("noarg")["error"]["line"], 3, "{planned:#}");
+    assert_eq!(entry("heredoc")["error"]["line"], 2, "{planned:#}");
+    let link = entry("link")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        link.contains("broken symbolic link") && link.contains("../nowhere/Dockerfile"),
+        "{link}"
+    );
+    let folder = entry("folder")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(folder.contains("a directory, not a file"), "{folder}");
+    assert_eq!(entry("after")["depends_on"], serde_json::json!(["noarg"]));
+    let stderr = String::from_utf8_lossy(&plan.stderr);
+    for broken in ["noarg", "heredoc", "link", "folder"] {
+        assert!(
+            stderr.contains(&format!("service {broken} cannot be built")),
+            "{broken}: {stderr}"
+        );
+    }
+
+    let out = proj.run(&["build-all"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = proj.report();
+    assert_eq!(service(&report, "fine")["status"], "success", "{report:#}");
+    for (broken, class, line) in [
+        ("noarg", "syntax", Some(3)),
+        ("heredoc", "syntax", Some(2)),
+        ("link", "input", None),
+        ("folder", "input", None),
+    ] {
+        let s = service(&report, broken);
+        assert_eq!(s["status"], "failed", "{s:#}");
+        assert_eq!(s["failure"]["class"], class, "{s:#}");
+        assert_eq!(s["failure"]["line"].as_u64(), line, "{s:#}");
+    }
+    let after = service(&report, "after");
+    assert_eq!(after["status"], "skipped", "{after:#}");
+    assert!(
+        after["skipped_reason"]
+            .as_str()
+            .unwrap()
+            .contains("dependency failed: noarg"),
+        "{after:#}"
+    );
+    // The annotations point at the broken lines and name the files.
+    let report_file = proj
+        .path()
+        .join(".ai-infra-build/ai-infra-build-report.json");
+    let annotations = proj.run(&[
+        "report",
+        "--from",
+        report_file.to_str().unwrap(),
+        "--format",
+        "annotations",
+    ]);
+    let annotations = String::from_utf8_lossy(&annotations.stdout).into_owned();
+    for at in [
+        "file=noarg/Dockerfile,line=3",
+        "file=heredoc/Dockerfile,line=2",
+        "file=link/Dockerfile,",
+        "file=folder/Dockerfile,",
+    ] {
+        assert!(
+            annotations
+                .lines()
+                .any(|l| l.starts_with("::error ") && l.contains(at)),
+            "no error annotation at {at}:\n{annotations}"
+        );
+    }
+}

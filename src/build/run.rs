@@ -98,6 +98,31 @@ pub async fn run(
     let deps = &plan.graph.deps;
 
     loop {
+        // A service whose Dockerfile could not be planned fails alone (issue 17).
+        for i in selected.iter().copied() {
+            if results.contains_key(&i) {
+                continue;
+            }
+            if let Some(error) = &plan.services[i].error {
+                let mut r = skipped(plan, i, String::new(), ServiceStatus::Failed);
+                r.skipped_reason = None;
+                r.failure = Some(ServiceFailure {
+                    class: match error.kind {
+                        crate::plan::ServiceErrorKind::Syntax => BuildFailureClass::Syntax,
+                        crate::plan::ServiceErrorKind::Input => BuildFailureClass::Input,
+                    },
+                    network_class: None,
+                    message: error.message.clone(),
+                    line: error.line,
+                });
+                on_event(BuildEvent::Finished {
+                    service: r.name.clone(),
+                    status: r.status,
+                    duration: Duration::ZERO,
+                });
+                results.insert(i, r);
+            }
+        }
         // Skip services whose dependencies failed or were skipped.
         for i in selected.iter().copied() {
             if started.contains(&i) || results.contains_key(&i) {
@@ -112,7 +137,13 @@ pub async fn run(
                 let r = skipped(
                     plan,
                     i,
-                    format!("dependency failed: {}", plan.services[d].name),
+                    match &plan.services[d].error {
+                        Some(_) => format!(
+                            "dependency failed: {} (its Dockerfile cannot be built)",
+                            plan.services[d].name
+                        ),
+                        None => format!("dependency failed: {}", plan.services[d].name),
+                    },
                     ServiceStatus::Skipped,
                 );
                 on_event(BuildEvent::Finished {

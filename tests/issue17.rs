@@ -799,3 +799,62 @@ async fn issue17_a_broken_dockerfile_fails_its_service_alone() {
         );
     }
 }
+
+/// Item 9: a build is not cut for printing nothing (a quiet compile), whatever the prefetch's
+/// idle timeout; `--build-idle-timeout` (off by default) is what would cut it, as `stalled`;
+/// `--build-timeout` bounds an attempt's wall time: "timed out after 2s", class `timed-out`,
+/// not retried.
+#[tokio::test]
+async fn issue17_quiet_builds_run_on_and_build_timeout_stops_them() {
+    let bed = TestBed::start(|o| o).await.unwrap();
+    let base = testbed::unique_name("i17-quiet");
+    let _pulled = testbed::RemoveImagesOnDrop(vec![base.clone()]);
+    let pushed = push(&bed, &base, 1024).await;
+    let present = pushed.reference_via(&bed.registry.host());
+    let proj = Proj::new(
+        "i17-quiet",
+        &[("quiet", format!("FROM {present}\nRUN sleep 6\n"))],
+    );
+    let common = ["--backend", "engine", "--no-cache", "--idle-timeout", "1"];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["build-all"];
+        args.extend(common);
+        args.extend(extra);
+        let started = Instant::now();
+        let out = proj.run(&args);
+        (out, started.elapsed())
+    };
+
+    // The opt-in idle cut: a quiet RUN is cut as stalled and retried.
+    let (out, _) = run(&["--build-idle-timeout", "2", "--build-retries", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = proj.report();
+    let s = service(&report, "quiet");
+    assert_eq!(s["failure"]["class"], "stalled", "{s:#}");
+    assert_eq!(s["attempts"], 2, "{s:#}");
+
+    // build-timeout: stopped once, not retried, said so.
+    let (out, took) = run(&["--build-timeout", "2s", "--build-retries", "3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = proj.report();
+    let s = service(&report, "quiet");
+    assert_eq!(s["failure"]["class"], "timed-out", "{s:#}");
+    assert_eq!(s["attempts"], 1, "{s:#}");
+    let message = s["failure"]["message"].as_str().unwrap();
+    assert!(message.contains("timed out after 2s"), "{message}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stopped by build-timeout"),
+        "{}",
+        text(&out)
+    );
+
+    // The default: the same quiet build runs to its end, once.
+    let (out, took) = run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = proj.report();
+    let s = service(&report, "quiet");
+    assert_eq!(s["status"], "success", "{s:#}");
+    assert_eq!(s["attempts"], 1, "{s:#}");
+    assert!(took >= Duration::from_secs(6), "took {took:?}");
+}

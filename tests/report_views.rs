@@ -777,10 +777,13 @@ fn all_error_classes() -> Vec<ErrorClass> {
 
 fn all_failure_classes() -> Vec<BuildFailureClass> {
     use BuildFailureClass::*;
-    let all = vec![Network, Syntax, RunFailed, Input, Stalled, Auth, Other];
+    let all = vec![
+        Network, Syntax, RunFailed, Input, Stalled, TimedOut, BaseImage, Auth, Other,
+    ];
     for c in &all {
         match c {
-            Network | Syntax | RunFailed | Input | Stalled | Auth | Other => {}
+            Network | Syntax | RunFailed | Input | Stalled | TimedOut | BaseImage | Auth
+            | Other => {}
         }
     }
     all

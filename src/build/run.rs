@@ -27,7 +27,12 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Retries of a build that failed for a network reason.
     pub build_retries: u32,
-    pub idle_timeout: Duration,
+    /// Cut a build attempt that prints nothing for this long (retried as stalled); `None`:
+    /// never (the default: a long, quiet compile is not a stall).
+    pub idle_timeout: Option<Duration>,
+    /// The longest one build attempt may take (`--build-timeout`); then it fails as
+    /// `timed-out`, not retried. `None`: no limit.
+    pub build_timeout: Option<Duration>,
     /// Where logs go (`<out_dir>/logs/<service>.log`).
     pub out_dir: PathBuf,
     /// Write inline cache metadata and use the previous image as cache source.
@@ -332,7 +337,8 @@ async fn build_one(
         },
         inline_cache: options.inline_cache || dir_cache.inline_cache,
         cache_to: dir_cache.cache_to,
-        idle_timeout: options.idle_timeout,
+        // Without an idle cut, the backends wait on output for as long as the build runs.
+        idle_timeout: options.idle_timeout.unwrap_or(Duration::MAX),
         registry_auth: options.registry_auth.clone(),
     };
     let dockerfile_text = std::fs::read_to_string(&svc.dockerfile).unwrap_or_default();
@@ -428,14 +434,33 @@ async fn build_one(
             s.name,
             backend.label()
         ));
-        let outcome = backend.build(&job, &mut log).await;
+        let outcome = match options.build_timeout {
+            // Dropping the build stops it: buildx is killed, the Engine API request closed.
+            Some(limit) => tokio::time::timeout(limit, backend.build(&job, &mut log))
+                .await
+                .map_err(|_| limit),
+            None => Ok(backend.build(&job, &mut log).await),
+        };
         building.store(false, std::sync::atomic::Ordering::SeqCst);
-        let f = match outcome {
-            Ok(out) => return Ok(out),
-            Err(f) => f,
+        let (f, timed_out) = match outcome {
+            Ok(Ok(out)) => return Ok(out),
+            Ok(Err(f)) => (f, false),
+            Err(limit) => (
+                super::backend::BuildFailure {
+                    message: format!(
+                        "timed out after {} (build-timeout): the build was stopped; raise build-timeout if it needs longer",
+                        failure::human_duration(limit)
+                    ),
+                },
+                true,
+            ),
         };
         let tail = log.tail();
-        let (class, network_class) = failure::classify(&f.message, &tail);
+        let (class, network_class) = if timed_out {
+            (BuildFailureClass::TimedOut, None)
+        } else {
+            failure::classify(&f.message, &tail)
+        };
         log.line(&format!("=== failed ({class:?}): {}", f.message));
         if let Ok(mut failures) = failures.lock() {
             failures.push(FailureLogEntry {

@@ -148,6 +148,8 @@ pub fn failure_label(class: BuildFailureClass) -> (&'static str, &'static str) {
         BuildFailureClass::RunFailed => ("run-failed", "a RUN step failed"),
         BuildFailureClass::Input => ("input", "missing build input"),
         BuildFailureClass::Stalled => ("stalled", "no progress until the idle timeout"),
+        BuildFailureClass::TimedOut => ("timed-out", "stopped by build-timeout"),
+        BuildFailureClass::BaseImage => ("base-image", "a base image no source had"),
         BuildFailureClass::Auth => ("auth", "the registry refused the credentials"),
         BuildFailureClass::Other => ("other", "build failed"),
     }
@@ -161,6 +163,8 @@ fn failure_rank(class: BuildFailureClass) -> u8 {
         BuildFailureClass::Other => 3,
         BuildFailureClass::Network => 4,
         BuildFailureClass::Stalled => 5,
+        BuildFailureClass::TimedOut => 2,
+        BuildFailureClass::BaseImage => 1,
         BuildFailureClass::Auth => 1,
     }
 }

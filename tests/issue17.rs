@@ -858,3 +858,108 @@ async fn issue17_quiet_builds_run_on_and_build_timeout_stops_them() {
     assert_eq!(s["attempts"], 1, "{s:#}");
     assert!(took >= Duration::from_secs(6), "took {took:?}");
 }
+
+/// Item 7: a base image that exists on no source (the mirror answers "manifest unknown",
+/// the origin, Docker Hub, does not resolve here) is reported as such at its FROM line, with
+/// what each source answered, not as a network failure inside the build, and is not retried;
+/// the diagnosis's root cause names each source's real answer, whichever is tried first.
+#[tokio::test]
+async fn issue17_a_base_image_on_no_source_is_named_at_its_from_line() {
+    let bed = TestBed::start(|o| o).await.unwrap();
+    let base = testbed::unique_name("i17-nowhere");
+    let _pulled = testbed::RemoveImagesOnDrop(vec![base.clone()]);
+    push(&bed, &base, 1024).await;
+    let mirror = bed.registry.host();
+    let proj = Proj::new(
+        "i17-nowhere",
+        &[
+            ("fine", format!("FROM {base}:1.0\nRUN true\n")),
+            (
+                "lost",
+                format!("# a tag nobody pushed\n\nFROM {base}:99.99-missing\nRUN true\n"),
+            ),
+        ],
+    );
+    let mirror_arg = format!("docker.io={mirror}");
+    for order in [None, Some("--mirror-first")] {
+        let summary = proj.path().join("summary.md");
+        let mut args = vec![
+            "build-all",
+            "--mirror",
+            &mirror_arg,
+            "--max-retries",
+            "0",
+            "--build-retries",
+            "2",
+        ];
+        args.extend(order);
+        let out = proj
+            .command(&args)
+            .env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_WORKSPACE", proj.path())
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .output()
+            .unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{order:?}: {all}");
+        let report = proj.report();
+        assert_eq!(service(&report, "fine")["status"], "success", "{report:#}");
+        let lost = service(&report, "lost");
+        assert_eq!(lost["status"], "failed", "{lost:#}");
+        assert_eq!(lost["failure"]["class"], "base-image", "{lost:#}");
+        assert_eq!(lost["failure"]["line"], 3, "{lost:#}");
+        assert_eq!(lost["attempts"], 1, "not retried: {lost:#}");
+        let message = lost["failure"]["message"].as_str().unwrap();
+        let mirror_said = format!("mirror {mirror}: manifest unknown");
+        for needle in [
+            "not found on any source",
+            mirror_said.as_str(),
+            "origin registry-1.docker.io: DNS",
+        ] {
+            assert!(
+                message.contains(needle),
+                "{order:?}: {needle:?} not in {message}"
+            );
+        }
+        // The error annotation is at the FROM line and says so; no "network failure".
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let at_from: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with("::error ") && l.contains("file=lost/Dockerfile,line=3"))
+            .collect();
+        assert_eq!(at_from.len(), 1, "{order:?}: {stdout}");
+        assert!(
+            at_from[0].contains("not found on any source"),
+            "{}",
+            at_from[0]
+        );
+        assert!(
+            !stdout.contains("network failure inside the build"),
+            "{order:?}: {stdout}"
+        );
+        // The diagnosis: what each source really answered; the mirror did resolve.
+        let root = report["diagnosis"]["root_cause"].as_str().unwrap();
+        assert!(
+            root.contains("not found on any source"),
+            "{order:?}: {root}"
+        );
+        assert!(root.contains(&mirror_said), "{order:?}: {root}");
+        assert!(
+            root.contains("registry-1.docker.io: DNS"),
+            "{order:?}: {root}"
+        );
+        let findings = report["diagnosis"]["findings"].to_string();
+        assert!(
+            !findings.contains(&format!("`{mirror}` did not resolve"))
+                && !findings.contains(&format!(
+                    "{mirror}` and `registry-1.docker.io` did not resolve"
+                ))
+                && !findings.contains(&format!(
+                    "`registry-1.docker.io` and `{mirror}` did not resolve"
+                )),
+            "{order:?}: {findings}"
+        );
+        let summary = std::fs::read_to_string(&summary).unwrap();
+        assert!(summary.contains("not found on any source"), "{summary}");
+    }
+}

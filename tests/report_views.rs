@@ -634,6 +634,7 @@ fn at_most_ten_annotations_per_level_ranked_with_an_overflow_note() {
                 dockerfile: format!("s{i:02}/Dockerfile"),
                 line: 1,
             }],
+            answers: Vec::new(),
         })
         .collect();
     let out = annotations::render(
@@ -851,6 +852,11 @@ fn a_report_using_every_enum_value_validates() {
             used_at: vec![ImageUseSite {
                 dockerfile: "Dockerfile".into(),
                 line: 1,
+            }],
+            answers: vec![ai_infra_build::report::diagnosis::SourceAnswer {
+                source: "mirror.example.com".into(),
+                role: ai_infra_build::report::diagnosis::SourceRole::Mirror,
+                class,
             }],
         });
         report.network.failures_by_class.insert(class, i);

@@ -96,6 +96,8 @@ pub async fn run(
         .map(|s| s.base_images.iter().cloned().collect())
         .collect();
     let mut results: HashMap<usize, ServiceResult> = HashMap::new();
+    // Base images the prefetch had from no source, by reference.
+    let mut lost: HashMap<String, ImageResult> = HashMap::new();
     let mut failure_log = Vec::new();
     let mut running = FuturesUnordered::new();
     let mut started: BTreeSet<usize> = BTreeSet::new();
@@ -178,10 +180,16 @@ pub async fn run(
                 if deps_ok && images_ok {
                     started.insert(i);
                     let cancel = cancel.clone();
+                    let lost: Vec<ImageResult> = plan.services[i]
+                        .base_images
+                        .iter()
+                        .filter_map(|r| lost.get(r).cloned())
+                        .collect();
                     running.push(async move {
                         (
                             i,
-                            build_one(engine, backend, plan, i, options, cancel, on_event).await,
+                            build_one(engine, backend, plan, i, options, lost, cancel, on_event)
+                                .await,
                         )
                     });
                 }
@@ -237,7 +245,12 @@ pub async fn run(
             }
             image = recv(&mut images_done), if images_done.is_some() => {
                 match image {
-                    Some(done) => waiting_images.iter_mut().for_each(|w| { w.remove(&done.reference); }),
+                    Some(done) => {
+                        waiting_images.iter_mut().for_each(|w| { w.remove(&done.reference); });
+                        if done.status == crate::prefetch::ImageStatus::Failed {
+                            lost.insert(done.reference.clone(), done);
+                        }
+                    }
                     None => images_done = None,
                 }
             }
@@ -284,12 +297,15 @@ fn skipped(plan: &Plan, i: usize, reason: String, status: ServiceStatus) -> Serv
 }
 
 /// Builds one service, retrying network failures; never panics, always returns a result.
+/// `lost`: its base images that the prefetch had from no source.
+#[allow(clippy::too_many_arguments)]
 async fn build_one(
     engine: &Engine,
     backend: &Backend,
     plan: &Plan,
     i: usize,
     options: &BuildOptions,
+    lost: Vec<ImageResult>,
     cancel: CancellationToken,
     on_event: &(dyn Fn(BuildEvent) + Sync),
 ) -> (ServiceResult, Vec<FailureLogEntry>) {
@@ -461,6 +477,13 @@ async fn build_one(
         } else {
             failure::classify(&f.message, &tail)
         };
+        // A base image the prefetch had from no source: that is why (issue 17), at its FROM
+        // line, and trying again will not help.
+        let lost_base = lost_base_failure(&lost, &s.dockerfile, class, &f.message);
+        let (class, network_class) = match &lost_base {
+            Some(lost) => (lost.class, None),
+            None => (class, network_class),
+        };
         log.line(&format!("=== failed ({class:?}): {}", f.message));
         if let Ok(mut failures) = failures.lock() {
             failures.push(FailureLogEntry {
@@ -477,12 +500,12 @@ async fn build_one(
                 message: f.message.clone(),
             });
         }
-        let failure = ServiceFailure {
+        let failure = lost_base.unwrap_or_else(|| ServiceFailure {
             class,
             network_class,
             line: failure::failing_line(&dockerfile_text, &f.message, &tail),
             message: f.message,
-        };
+        });
         if let Ok(mut last) = last_failure.lock() {
             *last = Some(failure.clone());
         }
@@ -550,6 +573,53 @@ async fn build_one(
     result.duration_ms = started.elapsed().as_millis() as u64;
     result.log_tail = log.tail();
     (result, failure_log)
+}
+
+/// The failure of a build that needs a base image (`lost`, in plan order) the prefetch had
+/// from no source, unless the build failed for its own reasons (a RUN step, the syntax, a
+/// timeout): class `base-image` with what each source answered, at the image's FROM line.
+fn lost_base_failure(
+    lost: &[ImageResult],
+    dockerfile: &str,
+    class: BuildFailureClass,
+    message: &str,
+) -> Option<ServiceFailure> {
+    use BuildFailureClass::*;
+    if matches!(class, RunFailed | Syntax | Stalled | TimedOut) {
+        return None;
+    }
+    // The one the builder names (it stops at the first it cannot pull), else the first.
+    let named = lost.iter().find(|image| {
+        crate::reference::Reference::parse(&image.reference).is_ok_and(|r| {
+            message.contains(&format!("{}:", r.path)) || message.contains(&format!("{}@", r.path))
+        })
+    });
+    let image = named.or(lost.first())?;
+    let verdict =
+        crate::report::diagnosis::lost_verdict(&crate::report::diagnosis::source_answers(image))
+            .unwrap_or_else(|| {
+                format!(
+                    "could not be had from any source ({})",
+                    image
+                        .error
+                        .as_ref()
+                        .map_or_else(|| "no error recorded".to_string(), |e| e.class.to_string())
+                )
+            });
+    let line = image
+        .uses
+        .iter()
+        .find(|u| u.line > 0 && u.dockerfile == std::path::Path::new(dockerfile))
+        .map(|u| u.line);
+    Some(ServiceFailure {
+        class: BaseImage,
+        network_class: None,
+        line,
+        message: format!(
+            "base image {} {verdict}; the build could not pull it either: {message}",
+            image.reference
+        ),
+    })
 }
 
 /// A failed build attempt, classified: network failures and stalls are tried again.

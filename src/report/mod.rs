@@ -154,6 +154,9 @@ pub struct BaseImageResult {
     pub error: Option<String>,
     /// Where it is referenced: `path/Dockerfile:line`.
     pub used_at: Vec<ImageUseSite>,
+    /// For an image no source served: what each source asked answered last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<diagnosis::SourceAnswer>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -303,6 +306,11 @@ impl Report {
                             line: u.line,
                         })
                         .collect(),
+                    answers: if image.status == ImageStatus::Failed {
+                        diagnosis::source_answers(image)
+                    } else {
+                        Vec::new()
+                    },
                 });
             }
             for r in p.requests.iter().filter(|r| r.class.is_some()) {

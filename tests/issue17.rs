@@ -708,6 +708,13 @@ async fn issue17_a_broken_dockerfile_fails_its_service_alone() {
     std::os::unix::fs::symlink("../nowhere/Dockerfile", proj.path().join("link/Dockerfile"))
         .unwrap();
     std::fs::create_dir_all(proj.path().join("folder/Dockerfile")).unwrap();
+    // A FIFO: reading it would block the run for ever.
+    std::fs::create_dir_all(proj.path().join("pipe")).unwrap();
+    let mkfifo = Command::new("mkfifo")
+        .arg(proj.path().join("pipe/Dockerfile"))
+        .status()
+        .unwrap();
+    assert!(mkfifo.success());
 
     let prefix = format!("{}-", proj.name);
     let plan = proj.run(&[
@@ -740,9 +747,14 @@ async fn issue17_a_broken_dockerfile_fails_its_service_alone() {
         .unwrap()
         .to_string();
     assert!(folder.contains("a directory, not a file"), "{folder}");
+    let pipe = entry("pipe")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(pipe.contains("a FIFO (named pipe)"), "{pipe}");
     assert_eq!(entry("after")["depends_on"], serde_json::json!(["noarg"]));
     let stderr = String::from_utf8_lossy(&plan.stderr);
-    for broken in ["noarg", "heredoc", "link", "folder"] {
+    for broken in ["noarg", "heredoc", "link", "folder", "pipe"] {
         assert!(
             stderr.contains(&format!("service {broken} cannot be built")),
             "{broken}: {stderr}"
@@ -758,6 +770,7 @@ async fn issue17_a_broken_dockerfile_fails_its_service_alone() {
         ("heredoc", "syntax", Some(2)),
         ("link", "input", None),
         ("folder", "input", None),
+        ("pipe", "input", None),
     ] {
         let s = service(&report, broken);
         assert_eq!(s["status"], "failed", "{s:#}");
@@ -790,6 +803,7 @@ async fn issue17_a_broken_dockerfile_fails_its_service_alone() {
         "file=heredoc/Dockerfile,line=2",
         "file=link/Dockerfile,",
         "file=folder/Dockerfile,",
+        "file=pipe/Dockerfile,",
     ] {
         assert!(
             annotations

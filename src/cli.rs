@@ -184,6 +184,17 @@ pub struct BuildArgs {
         env = "INPUT_BUILD_RETRIES"
     )]
     pub build_retries: u32,
+    /// The longest one build attempt of one service may take (`90s`, `45m`, `2h`, `1h30m`;
+    /// a bare number is seconds); a build still running then is stopped and fails as
+    /// `timed-out`, not retried. `0` or empty: no limit (the default; the job's own
+    /// `timeout-minutes` still applies).
+    #[arg(long, value_name = "DURATION", env = "INPUT_BUILD_TIMEOUT", value_parser = parse_duration)]
+    pub build_timeout: Option<std::time::Duration>,
+    /// Cut a build that prints nothing for this many seconds and retry it as `stalled`.
+    /// `0` (the default): never, since a long, quiet compile or test prints nothing for
+    /// minutes; bound builds with --build-timeout instead.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub build_idle_timeout: u64,
     /// `buildx` (docker buildx build), `engine` (the Docker Engine API, with BuildKit), or
     /// `auto`: the Engine API, unless buildx is needed (--buildx-builder, a service with
     /// several platforms, secrets, SSH, attestations, an engine with the containerd image
@@ -670,6 +681,47 @@ fn parse_count(text: &str) -> Result<usize, ValueError> {
     }
 }
 
+/// A duration: `90`, `90s`, `45m`, `2h`, `1h30m` (a bare number is seconds; empty is 0).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, ValueError> {
+    let text = text.trim();
+    let bad = || {
+        ValueError(format!(
+            "{text:?} is not a duration: write seconds (`90`), or a number with s, m or h (`90s`, `45m`, `1h30m`)"
+        ))
+    };
+    if text.is_empty() {
+        // An empty input means "not given": no limit.
+        return Ok(std::time::Duration::ZERO);
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
 /// `2GiB`, `500m`, bytes.
 fn parse_size(text: &str) -> Result<u64, ValueError> {
     crate::cache::parse_size(text).map_err(|e| ValueError(e.to_string()))
@@ -850,6 +902,40 @@ mod tests {
         );
         assert!(
             Cli::try_parse_from(["ai-infra-build", "build-all", "--provenance", "maybe"]).is_err()
+        );
+    }
+
+    #[test]
+    fn issue17_build_timeouts_are_durations() {
+        let secs = |t: &str| parse_duration(t).map(|d| d.as_secs());
+        assert_eq!(secs("90").unwrap(), 90);
+        assert_eq!(secs("90s").unwrap(), 90);
+        assert_eq!(secs("45m").unwrap(), 2700);
+        assert_eq!(secs("1h30m").unwrap(), 5400);
+        assert_eq!(secs(" 2h ").unwrap(), 7200);
+        assert_eq!(secs("0").unwrap(), 0);
+        assert_eq!(secs("").unwrap(), 0);
+        for bad in ["m", "5x", "1.5h", "10m5", "-3", "99999999999999999999h"] {
+            let err = secs(bad).unwrap_err().0;
+            assert!(err.contains("is not a duration"), "{bad}: {err}");
+        }
+        let cli = Cli::try_parse_from(["ai-infra-build", "build-all"]).unwrap();
+        let Command::BuildAll(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.build_timeout, None);
+        assert_eq!(
+            args.build_idle_timeout, 0,
+            "no idle cut of builds by default"
+        );
+        let cli =
+            Cli::try_parse_from(["ai-infra-build", "build-all", "--build-timeout", "45m"]).unwrap();
+        let Command::BuildAll(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            args.build_timeout,
+            Some(std::time::Duration::from_secs(2700))
         );
     }
 

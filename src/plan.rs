@@ -1,6 +1,8 @@
 //! The plan: every service's image name, what it is built FROM, the dependency graph, and
 //! the external base images to prefetch (with every Dockerfile line that references them).
-//! Computed before any work, so bad input stops the run with nothing done.
+//! Computed before any work, so bad input stops the run with nothing done; only a service's
+//! own Dockerfile problem (it cannot be read or parsed, an ARG it needs has no value) is kept
+//! in the plan as that service's [`ServicePlan::error`], so that it fails alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -207,8 +209,50 @@ pub struct ServicePlan {
     pub base_images: Vec<String>,
     /// The build arguments: `--build-arg`s overridden by the service's own.
     pub build_args: BTreeMap<String, String>,
+    /// Why this service cannot be built although the others can (its Dockerfile cannot be
+    /// read or parsed, an ARG it needs is missing): it fails alone, its dependents are
+    /// skipped, and its base images are unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ServiceError>,
     #[serde(skip)]
     pub service: Service,
+}
+
+/// A service's own Dockerfile problem, at its file and line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceError {
+    /// The Dockerfile, as the plan shows it.
+    pub file: String,
+    /// The line the problem is at, when it is at one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    pub message: String,
+    /// `syntax` (the parser or an ARG refused it) or `input` (the file cannot be read).
+    pub kind: ServiceErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceErrorKind {
+    Syntax,
+    Input,
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file, self.message)
+    }
+}
+
+/// The line a parser error names (`line N: ...`, how every [`dockerfile::DockerfileError`]
+/// with a line starts).
+fn error_line(message: &str) -> Option<usize> {
+    let rest = message.strip_prefix("line ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    rest[digits.len()..]
+        .starts_with(':')
+        .then(|| digits.parse().ok())
+        .flatten()
 }
 
 /// `input` for an error about `service`: its file, and the key and value as written and
@@ -349,17 +393,52 @@ pub fn plan(
             .strip_prefix(&project.root)
             .unwrap_or(path)
             .to_path_buf();
-        let content = match &service.dockerfile_inline {
-            Some(text) => text.clone(),
-            None => std::fs::read_to_string(path).map_err(|e| InputError {
-                input: shown.display().to_string(),
-                reason: format!(
-                    "cannot read the Dockerfile of service {:?}: {e}",
-                    service.name
-                ),
-            })?,
-        };
         let args = all_args[*i].clone();
+        // The service's own Dockerfile problem fails it alone (issue 17): the others are
+        // planned and built.
+        let broken = |kind, line, message: String| {
+            let (image, tags) = images[g].clone();
+            ServicePlan {
+                name: service.name.clone(),
+                aliases: others
+                    .iter()
+                    .map(|&o| project.services[o].name.clone())
+                    .collect(),
+                image,
+                tags,
+                dockerfile: shown.display().to_string(),
+                origin: service.origin.clone(),
+                depends_on: service.depends_on.clone(),
+                base_images: Vec::new(),
+                build_args: args.clone(),
+                error: Some(ServiceError {
+                    file: shown.display().to_string(),
+                    line,
+                    message,
+                    kind,
+                }),
+                service: service.clone(),
+            }
+        };
+        let content = match (&service.dockerfile_inline, &service.problem) {
+            (Some(text), _) => Ok(text.clone()),
+            (None, Some(problem)) => Err(problem.clone()),
+            (None, None) => std::fs::read_to_string(path)
+                .map_err(|e| format!("{e}; make it a readable UTF-8 text file")),
+        };
+        let content = match content {
+            Ok(content) => content,
+            Err(problem) => {
+                let plan = broken(
+                    ServiceErrorKind::Input,
+                    None,
+                    format!("cannot read the Dockerfile: {problem}"),
+                );
+                edges.push((service.name.clone(), plan.depends_on.clone()));
+                services.push(plan);
+                continue;
+            }
+        };
         // Issue 13: BUILDPLATFORM is the engine's (this machine's: the engine is local when
         // planning), TARGETPLATFORM the service's first platform, else the same.
         let build_platform = dockerfile::Platform::host();
@@ -373,13 +452,20 @@ pub fn plan(
             target_platform,
             build_platform,
         };
-        let parsed = dockerfile::parse(&content, &context).map_err(|e| InputError {
-            input: shown.display().to_string(),
-            reason: format!(
-                "{e} (service {:?}); fix the Dockerfile or pass the missing --build-arg",
-                service.name
-            ),
-        })?;
+        let parsed = match dockerfile::parse(&content, &context) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                let message = e.to_string();
+                let plan = broken(
+                    ServiceErrorKind::Syntax,
+                    error_line(&message),
+                    format!("cannot parse the Dockerfile: {message}"),
+                );
+                edges.push((service.name.clone(), plan.depends_on.clone()));
+                services.push(plan);
+                continue;
+            }
+        };
         let uses = parsed
             .images_for_target(service.target.as_deref())
             .ok_or_else(|| InputError {
@@ -504,6 +590,7 @@ pub fn plan(
             depends_on: deps.into_iter().collect(),
             base_images: mine,
             build_args: args,
+            error: None,
             service: service.clone(),
         });
     }
@@ -607,6 +694,14 @@ mod tests {
             ["golang:1.22", "node:20", "alpine", "ruby:3"],
             "the last stage is the default target"
         );
+    }
+
+    #[test]
+    fn issue17_parser_errors_give_their_line() {
+        assert_eq!(error_line("line 12: heredoc never ends"), Some(12));
+        assert_eq!(error_line("line x: no"), None);
+        assert_eq!(error_line("line 3 without a colon"), None);
+        assert_eq!(error_line("the Dockerfile has no instructions"), None);
     }
 
     #[test]

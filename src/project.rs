@@ -61,6 +61,10 @@ pub struct Service {
     pub written: BTreeMap<String, String>,
     /// Build secrets of this service (values are read when a build starts).
     pub secrets: Vec<ServiceSecret>,
+    /// Why the Dockerfile cannot be used although discovery found it (a broken symbolic link,
+    /// a directory, a FIFO, an unreadable file): the service is planned, and fails alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// A build secret one service's file gives (never its value).
@@ -220,11 +224,20 @@ impl Project {
                 svc.dockerfile
                     .unwrap_or_else(|| PathBuf::from("Dockerfile")),
             );
-            if !dockerfile.is_file() {
-                return Err(bad(format!(
-                    "service {name:?}: Dockerfile {} does not exist; fix `context`/`dockerfile`",
-                    dockerfile.display()
-                )));
+            match dockerfile_entry(&dockerfile) {
+                DockerfileEntry::Readable => {}
+                DockerfileEntry::Absent => {
+                    return Err(bad(format!(
+                        "service {name:?}: Dockerfile {} does not exist; fix `context`/`dockerfile`",
+                        dockerfile.display()
+                    )));
+                }
+                DockerfileEntry::Unusable(reason) => {
+                    return Err(bad(format!(
+                        "service {name:?}: Dockerfile {}: {reason}",
+                        dockerfile.display()
+                    )));
+                }
             }
             if !context.is_dir() {
                 return Err(bad(format!(
@@ -250,6 +263,7 @@ impl Project {
                 dockerfile_inline: None,
                 written: BTreeMap::new(),
                 secrets: svc.secrets.into_iter().map(ServiceSecret::Buildx).collect(),
+                problem: None,
             });
         }
         if services.is_empty() {
@@ -320,14 +334,25 @@ impl Project {
                 ));
             }
             let dockerfile = build.context.join(&build.dockerfile);
-            if build.dockerfile_inline.is_none() && !dockerfile.is_file() {
-                return Err(bad(
-                    "build.dockerfile",
-                    format!(
-                        "there is no Dockerfile at {}; fix `build.dockerfile` (relative to the context) or `build.context`",
-                        shown(root, &dockerfile)
-                    ),
-                ));
+            if build.dockerfile_inline.is_none() {
+                match dockerfile_entry(&dockerfile) {
+                    DockerfileEntry::Readable => {}
+                    DockerfileEntry::Absent => {
+                        return Err(bad(
+                            "build.dockerfile",
+                            format!(
+                                "there is no Dockerfile at {}; fix `build.dockerfile` (relative to the context) or `build.context`",
+                                shown(root, &dockerfile)
+                            ),
+                        ));
+                    }
+                    DockerfileEntry::Unusable(reason) => {
+                        return Err(bad(
+                            "build.dockerfile",
+                            format!("the Dockerfile {}: {reason}", shown(root, &dockerfile)),
+                        ));
+                    }
+                }
             }
             let mut secrets = Vec::new();
             for (source, id) in &build.secret_mounts {
@@ -383,6 +408,7 @@ impl Project {
                 dockerfile_inline: build.dockerfile_inline.clone(),
                 written: s.written.clone(),
                 secrets,
+                problem: None,
             });
         }
         let first = shown(root, &compose.files[0]);
@@ -430,7 +456,7 @@ impl Project {
                     continue;
                 };
                 let at = |p: &Path| p.strip_prefix(root).unwrap_or(p).display().to_string();
-                let context = if folder.join("Dockerfile").is_file() {
+                let context = if dockerfile_entry(&folder.join("Dockerfile")).exists() {
                     folder.clone()
                 } else if parent == "." {
                     continue;
@@ -439,7 +465,7 @@ impl Project {
                         .into_iter()
                         .flatten()
                         .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.join("Dockerfile").is_file())
+                        .filter(|p| p.is_dir() && dockerfile_entry(&p.join("Dockerfile")).exists())
                         .collect();
                     deeper.sort();
                     match deeper.len() {
@@ -475,6 +501,12 @@ impl Project {
                     ));
                     continue;
                 }
+                // A Dockerfile that cannot be read (a broken link, a folder, a FIFO) still makes
+                // the service: it fails alone, naming the file and what to do (issue 17).
+                let problem = match dockerfile_entry(&context.join("Dockerfile")) {
+                    DockerfileEntry::Unusable(reason) => Some(reason),
+                    _ => None,
+                };
                 let pattern = if context == folder {
                     format!("{parent}/*/Dockerfile")
                 } else {
@@ -499,6 +531,7 @@ impl Project {
                         dockerfile_inline: None,
                         written: BTreeMap::new(),
                         secrets: Vec::new(),
+                        problem,
                     },
                 );
             }
@@ -530,6 +563,87 @@ impl Project {
             env_files: Vec::new(),
             warnings,
         })
+    }
+}
+
+/// What is at a Dockerfile's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerfileEntry {
+    /// Nothing (not even a broken link).
+    Absent,
+    /// A file (or a link to one) that can be opened for reading.
+    Readable,
+    /// Something that cannot be read as a Dockerfile: why, and what to do.
+    Unusable(String),
+}
+
+impl DockerfileEntry {
+    /// Whether anything is there, usable or not.
+    pub fn exists(&self) -> bool {
+        !matches!(self, DockerfileEntry::Absent)
+    }
+}
+
+/// What is at `path`: nothing, a readable file, or something named like a Dockerfile that
+/// cannot be one (a broken or looping symbolic link, a directory, a FIFO or device, a file
+/// that cannot be opened), said with what to do. Never opens a FIFO (that would block).
+pub fn dockerfile_entry(path: &Path) -> DockerfileEntry {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(link) = std::fs::symlink_metadata(path) else {
+        return DockerfileEntry::Absent;
+    };
+    let mut via = String::new();
+    if link.file_type().is_symlink() {
+        let target = std::fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|e| format!("? ({e})"));
+        match std::fs::metadata(path) {
+            Ok(_) => via = format!(" (through the symbolic link to {target})"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return DockerfileEntry::Unusable(format!(
+                    "a broken symbolic link: it points to {target}, which does not exist; fix the link or replace it with the Dockerfile"
+                ));
+            }
+            Err(e) => {
+                return DockerfileEntry::Unusable(format!(
+                    "a symbolic link to {target} that cannot be followed ({e}); fix the link or replace it with the Dockerfile"
+                ));
+            }
+        }
+    }
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            return DockerfileEntry::Unusable(format!(
+                "cannot be read{via}: {e}; make it readable"
+            ));
+        }
+    };
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        return DockerfileEntry::Unusable(format!(
+            "a directory{via}, not a file; put the Dockerfile's text in a file of that name, or rename the directory"
+        ));
+    }
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() || kind.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return DockerfileEntry::Unusable(format!(
+            "{what}{via}, not a regular file; replace it with the Dockerfile"
+        ));
+    }
+    match std::fs::File::open(path) {
+        Ok(_) => DockerfileEntry::Readable,
+        Err(e) => DockerfileEntry::Unusable(format!(
+            "cannot be read{via}: {e}; make it readable (e.g. `chmod a+r`)"
+        )),
     }
 }
 
@@ -569,6 +683,89 @@ pub fn validate_name(name: &str) -> Result<(), ServiceNameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write(root: &Path, path: &str, text: &str) {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// Issue 17 item 3: discovery names a Dockerfile it cannot read (a broken link, a
+    /// directory, a FIFO) instead of skipping its folder: the service is found, with why.
+    #[test]
+    fn issue17_discovery_keeps_unreadable_dockerfiles_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "fine/Dockerfile", "FROM alpine\n");
+        std::fs::create_dir_all(root.join("link")).unwrap();
+        std::os::unix::fs::symlink("gone", root.join("link/Dockerfile")).unwrap();
+        std::fs::create_dir_all(root.join("loop")).unwrap();
+        std::os::unix::fs::symlink("Dockerfile", root.join("loop/Dockerfile")).unwrap();
+        std::fs::create_dir_all(root.join("folder/Dockerfile")).unwrap();
+        std::fs::create_dir_all(root.join("pipe")).unwrap();
+        let mkfifo = std::process::Command::new("mkfifo")
+            .arg(root.join("pipe/Dockerfile"))
+            .status()
+            .unwrap();
+        assert!(mkfifo.success());
+        // One level deeper, in a service folder without a Dockerfile of its own.
+        std::fs::create_dir_all(root.join("src/cart/app")).unwrap();
+        std::os::unix::fs::symlink("../../../x", root.join("src/cart/app/Dockerfile")).unwrap();
+        let project = Project::discover(root).unwrap();
+        let problem = |name: &str| {
+            project
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("{name} not found: {:?}", project.services))
+                .problem
+                .clone()
+        };
+        assert_eq!(problem("fine"), None);
+        let link = problem("link").unwrap();
+        assert!(
+            link.starts_with("a broken symbolic link: it points to gone"),
+            "{link}"
+        );
+        assert!(link.contains("fix the link"), "{link}");
+        let looping = problem("loop").unwrap();
+        assert!(looping.contains("cannot be followed"), "{looping}");
+        assert!(
+            problem("folder")
+                .unwrap()
+                .starts_with("a directory, not a file")
+        );
+        assert!(problem("pipe").unwrap().starts_with("a FIFO (named pipe)"));
+        assert!(problem("cart").unwrap().contains("../../../x"));
+    }
+
+    /// Issue 17 item 3: a config or compose file naming a Dockerfile that cannot be read says
+    /// what is there and what to do (still a config error, exit 2).
+    #[test]
+    fn issue17_config_and_compose_name_an_unreadable_dockerfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("api")).unwrap();
+        std::os::unix::fs::symlink("../shared/Dockerfile", root.join("api/Dockerfile")).unwrap();
+        write(root, CONFIG_FILE, "services:\n  api: {}\n");
+        let err = Project::load_with(root, None, &ComposeOptions::default()).unwrap_err();
+        assert!(
+            err.reason.contains(
+                "api/Dockerfile: a broken symbolic link: it points to ../shared/Dockerfile"
+            ),
+            "{err}"
+        );
+        std::fs::remove_file(root.join(CONFIG_FILE)).unwrap();
+        std::fs::create_dir_all(root.join("web/Dockerfile.web")).unwrap();
+        write(
+            root,
+            "compose.yaml",
+            "services:\n  web:\n    build:\n      context: web\n      dockerfile: Dockerfile.web\n",
+        );
+        let err = Project::load_with(root, None, &ComposeOptions::default()).unwrap_err();
+        assert!(err.reason.contains("key `build.dockerfile`"), "{err}");
+        assert!(err.reason.contains("a directory, not a file"), "{err}");
+    }
 
     #[test]
     fn service_names_must_make_image_names() {

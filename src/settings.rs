@@ -93,6 +93,18 @@ impl Workspace {
         for warning in &self.plan.warnings {
             ui.warn(&crate::text::clean_line(warning, 4000));
         }
+        for s in &self.plan.services {
+            if let Some(error) = &s.error {
+                let at = error.line.map(|l| format!(":{l}")).unwrap_or_default();
+                ui.warn(&crate::text::clean_line(
+                    &format!(
+                        "service {} cannot be built: {}{at}: {}",
+                        s.name, error.file, error.message
+                    ),
+                    4000,
+                ));
+            }
+        }
     }
 
     /// The config file's bytes (empty when the services were discovered).
@@ -338,7 +350,11 @@ impl BuildSettings {
             fail_fast: args.fail_fast,
             no_cache: args.force || args.no_cache,
             build_retries: args.build_retries,
-            idle_timeout: Duration::from_secs(args.prefetch.idle_timeout.max(60) * 10),
+            // Issue 17: no idle cut of builds unless asked for (a quiet compile is not a
+            // stall); --build-timeout bounds an attempt's wall time instead.
+            idle_timeout: (args.build_idle_timeout > 0)
+                .then(|| Duration::from_secs(args.build_idle_timeout)),
+            build_timeout: args.build_timeout.filter(|d| !d.is_zero()),
             out_dir,
             inline_cache: false,
             push: args.push,
@@ -545,6 +561,42 @@ pub fn select_services(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 17 item 9: by default a build is never cut for printing nothing, whatever the
+    /// prefetch's idle timeout (it was cut at 10x that, at least 600 s, and retried).
+    #[test]
+    fn issue17_builds_have_no_idle_cut_by_default() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("svc")).unwrap();
+        std::fs::write(dir.path().join("svc/Dockerfile"), "FROM alpine:3.20\n").unwrap();
+        let project =
+            Project::load_with(dir.path(), None, &crate::project::ComposeOptions::default())
+                .unwrap();
+        let naming = Naming::resolve(dir.path(), Some("p-"), Some(("t", "--tag")), None).unwrap();
+        let ws = Workspace {
+            root: dir.path().to_path_buf(),
+            plan: plan(&project, &naming, &BTreeMap::new()).unwrap(),
+            project,
+            actions: ActionsEnv::default(),
+        };
+        let options = |args: &[&str]| {
+            let mut argv = vec!["ai-infra-build", "build-all"];
+            argv.extend(args);
+            let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+            let crate::cli::Command::BuildAll(args) = cli.command else {
+                panic!("not build-all")
+            };
+            BuildSettings::resolve(&args, &[], &ws).unwrap().options
+        };
+        let default = options(&["--idle-timeout", "1"]);
+        assert_eq!(default.idle_timeout, None);
+        assert_eq!(default.build_timeout, None);
+        let set = options(&["--build-idle-timeout", "30", "--build-timeout", "1h30m"]);
+        assert_eq!(set.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(set.build_timeout, Some(Duration::from_secs(5400)));
+        assert_eq!(options(&["--build-timeout", "0"]).build_timeout, None);
+    }
 
     /// Issue 14: a service built as another's identical build is selected by its own name.
     #[test]

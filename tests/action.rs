@@ -111,7 +111,7 @@ fn step<'a>(action: &'a Action, id: &str) -> &'a Step {
         .unwrap_or_else(|| panic!("no step with id {id}"))
 }
 
-const ISSUE_INPUTS: [&str; 41] = [
+const ISSUE_INPUTS: [&str; 42] = [
     "config",
     "services",
     "only",
@@ -124,6 +124,7 @@ const ISSUE_INPUTS: [&str; 41] = [
     "mirror-first",
     "max-retries",
     "build-retries",
+    "build-timeout",
     "pull",
     "prefetch-failure",
     "force",

@@ -375,6 +375,7 @@ fn report_with_diagnosis() -> Report {
                 registry: "ghcr.io".into(),
                 class: ErrorClass::DnsNotFound,
                 tried: vec!["ghcr.io".into()],
+                answers: Vec::new(),
             }],
         },
         wait_ms: 1200,

@@ -1,9 +1,11 @@
 //! Property-based fuzzing of untrusted inputs through the public API (issue 17 item 18):
-//! image references, the config file, saved reports and their merge. None may panic; what
-//! is refused is a typed error that names the input.
+//! image references, the config file, compose projects, saved reports and their merge. None
+//! may panic; what is refused is a typed error that names the input.
 //!
 //! Each target runs `PROPTEST_CASES` cases (default 64, so `cargo test` stays within
-//! seconds); a longer local campaign: `PROPTEST_CASES=20000 cargo test --test fuzz_inputs`.
+//! seconds). `scripts/fuzz` runs these and the parser targets inside the crate (Dockerfile,
+//! `.dockerignore`, references) with a time budget, as CI does; a longer local campaign:
+//! `FUZZ_CASES=20000 FUZZ_BUDGET=3600 scripts/fuzz`.
 
 use std::path::PathBuf;
 
@@ -313,5 +315,237 @@ proptest! {
         // The merged report is a report: it saves and reads back.
         let again: Report = serde_json::from_str(&serde_json::to_string(&merged).unwrap()).unwrap();
         prop_assert_eq!(again.services.len(), merged.services.len());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Compose projects
+
+/// Compose-shaped scalars: paths (some escaping the project), interpolations of every form
+/// (nested, unterminated, `$$`), other files of the project, and any text.
+fn compose_scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => "[a-z0-9./_\\-]{0,10}".prop_map(Value::from),
+        3 => "\\$\\{[A-Z]{1,2}(:?[-+?=][a-z${}]{0,4})?\\}?".prop_map(Value::from),
+        1 => "\\$[A-Z]{1,2}|\\$\\$|\\$\\{|\\$\\{\\}|\\$\\{[A-Z]:-\\$\\{[A-Z]:-x\\}\\}".prop_map(Value::from),
+        2 => prop::sample::select(vec![
+            ".", "..", "/", "app", "app/Dockerfile", "Dockerfile", "other.yml", "compose.yaml",
+            "../..", "service:app", "docker-image://alpine:3.20", "https://example.com/x.git",
+        ])
+        .prop_map(Value::from),
+        1 => Just(Value::Null),
+        1 => any::<bool>().prop_map(Value::from),
+        1 => any::<i64>().prop_map(Value::from),
+        1 => "\\PC{0,10}".prop_map(Value::from),
+    ]
+}
+
+/// The compose keys that decide what is built (more often), and others.
+fn compose_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(vec![
+            "build", "context", "dockerfile", "dockerfile_inline", "args", "target", "image",
+            "extends", "service", "file", "include", "path", "env_file", "project_directory",
+            "profiles", "tags", "labels", "platforms", "network", "additional_contexts",
+            "x-common", "depends_on", "name", "secrets", "ssh", "cache_from", "services",
+        ])
+        .prop_map(str::to_string),
+        1 => "[a-z_\\-]{1,8}",
+        1 => "\\PC{1,5}",
+    ]
+}
+
+fn compose_value() -> impl Strategy<Value = Value> {
+    compose_scalar().prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(compose_key(), inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A compose document: services (names valid or not) with build sections of both forms,
+/// `extends` and `include` that may point at each other or at themselves, and odd keys.
+fn compose_doc() -> impl Strategy<Value = Value> {
+    let name = prop_oneof![
+        3 => prop::sample::select(vec!["app", "web", "worker"]).prop_map(str::to_string),
+        1 => "[a-z][a-z0-9\\-]{0,6}",
+        1 => "\\PC{1,6}",
+    ];
+    let build = prop_oneof![
+        compose_scalar(),
+        prop::collection::btree_map(compose_key(), compose_value(), 0..5)
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+    ];
+    let service = (
+        prop::option::of(build),
+        prop::collection::btree_map(compose_key(), compose_value(), 0..3),
+    )
+        .prop_map(|(build, extra)| {
+            let mut s: serde_json::Map<String, Value> = extra.into_iter().collect();
+            if let Some(b) = build {
+                s.insert("build".into(), b);
+            }
+            Value::Object(s)
+        });
+    let services = prop::collection::btree_map(name, service, 0..4)
+        .prop_map(|m| Value::Object(m.into_iter().collect()));
+    (
+        services,
+        prop::option::of(compose_value()),
+        prop::collection::btree_map(compose_key(), compose_value(), 0..2),
+    )
+        .prop_map(|(services, include, extra)| {
+            let mut doc: serde_json::Map<String, Value> = extra.into_iter().collect();
+            doc.insert("services".into(), services);
+            if let Some(include) = include {
+                doc.insert("include".into(), include);
+            }
+            Value::Object(doc)
+        })
+}
+
+/// YAML text the JSON form cannot give: anchors, aliases, merge keys, tags, odd indentation.
+fn compose_yaml_template() -> impl Strategy<Value = String> {
+    (
+        "[a-z./]{0,6}",
+        prop::sample::select(vec!["a", "b", "missing"]),
+        "\\PC{0,12}",
+    )
+        .prop_map(|(context, anchor, junk)| {
+            format!(
+                "x-a: &a\n  build: {context}\nx-b: &b {{ build: {{ context: ., args: [A, \"B=${{B:-1}}\"] }} }}\nservices:\n  app:\n    <<: *{anchor}\n  web:\n    <<: [*a, *b]\n    image: !!str {junk}\n  worker: *b\n"
+            )
+        })
+}
+
+/// A project close to a real one (so that the reader gets past the first check): services
+/// whose build is a good context or a mapping of mostly valid fields, with interpolation.
+fn plausible_compose_doc() -> impl Strategy<Value = Value> {
+    let context = prop::sample::select(vec![".", "app", "./app", "${CTX:-app}", "${CTX}"]);
+    let build = prop_oneof![
+        context.clone().prop_map(Value::from),
+        (
+            context,
+            prop::option::of(prop::sample::select(vec![
+                "Dockerfile",
+                "${DF:-Dockerfile}",
+                "../Dockerfile",
+                "missing",
+            ])),
+            prop::collection::btree_map("[A-Z]{1,2}", compose_scalar(), 0..3),
+            prop::option::of(compose_scalar()),
+        )
+            .prop_map(|(context, dockerfile, args, target)| {
+                let mut b = serde_json::Map::new();
+                b.insert("context".into(), Value::from(context));
+                if let Some(d) = dockerfile {
+                    b.insert("dockerfile".into(), Value::from(d));
+                }
+                b.insert("args".into(), Value::Object(args.into_iter().collect()));
+                if let Some(t) = target {
+                    b.insert("target".into(), t);
+                }
+                Value::Object(b)
+            }),
+    ];
+    let service = (
+        build,
+        prop::option::of(compose_scalar()),
+        prop::option::of(prop::sample::select(vec!["app", "web", "nope"])),
+    )
+        .prop_map(|(build, image, extends)| {
+            let mut s = serde_json::Map::new();
+            s.insert("build".into(), build);
+            if let Some(image) = image {
+                s.insert("image".into(), image);
+            }
+            if let Some(e) = extends {
+                s.insert("extends".into(), json!({ "service": e }));
+            }
+            Value::Object(s)
+        });
+    prop::collection::btree_map(
+        prop::sample::select(vec!["app", "web", "worker", "db"]),
+        service,
+        1..4,
+    )
+    .prop_map(|services| json!({ "services": services }))
+}
+
+fn compose_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => plausible_compose_doc().prop_map(|d| serde_json::to_string_pretty(&d).unwrap()),
+        3 => compose_doc().prop_map(|d| serde_json::to_string_pretty(&d).unwrap()),
+        2 => compose_yaml_template(),
+        1 => "\\PC{0,200}",
+        1 => any::<String>(),
+    ]
+}
+
+/// `.env` text: assignments with quotes, interpolation, `export`, comments and junk.
+fn dotenv_text() -> impl Strategy<Value = String> {
+    let line = prop_oneof![
+        6 => "[A-Z]{1,2}=[a-z0-9:\\-]{0,8}",
+        2 => "[A-Z]{1,2}=\\$\\{[A-Z]{1,2}(:-[a-z]{0,3})?\\}",
+        1 => "export [A-Z]{1,2}=\"[a-z $\\\\n]{0,6}\"?",
+        1 => "[A-Z]{1,2}='[a-z$]{0,6}'?",
+        1 => "#[\\PC]{0,6}",
+        1 => "\\PC{0,10}",
+    ];
+    prop::collection::vec(line, 0..5).prop_map(|l| l.join("\n"))
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any compose project (a main file, another file it may include or extend, an `.env`,
+    /// an environment): the services with a build, or a typed error naming the file; never a
+    /// panic, never a hang on self-including or self-extending files.
+    #[test]
+    fn issue17_fuzz_compose_reader(
+        main in compose_text(),
+        other in prop::option::of(compose_text()),
+        dotenv in prop::option::of(dotenv_text()),
+        environment in prop::collection::btree_map("[A-Z]{1,2}", "[a-z0-9${}]{0,6}", 0..3),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        std::fs::write(root.join("app/Dockerfile"), "FROM alpine:3.20\n").unwrap();
+        std::fs::write(root.join("Dockerfile"), "FROM alpine:3.20\n").unwrap();
+        std::fs::write(root.join("compose.yaml"), &main).unwrap();
+        if let Some(other) = &other {
+            std::fs::write(root.join("other.yml"), other).unwrap();
+        }
+        if let Some(dotenv) = &dotenv {
+            std::fs::write(root.join(".env"), dotenv).unwrap();
+        }
+        let options = ai_infra_build::project::ComposeOptions {
+            environment: environment.clone(),
+            ..Default::default()
+        };
+        match ai_infra_build::compose::load(root, &options) {
+            Ok(compose) => {
+                for s in &compose.services {
+                    prop_assert!(!s.name.is_empty());
+                }
+            }
+            Err(e) => prop_assert!(!e.message.is_empty(), "an empty message for {}", main),
+        }
+        match Project::load_with(root, None, &options) {
+            Ok(p) => {
+                prop_assert!(!p.services.is_empty());
+                for s in &p.services {
+                    prop_assert!(!s.name.is_empty());
+                }
+            }
+            Err(e) => {
+                prop_assert!(!e.to_string().is_empty());
+                let typed: ai_infra_build::Error = e.into();
+                prop_assert_eq!(typed.exit().code(), 2);
+            }
+        }
     }
 }

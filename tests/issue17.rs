@@ -669,3 +669,311 @@ async fn issue17_prefetch_step_publishes_in_actions() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(!proj.path().join(".ai-infra-build").exists());
 }
+
+/// Item 10 (and 3): one service's Dockerfile that cannot be parsed (a FROM ARG without a
+/// value, an unterminated heredoc) or read (a broken symbolic link, a directory named
+/// Dockerfile) fails that service alone, annotated at its file and line; the others build,
+/// the service built FROM a broken one is skipped with the reason, the exit code is 1.
+/// `plan` lists the broken services and exits 0 (the action's plan step must not stop the
+/// build of the others).
+#[tokio::test]
+async fn issue17_a_broken_dockerfile_fails_its_service_alone() {
+    let bed = TestBed::start(|o| o).await.unwrap();
+    let base = testbed::unique_name("i17-broken");
+    let _pulled = testbed::RemoveImagesOnDrop(vec![base.clone()]);
+    let pushed = push(&bed, &base, 1024).await;
+    let present = pushed.reference_via(&bed.registry.host());
+    let proj = Proj::new(
+        "i17-broken",
+        &[
+            ("fine", format!("FROM {present}\nRUN true\n")),
+            (
+                "noarg",
+                "# syntax=docker/dockerfile:1\n# the base comes from an ARG\nFROM ${UNSET_BASE_I17}\nRUN true\n".into(),
+            ),
+            (
+                "heredoc",
+                format!("FROM {present}\nRUN <<EOF\necho never closed\n"),
+            ),
+            ("after", String::new()),
+        ],
+    );
+    // `after` is built FROM noarg's image: its Dockerfile names the project's image prefix.
+    std::fs::write(
+        proj.path().join("after/Dockerfile"),
+        format!("FROM {}-noarg:t\nRUN true\n", proj.name),
+    )
+    .unwrap();
+    std::fs::create_dir_all(proj.path().join("link")).unwrap();
+    std::os::unix::fs::symlink("../nowhere/Dockerfile", proj.path().join("link/Dockerfile"))
+        .unwrap();
+    std::fs::create_dir_all(proj.path().join("folder/Dockerfile")).unwrap();
+    // A FIFO: reading it would block the run for ever.
+    std::fs::create_dir_all(proj.path().join("pipe")).unwrap();
+    let mkfifo = Command::new("mkfifo")
+        .arg(proj.path().join("pipe/Dockerfile"))
+        .status()
+        .unwrap();
+    assert!(mkfifo.success());
+
+    let prefix = format!("{}-", proj.name);
+    let plan = proj.run(&[
+        "plan", "--output", "json", "--prefix", &prefix, "--tag", "t",
+    ]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let planned: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let entry = |name: &str| {
+        planned["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not planned: {planned:#}"))
+            .clone()
+    };
+    assert!(entry("fine").get("error").is_none(), "{planned:#}");
+    assert_eq!(entry("noarg")["error"]["line"], 3, "{planned:#}");
+    assert_eq!(entry("heredoc")["error"]["line"], 2, "{planned:#}");
+    let link = entry("link")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        link.contains("broken symbolic link") && link.contains("../nowhere/Dockerfile"),
+        "{link}"
+    );
+    let folder = entry("folder")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(folder.contains("a directory, not a file"), "{folder}");
+    let pipe = entry("pipe")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(pipe.contains("a FIFO (named pipe)"), "{pipe}");
+    assert_eq!(entry("after")["depends_on"], serde_json::json!(["noarg"]));
+    let stderr = String::from_utf8_lossy(&plan.stderr);
+    for broken in ["noarg", "heredoc", "link", "folder", "pipe"] {
+        assert!(
+            stderr.contains(&format!("service {broken} cannot be built")),
+            "{broken}: {stderr}"
+        );
+    }
+
+    let out = proj.run(&["build-all"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = proj.report();
+    assert_eq!(service(&report, "fine")["status"], "success", "{report:#}");
+    for (broken, class, line) in [
+        ("noarg", "syntax", Some(3)),
+        ("heredoc", "syntax", Some(2)),
+        ("link", "input", None),
+        ("folder", "input", None),
+        ("pipe", "input", None),
+    ] {
+        let s = service(&report, broken);
+        assert_eq!(s["status"], "failed", "{s:#}");
+        assert_eq!(s["failure"]["class"], class, "{s:#}");
+        assert_eq!(s["failure"]["line"].as_u64(), line, "{s:#}");
+    }
+    let after = service(&report, "after");
+    assert_eq!(after["status"], "skipped", "{after:#}");
+    assert!(
+        after["skipped_reason"]
+            .as_str()
+            .unwrap()
+            .contains("dependency failed: noarg"),
+        "{after:#}"
+    );
+    // The annotations point at the broken lines and name the files.
+    let report_file = proj
+        .path()
+        .join(".ai-infra-build/ai-infra-build-report.json");
+    let annotations = proj.run(&[
+        "report",
+        "--from",
+        report_file.to_str().unwrap(),
+        "--format",
+        "annotations",
+    ]);
+    let annotations = String::from_utf8_lossy(&annotations.stdout).into_owned();
+    for at in [
+        "file=noarg/Dockerfile,line=3",
+        "file=heredoc/Dockerfile,line=2",
+        "file=link/Dockerfile,",
+        "file=folder/Dockerfile,",
+        "file=pipe/Dockerfile,",
+    ] {
+        assert!(
+            annotations
+                .lines()
+                .any(|l| l.starts_with("::error ") && l.contains(at)),
+            "no error annotation at {at}:\n{annotations}"
+        );
+    }
+}
+
+/// Item 9: a build is not cut for printing nothing (a quiet compile), whatever the prefetch's
+/// idle timeout; `--build-idle-timeout` (off by default) is what would cut it, as `stalled`;
+/// `--build-timeout` bounds an attempt's wall time: "timed out after 2s", class `timed-out`,
+/// not retried.
+#[tokio::test]
+async fn issue17_quiet_builds_run_on_and_build_timeout_stops_them() {
+    let bed = TestBed::start(|o| o).await.unwrap();
+    let base = testbed::unique_name("i17-quiet");
+    let _pulled = testbed::RemoveImagesOnDrop(vec![base.clone()]);
+    let pushed = push(&bed, &base, 1024).await;
+    let present = pushed.reference_via(&bed.registry.host());
+    let proj = Proj::new(
+        "i17-quiet",
+        &[("quiet", format!("FROM {present}\nRUN sleep 6\n"))],
+    );
+    let common = ["--backend", "engine", "--no-cache", "--idle-timeout", "1"];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["build-all"];
+        args.extend(common);
+        args.extend(extra);
+        let started = Instant::now();
+        let out = proj.run(&args);
+        (out, started.elapsed())
+    };
+
+    // The opt-in idle cut: a quiet RUN is cut as stalled and retried.
+    let (out, _) = run(&["--build-idle-timeout", "2", "--build-retries", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = proj.report();
+    let s = service(&report, "quiet");
+    assert_eq!(s["failure"]["class"], "stalled", "{s:#}");
+    assert_eq!(s["attempts"], 2, "{s:#}");
+
+    // build-timeout: stopped once, not retried, said so.
+    let (out, took) = run(&["--build-timeout", "2s", "--build-retries", "3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = proj.report();
+    let s = service(&report, "quiet");
+    assert_eq!(s["failure"]["class"], "timed-out", "{s:#}");
+    assert_eq!(s["attempts"], 1, "{s:#}");
+    let message = s["failure"]["message"].as_str().unwrap();
+    assert!(message.contains("timed out after 2s"), "{message}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stopped by build-timeout"),
+        "{}",
+        text(&out)
+    );
+
+    // The default: the same quiet build runs to its end, once.
+    let (out, took) = run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = proj.report();
+    let s = service(&report, "quiet");
+    assert_eq!(s["status"], "success", "{s:#}");
+    assert_eq!(s["attempts"], 1, "{s:#}");
+    assert!(took >= Duration::from_secs(6), "took {took:?}");
+}
+
+/// Item 7: a base image that exists on no source (the mirror answers "manifest unknown",
+/// the origin, Docker Hub, does not resolve here) is reported as such at its FROM line, with
+/// what each source answered, not as a network failure inside the build, and is not retried;
+/// the diagnosis's root cause names each source's real answer, whichever is tried first.
+#[tokio::test]
+async fn issue17_a_base_image_on_no_source_is_named_at_its_from_line() {
+    let bed = TestBed::start(|o| o).await.unwrap();
+    let base = testbed::unique_name("i17-nowhere");
+    let _pulled = testbed::RemoveImagesOnDrop(vec![base.clone()]);
+    push(&bed, &base, 1024).await;
+    let mirror = bed.registry.host();
+    let proj = Proj::new(
+        "i17-nowhere",
+        &[
+            ("fine", format!("FROM {base}:1.0\nRUN true\n")),
+            (
+                "lost",
+                format!("# a tag nobody pushed\n\nFROM {base}:99.99-missing\nRUN true\n"),
+            ),
+        ],
+    );
+    let mirror_arg = format!("docker.io={mirror}");
+    for order in [None, Some("--mirror-first")] {
+        let summary = proj.path().join("summary.md");
+        let mut args = vec![
+            "build-all",
+            "--mirror",
+            &mirror_arg,
+            "--max-retries",
+            "0",
+            "--build-retries",
+            "2",
+        ];
+        args.extend(order);
+        let out = proj
+            .command(&args)
+            .env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_WORKSPACE", proj.path())
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .output()
+            .unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{order:?}: {all}");
+        let report = proj.report();
+        assert_eq!(service(&report, "fine")["status"], "success", "{report:#}");
+        let lost = service(&report, "lost");
+        assert_eq!(lost["status"], "failed", "{lost:#}");
+        assert_eq!(lost["failure"]["class"], "base-image", "{lost:#}");
+        assert_eq!(lost["failure"]["line"], 3, "{lost:#}");
+        assert_eq!(lost["attempts"], 1, "not retried: {lost:#}");
+        let message = lost["failure"]["message"].as_str().unwrap();
+        let mirror_said = format!("mirror {mirror}: manifest unknown");
+        for needle in [
+            "not found on any source",
+            mirror_said.as_str(),
+            "origin registry-1.docker.io: DNS",
+        ] {
+            assert!(
+                message.contains(needle),
+                "{order:?}: {needle:?} not in {message}"
+            );
+        }
+        // The error annotation is at the FROM line and says so; no "network failure".
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let at_from: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with("::error ") && l.contains("file=lost/Dockerfile,line=3"))
+            .collect();
+        assert_eq!(at_from.len(), 1, "{order:?}: {stdout}");
+        assert!(
+            at_from[0].contains("not found on any source"),
+            "{}",
+            at_from[0]
+        );
+        assert!(
+            !stdout.contains("network failure inside the build"),
+            "{order:?}: {stdout}"
+        );
+        // The diagnosis: what each source really answered; the mirror did resolve.
+        let root = report["diagnosis"]["root_cause"].as_str().unwrap();
+        assert!(
+            root.contains("not found on any source"),
+            "{order:?}: {root}"
+        );
+        assert!(root.contains(&mirror_said), "{order:?}: {root}");
+        assert!(
+            root.contains("registry-1.docker.io: DNS"),
+            "{order:?}: {root}"
+        );
+        let findings = report["diagnosis"]["findings"].to_string();
+        assert!(
+            !findings.contains(&format!("`{mirror}` did not resolve"))
+                && !findings.contains(&format!(
+                    "{mirror}` and `registry-1.docker.io` did not resolve"
+                ))
+                && !findings.contains(&format!(
+                    "`registry-1.docker.io` and `{mirror}` did not resolve"
+                )),
+            "{order:?}: {findings}"
+        );
+        let summary = std::fs::read_to_string(&summary).unwrap();
+        assert!(summary.contains("not found on any source"), "{summary}");
+    }
+}

@@ -639,6 +639,7 @@ fn at_most_ten_annotations_per_level_ranked_with_an_overflow_note() {
             }],
             via: None,
             via_reason: None,
+            answers: Vec::new(),
         })
         .collect();
     let out = annotations::render(
@@ -783,10 +784,13 @@ fn all_error_classes() -> Vec<ErrorClass> {
 
 fn all_failure_classes() -> Vec<BuildFailureClass> {
     use BuildFailureClass::*;
-    let all = vec![Network, Syntax, RunFailed, Input, Stalled, Auth, Other];
+    let all = vec![
+        Network, Syntax, RunFailed, Input, Stalled, TimedOut, BaseImage, Auth, Other,
+    ];
     for c in &all {
         match c {
-            Network | Syntax | RunFailed | Input | Stalled | Auth | Other => {}
+            Network | Syntax | RunFailed | Input | Stalled | TimedOut | BaseImage | Auth
+            | Other => {}
         }
     }
     all
@@ -859,6 +863,11 @@ fn a_report_using_every_enum_value_validates() {
             // Every pull path, so the schema sees each (issue 12: direct pulls).
             via: [None, Some(PullPath::Relay), Some(PullPath::Direct)][i % 3],
             via_reason: (i % 3 == 2).then(|| "the daemon runs rootless".to_string()),
+            answers: vec![ai_infra_build::report::diagnosis::SourceAnswer {
+                source: "mirror.example.com".into(),
+                role: ai_infra_build::report::diagnosis::SourceRole::Mirror,
+                class,
+            }],
         });
         report.network.failures_by_class.insert(class, i);
     }

@@ -17,8 +17,13 @@ pub enum BuildFailureClass {
     RunFailed,
     /// A file the Dockerfile copies is missing, or another build input problem.
     Input,
-    /// The build was cut by the idle timeout.
+    /// The build was cut by the idle timeout (`--build-idle-timeout`).
     Stalled,
+    /// The build ran longer than `--build-timeout` and was stopped. Never retried.
+    TimedOut,
+    /// A base image the build needs was had from no source in the prefetch (not found,
+    /// refused, unreachable): the build's own pull failing too is no news. Never retried.
+    BaseImage,
     /// A registry refused the build's pull (`pull access denied`, `failed to authorize`):
     /// credentials are missing, wrong or lack a scope. Never retried.
     Auth,
@@ -32,6 +37,23 @@ impl BuildFailureClass {
             BuildFailureClass::Network | BuildFailureClass::Stalled
         )
     }
+}
+
+/// `45m`, `1h30m`, `90s`: a limit as the user wrote it.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
 }
 
 /// Messages that mean the network failed inside a build, in the builder's (BuildKit's or the

@@ -29,7 +29,12 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Retries of a build that failed for a network reason.
     pub build_retries: u32,
-    pub idle_timeout: Duration,
+    /// Cut a build attempt that prints nothing for this long (retried as stalled); `None`:
+    /// never (the default: a long, quiet compile is not a stall).
+    pub idle_timeout: Option<Duration>,
+    /// The longest one build attempt may take (`--build-timeout`); then it fails as
+    /// `timed-out`, not retried. `None`: no limit.
+    pub build_timeout: Option<Duration>,
     /// Where logs go (`<out_dir>/logs/<service>.log`).
     pub out_dir: PathBuf,
     /// Write inline cache metadata and use the previous image as cache source.
@@ -118,6 +123,8 @@ pub async fn run(
         })
         .collect();
     let mut results: HashMap<usize, ServiceResult> = HashMap::new();
+    // Base images the prefetch had from no source, by reference.
+    let mut lost: HashMap<String, ImageResult> = HashMap::new();
     let mut failure_log = Vec::new();
     let mut running = FuturesUnordered::new();
     let mut started: BTreeSet<usize> = BTreeSet::new();
@@ -125,6 +132,31 @@ pub async fn run(
     let deps = &plan.graph.deps;
 
     loop {
+        // A service whose Dockerfile could not be planned fails alone (issue 17).
+        for i in selected.iter().copied() {
+            if results.contains_key(&i) {
+                continue;
+            }
+            if let Some(error) = &plan.services[i].error {
+                let mut r = skipped(plan, i, String::new(), ServiceStatus::Failed);
+                r.skipped_reason = None;
+                r.failure = Some(ServiceFailure {
+                    class: match error.kind {
+                        crate::plan::ServiceErrorKind::Syntax => BuildFailureClass::Syntax,
+                        crate::plan::ServiceErrorKind::Input => BuildFailureClass::Input,
+                    },
+                    network_class: None,
+                    message: error.message.clone(),
+                    line: error.line,
+                });
+                on_event(BuildEvent::Finished {
+                    service: r.name.clone(),
+                    status: r.status,
+                    duration: Duration::ZERO,
+                });
+                results.insert(i, r);
+            }
+        }
         // Skip services whose dependencies failed or were skipped.
         for i in selected.iter().copied() {
             if started.contains(&i) || results.contains_key(&i) {
@@ -139,7 +171,13 @@ pub async fn run(
                 let r = skipped(
                     plan,
                     i,
-                    format!("dependency failed: {}", plan.services[d].name),
+                    match &plan.services[d].error {
+                        Some(_) => format!(
+                            "dependency failed: {} (its Dockerfile cannot be built)",
+                            plan.services[d].name
+                        ),
+                        None => format!("dependency failed: {}", plan.services[d].name),
+                    },
                     ServiceStatus::Skipped,
                 );
                 on_event(BuildEvent::Finished {
@@ -169,10 +207,16 @@ pub async fn run(
                 if deps_ok && images_ok {
                     started.insert(i);
                     let cancel = cancel.clone();
+                    let lost: Vec<ImageResult> = plan.services[i]
+                        .base_images
+                        .iter()
+                        .filter_map(|r| lost.get(r).cloned())
+                        .collect();
                     running.push(async move {
                         (
                             i,
-                            build_one(engine, backend, plan, i, options, cancel, on_event).await,
+                            build_one(engine, backend, plan, i, options, lost, cancel, on_event)
+                                .await,
                         )
                     });
                 }
@@ -228,7 +272,12 @@ pub async fn run(
             }
             image = recv(&mut images_done), if images_done.is_some() => {
                 match image {
-                    Some(done) => waiting_images.iter_mut().for_each(|w| { w.remove(&done.reference); }),
+                    Some(done) => {
+                        waiting_images.iter_mut().for_each(|w| { w.remove(&done.reference); });
+                        if done.status == crate::prefetch::ImageStatus::Failed {
+                            lost.insert(done.reference.clone(), done);
+                        }
+                    }
                     None => images_done = None,
                 }
             }
@@ -276,12 +325,15 @@ fn skipped(plan: &Plan, i: usize, reason: String, status: ServiceStatus) -> Serv
 }
 
 /// Builds one service, retrying network failures; never panics, always returns a result.
+/// `lost`: its base images that the prefetch had from no source.
+#[allow(clippy::too_many_arguments)]
 async fn build_one(
     engine: &Engine,
     backend: &Backend,
     plan: &Plan,
     i: usize,
     options: &BuildOptions,
+    lost: Vec<ImageResult>,
     cancel: CancellationToken,
     on_event: &(dyn Fn(BuildEvent) + Sync),
 ) -> (ServiceResult, Vec<FailureLogEntry>) {
@@ -329,7 +381,8 @@ async fn build_one(
         },
         inline_cache: options.inline_cache || dir_cache.inline_cache,
         cache_to: dir_cache.cache_to,
-        idle_timeout: options.idle_timeout,
+        // Without an idle cut, the backends wait on output for as long as the build runs.
+        idle_timeout: options.idle_timeout.unwrap_or(Duration::MAX),
         registry_auth: options.registry_auth.clone(),
         push: options.push,
     };
@@ -467,14 +520,40 @@ async fn build_one(
             s.name,
             backend.label()
         ));
-        let outcome = backend.build(&job, &mut log).await;
+        let outcome = match options.build_timeout {
+            // Dropping the build stops it: buildx is killed, the Engine API request closed.
+            Some(limit) => tokio::time::timeout(limit, backend.build(&job, &mut log))
+                .await
+                .map_err(|_| limit),
+            None => Ok(backend.build(&job, &mut log).await),
+        };
         building.store(false, std::sync::atomic::Ordering::SeqCst);
-        let f = match outcome {
-            Ok(out) => return Ok(out),
-            Err(f) => f,
+        let (f, timed_out) = match outcome {
+            Ok(Ok(out)) => return Ok(out),
+            Ok(Err(f)) => (f, false),
+            Err(limit) => (
+                super::backend::BuildFailure {
+                    message: format!(
+                        "timed out after {} (build-timeout): the build was stopped; raise build-timeout if it needs longer",
+                        failure::human_duration(limit)
+                    ),
+                },
+                true,
+            ),
         };
         let tail = log.tail();
-        let (class, network_class) = failure::classify(&f.message, &tail);
+        let (class, network_class) = if timed_out {
+            (BuildFailureClass::TimedOut, None)
+        } else {
+            failure::classify(&f.message, &tail)
+        };
+        // A base image the prefetch had from no source: that is why (issue 17), at its FROM
+        // line, and trying again will not help.
+        let lost_base = lost_base_failure(&lost, &s.dockerfile, class, &f.message);
+        let (class, network_class) = match &lost_base {
+            Some(lost) => (lost.class, None),
+            None => (class, network_class),
+        };
         log.line(&format!("=== failed ({class:?}): {}", f.message));
         if let Ok(mut failures) = failures.lock() {
             failures.push(FailureLogEntry {
@@ -491,12 +570,12 @@ async fn build_one(
                 message: f.message.clone(),
             });
         }
-        let failure = ServiceFailure {
+        let failure = lost_base.unwrap_or_else(|| ServiceFailure {
             class,
             network_class,
             line: failure::failing_line(&dockerfile_text, &f.message, &tail),
             message: f.message,
-        };
+        });
         if let Ok(mut last) = last_failure.lock() {
             *last = Some(failure.clone());
         }
@@ -573,6 +652,53 @@ async fn build_one(
     result.duration_ms = started.elapsed().as_millis() as u64;
     result.log_tail = log.tail();
     (result, failure_log)
+}
+
+/// The failure of a build that needs a base image (`lost`, in plan order) the prefetch had
+/// from no source, unless the build failed for its own reasons (a RUN step, the syntax, a
+/// timeout): class `base-image` with what each source answered, at the image's FROM line.
+fn lost_base_failure(
+    lost: &[ImageResult],
+    dockerfile: &str,
+    class: BuildFailureClass,
+    message: &str,
+) -> Option<ServiceFailure> {
+    use BuildFailureClass::*;
+    if matches!(class, RunFailed | Syntax | Stalled | TimedOut) {
+        return None;
+    }
+    // The one the builder names (it stops at the first it cannot pull), else the first.
+    let named = lost.iter().find(|image| {
+        crate::reference::Reference::parse(&image.reference).is_ok_and(|r| {
+            message.contains(&format!("{}:", r.path)) || message.contains(&format!("{}@", r.path))
+        })
+    });
+    let image = named.or(lost.first())?;
+    let verdict =
+        crate::report::diagnosis::lost_verdict(&crate::report::diagnosis::source_answers(image))
+            .unwrap_or_else(|| {
+                format!(
+                    "could not be had from any source ({})",
+                    image
+                        .error
+                        .as_ref()
+                        .map_or_else(|| "no error recorded".to_string(), |e| e.class.to_string())
+                )
+            });
+    let line = image
+        .uses
+        .iter()
+        .find(|u| u.line > 0 && u.dockerfile == std::path::Path::new(dockerfile))
+        .map(|u| u.line);
+    Some(ServiceFailure {
+        class: BaseImage,
+        network_class: None,
+        line,
+        message: format!(
+            "base image {} {verdict}; the build could not pull it either: {message}",
+            image.reference
+        ),
+    })
 }
 
 /// A failed build attempt, classified: network failures and stalls are tried again.

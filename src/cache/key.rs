@@ -64,9 +64,19 @@ pub fn cache_key(plan: &Plan, config: &[u8]) -> CacheKey {
     for s in services {
         field(&mut h, s.name.as_bytes());
         field(&mut h, s.dockerfile.replace('\\', "/").as_bytes());
-        match std::fs::read(&s.service.dockerfile) {
-            Ok(content) => field(&mut h, &content),
-            Err(_) => field(&mut h, b"\0unreadable"),
+        // A Dockerfile the plan could not read (a FIFO would block) is not read again.
+        let unreadable = s
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind == crate::plan::ServiceErrorKind::Input);
+        let content = if unreadable {
+            None
+        } else {
+            std::fs::read(&s.service.dockerfile).ok()
+        };
+        match content {
+            Some(content) => field(&mut h, &content),
+            None => field(&mut h, b"\0unreadable"),
         }
     }
     let dockerfiles = short(h);

@@ -276,6 +276,13 @@ fn render(plan: &Plan) -> String {
             "  {:<20} {}  {}  [{}]{deps}{aliases}\n",
             s.name, s.image, s.dockerfile, s.origin
         ));
+        if let Some(error) = &s.error {
+            out.push_str(&format!(
+                "  {:<20} cannot be built: {}\n",
+                "",
+                crate::text::clean_line(&error.to_string(), 2000)
+            ));
+        }
     }
     out.push_str(&format!(
         "Base images to prefetch ({}):\n",

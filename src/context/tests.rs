@@ -519,7 +519,10 @@ fn ignore_line() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    // `PROPTEST_CASES` (scripts/fuzz) sets how many; 64 by default.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64)
+    ))]
 
     /// Whatever the ignore file says, archiving never panics, only a bad pattern is an error,
     /// the Dockerfile and `.dockerignore` always go in, no entry is invented or repeated, and

@@ -1140,7 +1140,10 @@ fn dockerfile_token() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // `PROPTEST_CASES` (scripts/fuzz) sets how many; 512 by default.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
+    ))]
 
     #[test]
     fn parse_never_panics_on_arbitrary_text(s in "\\PC{0,200}") {

@@ -165,10 +165,110 @@ pub struct RecoveredImage {
 pub struct LostImage {
     pub image: String,
     pub registry: String,
-    /// The class of the last failure.
+    /// The class that decides the verdict ([`verdict_class`]): "not found" when a source
+    /// said so, else the last failure's.
     pub class: ErrorClass,
     /// The sources tried, in order.
     pub tried: Vec<String>,
+    /// What each source that was asked answered last (empty in reports of older versions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<SourceAnswer>,
+}
+
+/// What one source answered for an image, its last failure.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceAnswer {
+    pub source: String,
+    pub role: SourceRole,
+    pub class: ErrorClass,
+}
+
+/// Per source tried for `image`, in the order first tried, the class of its last failed
+/// attempt: what each source really answered.
+pub fn source_answers(image: &ImageResult) -> Vec<SourceAnswer> {
+    let (_, origin, _) = registry_of(&image.reference);
+    let mut out: Vec<SourceAnswer> = Vec::new();
+    for a in &image.attempts {
+        let Some(class) = a.class else {
+            continue;
+        };
+        match out.iter_mut().find(|x| x.source == a.source) {
+            Some(x) => x.class = class,
+            None => out.push(SourceAnswer {
+                source: a.source.clone(),
+                role: if a.source == origin {
+                    SourceRole::Origin
+                } else {
+                    SourceRole::Mirror
+                },
+                class,
+            }),
+        }
+    }
+    out
+}
+
+/// The class that decides what a lost image's verdict is: a source that answered "not
+/// found" outranks sources that could not be asked (DNS, refused), then a refusal, else the
+/// last failure (`last`).
+pub fn verdict_class(answers: &[SourceAnswer], last: ErrorClass) -> ErrorClass {
+    answers
+        .iter()
+        .map(|a| a.class)
+        .find(|c| is_not_found(*c))
+        .or_else(|| answers.iter().map(|a| a.class).find(|c| is_denied(*c)))
+        .unwrap_or(last)
+}
+
+/// A failure class as a person reads it (`manifest unknown`, `DNS: no such host`).
+pub fn answer_phrase(class: ErrorClass) -> String {
+    match class {
+        ErrorClass::ManifestUnknown => "manifest unknown".into(),
+        ErrorClass::NameUnknown => "repository unknown".into(),
+        ErrorClass::NoMatchingPlatform => "no matching platform".into(),
+        ErrorClass::InvalidReference => "invalid reference".into(),
+        ErrorClass::DnsNotFound => "DNS: no such host".into(),
+        ErrorClass::DnsTemporary => "DNS: temporary failure".into(),
+        ErrorClass::ConnectionRefused => "connection refused".into(),
+        ErrorClass::ConnectionReset => "connection reset".into(),
+        ErrorClass::RateLimited => "rate limited (429)".into(),
+        ErrorClass::AuthRejected => "credentials rejected".into(),
+        ErrorClass::ServerError => "server error (5xx)".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `mirror 127.0.0.1:5000: manifest unknown; origin registry-1.docker.io: DNS: no such host`.
+pub fn answers_text(answers: &[SourceAnswer]) -> String {
+    answers
+        .iter()
+        .map(|a| {
+            let role = match a.role {
+                SourceRole::Origin => "origin",
+                SourceRole::Mirror => "mirror",
+            };
+            format!("{role} {}: {}", a.source, answer_phrase(a.class))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What became of an image no source served, with what each source answered: `not found on
+/// any source (mirror M: manifest unknown; origin O: DNS: no such host)`. `None` without
+/// answers.
+pub fn lost_verdict(answers: &[SourceAnswer]) -> Option<String> {
+    if answers.is_empty() {
+        return None;
+    }
+    let classes = || answers.iter().map(|a| a.class);
+    let what = if classes().any(is_not_found) {
+        "not found on any source"
+    } else if classes().all(is_denied) {
+        "refused by every source"
+    } else {
+        "could not be pulled from any source"
+    };
+    Some(format!("{what} ({})", answers_text(answers)))
 }
 
 /// Everything the rules look at.
@@ -429,12 +529,17 @@ fn outcomes(prefetch: &PrefetchReport, sources: &[SourceStats]) -> ImageOutcomes
         let (registry, origin, path) = registry_of(&image.reference);
         match image.status {
             ImageStatus::Present => {}
-            ImageStatus::Failed => out.lost.push(LostImage {
-                image: image.reference.clone(),
-                registry,
-                class: image.error.as_ref().map_or(ErrorClass::Other, |e| e.class),
-                tried: image.source_order.clone(),
-            }),
+            ImageStatus::Failed => {
+                let answers = source_answers(image);
+                let last = image.error.as_ref().map_or(ErrorClass::Other, |e| e.class);
+                out.lost.push(LostImage {
+                    image: image.reference.clone(),
+                    registry,
+                    class: verdict_class(&answers, last),
+                    tried: image.source_order.clone(),
+                    answers,
+                })
+            }
             ImageStatus::Pulled => {
                 let Some(served) = image.source.clone() else {
                     continue;
@@ -551,13 +656,33 @@ fn lost_dns(e: &Evidence) -> Vec<Finding> {
     lost_by_registry(e, is_dns)
         .into_iter()
         .map(|(registry, lost)| {
-            let mut hosts: Vec<String> = lost.iter().flat_map(|l| l.tried.clone()).collect();
+            // Only the sources whose name did not resolve (a source that answered something
+            // else is named with its answer).
+            let answered = lost.iter().any(|l| !l.answers.is_empty());
+            let mut hosts: Vec<String> = if answered {
+                lost.iter()
+                    .flat_map(|l| l.answers.iter().filter(|a| is_dns(a.class)))
+                    .map(|a| a.source.clone())
+                    .collect()
+            } else {
+                lost.iter().flat_map(|l| l.tried.clone()).collect()
+            };
             hosts.sort();
             hosts.dedup();
+            let mut others: Vec<SourceAnswer> = lost
+                .iter()
+                .flat_map(|l| l.answers.iter().filter(|a| !is_dns(a.class)).cloned())
+                .collect();
+            others.dedup();
+            let others = if others.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", answers_text(&others))
+            };
             finding(
                 "lost-dns",
                 format!(
-                    "no source answered for {} (DNS failure: {} did not resolve)",
+                    "no source answered for {} (DNS failure: {} did not resolve{others})",
                     image_names(&lost),
                     names(&hosts)
                 ),
@@ -593,13 +718,22 @@ fn lost_not_found(e: &Evidence) -> Vec<Finding> {
         .map(|lost| {
             let class = lost[0].class;
             let sources: Vec<String> = lost[0].tried.clone();
-            finding(
-                "lost-not-found",
-                format!(
+            // Every source asked said "not found": it does not exist there. Some could not
+            // be asked (DNS, refused): say what each answered.
+            let all_said_so = lost[0].answers.iter().all(|a| is_not_found(a.class));
+            let cause = match lost_verdict(&lost[0].answers) {
+                Some(verdict) if !all_said_so => {
+                    format!("{} {verdict}", image_names(&lost))
+                }
+                _ => format!(
                     "{} does not exist on {} ({class})",
                     image_names(&lost),
                     names(&sources)
                 ),
+            };
+            finding(
+                "lost-not-found",
+                cause,
                 "check the tag and repository name in the FROM line (and the platform); a mirror must hold the image too".to_string(),
             )
         })
@@ -634,12 +768,20 @@ fn lost_network(e: &Evidence) -> Vec<Finding> {
         let has_mirror = lost.iter().any(|l| l.tried.len() > 1);
         finding(
             "lost-network",
-            format!(
-                "no source answered for {} ({}, after every retry on {})",
-                image_names(&lost),
-                lost[0].class,
-                names(&lost[0].tried)
-            ),
+            if lost[0].answers.is_empty() {
+                format!(
+                    "no source answered for {} ({}, after every retry on {})",
+                    image_names(&lost),
+                    lost[0].class,
+                    names(&lost[0].tried)
+                )
+            } else {
+                format!(
+                    "no source answered for {} after every retry ({})",
+                    image_names(&lost),
+                    answers_text(&lost[0].answers)
+                )
+            },
             if has_mirror {
                 "every source failed: check the network path to them (proxy, firewall), or raise `--max-retries` / `--retry-deadline`".to_string()
             } else {
@@ -739,10 +881,13 @@ fn source_unresolvable(e: &Evidence) -> Vec<Finding> {
         .iter()
         .filter(|s| s.failures_of(is_dns) > 0 && !s.answered())
         .filter(|s| {
-            !e.images
-                .lost
-                .iter()
-                .any(|l| is_dns(l.class) && l.tried.contains(&s.source))
+            // Already explained by a lost image's verdict, which names each source's answer.
+            !e.images.lost.iter().any(|l| {
+                (is_dns(l.class) && l.tried.contains(&s.source))
+                    || l.answers
+                        .iter()
+                        .any(|a| a.source == s.source && is_dns(a.class))
+            })
         })
         .map(|s| {
             let saved = recoveries(e, &s.registry);
@@ -1047,6 +1192,73 @@ mod tests {
         assert_eq!(ids.len(), RULES.len(), "rule ids are unique");
     }
 
+    /// Issue 17 item 7: the root cause names what each source answered: the mirror that
+    /// answered "manifest unknown" is not said to have failed DNS, in either order.
+    #[test]
+    fn issue17_lost_images_name_each_sources_answer() {
+        let reference = "docker.io/library/ubuntu:99.99-missing";
+        for order in [[HUB, MIRROR], [MIRROR, HUB]] {
+            let mut i = image(reference, ImageStatus::Failed, &order, None);
+            for s in order {
+                let class = if s == HUB {
+                    ErrorClass::DnsNotFound
+                } else {
+                    ErrorClass::ManifestUnknown
+                };
+                i.attempts.push(attempt(s, Some(class), false, 0));
+            }
+            let last = i.attempts.last().and_then(|a| a.class).unwrap();
+            i.error = Some(ImageFailure {
+                class: last,
+                message: last.to_string(),
+            });
+            let d = diagnose(&report(vec![i], Vec::new())).unwrap();
+            assert_eq!(rules_of(&d), ["lost-not-found"], "{order:?}: {d:#?}");
+            assert!(
+                d.root_cause.contains("not found on any source")
+                    && d.root_cause
+                        .contains("mirror mirror.example.com: manifest unknown")
+                    && d.root_cause
+                        .contains("origin registry-1.docker.io: DNS: no such host"),
+                "{}",
+                d.root_cause
+            );
+        }
+        // Lost to DNS at the origin and a refused mirror: only the origin "did not resolve".
+        let mut i = image(reference, ImageStatus::Failed, &[MIRROR, HUB], None);
+        i.attempts.push(attempt(
+            MIRROR,
+            Some(ErrorClass::ConnectionRefused),
+            false,
+            0,
+        ));
+        i.attempts
+            .push(attempt(HUB, Some(ErrorClass::DnsNotFound), false, 0));
+        i.error = Some(ImageFailure {
+            class: ErrorClass::DnsNotFound,
+            message: "no such host".into(),
+        });
+        let d = diagnose(&report(vec![i], Vec::new())).unwrap();
+        assert_eq!(rules_of(&d)[0], "lost-dns");
+        assert!(
+            d.root_cause
+                .contains("`registry-1.docker.io` did not resolve; mirror mirror.example.com: connection refused"),
+            "{}",
+            d.root_cause
+        );
+        // Every source said "not found": it does not exist there.
+        let d = diagnose(&report(
+            vec![lost(reference, &[HUB, MIRROR], ErrorClass::ManifestUnknown)],
+            Vec::new(),
+        ))
+        .unwrap();
+        assert!(
+            d.root_cause.contains("does not exist on"),
+            "{}",
+            d.root_cause
+        );
+    }
+
     #[test]
     fn a_fault_free_run_has_no_diagnosis() {
         let r = report(
@@ -1329,7 +1541,7 @@ mod tests {
         assert_eq!(rules_of(&d)[0], "lost-network");
         assert!(
             d.root_cause.contains(
-                "(eof, after every retry on `registry-1.docker.io` and `mirror.example.com`)"
+                "after every retry (origin registry-1.docker.io: eof; mirror mirror.example.com: eof)"
             ),
             "{}",
             d.root_cause

@@ -252,6 +252,9 @@ pub struct BaseImageResult {
     /// Why it was pulled direct.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via_reason: Option<String>,
+    /// For an image no source served: what each source asked answered last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<diagnosis::SourceAnswer>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -404,6 +407,11 @@ impl Report {
                         .collect(),
                     via: image.via,
                     via_reason: image.via_reason.clone(),
+                    answers: if image.status == ImageStatus::Failed {
+                        diagnosis::source_answers(image)
+                    } else {
+                        Vec::new()
+                    },
                 });
             }
             for r in p.requests.iter().filter(|r| r.class.is_some()) {

@@ -148,6 +148,8 @@ pub fn failure_label(class: BuildFailureClass) -> (&'static str, &'static str) {
         BuildFailureClass::RunFailed => ("run-failed", "a RUN step failed"),
         BuildFailureClass::Input => ("input", "missing build input"),
         BuildFailureClass::Stalled => ("stalled", "no progress until the idle timeout"),
+        BuildFailureClass::TimedOut => ("timed-out", "stopped by build-timeout"),
+        BuildFailureClass::BaseImage => ("base-image", "a base image no source had"),
         BuildFailureClass::Auth => ("auth", "the registry refused the credentials"),
         BuildFailureClass::Other => ("other", "build failed"),
     }
@@ -161,6 +163,8 @@ fn failure_rank(class: BuildFailureClass) -> u8 {
         BuildFailureClass::Other => 3,
         BuildFailureClass::Network => 4,
         BuildFailureClass::Stalled => 5,
+        BuildFailureClass::TimedOut => 2,
+        BuildFailureClass::BaseImage => 1,
         BuildFailureClass::Auth => 1,
     }
 }
@@ -196,6 +200,12 @@ fn service_error(index: usize, s: &ServiceResult, paths: &PathMapper) -> Option<
         message.push_str(&tail.join("\n"));
     }
     let title = match &class {
+        // "api: base image docker.io/library/x:1 not found on any source (base-image)".
+        Some((BuildFailureClass::BaseImage, label, _)) => format!(
+            "{}: {} ({label})",
+            s.name,
+            message.split(" (").next().unwrap_or_default()
+        ),
         Some((_, label, human)) => format!("{}: {human} ({label})", s.name),
         None => format!("{}: build failed", s.name),
     };
@@ -234,17 +244,31 @@ pub fn collect(report: &Report, paths: &PathMapper) -> Vec<Annotation> {
             .error_class
             .map(|c| c.to_string())
             .unwrap_or_else(|| "unknown".into());
-        let mut message = format!(
-            "{} could not be pulled after {} attempt{} ({class}): {}",
-            image.reference,
-            image.attempts,
-            if image.attempts == 1 { "" } else { "s" },
-            image.error.as_deref().unwrap_or("no error message")
-        );
-        if let Some(source) = &image.source {
+        let verdict = crate::report::diagnosis::lost_verdict(&image.answers);
+        let mut message = match &verdict {
+            // What each source really answered (issue 17): not "a network failure".
+            Some(verdict) => format!(
+                "{} {verdict}, after {} attempt{}. Last error: {}",
+                image.reference,
+                image.attempts,
+                if image.attempts == 1 { "" } else { "s" },
+                image.error.as_deref().unwrap_or("no error message")
+            ),
+            None => format!(
+                "{} could not be pulled after {} attempt{} ({class}): {}",
+                image.reference,
+                image.attempts,
+                if image.attempts == 1 { "" } else { "s" },
+                image.error.as_deref().unwrap_or("no error message")
+            ),
+        };
+        if let Some(source) = image.source.as_ref().filter(|_| verdict.is_none()) {
             message.push_str(&format!("\nLast source tried: {source}"));
         }
-        let title = format!("base image not pulled: {}", image.reference);
+        let title = match verdict.as_deref().and_then(|v| v.split(" (").next()) {
+            Some(short) => format!("base image {short}: {}", image.reference),
+            None => format!("base image not pulled: {}", image.reference),
+        };
         // Permanent failures (unknown tag, denied) first: retrying will not fix those.
         let transient = image.error_class.is_some_and(|c| c.is_transient());
         let users: Vec<String> = report

@@ -173,23 +173,7 @@ pub struct ProbeOptions {
 /// Go's rules as the daemon reads them (see [`crate::registry_trust`]).
 pub use crate::registry_trust::ProxyEnv;
 
-/// `host:port` -> (`host`, port); `[::1]:5000` -> (`::1`, 5000); no port -> `default`.
-fn split_host_port(host: &str, default: u16) -> (String, u16) {
-    if let Some(rest) = host.strip_prefix('[') {
-        let (name, tail) = rest.split_once(']').unwrap_or((rest, ""));
-        let port = tail
-            .strip_prefix(':')
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(default);
-        return (name.to_string(), port);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') => {
-            (name.to_string(), port.parse().unwrap_or(default))
-        }
-        _ => (host.to_string(), default),
-    }
-}
+use crate::registry_trust::split_host_port;
 
 /// `http://user:pass@proxy.example.com:3128/` -> `proxy.example.com:3128`.
 fn proxy_authority(proxy: &str) -> String {

@@ -868,8 +868,10 @@ impl Context {
                 status_code,
                 message,
             } => {
-                let mut e = self.explain(message, relay, path);
-                if e.class == ErrorClass::Other {
+                let (mut e, upstream) = self.explain_cause(message, relay, path);
+                // The daemon's status (500 for any failed pull) says nothing when the relay's
+                // record named the upstream failure: its class stands, `other` included.
+                if e.class == ErrorClass::Other && !upstream {
                     e.class = classify_status(status_code).unwrap_or(ErrorClass::Other);
                 }
                 e
@@ -887,6 +889,18 @@ impl Context {
     /// Classifies a daemon message. Through the relay, a "502 Bad Gateway" hides the upstream
     /// failure: the relay's own record names it.
     fn explain(&self, message: String, relay: Option<(&Relay, &Source)>, path: &str) -> PullError {
+        self.explain_cause(message, relay, path).0
+    }
+
+    /// [`Self::explain`], and whether the class and message are the relay's record of the
+    /// upstream failure.
+    fn explain_cause(
+        &self,
+        message: String,
+        relay: Option<(&Relay, &Source)>,
+        path: &str,
+    ) -> (PullError, bool) {
+        let mut upstream = false;
         let mut class = classify_message(&message);
         let mut message = message;
         if let Some((relay, source)) = relay {
@@ -910,9 +924,10 @@ impl Context {
             {
                 class = event.class.unwrap_or(class);
                 message = format!("{}: {}", event.source, event.message.unwrap_or_default());
+                upstream = true;
             }
         }
-        PullError { class, message }
+        (PullError { class, message }, upstream)
     }
 
     /// Tags the pulled image with its canonical name and drops the relay's name for it.

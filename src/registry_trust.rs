@@ -457,6 +457,19 @@ pub fn untrusted_advice(cause: &str, host: &str, trust: &RegistryTrust) -> Optio
             dir.join("client.key").display()
         ));
     }
+    if lower.contains("badcertificate") || lower.contains("tls: bad certificate") {
+        let cert = dir.join("client.cert");
+        return Some(format!(
+            "tls: {host} refused the client certificate{}: add one it accepts as {} and {} ({cause})",
+            if cert.exists() {
+                format!(" in {}", cert.display())
+            } else {
+                String::new()
+            },
+            cert.display(),
+            dir.join("client.key").display()
+        ));
+    }
     if lower.contains("unknownissuer") || lower.contains("unknown authority") {
         return Some(format!(
             "x509: unknown authority for {host}: add its CA as {} (or list {host} in the daemon's insecure-registries)",
@@ -770,6 +783,31 @@ mod tests {
             untrusted_advice("received fatal alert: CertificateRequired", "h:1", &trust)
                 .unwrap()
                 .contains("/etc/docker/certs.d/h:1/client.cert")
+        );
+        for alert in [
+            "client error (SendRequest): connection error: received fatal alert: HandshakeFailure",
+            "remote error: tls: certificate required",
+        ] {
+            let advice = untrusted_advice(alert, "h:1", &trust).unwrap();
+            assert!(
+                advice.starts_with("tls: h:1 asks for a client certificate: add it as /etc/docker/certs.d/h:1/client.cert and /etc/docker/certs.d/h:1/client.key"),
+                "{advice}"
+            );
+            assert_eq!(
+                crate::retry::classify_message(&advice),
+                crate::retry::ErrorClass::TlsUntrusted,
+                "{advice}"
+            );
+        }
+        let refused =
+            untrusted_advice("received fatal alert: BadCertificate", "h:1", &trust).unwrap();
+        assert!(
+            refused.starts_with("tls: h:1 refused the client certificate: add one it accepts as /etc/docker/certs.d/h:1/client.cert and /etc/docker/certs.d/h:1/client.key"),
+            "{refused}"
+        );
+        assert_eq!(
+            crate::retry::classify_message(&refused),
+            crate::retry::ErrorClass::TlsUntrusted
         );
         assert_eq!(untrusted_advice("connection refused", "h:1", &trust), None);
         assert!(wrong_protocol("hyper: invalid HTTP version parsed"));

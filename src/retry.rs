@@ -165,6 +165,15 @@ pub const MESSAGE_RULES: &[Rule] = {
         rule("invalid peer certificate", TlsUntrusted),
         rule("unknownissuer", TlsUntrusted),
         rule("certificaterequired", TlsUntrusted),
+        // A registry that wants a client certificate refuses the handshake: rustls reads its
+        // alert as `CertificateRequired` (TLS 1.3) or `HandshakeFailure` / `BadCertificate`
+        // (TLS 1.2, or a certificate it does not accept); Go as `tls: certificate required`,
+        // `tls: handshake failure` or `tls: bad certificate`.
+        rule("certificate required", TlsUntrusted),
+        rule("fatal alert: handshakefailure", TlsUntrusted),
+        rule("fatal alert: badcertificate", TlsUntrusted),
+        rule("tls: handshake failure", TlsUntrusted),
+        rule("tls: bad certificate", TlsUntrusted),
         rule("toomanyrequests", RateLimited),
         rule("too many requests", RateLimited),
         rule("rate limit", RateLimited),
@@ -559,6 +568,14 @@ mod tests {
         ),
         ("tls: UnknownIssuer", TlsUntrusted),
         ("received fatal alert: CertificateRequired", TlsUntrusted),
+        (
+            "connection error: received fatal alert: HandshakeFailure",
+            TlsUntrusted,
+        ),
+        ("received fatal alert: BadCertificate", TlsUntrusted),
+        ("remote error: tls: certificate required", TlsUntrusted),
+        ("remote error: tls: handshake failure", TlsUntrusted),
+        ("remote error: tls: bad certificate", TlsUntrusted),
         (
             "dial tcp 127.0.0.1:1: connect: connection refused",
             ConnectionRefused,

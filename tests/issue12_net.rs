@@ -109,6 +109,11 @@ struct TlsRegistry {
 }
 
 async fn tls_registry(ca: &TestCa) -> anyhow::Result<TlsRegistry> {
+    tls_registry_with(ca, None).await
+}
+
+/// [`tls_registry`]; with `client_ca`, the front demands a client certificate it signed.
+async fn tls_registry_with(ca: &TestCa, client_ca: Option<&TestCa>) -> anyhow::Result<TlsRegistry> {
     let netns = Netns::create()?;
     let registry = Registry::start().await?;
     let name = unique_name("issue12-tls");
@@ -122,7 +127,7 @@ async fn tls_registry(ca: &TestCa) -> anyhow::Result<TlsRegistry> {
         bind: SocketAddr::new(ip, 0),
         upstream: registry.addr(),
         tls: Some(ca.server_cert(&[&ip.to_string()])?),
-        client_ca: None,
+        client_ca: client_ca.map(TestCa::cert_pem),
     })
     .await?;
     let reference = format!("{}/library/{name}:1.0", front.host());
@@ -206,6 +211,178 @@ async fn issue12_certs_d_trusts_a_tls_registry_and_an_untrusted_one_says_which_f
     assert!(
         reg.front.handshakes() > handshakes,
         "the relay spoke TLS to the registry"
+    );
+    Ok(())
+}
+
+/// Item 5, client certificates: a registry that demands a client certificate signed by its
+/// own client CA. With `ca.crt`, `client.cert` and `client.key` in certs.d for its
+/// `host:port`, prefetch and build-all succeed through the relay. Without the client
+/// certificate, one permanent error (`tls-untrusted`, not retried) names the host and both
+/// files to add; a `.cert` without its `.key` names the missing key before any handshake.
+/// Nothing says "network".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_certs_d_client_certificate_for_a_registry_that_demands_one() -> anyhow::Result<()>
+{
+    let ca = TestCa::new("issue12 server CA")?;
+    let client_ca = TestCa::new("issue12 client CA")?;
+    let reg = tls_registry_with(&ca, Some(&client_ca)).await?;
+    let tag = unique_name("t");
+    let _cleanup = RemoveImagesOnDrop(vec![reg.name.clone(), tag.clone()]);
+    let host = reg.front.host();
+    let dir = project(&reg.reference);
+    let prefetch = ["prefetch", "--output", "json", "--max-retries", "4"];
+
+    // The CA only: the registry's handshake refuses us for want of a client certificate.
+    let ca_only = tempfile::tempdir()?;
+    let host_dir = ca.write_certs_d(ca_only.path(), &host, None)?;
+    let (ok_before, failed_before) = (reg.front.handshakes(), reg.front.failed_handshakes());
+    let started = Instant::now();
+    let refused = run(
+        dir.path(),
+        &prefetch,
+        &[(
+            "AI_INFRA_BUILD_CERTS_D",
+            ca_only.path().display().to_string(),
+        )],
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    assert_ne!(refused.code, 0, "{}", refused.describe());
+    assert!(elapsed < Duration::from_secs(30), "no retries: {elapsed:?}");
+    let report = refused.json();
+    let failed = image(&report, &reg.reference);
+    assert_eq!(failed["status"], "failed", "{report:#}");
+    assert_eq!(failed["error"]["class"], "tls-untrusted", "{report:#}");
+    let wanted = format!(
+        "tls: {host} asks for a client certificate: add it as {} and {}",
+        host_dir.join("client.cert").display(),
+        host_dir.join("client.key").display()
+    );
+    let message = failed["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&wanted), "{message}\nwanted: {wanted}");
+    assert_eq!(
+        failed["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "a refused client certificate is not retried: {report:#}"
+    );
+    let requests = report["requests"].as_array().unwrap();
+    assert!(!requests.is_empty(), "{report:#}");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r["class"] == "tls-untrusted" && r["retry_wait_ms"].is_null()),
+        "{report:#}"
+    );
+    // The front refused one handshake per request the relay reports, and no more: nothing
+    // was retried behind the report's back.
+    let refusals = reg.front.failed_handshakes() - failed_before;
+    assert!(
+        refusals >= 1 && refusals <= requests.len(),
+        "{refusals} refused handshakes for {} requests: {report:#}",
+        requests.len()
+    );
+    assert_eq!(reg.front.handshakes(), ok_before, "no handshake succeeded");
+    let all = format!("{}{}", refused.stdout, refused.stderr).to_ascii_lowercase();
+    assert!(!all.contains("network"), "{}", refused.describe());
+    // What a person reads says the same, once per cause, and nothing about the network.
+    let text = run(
+        dir.path(),
+        &["prefetch", "--max-retries", "4"],
+        &[(
+            "AI_INFRA_BUILD_CERTS_D",
+            ca_only.path().display().to_string(),
+        )],
+    )
+    .await?;
+    assert_ne!(text.code, 0, "{}", text.describe());
+    let all = format!("{}{}", text.stdout, text.stderr);
+    assert!(all.contains(&wanted), "{}", text.describe());
+    assert!(
+        !all.to_ascii_lowercase().contains("network"),
+        "{}",
+        text.describe()
+    );
+    assert!(
+        !all.contains("--max-retries"),
+        "no advice to retry more: {}",
+        text.describe()
+    );
+
+    // A client.cert without its client.key: the missing file, before any handshake.
+    let client = client_ca.client_cert("issue12-client")?;
+    let half = tempfile::tempdir()?;
+    let half_dir = ca.write_certs_d(half.path(), &host, Some(&client))?;
+    std::fs::remove_file(half_dir.join("client.key"))?;
+    let seen = reg.front.handshakes() + reg.front.failed_handshakes();
+    let started = Instant::now();
+    let no_key = run(
+        dir.path(),
+        &prefetch,
+        &[("AI_INFRA_BUILD_CERTS_D", half.path().display().to_string())],
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    assert_ne!(no_key.code, 0, "{}", no_key.describe());
+    assert!(elapsed < Duration::from_secs(30), "no retries: {elapsed:?}");
+    let report = no_key.json();
+    let failed = image(&report, &reg.reference);
+    assert_eq!(failed["status"], "failed", "{report:#}");
+    let message = failed["error"]["message"].as_str().unwrap_or_default();
+    let wanted = format!(
+        "missing key {} for client certificate {}",
+        half_dir.join("client.key").display(),
+        half_dir.join("client.cert").display()
+    );
+    assert!(message.contains(&wanted), "{message}\nwanted: {wanted}");
+    assert_eq!(
+        failed["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "a broken certs.d is not retried: {report:#}"
+    );
+    assert_eq!(
+        reg.front.handshakes() + reg.front.failed_handshakes(),
+        seen,
+        "no handshake was tried with a broken certs.d"
+    );
+    let all = format!("{}{}", no_key.stdout, no_key.stderr).to_ascii_lowercase();
+    assert!(!all.contains("network"), "{}", no_key.describe());
+
+    // All three files: prefetch, then build-all (pulling again), both through the relay.
+    let full = tempfile::tempdir()?;
+    ca.write_certs_d(full.path(), &host, Some(&client))?;
+    let certs_env = ("AI_INFRA_BUILD_CERTS_D", full.path().display().to_string());
+    let handshakes = reg.front.handshakes();
+    let prefetched = run(dir.path(), &prefetch, std::slice::from_ref(&certs_env)).await?;
+    assert_eq!(prefetched.code, 0, "{}", prefetched.describe());
+    let report = prefetched.json();
+    let base = image(&report, &reg.reference);
+    assert_eq!(base["status"], "pulled", "{report:#}");
+    assert_eq!(base["via"], "relay", "{report:#}");
+    assert!(
+        reg.front.handshakes() > handshakes,
+        "the relay completed a handshake with its client certificate"
+    );
+
+    let removed = std::process::Command::new("docker")
+        .args(["image", "rm", "--force", &reg.reference])
+        .output()?;
+    assert!(removed.status.success(), "{removed:?}");
+    let handshakes = reg.front.handshakes();
+    let built = run(
+        dir.path(),
+        &["build-all", "--output", "json", "--tag", &tag],
+        &[certs_env],
+    )
+    .await?;
+    assert_eq!(built.code, 0, "{}", built.describe());
+    let report = built.json();
+    let base = image(&report, &reg.reference);
+    assert_eq!(base["status"], "pulled", "{report:#}");
+    assert_eq!(base["via"], "relay", "{report:#}");
+    assert!(
+        reg.front.handshakes() > handshakes,
+        "build-all pulled again"
     );
     Ok(())
 }

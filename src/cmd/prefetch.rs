@@ -225,7 +225,7 @@ fn render(report: &PrefetchReport, ui: &Ui) -> String {
         out.push('\n');
     }
     out.push_str(&format!(
-        "Network: {} retries, {} failed pulls, {:.1}s waiting on retries",
+        "Retries: {}, failed pulls: {}, {:.1}s waiting on retries",
         report.total_retries(),
         failed.len(),
         report.total_wait_ms() as f64 / 1000.0

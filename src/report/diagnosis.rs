@@ -318,6 +318,12 @@ pub const RULES: &[Rule] = &[
         check: lost_denied,
     },
     Rule {
+        id: "lost-tls",
+        when: "no source served an image because TLS failed (an untrusted certificate, a client certificate wanted): not retried",
+        fallback: false,
+        check: lost_tls,
+    },
+    Rule {
         id: "lost-network",
         when: "no source served an image for another reason (the retries ran out)",
         fallback: false,
@@ -759,9 +765,34 @@ fn lost_denied(e: &Evidence) -> Vec<Finding> {
         .collect()
 }
 
+/// TLS with the registry failed: a configuration to fix on this machine, never retried.
+fn lost_tls(e: &Evidence) -> Vec<Finding> {
+    lost_by_registry(e, |c| c == ErrorClass::TlsUntrusted)
+        .into_iter()
+        .map(|(registry, lost)| {
+            finding(
+                "lost-tls",
+                format!(
+                    "{} could not be pulled: TLS with {} failed ({}, not retried)",
+                    image_names(&lost),
+                    names(&lost[0].tried),
+                    lost[0].class
+                ),
+                format!(
+                    "add the file the error names to the registry's certs.d directory (`/etc/docker/certs.d/{registry}/` unless overridden): `ca.crt` for its CA, `client.cert` and `client.key` for a client certificate"
+                ),
+            )
+        })
+        .collect()
+}
+
 fn lost_network(e: &Evidence) -> Vec<Finding> {
     lost_by_registry(e, |c| {
-        !is_dns(c) && !is_not_found(c) && !is_denied(c) && c != ErrorClass::RateLimited
+        !is_dns(c)
+            && !is_not_found(c)
+            && !is_denied(c)
+            && c != ErrorClass::RateLimited
+            && c != ErrorClass::TlsUntrusted
     })
     .into_iter()
     .map(|(registry, lost)| {
@@ -1522,6 +1553,32 @@ mod tests {
         assert_eq!(rules_of(&d), ["lost-denied"]);
         assert!(
             d.remediation.contains("docker login ghcr.io"),
+            "{}",
+            d.remediation
+        );
+    }
+
+    #[test]
+    fn rule_lost_tls() {
+        let d = diagnose(&report(
+            vec![lost(
+                "10.1.2.3:5000/team/base:1",
+                &["10.1.2.3:5000"],
+                ErrorClass::TlsUntrusted,
+            )],
+            vec![],
+        ))
+        .unwrap();
+        assert_eq!(rules_of(&d), ["lost-tls"]);
+        assert!(d.root_cause.contains("not retried"), "{}", d.root_cause);
+        assert!(
+            d.remediation.contains("/etc/docker/certs.d/10.1.2.3:5000/")
+                && d.remediation.contains("`client.cert` and `client.key`"),
+            "{}",
+            d.remediation
+        );
+        assert!(
+            !d.remediation.contains("--max-retries"),
             "{}",
             d.remediation
         );

@@ -55,12 +55,21 @@ impl Engine {
     /// Connects to DOCKER_HOST (or the default socket), negotiates the API version and
     /// checks that the daemon answers within `timeout`.
     pub async fn connect(timeout: Duration) -> Result<Engine, EngineError> {
-        let host = docker_host();
+        let host = resolve_docker_host().map_err(|reason| EngineError::Unreachable {
+            host: "DOCKER_CONTEXT".into(),
+            reason,
+        })?;
+        Engine::connect_to(&host, timeout).await
+    }
+
+    /// Connects to the daemon at `host` (`unix://…`, `tcp://…`), as [`Engine::connect`] does.
+    pub async fn connect_to(host: &str, timeout: Duration) -> Result<Engine, EngineError> {
+        let host = host.to_string();
         let unreachable = |reason: String| EngineError::Unreachable {
             host: host.clone(),
             reason,
         };
-        let docker = Docker::connect_with_defaults()
+        let docker = Docker::connect_with_host(&host)
             .map_err(|err| unreachable(err.to_string()))?
             .with_timeout(timeout);
         let docker = tokio::time::timeout(timeout, docker.negotiate_version())
@@ -99,12 +108,92 @@ impl Engine {
     }
 }
 
-/// The daemon address in use: DOCKER_HOST, else the platform default.
+/// The platform's default daemon address.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// The daemon address in use, found as the docker CLI finds it (a context it cannot read
+/// counts as the default).
 pub fn docker_host() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
+    resolve_docker_host().unwrap_or_else(|_| DEFAULT_DOCKER_HOST.to_string())
+}
+
+/// The daemon address as the docker CLI finds it: DOCKER_HOST; else the docker endpoint of
+/// the context named by DOCKER_CONTEXT or by `currentContext` in `config.json` (unless it is
+/// `default`); else the platform default. A context that cannot be read is an error naming
+/// it (the docker CLI refuses it too).
+pub fn resolve_docker_host() -> Result<String, String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(host) = var("DOCKER_HOST") {
+        return Ok(host);
+    }
+    let Some(dir) = crate::auth::Credentials::config_dir(&|name| std::env::var(name).ok()) else {
+        return Ok(DEFAULT_DOCKER_HOST.to_string());
+    };
+    let (name, from) = match var("DOCKER_CONTEXT") {
+        Some(name) => (name, "DOCKER_CONTEXT".to_string()),
+        None => match current_context(&dir) {
+            Some(name) => (name, dir.join("config.json").display().to_string()),
+            None => return Ok(DEFAULT_DOCKER_HOST.to_string()),
+        },
+    };
+    if name == "default" {
+        return Ok(DEFAULT_DOCKER_HOST.to_string());
+    }
+    context_host(&dir, &name).ok_or_else(|| {
+        format!(
+            "docker context {name:?} (from {from}) has no docker endpoint in {}: create it with `docker context create` or unset it",
+            context_meta(&dir, &name).display()
+        )
+    })
+}
+
+/// `currentContext` of `DIR/config.json`.
+fn current_context(config_dir: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(config_dir.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    config["currentContext"]
+        .as_str()
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+}
+
+/// Where the docker CLI keeps context `name`'s metadata:
+/// `DIR/contexts/meta/<sha256 of the name>/meta.json`.
+fn context_meta(config_dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    config_dir
+        .join("contexts/meta")
+        .join(format!("{digest:x}"))
+        .join("meta.json")
+}
+
+/// The docker endpoint (`Endpoints.docker.Host`) of context `name`; `default` has none here.
+pub fn context_host(config_dir: &std::path::Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(context_meta(config_dir, name)).ok()?;
+    let meta: serde_json::Value = serde_json::from_str(&text).ok()?;
+    meta["Endpoints"]["docker"]["Host"]
+        .as_str()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+        .map(str::to_string)
+}
+
+/// The daemon a buildx builder of the `docker` driver builds in: its endpoint is a context
+/// name (or a daemon address); `None` for other drivers, for the `default` context and for
+/// a context that cannot be read.
+pub fn docker_driver_host(builder: &BuildxBuilder) -> Option<String> {
+    if builder.driver != "docker" {
+        return None;
+    }
+    let endpoint = builder.endpoint.as_str();
+    if endpoint.contains("://") {
+        return Some(endpoint.to_string());
+    }
+    if endpoint.is_empty() || endpoint == "default" {
+        return None;
+    }
+    let dir = crate::auth::Credentials::config_dir(&|name| std::env::var(name).ok())?;
+    context_host(&dir, endpoint)
 }
 
 /// With the containerd image store, `docker info` reports the driver status
@@ -320,5 +409,44 @@ not json"#;
         assert!(builders[0].cache_export && builders[0].pulls_by_itself());
         assert!(!builders[1].cache_export && !builders[1].pulls_by_itself());
         assert!(parse_buildx_ls(text, true)[1].cache_export);
+    }
+}
+
+#[cfg(test)]
+mod context_tests {
+    use super::*;
+
+    #[test]
+    fn a_context_s_docker_endpoint_is_read_where_the_cli_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // sha256("remote"), as `docker context create remote` names the directory.
+        let meta = dir
+            .path()
+            .join("contexts/meta/b71199ebd070b36beab7317920c2c2f1d777df8d05e5527d8458fda57cb17a7a");
+        assert_eq!(context_meta(dir.path(), "remote").parent().unwrap(), meta);
+        std::fs::create_dir_all(&meta).unwrap();
+        std::fs::write(
+            meta.join("meta.json"),
+            r#"{"Name":"remote","Metadata":{},"Endpoints":{"docker":{"Host":"tcp://10.0.0.5:2375","SkipTLSVerify":false}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            context_host(dir.path(), "remote").as_deref(),
+            Some("tcp://10.0.0.5:2375")
+        );
+        assert_eq!(context_host(dir.path(), "other"), None);
+        let builder = |driver: &str, endpoint: &str| BuildxBuilder {
+            name: endpoint.into(),
+            driver: driver.into(),
+            status: "running".into(),
+            endpoint: endpoint.into(),
+            cache_export: false,
+        };
+        assert_eq!(docker_driver_host(&builder("remote", "tcp://x:1")), None);
+        assert_eq!(
+            docker_driver_host(&builder("docker", "unix:///run/d.sock")).as_deref(),
+            Some("unix:///run/d.sock")
+        );
+        assert_eq!(docker_driver_host(&builder("docker", "default")), None);
     }
 }

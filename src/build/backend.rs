@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::secrets::SecretSource;
 use crate::context::stream::{self, ChunkWriter};
 use crate::context::{ContextError, ContextStats, PreparedContext, prepare_context};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 
 /// Everything one build needs.
 #[derive(Debug, Clone)]
@@ -158,6 +158,30 @@ impl BackendError {
             BackendError::BuildersUnlisted { .. } => "check `docker buildx ls`",
             BackendError::NoSuchBuilder { .. } => "create one with `docker buildx create`",
         }
+    }
+}
+
+/// The daemon a run works with: with `--buildx-builder NAME` of the `docker` driver whose
+/// context names another daemon than ours (a remote engine), that daemon: the builder takes
+/// its base images from there and leaves the images it built there, so the prefetch, the
+/// image checks and the report go there too. Otherwise `engine` as it is (an unknown builder
+/// is reported by [`RemoteBuilder::find`]).
+pub async fn builder_engine(name: Option<&str>, engine: Engine) -> Result<Engine, EngineError> {
+    let Some(name) = name else {
+        return Ok(engine);
+    };
+    let Ok(builders) = crate::engine::buildx_builders(Duration::from_secs(10), false).await else {
+        return Ok(engine);
+    };
+    let host = builders
+        .iter()
+        .find(|b| b.name == name)
+        .and_then(crate::engine::docker_driver_host);
+    match host {
+        Some(host) if host != engine.host => {
+            Engine::connect_to(&host, Duration::from_secs(10)).await
+        }
+        _ => Ok(engine),
     }
 }
 
@@ -685,6 +709,31 @@ impl BuilderInfo {
     }
 }
 
+/// `docker buildx [--builder BUILDER]`. A builder of the `docker` driver is named after its
+/// docker context, and buildx uses it only from that context (from another one it answers
+/// "use `docker --context=NAME buildx` to switch to context"): a builder named after a
+/// context is run as `docker --context NAME buildx --builder NAME`.
+pub fn buildx_command(builder: Option<&str>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("docker");
+    if let Some(b) = builder
+        && is_docker_context(b)
+    {
+        cmd.args(["--context", b]);
+    }
+    cmd.arg("buildx");
+    if let Some(b) = builder {
+        cmd.args(["--builder", b]);
+    }
+    cmd
+}
+
+/// Whether `name` is a docker context of the CLI's config (not `default`).
+fn is_docker_context(name: &str) -> bool {
+    name != "default"
+        && crate::auth::Credentials::config_dir(&|v| std::env::var(v).ok())
+            .is_some_and(|dir| crate::engine::context_host(&dir, name).is_some())
+}
+
 /// `docker buildx inspect [BUILDER]`, `None` when it fails.
 pub async fn inspect_builder(builder: Option<&str>) -> Option<BuilderInfo> {
     let mut cmd = tokio::process::Command::new("docker");
@@ -793,11 +842,7 @@ async fn imagetools_create(
     log: &mut Log,
 ) -> Result<String, BuildFailure> {
     let repository = split_tag(&job.image).0;
-    let mut cmd = tokio::process::Command::new("docker");
-    cmd.arg("buildx");
-    if let Some(b) = builder {
-        cmd.args(["--builder", b]);
-    }
+    let mut cmd = buildx_command(builder);
     cmd.args(["imagetools", "create", "--progress=plain"]);
     for name in std::iter::once(&job.image).chain(&job.tags) {
         cmd.args(["-t", name]);
@@ -872,11 +917,7 @@ async fn buildx_once(
         .map_err(|e| BuildFailure {
             message: format!("cannot create a metadata file: {e}"),
         })?;
-    let mut cmd = tokio::process::Command::new("docker");
-    cmd.arg("buildx");
-    if let Some(b) = builder {
-        cmd.args(["--builder", b]);
-    }
+    let mut cmd = buildx_command(builder);
     cmd.args(["build", "--progress=plain", "--pull=false"]);
     cmd.arg(match output_to {
         Output::Load => "--load",

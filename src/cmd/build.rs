@@ -33,6 +33,8 @@ pub async fn run(
     ws.announce(ui);
     let mut settings = BuildSettings::resolve(args, names, &ws)?;
     let engine = Engine::connect(Duration::from_secs(10)).await?;
+    let engine =
+        crate::build::backend::builder_engine(settings.buildx_builder.as_deref(), engine).await?;
     let multi_platform = ws
         .plan
         .services
@@ -190,6 +192,7 @@ pub async fn run(
         duration_ms: started.elapsed().as_millis() as u64,
         command: settings.command.clone(),
         builder: builder_label,
+        engine_host: Some(engine.host.clone()),
         engine_version,
         pull_via: prefetch_report.as_ref().map(|p| p.via.to_string()),
         repository: ws.actions.repository.clone(),

@@ -103,6 +103,7 @@ async fn publish_in_actions(
         duration_ms: started.elapsed().as_millis() as u64,
         command: "prefetch".into(),
         builder: String::new(),
+        engine_host: None,
         engine_version: None,
         pull_via: Some(prefetch.via.to_string()),
         repository: ws.actions.repository.clone(),

@@ -114,6 +114,7 @@ pub fn merge(reports: &[(PathBuf, Report)], expected: Option<usize>) -> Report {
         duration_ms: (end - begin).max(0) as u64,
         command: format!("report --merge ({} reports)", reports.len()),
         builder: first.map(|r| r.builder.clone()).unwrap_or_default(),
+        engine_host: first.and_then(|r| r.engine_host.clone()),
         engine_version: first.and_then(|r| r.engine_version.clone()),
         pull_via: first.and_then(|r| r.pull_via.clone()),
         repository: first.and_then(|r| r.repository.clone()),

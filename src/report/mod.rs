@@ -62,6 +62,11 @@ pub struct RunMeta {
     pub command: String,
     /// The builder used (`buildx`, `engine (buildkit)`, `engine (classic)`).
     pub builder: String,
+    /// The Docker daemon the run worked with (`unix:///var/run/docker.sock`,
+    /// `tcp://10.0.0.5:2375`): where the prefetch pulled and where the images built went (a
+    /// builder of another driver than `docker` pulls by itself and loads its images here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_host: Option<String>,
     pub engine_version: Option<String>,
     /// `relay` or `direct`.
     pub pull_via: Option<String>,

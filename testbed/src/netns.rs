@@ -9,7 +9,8 @@
 //!   with `nsenter --net` (not `ip netns exec`, which remounts /sys and hides the cgroups), with
 //!   its own data root, exec root (and so its own containerd), pid file, config file and
 //!   containerd namespaces in a temp dir; listening on `tcp://10.R.S.2:2375` (and a unix socket
-//!   in the temp dir), `--bridge none --iptables=false`, vfs storage. It answers in about a
+//!   in the temp dir), `--iptables=false`, `--bridge none` unless [`EngineOptions::bridge`]
+//!   (then its `docker0` is the namespace's own), vfs storage. It answers in about a
 //!   second. Dropping it stops the daemon (SIGTERM, then SIGKILL after 20 s) and removes it all.
 //!
 //! Servers of the test that the engine must reach listen on the host side's address (see
@@ -127,6 +128,11 @@ pub struct EngineOptions {
     pub insecure_registries: Vec<String>,
     /// `--registry-mirror` entries (`http://…`).
     pub registry_mirrors: Vec<String>,
+    /// Give the engine its default bridge (`docker0` inside the namespace, no iptables
+    /// rules), so that containers and `RUN` steps have their default network as on any
+    /// engine; without it (`--bridge none`) a build's RUN step fails with "network bridge
+    /// not found" unless it runs with `--network none|host`.
+    pub bridge: bool,
 }
 
 /// A Docker engine in its own network namespace.
@@ -171,13 +177,16 @@ impl NetnsEngine {
             .arg("-H")
             .arg(&docker_host)
             // Without an explicit --tls=false, 20.10 sleeps 15 s before serving plain TCP.
-            .args(["--tls=false", "--bridge", "none", "--iptables=false"])
+            .args(["--tls=false", "--iptables=false"])
             .args(["--ip-masq=false", "--storage-driver", "vfs"])
             .args(["--containerd-namespace", &netns.name])
             .args([
                 "--containerd-plugins-namespace",
                 &format!("{}-plugins", netns.name),
             ]);
+        if !options.bridge {
+            command.args(["--bridge", "none"]);
+        }
         for registry in &options.insecure_registries {
             command.args(["--insecure-registry", registry]);
         }

@@ -210,6 +210,123 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Why a base image has no identity (its services then have no inputs digest).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BaseError {
+    /// The reference does not parse.
+    #[error("{0}")]
+    Reference(#[from] crate::reference::ReferenceError),
+    /// No source (registry or mirror) answered with its manifest.
+    #[error("base image {image} could not be resolved ({})", join(failures))]
+    NotFound {
+        image: String,
+        failures: Vec<SourceFailure>,
+    },
+}
+
+/// One source of a base image that did not give its manifest.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceFailure {
+    /// The source answered 404.
+    #[error("{source_label}: not found")]
+    NotFound { source_label: String },
+    /// The request failed (the registry's message).
+    #[error("{source_label}: {}", error.message)]
+    Request {
+        source_label: String,
+        error: Box<RegistryError>,
+    },
+}
+
+fn join(failures: &[SourceFailure]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why a service has no registry inputs digest (it is then built).
+#[derive(Debug, thiserror::Error)]
+pub enum DigestError {
+    /// One of its base images has no identity.
+    #[error("{0}")]
+    Base(#[from] BaseError),
+    /// A service it is built `FROM` has no digest.
+    #[error("its dependency {dependency} has no inputs digest")]
+    Dependency { dependency: String },
+    /// Its own inputs cannot be hashed.
+    #[error("{0}")]
+    Inputs(#[from] inputs::InputsError),
+}
+
+/// Why the registry could not be asked for an image recorded under its inputs.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    #[error("{0}")]
+    Reference(#[from] crate::reference::ReferenceError),
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+}
+
+/// Why a registry reuse was not applied (the service is then built).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The service was not decided to be reused.
+    #[error("not reused")]
+    NotReused,
+    /// The recorded image's reference does not parse.
+    #[error("{0}")]
+    Source(crate::reference::ReferenceError),
+    /// One of the service's image or tags does not parse.
+    #[error("{target}: {source}")]
+    Target {
+        target: String,
+        #[source]
+        source: crate::reference::ReferenceError,
+    },
+    /// The manifest `PUT` (or a blob mount before it) failed.
+    #[error("tagging {target} failed: {source}")]
+    Put {
+        target: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("{0}")]
+    Pull(#[from] PullError),
+    #[error("{0}")]
+    TagLocal(#[from] TagLocalError),
+}
+
+/// Why `docker pull` of a reused image failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The docker CLI could not be started.
+    #[error("cannot run `docker pull`: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The pull failed (its last attempt's message).
+    #[error("pull of {image} failed: {message}")]
+    Failed { image: String, message: String },
+}
+
+/// Why a pulled image could not be given one of the service's tags in the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum TagLocalError {
+    #[error("{tag}: {source}")]
+    Reference {
+        tag: String,
+        #[source]
+        source: crate::reference::ReferenceError,
+    },
+    #[error("cannot tag {image} as {tag}: {source}")]
+    Engine {
+        image: String,
+        tag: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
 /// What a base image is, as far as build inputs go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseIdentity {
@@ -226,7 +343,7 @@ pub struct Store {
     client: RegistryClient,
     prefetch: PrefetchOptions,
     policy: RetryPolicy,
-    bases: tokio::sync::Mutex<HashMap<BaseKey, Result<BaseIdentity, String>>>,
+    bases: tokio::sync::Mutex<HashMap<BaseKey, Result<BaseIdentity, BaseError>>>,
 }
 
 /// A base image reference and the platforms it is resolved for.
@@ -306,7 +423,7 @@ impl Store {
         &self,
         reference: &str,
         platforms: &[String],
-    ) -> Result<BaseIdentity, String> {
+    ) -> Result<BaseIdentity, BaseError> {
         let key = (reference.to_string(), platforms.to_vec());
         if let Some(known) = self.bases.lock().await.get(&key) {
             return known.clone();
@@ -320,10 +437,8 @@ impl Store {
         &self,
         reference: &str,
         platforms: &[String],
-    ) -> Result<BaseIdentity, String> {
-        let parsed = Reference::parse(reference)
-            .map_err(|e| e.to_string())?
-            .with_default_tag();
+    ) -> Result<BaseIdentity, BaseError> {
+        let parsed = Reference::parse(reference)?.with_default_tag();
         let (sources, _) =
             crate::prefetch::planned_sources(&parsed, &self.prefetch, crate::clock::now_ms());
         let version = parsed
@@ -342,11 +457,16 @@ impl Store {
             let top = match self.manifest(&source.endpoint, &repository, &version).await {
                 Ok(Some(m)) => m,
                 Ok(None) => {
-                    failures.push(format!("{}: not found", source.label()));
+                    failures.push(SourceFailure::NotFound {
+                        source_label: source.label(),
+                    });
                     continue;
                 }
                 Err(err) => {
-                    failures.push(format!("{}: {}", source.label(), err.message));
+                    failures.push(SourceFailure::Request {
+                        source_label: source.label(),
+                        error: Box::new(err),
+                    });
                     continue;
                 }
             };
@@ -385,20 +505,19 @@ impl Store {
             }
             return Ok(identity);
         }
-        Err(format!(
-            "base image {} could not be resolved ({})",
-            parsed.familiar(),
-            failures.join("; ")
-        ))
+        Err(BaseError::NotFound {
+            image: parsed.familiar(),
+            failures,
+        })
     }
 
     /// The image recorded for `digest` in `image`'s repository, if there is one.
-    pub async fn find(&self, image: &str, digest: &str) -> Result<Option<Manifest>, String> {
-        let r = Reference::parse(image).map_err(|e| e.to_string())?;
+    pub async fn find(&self, image: &str, digest: &str) -> Result<Option<Manifest>, FindError> {
+        let r = Reference::parse(image)?;
         let endpoint = Endpoint::new(&r.registry_host());
-        self.manifest(&endpoint, &r.path, &inputs_tag(digest))
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self
+            .manifest(&endpoint, &r.path, &inputs_tag(digest))
+            .await?)
     }
 
     /// Tags `manifest` (found in `from`'s repository) as `to` with a manifest `PUT`; a `to`
@@ -610,11 +729,11 @@ pub async fn digests(
     plan: &Plan,
     services: &BTreeSet<usize>,
     run: &RunInputs,
-) -> BTreeMap<usize, Result<String, String>> {
+) -> BTreeMap<usize, Result<String, DigestError>> {
     let needed = plan
         .graph
         .closure(&services.iter().copied().collect::<Vec<_>>());
-    let mut out: BTreeMap<usize, Result<String, String>> = BTreeMap::new();
+    let mut out: BTreeMap<usize, Result<String, DigestError>> = BTreeMap::new();
     for i in dependency_order(plan) {
         if !needed.contains(&i) {
             continue;
@@ -626,7 +745,7 @@ pub async fn digests(
             match store.base_identity(base, run.platforms_of(s)).await {
                 Ok(identity) => parents.extend(identity.parents),
                 Err(err) => {
-                    why = Some(err);
+                    why = Some(DigestError::Base(err));
                     break;
                 }
             }
@@ -637,11 +756,8 @@ pub async fn digests(
                     parents.push(format!("from service {} {digest}", plan.services[d].name))
                 }
                 _ => {
-                    why.get_or_insert_with(|| {
-                        format!(
-                            "its dependency {} has no inputs digest",
-                            plan.services[d].name
-                        )
+                    why.get_or_insert_with(|| DigestError::Dependency {
+                        dependency: plan.services[d].name.clone(),
                     });
                 }
             }
@@ -650,7 +766,7 @@ pub async fn digests(
             Some(why) => Err(why),
             None => inputs::registry_digest(plan, i, run, &parents)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(DigestError::Inputs),
         };
         out.insert(i, digest);
     }
@@ -814,7 +930,7 @@ impl RunReuse {
         plan: &Plan,
         i: usize,
         log: &mut dyn FnMut(&str),
-    ) -> Result<Applied, String> {
+    ) -> Result<Applied, ApplyError> {
         let Some(Decision {
             verdict:
                 Verdict::Reuse {
@@ -825,18 +941,24 @@ impl RunReuse {
             ..
         }) = self.decisions.get(&i)
         else {
-            return Err("not reused".into());
+            return Err(ApplyError::NotReused);
         };
         let s = &plan.services[i];
-        let source = Reference::parse(from).map_err(|e| e.to_string())?;
+        let source = Reference::parse(from).map_err(ApplyError::Source)?;
         for target in std::iter::once(&s.image).chain(&s.tags) {
             let to = Reference::parse(target)
-                .map_err(|e| format!("{target}: {e}"))?
+                .map_err(|source| ApplyError::Target {
+                    target: target.clone(),
+                    source,
+                })?
                 .with_default_tag();
             self.store
                 .put(manifest, &source, &to)
                 .await
-                .map_err(|e| format!("tagging {target} failed: {e}"))?;
+                .map_err(|source| ApplyError::Put {
+                    target: target.clone(),
+                    source,
+                })?;
             log(&format!("tagged {target} (manifest PUT of {digest})"));
         }
         self.vouch(i);
@@ -857,7 +979,7 @@ impl RunReuse {
         plan: &Plan,
         i: usize,
         log: &mut dyn FnMut(&str),
-    ) -> Result<Applied, String> {
+    ) -> Result<Applied, ApplyError> {
         let mut applied = self.tag(plan, i, log).await?;
         if self.pull.contains(&i) {
             let s = &plan.services[i];
@@ -943,7 +1065,7 @@ pub struct Applied {
 }
 
 /// `docker pull IMAGE` (the user's credentials), retrying transient failures.
-async fn pull(image: &str, log: &mut dyn FnMut(&str)) -> Result<(), String> {
+async fn pull(image: &str, log: &mut dyn FnMut(&str)) -> Result<(), PullError> {
     let mut last = String::new();
     for attempt in 1..=4u32 {
         let out = tokio::process::Command::new("docker")
@@ -952,7 +1074,7 @@ async fn pull(image: &str, log: &mut dyn FnMut(&str)) -> Result<(), String> {
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|e| format!("cannot run `docker pull`: {e}"))?;
+            .map_err(PullError::Spawn)?;
         if out.status.success() {
             log(&format!(
                 "pulled {image} (a service built in this run needs it)"
@@ -967,11 +1089,21 @@ async fn pull(image: &str, log: &mut dyn FnMut(&str)) -> Result<(), String> {
         log(&format!("pull of {image} failed ({class}); trying again"));
         tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
     }
-    Err(format!("pull of {image} failed: {last}"))
+    Err(PullError::Failed {
+        image: image.to_string(),
+        message: last,
+    })
 }
 
-async fn tag_local(engine: &crate::engine::Engine, image: &str, tag: &str) -> Result<(), String> {
-    let r = Reference::parse(tag).map_err(|e| format!("{tag}: {e}"))?;
+async fn tag_local(
+    engine: &crate::engine::Engine,
+    image: &str,
+    tag: &str,
+) -> Result<(), TagLocalError> {
+    let r = Reference::parse(tag).map_err(|source| TagLocalError::Reference {
+        tag: tag.to_string(),
+        source,
+    })?;
     let options = bollard::query_parameters::TagImageOptionsBuilder::default()
         .repo(&r.familiar_name())
         .tag(r.tag.as_deref().unwrap_or("latest"))
@@ -980,7 +1112,11 @@ async fn tag_local(engine: &crate::engine::Engine, image: &str, tag: &str) -> Re
         .docker
         .tag_image(image, Some(options))
         .await
-        .map_err(|e| format!("cannot tag {image} as {tag}: {e}"))
+        .map_err(|source| TagLocalError::Engine {
+            image: image.to_string(),
+            tag: tag.to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]

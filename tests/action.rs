@@ -111,7 +111,7 @@ fn step<'a>(action: &'a Action, id: &str) -> &'a Step {
         .unwrap_or_else(|| panic!("no step with id {id}"))
 }
 
-const ISSUE_INPUTS: [&str; 41] = [
+const ISSUE_INPUTS: [&str; 42] = [
     "config",
     "services",
     "only",
@@ -158,6 +158,7 @@ const ISSUE_INPUTS: [&str; 41] = [
     "cache-save",
     // Issue #15: build only what changed.
     "reuse",
+    "changed-since",
 ];
 
 const ISSUE_OUTPUTS: [&str; 9] = [

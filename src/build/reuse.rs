@@ -34,6 +34,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::build::changed::ChangedSince;
 use crate::build::inputs::{self, RunInputs};
 use crate::endpoint::Endpoint;
 use crate::plan::Plan;
@@ -683,14 +684,44 @@ pub enum Verdict {
     },
 }
 
+/// The rule that decided a service (issue 15: plan and the report say which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    /// `--changed-since`: the diff touches it (or a dependency), so it is built unasked.
+    ChangedSince,
+    /// The registry has its image (reused).
+    Registry,
+    /// The cache directory has its image (reused).
+    Cache,
+    /// Nothing to reuse: built.
+    Built,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::ChangedSince => "changed-since",
+            Rule::Registry => "registry",
+            Rule::Cache => "cache",
+            Rule::Built => "built",
+        }
+    }
+}
+
 /// One service's decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub service: String,
+    /// The rule that decided it.
+    pub rule: Rule,
     /// The build inputs digest, when there is one.
     pub inputs: Option<String>,
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// `--changed-since` was given (the rule is then shown).
+    #[serde(skip)]
+    pub filtered: bool,
 }
 
 impl Decision {
@@ -698,11 +729,17 @@ impl Decision {
         matches!(self.verdict, Verdict::Reuse { .. })
     }
 
-    /// `build: <reason>` or `reuse: <image> (<digest>)`.
+    /// `build: <reason>` or `reuse: <image> (<digest>)`; with `--changed-since`, the rule
+    /// that decided it too (`[changed-since]`, `[registry]`, `[built]`).
     pub fn describe(&self) -> String {
-        match &self.verdict {
+        let text = match &self.verdict {
             Verdict::Build { reason } => format!("build: {reason}"),
             Verdict::Reuse { from, digest, .. } => format!("reuse: {from} ({digest})"),
+        };
+        if self.filtered {
+            format!("{text} [{}]", self.rule.as_str())
+        } else {
+            text
         }
     }
 }
@@ -781,6 +818,7 @@ pub async fn decide(
     services: &BTreeSet<usize>,
     run: &RunInputs,
     lookup: bool,
+    changed: Option<&ChangedSince>,
 ) -> BTreeMap<usize, Decision> {
     let digests = digests(store, plan, services, run).await;
     let mut decisions: BTreeMap<usize, Decision> = BTreeMap::new();
@@ -793,7 +831,11 @@ pub async fn decide(
         let built_dep = plan.graph.deps[i]
             .iter()
             .find(|d| decisions.get(d).is_some_and(|x| !x.is_reuse()));
+        let changed_why = changed.and_then(|c| c.why(i));
         let verdict = match (&inputs, digests.get(&i)) {
+            _ if changed_why.is_some() => Verdict::Build {
+                reason: changed_why.unwrap_or_default().to_string(),
+            },
             _ if !lookup => Verdict::Build {
                 reason: "the registry is not asked (reuse is off for it)".into(),
             },
@@ -837,12 +879,19 @@ pub async fn decide(
                 },
             },
         };
+        let rule = match &verdict {
+            _ if changed_why.is_some() => Rule::ChangedSince,
+            Verdict::Reuse { .. } => Rule::Registry,
+            Verdict::Build { .. } => Rule::Built,
+        };
         decisions.insert(
             i,
             Decision {
                 service: s.name.clone(),
+                rule,
                 inputs,
                 verdict,
+                filtered: changed.is_some(),
             },
         );
     }
@@ -882,8 +931,9 @@ impl RunReuse {
         run: &RunInputs,
         lookup: bool,
         push: bool,
+        changed: Option<&ChangedSince>,
     ) -> RunReuse {
-        let decisions = decide(&store, plan, selected, run, lookup).await;
+        let decisions = decide(&store, plan, selected, run, lookup, changed).await;
         let reused: BTreeSet<usize> = decisions
             .iter()
             .filter(|(_, d)| d.is_reuse())

@@ -37,6 +37,9 @@ pub struct ActionsEnv {
     pub run_attempt: Option<String>,
     /// `GITHUB_JOB`.
     pub job: Option<String>,
+    /// On `pull_request` / `pull_request_target` events: the event payload's
+    /// `pull_request.base.sha` (the default of `--changed-since`).
+    pub pull_request_base_sha: Option<String>,
 }
 
 impl ActionsEnv {
@@ -75,6 +78,17 @@ impl ActionsEnv {
             run_id: var("GITHUB_RUN_ID"),
             run_attempt: var("GITHUB_RUN_ATTEMPT"),
             job: var("GITHUB_JOB"),
+            pull_request_base_sha: var("GITHUB_EVENT_NAME")
+                .filter(|e| e.starts_with("pull_request"))
+                .and(var("GITHUB_EVENT_PATH"))
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|e| {
+                    e.pointer("/pull_request/base/sha")
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_string)
+                })
+                .filter(|sha| !sha.is_empty() && sha.bytes().all(|b| b.is_ascii_hexdigit())),
         }
     }
 }
@@ -106,5 +120,40 @@ mod tests {
         let none = ActionsEnv::from_lookup(&|k| (k == "GITHUB_RUN_ID").then(|| "7".into()));
         assert_eq!(none.run_url, None);
         assert!(!none.in_actions);
+    }
+
+    #[test]
+    fn issue15_the_pull_request_base_sha_comes_from_the_event_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let event = dir.path().join("event.json");
+        std::fs::write(
+            &event,
+            r#"{"pull_request":{"number":3,"base":{"sha":"0123abcd"}}}"#,
+        )
+        .unwrap();
+        let path = event.display().to_string();
+        let with = |name: &'static str| {
+            let path = path.clone();
+            ActionsEnv::from_lookup(&move |k| match k {
+                "GITHUB_EVENT_NAME" => Some(name.to_string()),
+                "GITHUB_EVENT_PATH" => Some(path.clone()),
+                _ => None,
+            })
+        };
+        assert_eq!(
+            with("pull_request").pull_request_base_sha.as_deref(),
+            Some("0123abcd")
+        );
+        assert_eq!(
+            with("pull_request_target").pull_request_base_sha.as_deref(),
+            Some("0123abcd")
+        );
+        assert_eq!(with("push").pull_request_base_sha, None);
+        std::fs::write(&event, r#"{"pull_request":{"base":{"sha":"--output=x"}}}"#).unwrap();
+        assert_eq!(
+            with("pull_request").pull_request_base_sha,
+            None,
+            "not a SHA"
+        );
     }
 }

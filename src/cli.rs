@@ -168,6 +168,12 @@ pub struct BuildArgs {
     /// Build every service, reusing nothing (as `--reuse off`; `--force` does it too).
     #[arg(long)]
     pub no_reuse: bool,
+    /// Build a service the `git diff --name-status -M REF...HEAD` touches (its context,
+    /// Dockerfile, `.dockerignore`, named contexts, or a service it is built from) without
+    /// looking for an image to reuse; an unchanged one is reused when the registry or the cache
+    /// has its image, else built. On pull requests the default is the base commit (`off`: none).
+    #[arg(long, value_name = "REF", env = "INPUT_CHANGED_SINCE")]
+    pub changed_since: Option<String>,
     /// How many services build at once. Default: every service whose dependencies are built
     /// (as bake does: builds wait on the network and I/O, BuildKit schedules their steps), up
     /// to one per 512 MiB of the engine's memory and at most 32.
@@ -393,6 +399,12 @@ pub struct RegistryCheckArgs {
     /// services to build (for `--only ${{ matrix.services }}`).
     #[arg(long)]
     pub check_registry: bool,
+    /// Build a service the `git diff --name-status -M REF...HEAD` touches (its context,
+    /// Dockerfile, `.dockerignore`, named contexts, or a service it is built from) without
+    /// looking for an image to reuse; an unchanged one is reused when the registry or the cache
+    /// has its image, else built. On pull requests the default is the base commit (`off`: none).
+    #[arg(long, value_name = "REF", env = "INPUT_CHANGED_SINCE")]
+    pub changed_since: Option<String>,
     /// With --check-registry: give every reused service this run's tags in the registry
     /// (a manifest PUT, no layer moves), as `build-all --push` would.
     #[arg(long, env = "INPUT_PUSH")]

@@ -57,7 +57,7 @@ impl Engine {
     pub async fn connect(timeout: Duration) -> Result<Engine, EngineError> {
         let host = resolve_docker_host().map_err(|reason| EngineError::Unreachable {
             host: "DOCKER_CONTEXT".into(),
-            reason,
+            reason: reason.to_string(),
         })?;
         Engine::connect_to(&host, timeout).await
     }
@@ -121,7 +121,7 @@ pub fn docker_host() -> String {
 /// the context named by DOCKER_CONTEXT or by `currentContext` in `config.json` (unless it is
 /// `default`); else the platform default. A context that cannot be read is an error naming
 /// it (the docker CLI refuses it too).
-pub fn resolve_docker_host() -> Result<String, String> {
+pub fn resolve_docker_host() -> Result<String, ContextError> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     if let Some(host) = var("DOCKER_HOST") {
         return Ok(host);
@@ -139,12 +139,25 @@ pub fn resolve_docker_host() -> Result<String, String> {
     if name == "default" {
         return Ok(DEFAULT_DOCKER_HOST.to_string());
     }
-    context_host(&dir, &name).ok_or_else(|| {
-        format!(
-            "docker context {name:?} (from {from}) has no docker endpoint in {}: create it with `docker context create` or unset it",
-            context_meta(&dir, &name).display()
-        )
+    context_host(&dir, &name).ok_or_else(|| ContextError {
+        meta: context_meta(&dir, &name),
+        name,
+        from,
     })
+}
+
+/// The docker context named by DOCKER_CONTEXT or `currentContext` cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "docker context {name:?} (from {from}) has no docker endpoint in {}: create it with `docker context create` or unset it",
+    meta.display()
+)]
+pub struct ContextError {
+    pub name: String,
+    /// `DOCKER_CONTEXT`, or the config.json that names it.
+    pub from: String,
+    /// Where its metadata should be.
+    pub meta: std::path::PathBuf,
 }
 
 /// `currentContext` of `DIR/config.json`.

@@ -297,6 +297,8 @@ pub struct BuildSettings {
     pub publish: PublishContext,
     /// Issue 15: where unchanged services may come from.
     pub reuse: crate::build::reuse::ReusePolicy,
+    /// Issue 15: `--changed-since`, or on pull requests the base commit.
+    pub changed_since: Option<ChangedSinceRef>,
 }
 
 impl BuildSettings {
@@ -376,6 +378,7 @@ impl BuildSettings {
             registry_auth: engine_auth(&prefetch.options, plan)?,
             reuse_cache: true,
             reuse: None,
+            changed: None,
         };
         let reuse = crate::build::reuse::ReusePolicy::resolve(
             args.reuse,
@@ -403,7 +406,58 @@ impl BuildSettings {
             options,
             publish,
             reuse,
+            changed_since: changed_since(args.changed_since.as_deref(), &ws.actions),
         })
+    }
+}
+
+/// `--changed-since` (`off`: none), else (absent or empty) on pull requests the base commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedSinceRef {
+    pub reference: String,
+    /// Given as a flag or input (a git failure is then an error); else the pull request's
+    /// base, which a shallow clone may not have (the filter is then left out, with a note).
+    pub explicit: bool,
+}
+
+pub fn changed_since(flag: Option<&str>, actions: &ActionsEnv) -> Option<ChangedSinceRef> {
+    match flag.map(str::trim).filter(|r| !r.is_empty()) {
+        Some("off") => None,
+        Some(r) => Some(ChangedSinceRef {
+            reference: r.to_string(),
+            explicit: true,
+        }),
+        None => actions
+            .pull_request_base_sha
+            .clone()
+            .map(|reference| ChangedSinceRef {
+                reference,
+                explicit: false,
+            }),
+    }
+}
+
+/// [`crate::build::changed::ChangedSince::compute`] for `wanted`: an error when it was
+/// asked for, else (the pull request default) `None` and why, to note.
+pub fn changed_services(
+    ws: &Workspace,
+    wanted: Option<&ChangedSinceRef>,
+) -> Result<(Option<crate::build::changed::ChangedSince>, Option<String>), Error> {
+    let Some(wanted) = wanted else {
+        return Ok((None, None));
+    };
+    match crate::build::changed::ChangedSince::compute(&ws.plan, &ws.root, &wanted.reference) {
+        Ok(c) => Ok((Some(c), None)),
+        Err(e) if wanted.explicit => Err(Error::Input {
+            input: "--changed-since (input `changed-since`)".into(),
+            reason: e.to_string(),
+        }),
+        Err(e) => Ok((
+            None,
+            Some(format!(
+                "the pull request's base commit is not used to skip lookups: {e}"
+            )),
+        )),
     }
 }
 
@@ -596,6 +650,26 @@ mod tests {
         assert_eq!(set.idle_timeout, Some(Duration::from_secs(30)));
         assert_eq!(set.build_timeout, Some(Duration::from_secs(5400)));
         assert_eq!(options(&["--build-timeout", "0"]).build_timeout, None);
+    }
+
+    #[test]
+    fn issue15_changed_since_defaults_to_the_pull_request_base_and_off_turns_it_off() {
+        let pr = ActionsEnv {
+            pull_request_base_sha: Some("0123abcd".into()),
+            ..ActionsEnv::default()
+        };
+        let got = |flag: Option<&str>, env: &ActionsEnv| {
+            changed_since(flag, env).map(|r| (r.reference, r.explicit))
+        };
+        assert_eq!(got(None, &pr), Some(("0123abcd".into(), false)));
+        assert_eq!(
+            got(Some(""), &pr),
+            Some(("0123abcd".into(), false)),
+            "the action's empty input"
+        );
+        assert_eq!(got(Some("main"), &pr), Some(("main".into(), true)));
+        assert_eq!(got(Some("off"), &pr), None);
+        assert_eq!(got(None, &ActionsEnv::default()), None);
     }
 
     /// Issue 14: a service built as another's identical build is selected by its own name.

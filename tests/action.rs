@@ -111,7 +111,7 @@ fn step<'a>(action: &'a Action, id: &str) -> &'a Step {
         .unwrap_or_else(|| panic!("no step with id {id}"))
 }
 
-const ISSUE_INPUTS: [&str; 42] = [
+const ISSUE_INPUTS: [&str; 43] = [
     "config",
     "services",
     "only",
@@ -159,6 +159,7 @@ const ISSUE_INPUTS: [&str; 42] = [
     "cache-save",
     // Issue #15: build only what changed.
     "reuse",
+    "changed-since",
 ];
 
 const ISSUE_OUTPUTS: [&str; 9] = [

@@ -591,6 +591,9 @@ fn remove_images(tag: Option<&str>) {
     let _ = Command::new("docker")
         .arg("rmi")
         .arg("-f")
+        // Untagged parents may be another build's cache (the classic builder's
+        // intermediate images, shared by identical Dockerfiles): leave them.
+        .arg("--no-prune")
         .args(&images)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -370,6 +370,7 @@ async fn push_sends_every_built_image_to_its_registry() {
         .args([
             "rmi",
             "-f",
+            "--no-prune",
             &format!("{prefix}api:{}", project.tag),
             &format!("{prefix}api:stable"),
         ])
@@ -478,7 +479,12 @@ async fn issue17_push_retry_honours_retry_after() {
     );
     assert!(log.contains("retrying in"), "{log}");
     let _ = std::process::Command::new("docker")
-        .args(["rmi", "-f", &format!("{prefix}api:{}", project.tag)])
+        .args([
+            "rmi",
+            "-f",
+            "--no-prune",
+            &format!("{prefix}api:{}", project.tag),
+        ])
         .output();
 }
 

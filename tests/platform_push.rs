@@ -180,6 +180,7 @@ impl MultiPlatform {
             .args([
                 "rmi",
                 "-f",
+                "--no-prune",
                 &format!("{prefix}app:{}", self.project.tag),
                 &format!("{prefix}app:stable"),
                 &self.base.reference,

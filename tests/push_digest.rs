@@ -116,6 +116,7 @@ async fn issue13_push_reports_the_registry_digest_apart_from_the_image_id() {
         .args([
             "rmi",
             "-f",
+            "--no-prune",
             &format!("{prefix}api:{}", project.tag),
             &format!("{prefix}api:stable"),
         ])

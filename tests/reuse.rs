@@ -81,6 +81,9 @@ impl Bed {
             let _ = Command::new("docker")
                 .arg("rmi")
                 .arg("-f")
+                // Untagged parents may be another build's cache (the classic builder's
+                // intermediate images, shared by identical Dockerfiles): leave them.
+                .arg("--no-prune")
                 .args(&mine)
                 .output();
         }
@@ -392,4 +395,129 @@ async fn issue15_unchanged_services_are_reused_from_the_registry_without_moving_
     let (report, _) = bed.build("c7", &["--no-reuse"]);
     assert_eq!(built(&report), set(&SERVICES));
     bed.clear_daemon();
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", text(&out));
+}
+
+/// The line of `service` in a plan's per-service list (indented, name first).
+fn line_of<'a>(shown: &'a str, service: &str) -> &'a str {
+    shown
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with(&format!("{service} ")))
+        .unwrap_or_else(|| panic!("no line for {service}:\n{shown}"))
+}
+
+/// Issue 15 deliver 4: `--changed-since REF` builds what the diff touches (renames included)
+/// without asking the registry; an unchanged service is reused when the registry has its
+/// image, and built when nothing has it. Plan and build say which rule decided each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_changed_since_builds_what_the_diff_touches_and_unchanged_services_without_an_image()
+ {
+    let bed = start().await;
+    let _cleanup = testbed::RemoveImagesOnDrop(vec![bed.ns.clone()]);
+    let dir = bed.dir.path();
+    bed.write(".gitignore", ".ai-infra-build/\n");
+    bed.write("web/old-name.txt", "renamed in c2\n");
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "c1"]);
+
+    // c1: everything but docs is built and recorded: docs' image is nowhere.
+    let (report, _) = bed.build("c1", &["--only", "core,app,web,tool"]);
+    assert_eq!(reused(&report, "web"), None);
+
+    // c2: a file of web is renamed (and nothing else changes).
+    git(dir, &["mv", "web/old-name.txt", "web/new-name.txt"]);
+    git(dir, &["commit", "-q", "-m", "c2"]);
+
+    let out = bed
+        .command(&["plan", "--changed-since", "HEAD~1"], "c2")
+        .output()
+        .unwrap();
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("Changed since HEAD~1"), "{shown}");
+    let web = line_of(&shown, "web");
+    assert!(web.contains("[changed-since]"), "{web}");
+    assert!(
+        web.contains("web/new-name.txt") || web.contains("web/old-name.txt"),
+        "{web}"
+    );
+    for s in ["core", "app", "tool", "docs"] {
+        assert!(line_of(&shown, s).contains("unchanged"), "{s}: {shown}");
+    }
+
+    let out = bed
+        .command(
+            &["plan", "--check-registry", "--changed-since", "HEAD~1"],
+            "c2",
+        )
+        .output()
+        .unwrap();
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        line_of(&shown, "web").contains("[changed-since]"),
+        "{shown}"
+    );
+    assert!(
+        line_of(&shown, "docs").contains("build: changed: the registry has no image"),
+        "{shown}"
+    );
+    assert!(line_of(&shown, "docs").ends_with("[built]"), "{shown}");
+    for s in ["core", "app", "tool"] {
+        assert!(line_of(&shown, s).ends_with("[registry]"), "{s}: {shown}");
+    }
+
+    // build-all at c2 on an empty daemon: web (changed) and docs (unchanged, but its image is
+    // nowhere) are built; the registry is not asked for web's inputs tag.
+    bed.clear_daemon();
+    bed.proxy.reset_stats();
+    let (report, shown) = bed.build("c2", &["--changed-since", "HEAD~1"]);
+    assert_eq!(built(&report), set(&["web", "docs"]), "{shown}");
+    for s in ["core", "app", "tool"] {
+        assert_eq!(reused(&report, s).as_deref(), Some("registry"), "{s}");
+    }
+    assert!(
+        shown.contains("web: build:") && shown.contains("[changed-since]"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("docs: build:") && shown.contains("[built]"),
+        "{shown}"
+    );
+    let asked: Vec<String> = bed
+        .proxy
+        .stats()
+        .log
+        .iter()
+        .filter(|r| r.method == "GET" || r.method == "HEAD")
+        .map(|r| r.path.clone())
+        .filter(|p| p.contains("/web/manifests/inputs-"))
+        .collect();
+    assert!(asked.is_empty(), "web is changed: no lookup, {asked:?}");
+    let recorded = bed.inputs_tags("web").await;
+    assert_eq!(
+        recorded.len(),
+        2,
+        "web's c2 build is recorded: {recorded:?}"
+    );
+
+    // A revision the clone does not have is an input error naming the flag.
+    let out = bed
+        .command(&["plan", "--changed-since", "no-such-rev"], "c2")
+        .output()
+        .unwrap();
+    let shown = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("--changed-since"), "{shown}");
 }

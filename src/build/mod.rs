@@ -2,6 +2,7 @@
 //! failed. (The dependency graph of services is the plan's: [`crate::graph`].)
 
 pub mod backend;
+pub mod changed;
 pub mod failure;
 pub mod inputs;
 pub mod parallelism;

@@ -34,6 +34,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::build::changed::ChangedSince;
 use crate::build::inputs::{self, RunInputs};
 use crate::endpoint::Endpoint;
 use crate::plan::Plan;
@@ -210,6 +211,123 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Why a base image has no identity (its services then have no inputs digest).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BaseError {
+    /// The reference does not parse.
+    #[error("{0}")]
+    Reference(#[from] crate::reference::ReferenceError),
+    /// No source (registry or mirror) answered with its manifest.
+    #[error("base image {image} could not be resolved ({})", join(failures))]
+    NotFound {
+        image: String,
+        failures: Vec<SourceFailure>,
+    },
+}
+
+/// One source of a base image that did not give its manifest.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceFailure {
+    /// The source answered 404.
+    #[error("{source_label}: not found")]
+    NotFound { source_label: String },
+    /// The request failed (the registry's message).
+    #[error("{source_label}: {}", error.message)]
+    Request {
+        source_label: String,
+        error: Box<RegistryError>,
+    },
+}
+
+fn join(failures: &[SourceFailure]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why a service has no registry inputs digest (it is then built).
+#[derive(Debug, thiserror::Error)]
+pub enum DigestError {
+    /// One of its base images has no identity.
+    #[error("{0}")]
+    Base(#[from] BaseError),
+    /// A service it is built `FROM` has no digest.
+    #[error("its dependency {dependency} has no inputs digest")]
+    Dependency { dependency: String },
+    /// Its own inputs cannot be hashed.
+    #[error("{0}")]
+    Inputs(#[from] inputs::InputsError),
+}
+
+/// Why the registry could not be asked for an image recorded under its inputs.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    #[error("{0}")]
+    Reference(#[from] crate::reference::ReferenceError),
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+}
+
+/// Why a registry reuse was not applied (the service is then built).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The service was not decided to be reused.
+    #[error("not reused")]
+    NotReused,
+    /// The recorded image's reference does not parse.
+    #[error("{0}")]
+    Source(crate::reference::ReferenceError),
+    /// One of the service's image or tags does not parse.
+    #[error("{target}: {source}")]
+    Target {
+        target: String,
+        #[source]
+        source: crate::reference::ReferenceError,
+    },
+    /// The manifest `PUT` (or a blob mount before it) failed.
+    #[error("tagging {target} failed: {source}")]
+    Put {
+        target: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("{0}")]
+    Pull(#[from] PullError),
+    #[error("{0}")]
+    TagLocal(#[from] TagLocalError),
+}
+
+/// Why `docker pull` of a reused image failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The docker CLI could not be started.
+    #[error("cannot run `docker pull`: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The pull failed (its last attempt's message).
+    #[error("pull of {image} failed: {message}")]
+    Failed { image: String, message: String },
+}
+
+/// Why a pulled image could not be given one of the service's tags in the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum TagLocalError {
+    #[error("{tag}: {source}")]
+    Reference {
+        tag: String,
+        #[source]
+        source: crate::reference::ReferenceError,
+    },
+    #[error("cannot tag {image} as {tag}: {source}")]
+    Engine {
+        image: String,
+        tag: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
 /// What a base image is, as far as build inputs go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseIdentity {
@@ -226,7 +344,7 @@ pub struct Store {
     client: RegistryClient,
     prefetch: PrefetchOptions,
     policy: RetryPolicy,
-    bases: tokio::sync::Mutex<HashMap<BaseKey, Result<BaseIdentity, String>>>,
+    bases: tokio::sync::Mutex<HashMap<BaseKey, Result<BaseIdentity, BaseError>>>,
 }
 
 /// A base image reference and the platforms it is resolved for.
@@ -306,7 +424,7 @@ impl Store {
         &self,
         reference: &str,
         platforms: &[String],
-    ) -> Result<BaseIdentity, String> {
+    ) -> Result<BaseIdentity, BaseError> {
         let key = (reference.to_string(), platforms.to_vec());
         if let Some(known) = self.bases.lock().await.get(&key) {
             return known.clone();
@@ -320,10 +438,8 @@ impl Store {
         &self,
         reference: &str,
         platforms: &[String],
-    ) -> Result<BaseIdentity, String> {
-        let parsed = Reference::parse(reference)
-            .map_err(|e| e.to_string())?
-            .with_default_tag();
+    ) -> Result<BaseIdentity, BaseError> {
+        let parsed = Reference::parse(reference)?.with_default_tag();
         let (sources, _) =
             crate::prefetch::planned_sources(&parsed, &self.prefetch, crate::clock::now_ms());
         let version = parsed
@@ -342,11 +458,16 @@ impl Store {
             let top = match self.manifest(&source.endpoint, &repository, &version).await {
                 Ok(Some(m)) => m,
                 Ok(None) => {
-                    failures.push(format!("{}: not found", source.label()));
+                    failures.push(SourceFailure::NotFound {
+                        source_label: source.label(),
+                    });
                     continue;
                 }
                 Err(err) => {
-                    failures.push(format!("{}: {}", source.label(), err.message));
+                    failures.push(SourceFailure::Request {
+                        source_label: source.label(),
+                        error: Box::new(err),
+                    });
                     continue;
                 }
             };
@@ -385,20 +506,19 @@ impl Store {
             }
             return Ok(identity);
         }
-        Err(format!(
-            "base image {} could not be resolved ({})",
-            parsed.familiar(),
-            failures.join("; ")
-        ))
+        Err(BaseError::NotFound {
+            image: parsed.familiar(),
+            failures,
+        })
     }
 
     /// The image recorded for `digest` in `image`'s repository, if there is one.
-    pub async fn find(&self, image: &str, digest: &str) -> Result<Option<Manifest>, String> {
-        let r = Reference::parse(image).map_err(|e| e.to_string())?;
+    pub async fn find(&self, image: &str, digest: &str) -> Result<Option<Manifest>, FindError> {
+        let r = Reference::parse(image)?;
         let endpoint = Endpoint::new(&r.registry_host());
-        self.manifest(&endpoint, &r.path, &inputs_tag(digest))
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self
+            .manifest(&endpoint, &r.path, &inputs_tag(digest))
+            .await?)
     }
 
     /// Tags `manifest` (found in `from`'s repository) as `to` with a manifest `PUT`; a `to`
@@ -564,14 +684,44 @@ pub enum Verdict {
     },
 }
 
+/// The rule that decided a service (issue 15: plan and the report say which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    /// `--changed-since`: the diff touches it (or a dependency), so it is built unasked.
+    ChangedSince,
+    /// The registry has its image (reused).
+    Registry,
+    /// The cache directory has its image (reused).
+    Cache,
+    /// Nothing to reuse: built.
+    Built,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::ChangedSince => "changed-since",
+            Rule::Registry => "registry",
+            Rule::Cache => "cache",
+            Rule::Built => "built",
+        }
+    }
+}
+
 /// One service's decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub service: String,
+    /// The rule that decided it.
+    pub rule: Rule,
     /// The build inputs digest, when there is one.
     pub inputs: Option<String>,
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// `--changed-since` was given (the rule is then shown).
+    #[serde(skip)]
+    pub filtered: bool,
 }
 
 impl Decision {
@@ -579,11 +729,17 @@ impl Decision {
         matches!(self.verdict, Verdict::Reuse { .. })
     }
 
-    /// `build: <reason>` or `reuse: <image> (<digest>)`.
+    /// `build: <reason>` or `reuse: <image> (<digest>)`; with `--changed-since`, the rule
+    /// that decided it too (`[changed-since]`, `[registry]`, `[built]`).
     pub fn describe(&self) -> String {
-        match &self.verdict {
+        let text = match &self.verdict {
             Verdict::Build { reason } => format!("build: {reason}"),
             Verdict::Reuse { from, digest, .. } => format!("reuse: {from} ({digest})"),
+        };
+        if self.filtered {
+            format!("{text} [{}]", self.rule.as_str())
+        } else {
+            text
         }
     }
 }
@@ -610,11 +766,11 @@ pub async fn digests(
     plan: &Plan,
     services: &BTreeSet<usize>,
     run: &RunInputs,
-) -> BTreeMap<usize, Result<String, String>> {
+) -> BTreeMap<usize, Result<String, DigestError>> {
     let needed = plan
         .graph
         .closure(&services.iter().copied().collect::<Vec<_>>());
-    let mut out: BTreeMap<usize, Result<String, String>> = BTreeMap::new();
+    let mut out: BTreeMap<usize, Result<String, DigestError>> = BTreeMap::new();
     for i in dependency_order(plan) {
         if !needed.contains(&i) {
             continue;
@@ -626,7 +782,7 @@ pub async fn digests(
             match store.base_identity(base, run.platforms_of(s)).await {
                 Ok(identity) => parents.extend(identity.parents),
                 Err(err) => {
-                    why = Some(err);
+                    why = Some(DigestError::Base(err));
                     break;
                 }
             }
@@ -637,11 +793,8 @@ pub async fn digests(
                     parents.push(format!("from service {} {digest}", plan.services[d].name))
                 }
                 _ => {
-                    why.get_or_insert_with(|| {
-                        format!(
-                            "its dependency {} has no inputs digest",
-                            plan.services[d].name
-                        )
+                    why.get_or_insert_with(|| DigestError::Dependency {
+                        dependency: plan.services[d].name.clone(),
                     });
                 }
             }
@@ -650,7 +803,7 @@ pub async fn digests(
             Some(why) => Err(why),
             None => inputs::registry_digest(plan, i, run, &parents)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(DigestError::Inputs),
         };
         out.insert(i, digest);
     }
@@ -665,6 +818,7 @@ pub async fn decide(
     services: &BTreeSet<usize>,
     run: &RunInputs,
     lookup: bool,
+    changed: Option<&ChangedSince>,
 ) -> BTreeMap<usize, Decision> {
     let digests = digests(store, plan, services, run).await;
     let mut decisions: BTreeMap<usize, Decision> = BTreeMap::new();
@@ -677,7 +831,11 @@ pub async fn decide(
         let built_dep = plan.graph.deps[i]
             .iter()
             .find(|d| decisions.get(d).is_some_and(|x| !x.is_reuse()));
+        let changed_why = changed.and_then(|c| c.why(i));
         let verdict = match (&inputs, digests.get(&i)) {
+            _ if changed_why.is_some() => Verdict::Build {
+                reason: changed_why.unwrap_or_default().to_string(),
+            },
             _ if !lookup => Verdict::Build {
                 reason: "the registry is not asked (reuse is off for it)".into(),
             },
@@ -721,12 +879,19 @@ pub async fn decide(
                 },
             },
         };
+        let rule = match &verdict {
+            _ if changed_why.is_some() => Rule::ChangedSince,
+            Verdict::Reuse { .. } => Rule::Registry,
+            Verdict::Build { .. } => Rule::Built,
+        };
         decisions.insert(
             i,
             Decision {
                 service: s.name.clone(),
+                rule,
                 inputs,
                 verdict,
+                filtered: changed.is_some(),
             },
         );
     }
@@ -766,8 +931,9 @@ impl RunReuse {
         run: &RunInputs,
         lookup: bool,
         push: bool,
+        changed: Option<&ChangedSince>,
     ) -> RunReuse {
-        let decisions = decide(&store, plan, selected, run, lookup).await;
+        let decisions = decide(&store, plan, selected, run, lookup, changed).await;
         let reused: BTreeSet<usize> = decisions
             .iter()
             .filter(|(_, d)| d.is_reuse())
@@ -814,7 +980,7 @@ impl RunReuse {
         plan: &Plan,
         i: usize,
         log: &mut dyn FnMut(&str),
-    ) -> Result<Applied, String> {
+    ) -> Result<Applied, ApplyError> {
         let Some(Decision {
             verdict:
                 Verdict::Reuse {
@@ -825,18 +991,24 @@ impl RunReuse {
             ..
         }) = self.decisions.get(&i)
         else {
-            return Err("not reused".into());
+            return Err(ApplyError::NotReused);
         };
         let s = &plan.services[i];
-        let source = Reference::parse(from).map_err(|e| e.to_string())?;
+        let source = Reference::parse(from).map_err(ApplyError::Source)?;
         for target in std::iter::once(&s.image).chain(&s.tags) {
             let to = Reference::parse(target)
-                .map_err(|e| format!("{target}: {e}"))?
+                .map_err(|source| ApplyError::Target {
+                    target: target.clone(),
+                    source,
+                })?
                 .with_default_tag();
             self.store
                 .put(manifest, &source, &to)
                 .await
-                .map_err(|e| format!("tagging {target} failed: {e}"))?;
+                .map_err(|source| ApplyError::Put {
+                    target: target.clone(),
+                    source,
+                })?;
             log(&format!("tagged {target} (manifest PUT of {digest})"));
         }
         self.vouch(i);
@@ -857,7 +1029,7 @@ impl RunReuse {
         plan: &Plan,
         i: usize,
         log: &mut dyn FnMut(&str),
-    ) -> Result<Applied, String> {
+    ) -> Result<Applied, ApplyError> {
         let mut applied = self.tag(plan, i, log).await?;
         if self.pull.contains(&i) {
             let s = &plan.services[i];
@@ -943,7 +1115,7 @@ pub struct Applied {
 }
 
 /// `docker pull IMAGE` (the user's credentials), retrying transient failures.
-async fn pull(image: &str, log: &mut dyn FnMut(&str)) -> Result<(), String> {
+async fn pull(image: &str, log: &mut dyn FnMut(&str)) -> Result<(), PullError> {
     let mut last = String::new();
     for attempt in 1..=4u32 {
         let out = tokio::process::Command::new("docker")
@@ -952,7 +1124,7 @@ async fn pull(image: &str, log: &mut dyn FnMut(&str)) -> Result<(), String> {
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|e| format!("cannot run `docker pull`: {e}"))?;
+            .map_err(PullError::Spawn)?;
         if out.status.success() {
             log(&format!(
                 "pulled {image} (a service built in this run needs it)"
@@ -967,11 +1139,21 @@ async fn pull(image: &str, log: &mut dyn FnMut(&str)) -> Result<(), String> {
         log(&format!("pull of {image} failed ({class}); trying again"));
         tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
     }
-    Err(format!("pull of {image} failed: {last}"))
+    Err(PullError::Failed {
+        image: image.to_string(),
+        message: last,
+    })
 }
 
-async fn tag_local(engine: &crate::engine::Engine, image: &str, tag: &str) -> Result<(), String> {
-    let r = Reference::parse(tag).map_err(|e| format!("{tag}: {e}"))?;
+async fn tag_local(
+    engine: &crate::engine::Engine,
+    image: &str,
+    tag: &str,
+) -> Result<(), TagLocalError> {
+    let r = Reference::parse(tag).map_err(|source| TagLocalError::Reference {
+        tag: tag.to_string(),
+        source,
+    })?;
     let options = bollard::query_parameters::TagImageOptionsBuilder::default()
         .repo(&r.familiar_name())
         .tag(r.tag.as_deref().unwrap_or("latest"))
@@ -980,7 +1162,11 @@ async fn tag_local(engine: &crate::engine::Engine, image: &str, tag: &str) -> Re
         .docker
         .tag_image(image, Some(options))
         .await
-        .map_err(|e| format!("cannot tag {image} as {tag}: {e}"))
+        .map_err(|source| TagLocalError::Engine {
+            image: image.to_string(),
+            tag: tag.to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]

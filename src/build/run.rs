@@ -55,6 +55,8 @@ pub struct BuildOptions {
     pub reuse_cache: bool,
     /// Issue 15: the registry's decisions (reuse, record), when the registry takes part.
     pub reuse: Option<std::sync::Arc<crate::build::reuse::RunReuse>>,
+    /// Issue 15: `--changed-since`: the services the diff touches are built, unasked.
+    pub changed: Option<std::sync::Arc<crate::build::changed::ChangedSince>>,
 }
 
 impl BuildOptions {
@@ -399,6 +401,14 @@ async fn build_one(
     result.builder = backend.label();
     result.log_path = Some(log_path.display().to_string());
 
+    // Issue 15: `--changed-since` says the diff touches it: built, nothing looked up.
+    let changed = match options.changed.as_ref().and_then(|c| c.why(i)) {
+        Some(why) => {
+            log.line(&format!("=== {}: built [changed-since]: {why}", s.name));
+            true
+        }
+        None => false,
+    };
     // Issue 15: the registry has an image made from the same inputs.
     if let Some(reuse) = options.reuse.as_deref().filter(|r| r.is_reused(i)) {
         on_event(BuildEvent::Started {
@@ -442,6 +452,7 @@ async fn build_one(
         let reusable = inputs
             .as_deref()
             .filter(|_| !options.no_cache && options.reuse_cache)
+            .filter(|_| !changed)
             .and_then(|d| cache.reusable(&s.name, d));
         if let Some(reuse) = reusable {
             on_event(BuildEvent::Started {

@@ -62,6 +62,31 @@ pub async fn run(
     if let Some(r) = &remote {
         settings.publish.warnings.extend(r.advice.iter().cloned());
     }
+    // Issue 15: `--changed-since`: the services the diff touches are built unasked.
+    let (changed, why_not) =
+        crate::settings::changed_services(&ws, settings.changed_since.as_ref())?;
+    if let Some(why_not) = why_not {
+        ui.note(&crate::text::clean_line(&why_not, 400));
+    }
+    let changed = changed.map(std::sync::Arc::new);
+    settings.options.changed = changed.clone();
+    if let Some(c) = &changed
+        && !(settings.reuse.registry || settings.options.push)
+    {
+        for &i in &settings.selected {
+            let name = &ws.plan.services[i].name;
+            ui.note(&crate::text::clean_line(
+                &match c.why(i) {
+                    Some(why) => format!("{name}: build: {why} [changed-since]"),
+                    None => format!(
+                        "{name}: unchanged since {}: reused when the cache has its image, else built",
+                        c.reference
+                    ),
+                },
+                400,
+            ));
+        }
+    }
     // Issue 15: what the registry has, decided before anything is pulled.
     if settings.reuse.registry || settings.options.push {
         match crate::build::reuse::Store::new(&settings.prefetch.options) {
@@ -74,9 +99,10 @@ pub async fn run(
                     &inputs,
                     settings.reuse.registry,
                     settings.options.push,
+                    changed.as_deref(),
                 )
                 .await;
-                if settings.reuse.registry {
+                if settings.reuse.registry || changed.is_some() {
                     for d in reuse.decisions.values() {
                         ui.note(&crate::text::clean_line(
                             &format!("{}: {}", d.service, d.describe()),

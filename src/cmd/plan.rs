@@ -44,6 +44,12 @@ pub async fn run(
     } else {
         None
     };
+    // Issue 15: the diff alone, when the registry is not asked.
+    let changed = if reuse.is_none() {
+        changed_since(&ws, &args.registry, ui)?
+    } else {
+        None
+    };
     if let (Some(reuse), Some(path)) = (&reuse, &ws.actions.output) {
         let text = crate::report::outputs::render(&[(
             "images".to_string(),
@@ -85,6 +91,16 @@ pub async fn run(
         OutputFormat::Json => {
             let mut value = serde_json::to_value(plan).unwrap_or_default();
             value["cache_key"] = serde_json::to_value(&key).unwrap_or_default();
+            if let Some(changed) = &changed {
+                value["changed_since"] = serde_json::json!({
+                    "ref": changed.reference,
+                    "changed": changed
+                        .changed
+                        .iter()
+                        .map(|(i, why)| (plan.services[*i].name.clone(), why.clone()))
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                });
+            }
             if let Some(reuse) = &reuse {
                 value["reuse"] = serde_json::to_value(
                     reuse
@@ -105,6 +121,7 @@ pub async fn run(
             reuse
                 .as_ref()
                 .map(|r| render_reuse(plan, r))
+                .or_else(|| changed.as_ref().map(|c| render_changed(plan, c)))
                 .unwrap_or_default()
         )),
     }
@@ -149,8 +166,17 @@ async fn check_registry(
         &flatten(&args.ssh),
     );
     let all: BTreeSet<usize> = (0..ws.plan.services.len()).collect();
-    let reuse =
-        crate::build::reuse::RunReuse::prepare(store, &ws.plan, &all, &inputs, true, true).await;
+    let changed = changed_since(ws, args, ui)?;
+    let reuse = crate::build::reuse::RunReuse::prepare(
+        store,
+        &ws.plan,
+        &all,
+        &inputs,
+        true,
+        true,
+        changed.as_ref(),
+    )
+    .await;
     if args.push {
         for (&i, d) in &reuse.decisions {
             if d.is_reuse()
@@ -164,6 +190,38 @@ async fn check_registry(
         }
     }
     Ok(reuse)
+}
+
+/// `--changed-since` (or on pull requests the base commit): which services the diff touches.
+fn changed_since(
+    ws: &Workspace,
+    args: &RegistryCheckArgs,
+    ui: &Ui,
+) -> Result<Option<crate::build::changed::ChangedSince>, Error> {
+    let wanted = crate::settings::changed_since(args.changed_since.as_deref(), &ws.actions);
+    let (changed, why_not) = crate::settings::changed_services(ws, wanted.as_ref())?;
+    if let Some(why_not) = why_not {
+        ui.note(&crate::text::clean_line(&why_not, 400));
+    }
+    Ok(changed)
+}
+
+/// Without `--check-registry`: per service, changed (built) or unchanged (reused when the
+/// registry or the cache has its image, else built).
+fn render_changed(plan: &Plan, changed: &crate::build::changed::ChangedSince) -> String {
+    let mut out = format!("\nChanged since {}:\n", changed.reference);
+    for name in &plan.order {
+        let Some(i) = plan.services.iter().position(|s| &s.name == name) else {
+            continue;
+        };
+        let text = match changed.why(i) {
+            Some(why) => format!("build: {why} [changed-since]"),
+            None => "unchanged: reused when the registry or the cache has its image, else built"
+                .to_string(),
+        };
+        out.push_str(&format!("  {name:<20} {text}\n"));
+    }
+    out.trim_end().to_string()
 }
 
 /// The `images` output: every service with its reference, tags and (when reused) the

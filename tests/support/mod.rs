@@ -142,6 +142,9 @@ impl Project {
             let _ = Command::new("docker")
                 .arg("rmi")
                 .arg("-f")
+                // Untagged parents may be another build's cache (the classic builder's
+                // intermediate images, shared by identical Dockerfiles): leave them.
+                .arg("--no-prune")
                 .args(&mine)
                 .output();
         }

@@ -771,6 +771,6 @@ async fn issue3_half_missing_pulls_the_rest_reports_both_and_exits_4() -> anyhow
             "{reference} listed as missing:\n{human}"
         );
     }
-    assert!(human.contains("2 failed pulls"), "{human}");
+    assert!(human.contains("failed pulls: 2"), "{human}");
     Ok(())
 }

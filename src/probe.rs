@@ -721,13 +721,9 @@ fn handshake_blocking(
     stream
         .set_write_timeout(Some(timeout))
         .map_err(|e| setup(&e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| setup(&e))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(HandshakeOnly(provider)))
-        .with_no_client_auth();
+    // Any certificate: the handshake step times the handshake; certificate trust is the
+    // ping's to judge.
+    let config = crate::registry_trust::any_certificate_config().map_err(|e| setup(&e))?;
     let name =
         rustls::pki_types::ServerName::try_from(server.to_string()).map_err(|e| setup(&e))?;
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| setup(&e))?;
@@ -760,56 +756,6 @@ fn handshake_blocking(
     Ok(format!(
         "{version} handshake completed (the ping verifies the certificate)"
     ))
-}
-
-/// Accepts any certificate (still checking the handshake's signatures): the handshake step
-/// times the handshake; certificate trust is the ping's to judge.
-#[derive(Debug)]
-struct HandshakeOnly(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for HandshakeOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// A request that got no answer: classified by the table; a connection closed in a way the

@@ -502,6 +502,20 @@ pub fn wrong_protocol(cause: &str) -> bool {
     .any(|f| lower.contains(f))
 }
 
+/// A client configuration that accepts any certificate (still checking the handshake's
+/// signatures) and sends none: an insecure registry's, or a handshake timed for its own sake
+/// whose certificate is judged elsewhere (`doctor`'s probe).
+pub fn any_certificate_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth(),
+    )
+}
+
 /// Accepts any certificate (still checking the handshake's signatures): an insecure registry.
 #[derive(Debug)]
 struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);

@@ -210,67 +210,8 @@ pub struct BuildArgs {
     /// An existing buildx builder to use (remote, kubernetes, docker-container driver).
     #[arg(long, value_name = "NAME", env = "INPUT_BUILDX_BUILDER")]
     pub buildx_builder: Option<String>,
-    /// A label for every service image (repeatable; newline-separated in the environment).
-    #[arg(
-        long = "label",
-        value_name = "KEY=VALUE",
-        env = "INPUT_LABELS",
-        value_parser = parse_build_arg_lines
-    )]
-    pub labels: Vec<Lines<BuildArg>>,
-    /// The target platforms of every service, replacing those of the config file
-    /// (`linux/amd64,linux/arm64`; comma-separated or repeated). Several need buildx.
-    #[arg(
-        long = "platform",
-        value_name = "PLATFORM",
-        env = "INPUT_PLATFORMS",
-        value_delimiter = ','
-    )]
-    pub platforms: Vec<String>,
-    /// A build secret for `RUN --mount=type=secret` (buildx syntax, repeatable):
-    /// `id=ID[,env=VAR|,src=PATH]`; `id=ID` alone reads the environment variable ID.
-    /// Builds with secrets run on buildx.
-    #[arg(long = "secret", value_name = "id=ID[,env=VAR|,src=PATH]", value_parser = parse_secret_spec)]
-    pub secrets: Vec<SecretSpec>,
-    /// Build secrets given by value, `ID=VALUE` one per line (the action's `secrets` input;
-    /// read from INPUT_SECRETS, masked in every output). On a command line prefer --secret
-    /// id=ID,env=VAR: other processes can see command lines.
-    #[arg(
-        long = "secret-value",
-        value_name = "ID=VALUE",
-        env = "INPUT_SECRETS",
-        hide_env_values = true,
-        value_parser = parse_secret_value_lines
-    )]
-    pub secret_values: Vec<Lines<SecretSpec>>,
-    /// A build secret from an environment variable, `ID=VAR` (repeatable; one per line in
-    /// the environment), like `--secret id=ID,env=VAR`.
-    #[arg(
-        long = "secret-env",
-        value_name = "ID=VAR",
-        env = "INPUT_SECRET_ENVS",
-        value_parser = parse_secret_env_lines
-    )]
-    pub secret_envs: Vec<Lines<SecretSpec>>,
-    /// A build secret from a file, `ID=PATH` (repeatable; one per line in the environment),
-    /// like `--secret id=ID,src=PATH`.
-    #[arg(
-        long = "secret-file",
-        value_name = "ID=PATH",
-        env = "INPUT_SECRET_FILES",
-        value_parser = parse_secret_file_lines
-    )]
-    pub secret_files: Vec<Lines<SecretSpec>>,
-    /// SSH agent sockets or keys for `RUN --mount=type=ssh` (buildx syntax, repeatable; one
-    /// per line in the environment): `default` (SSH_AUTH_SOCK) or `ID=PATH[,PATH]`. Builds
-    /// with SSH run on buildx.
-    #[arg(
-        long = "ssh",
-        value_name = "default|ID=PATH",
-        env = "INPUT_SSH",
-        value_parser = parse_ssh_lines
-    )]
-    pub ssh: Vec<Lines<String>>,
+    #[command(flatten)]
+    pub image: ImageArgs,
     /// Provenance attestation, as buildx takes it: `false`, `true`, `mode=min`, `mode=max`
     /// (runs on buildx; the image store must keep attestations, so mostly with --push). Unset:
     /// `mode=min` when buildx pushes with a builder that can attest, as build-push-action.
@@ -409,7 +350,20 @@ pub struct RegistryCheckArgs {
     /// (a manifest PUT, no layer moves), as `build-all --push` would.
     #[arg(long, env = "INPUT_PUSH")]
     pub push: bool,
-    /// Mirrors of the base images' registries, as for build-all.
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
+    /// Labels, platforms, secrets and SSH, as for build-all: only what the build inputs
+    /// digest counts is used (the secrets' and SSH sockets' ids; nothing is read).
+    #[command(flatten)]
+    pub image: ImageArgs,
+}
+
+/// Where base images may come from besides their registry (`build-all`, `prefetch`,
+/// `plan --check-registry`).
+#[derive(Debug, Clone, Args)]
+pub struct MirrorArgs {
+    /// Fall-back sources for a registry, tried after it (repeatable; newline-separated in the
+    /// environment): `docker.io=mirror.example.com,harbor.example.com/dockerhub`.
     #[arg(
         long = "mirror",
         value_name = "REGISTRY=HOST[,HOST...]",
@@ -420,15 +374,14 @@ pub struct RegistryCheckArgs {
     /// Try the mirrors before the registry itself.
     #[arg(long, env = "INPUT_MIRROR_FIRST")]
     pub mirror_first: bool,
-    /// The platforms, as for build-all.
-    #[arg(
-        long = "platform",
-        value_name = "PLATFORM",
-        env = "INPUT_PLATFORMS",
-        value_delimiter = ','
-    )]
-    pub platforms: Vec<String>,
-    /// Labels of every image, as for build-all.
+}
+
+/// What every image is built with besides its Dockerfile and build arguments: labels,
+/// platforms, secrets and SSH (`build-all`; `plan --check-registry` counts them in the build
+/// inputs digest).
+#[derive(Debug, Clone, Args)]
+pub struct ImageArgs {
+    /// A label for every service image (repeatable; newline-separated in the environment).
     #[arg(
         long = "label",
         value_name = "KEY=VALUE",
@@ -436,21 +389,76 @@ pub struct RegistryCheckArgs {
         value_parser = parse_build_arg_lines
     )]
     pub labels: Vec<Lines<BuildArg>>,
-    /// Build secrets, as for build-all (only their ids count; nothing is read).
+    /// The target platforms of every service, replacing those of the config file
+    /// (`linux/amd64,linux/arm64`; comma-separated or repeated). Several need buildx.
+    #[arg(
+        long = "platform",
+        value_name = "PLATFORM",
+        env = "INPUT_PLATFORMS",
+        value_delimiter = ','
+    )]
+    pub platforms: Vec<String>,
+    /// A build secret for `RUN --mount=type=secret` (buildx syntax, repeatable):
+    /// `id=ID[,env=VAR|,src=PATH]`; `id=ID` alone reads the environment variable ID.
+    /// Builds with secrets run on buildx.
     #[arg(long = "secret", value_name = "id=ID[,env=VAR|,src=PATH]", value_parser = parse_secret_spec)]
     pub secrets: Vec<SecretSpec>,
-    #[arg(long = "secret-value", value_name = "ID=VALUE", env = "INPUT_SECRETS", hide = true, hide_env_values = true, value_parser = parse_secret_value_lines)]
+    /// Build secrets given by value, `ID=VALUE` one per line (the action's `secrets` input;
+    /// read from INPUT_SECRETS, masked in every output). On a command line prefer --secret
+    /// id=ID,env=VAR: other processes can see command lines.
+    #[arg(
+        long = "secret-value",
+        value_name = "ID=VALUE",
+        env = "INPUT_SECRETS",
+        hide_env_values = true,
+        value_parser = parse_secret_value_lines
+    )]
     pub secret_values: Vec<Lines<SecretSpec>>,
-    #[arg(long = "secret-env", value_name = "ID=VAR", env = "INPUT_SECRET_ENVS", hide = true, value_parser = parse_secret_env_lines)]
+    /// A build secret from an environment variable, `ID=VAR` (repeatable; one per line in
+    /// the environment), like `--secret id=ID,env=VAR`.
+    #[arg(
+        long = "secret-env",
+        value_name = "ID=VAR",
+        env = "INPUT_SECRET_ENVS",
+        value_parser = parse_secret_env_lines
+    )]
     pub secret_envs: Vec<Lines<SecretSpec>>,
-    #[arg(long = "secret-file", value_name = "ID=PATH", env = "INPUT_SECRET_FILES", hide = true, value_parser = parse_secret_file_lines)]
+    /// A build secret from a file, `ID=PATH` (repeatable; one per line in the environment),
+    /// like `--secret id=ID,src=PATH`.
+    #[arg(
+        long = "secret-file",
+        value_name = "ID=PATH",
+        env = "INPUT_SECRET_FILES",
+        value_parser = parse_secret_file_lines
+    )]
     pub secret_files: Vec<Lines<SecretSpec>>,
-    /// SSH sockets or keys, as for build-all (only their ids count).
-    #[arg(long = "ssh", value_name = "default|ID=PATH", env = "INPUT_SSH", value_parser = parse_ssh_lines)]
+    /// SSH agent sockets or keys for `RUN --mount=type=ssh` (buildx syntax, repeatable; one
+    /// per line in the environment): `default` (SSH_AUTH_SOCK) or `ID=PATH[,PATH]`. Builds
+    /// with SSH run on buildx.
+    #[arg(
+        long = "ssh",
+        value_name = "default|ID=PATH",
+        env = "INPUT_SSH",
+        value_parser = parse_ssh_lines
+    )]
     pub ssh: Vec<Lines<String>>,
 }
 
-impl RegistryCheckArgs {
+impl ImageArgs {
+    /// The labels given, by key (a later one replaces an earlier).
+    pub fn labels(&self) -> Vec<BuildArg> {
+        flatten(&self.labels)
+    }
+
+    /// The platforms given, trimmed, blanks dropped.
+    pub fn platforms(&self) -> Vec<String> {
+        self.platforms
+            .iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect()
+    }
+
     /// The ids of every secret given.
     pub fn secret_ids(&self) -> Vec<String> {
         self.secrets
@@ -469,18 +477,8 @@ impl RegistryCheckArgs {
 pub struct PrefetchArgs {
     #[command(flatten)]
     pub plan: PlanArgs,
-    /// Fall-back sources for a registry, tried after it (repeatable; newline-separated in the
-    /// environment): `docker.io=mirror.example.com,harbor.example.com/dockerhub`.
-    #[arg(
-        long = "mirror",
-        value_name = "REGISTRY=HOST[,HOST...]",
-        env = "INPUT_MIRRORS",
-        value_parser = parse_mirrors
-    )]
-    pub mirrors: Vec<MirrorList>,
-    /// Try the mirrors before the registry itself.
-    #[arg(long, env = "INPUT_MIRROR_FIRST")]
-    pub mirror_first: bool,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
     /// Retries of a failed request or pull after the first try (transient errors only).
     #[arg(long, default_value_t = 5, value_name = "N", env = "INPUT_MAX_RETRIES")]
     pub max_retries: u32,
@@ -906,9 +904,9 @@ mod tests {
         let build_args = flatten(&args.prefetch.plan.build_args);
         assert_eq!(build_args.len(), 2);
         assert_eq!(build_args[1].value, "2 3");
-        assert_eq!(flatten(&args.secret_envs)[0].id, "tok");
-        assert_eq!(flatten(&args.ssh), ["default", "key=/k1,/k2"]);
-        assert_eq!(args.platforms, ["linux/amd64", "linux/arm64"]);
+        assert_eq!(flatten(&args.image.secret_envs)[0].id, "tok");
+        assert_eq!(flatten(&args.image.ssh), ["default", "key=/k1,/k2"]);
+        assert_eq!(args.image.platforms, ["linux/amd64", "linux/arm64"]);
         assert!(
             Cli::try_parse_from(["ai-infra-build", "build-all", "--label", "ok=1\nbad"]).is_err()
         );

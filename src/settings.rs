@@ -258,8 +258,9 @@ impl PrefetchSettings {
                 ..RetryPolicy::default()
             },
             idle_timeout: Duration::from_secs(args.idle_timeout),
-            mirrors: mirrors(Some(project), &args.mirrors)?,
-            mirror_first: args.mirror_first || project.settings.mirror_first.unwrap_or(false),
+            mirrors: mirrors(Some(project), &args.mirror.mirrors)?,
+            mirror_first: args.mirror.mirror_first
+                || project.settings.mirror_first.unwrap_or(false),
             pull: args.pull,
             via: args.pull_via,
             notify: None,
@@ -361,17 +362,12 @@ impl BuildSettings {
             inline_cache: false,
             push: args.push,
             cache: None,
-            labels: build_arg_map(&flatten(&args.labels)),
-            platforms: args
-                .platforms
-                .iter()
-                .map(|p| p.trim().to_string())
-                .filter(|p| !p.is_empty())
-                .collect(),
+            labels: build_arg_map(&args.image.labels()),
+            platforms: args.image.platforms(),
             extras: BuildxExtras {
                 secrets,
                 service_secrets,
-                ssh: flatten(&args.ssh),
+                ssh: flatten(&args.image.ssh),
                 provenance: args.provenance.clone(),
                 sbom: args.sbom.clone(),
             },
@@ -466,18 +462,18 @@ pub fn changed_services(
 fn resolve_secrets(args: &BuildArgs, root: &Path) -> Result<Vec<Secret>, Error> {
     let mut secrets: Vec<Secret> = Vec::new();
     let groups = [
-        ("--secret", args.secrets.clone()),
+        ("--secret", args.image.secrets.clone()),
         (
             "--secret-value (INPUT_SECRETS)",
-            flatten(&args.secret_values),
+            flatten(&args.image.secret_values),
         ),
         (
             "--secret-env (INPUT_SECRET_ENVS)",
-            flatten(&args.secret_envs),
+            flatten(&args.image.secret_envs),
         ),
         (
             "--secret-file (INPUT_SECRET_FILES)",
-            flatten(&args.secret_files),
+            flatten(&args.image.secret_files),
         ),
     ];
     for (flag, specs) in groups {

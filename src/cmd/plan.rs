@@ -143,8 +143,8 @@ async fn check_registry(
         concurrency: 4,
         policy: RetryPolicy::default(),
         idle_timeout: Duration::from_secs(60),
-        mirrors: crate::settings::mirrors(Some(&ws.project), &args.mirrors)?,
-        mirror_first: args.mirror_first || ws.project.settings.mirror_first.unwrap_or(false),
+        mirrors: crate::settings::mirrors(Some(&ws.project), &args.mirror.mirrors)?,
+        mirror_first: args.mirror.mirror_first || ws.project.settings.mirror_first.unwrap_or(false),
         pull: PullPolicy::Missing,
         via: PullVia::Auto,
         notify: None,
@@ -156,14 +156,10 @@ async fn check_registry(
         reason: e.to_string(),
     })?;
     let inputs = RunInputs::new(
-        crate::settings::build_arg_map(&flatten(&args.labels)),
-        args.platforms
-            .iter()
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect(),
-        args.secret_ids(),
-        &flatten(&args.ssh),
+        crate::settings::build_arg_map(&args.image.labels()),
+        args.image.platforms(),
+        args.image.secret_ids(),
+        &flatten(&args.image.ssh),
     );
     let all: BTreeSet<usize> = (0..ws.plan.services.len()).collect();
     let changed = changed_since(ws, args, ui)?;

@@ -188,6 +188,24 @@ pub struct Plan {
     pub graph: Graph,
 }
 
+impl Plan {
+    /// Every service's index in dependency order (dependencies first); a service the order
+    /// does not name (it could not be planned) comes last.
+    pub fn dependency_order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = self
+            .order
+            .iter()
+            .filter_map(|n| self.services.iter().position(|s| &s.name == n))
+            .collect();
+        for i in 0..self.services.len() {
+            if !order.contains(&i) {
+                order.push(i);
+            }
+        }
+        order
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ServicePlan {
     pub name: String,

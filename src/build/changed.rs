@@ -101,7 +101,7 @@ impl ChangedSince {
             }
         }
         // A service built from a changed one is changed.
-        for i in dependency_order(plan) {
+        for i in plan.dependency_order() {
             if changed.contains_key(&i) {
                 continue;
             }
@@ -120,20 +120,6 @@ impl ChangedSince {
             changed,
         }
     }
-}
-
-fn dependency_order(plan: &Plan) -> Vec<usize> {
-    let mut order: Vec<usize> = plan
-        .order
-        .iter()
-        .filter_map(|n| plan.services.iter().position(|s| &s.name == n))
-        .collect();
-    for i in 0..plan.services.len() {
-        if !order.contains(&i) {
-            order.push(i);
-        }
-    }
-    order
 }
 
 fn git(root: &Path, reference: &str, args: &[&str]) -> Result<String, ChangedError> {

@@ -744,21 +744,6 @@ impl Decision {
     }
 }
 
-/// The plan's services in dependency order (dependencies first).
-fn dependency_order(plan: &Plan) -> Vec<usize> {
-    let mut order: Vec<usize> = plan
-        .order
-        .iter()
-        .filter_map(|n| plan.services.iter().position(|s| &s.name == n))
-        .collect();
-    for i in 0..plan.services.len() {
-        if !order.contains(&i) {
-            order.push(i);
-        }
-    }
-    order
-}
-
 /// The registry inputs digest of every service in `services` and their dependencies (by
 /// plan index), or why one has none.
 pub async fn digests(
@@ -771,7 +756,7 @@ pub async fn digests(
         .graph
         .closure(&services.iter().copied().collect::<Vec<_>>());
     let mut out: BTreeMap<usize, Result<String, DigestError>> = BTreeMap::new();
-    for i in dependency_order(plan) {
+    for i in plan.dependency_order() {
         if !needed.contains(&i) {
             continue;
         }
@@ -822,7 +807,7 @@ pub async fn decide(
 ) -> BTreeMap<usize, Decision> {
     let digests = digests(store, plan, services, run).await;
     let mut decisions: BTreeMap<usize, Decision> = BTreeMap::new();
-    for i in dependency_order(plan) {
+    for i in plan.dependency_order() {
         if !services.contains(&i) {
             continue;
         }

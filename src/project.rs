@@ -1,7 +1,8 @@
 //! The services of a repository and where each came from.
 //!
 //! Sources, first found wins: `--compose-file FILE...`, else `--config FILE`, else
-//! `ai-infra-build.yml` at the root, else a compose project (`compose.yaml`, `compose.yml`,
+//! `ai-infra-build.yml` at the root, else a compose project (the files `COMPOSE_FILE` names, in
+//! the environment or `.env`, as the Compose CLI reads them; else `compose.yaml`, `compose.yml`,
 //! `docker-compose.yaml`, `docker-compose.yml` and its override file, read by
 //! [`crate::compose`]: the services with a `build:` section), else directory discovery
 //! (`src/*/Dockerfile`, `services/*/Dockerfile`, `*/Dockerfile`, and one level deeper in a
@@ -198,7 +199,12 @@ impl Project {
         if default.is_file() {
             return Self::from_config(root, &default);
         }
-        if let Some(files) = crate::compose::default_files(root) {
+        // As the Compose CLI: COMPOSE_FILE (the environment, else `.env`) names the files.
+        let named = crate::compose::files_from_env(root, compose).map_err(|e| InputError {
+            input: shown(root, &e.file),
+            reason: e.message,
+        })?;
+        if let Some(files) = named.or_else(|| crate::compose::default_files(root)) {
             return Self::from_compose(root, files, compose);
         }
         Self::discover(root)
@@ -688,6 +694,106 @@ mod tests {
         let p = root.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
+    }
+
+    /// Compose files as the Compose CLI picks them: COMPOSE_FILE (the environment over
+    /// `.env`), split by COMPOSE_PATH_SEPARATOR, instead of compose.yaml and its override.
+    #[test]
+    fn compose_file_in_dot_env_or_the_environment_names_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "api/Dockerfile", "FROM alpine\n");
+        write(root, "web/Dockerfile", "FROM alpine\n");
+        write(
+            root,
+            "compose.yaml",
+            "services:\n  api:\n    build: ./api\n",
+        );
+        write(
+            root,
+            "compose.override.yaml",
+            "services:\n  api:\n    build:\n      args: {FROM_OVERRIDE: \"1\"}\n",
+        );
+        write(
+            root,
+            "deploy/base.yml",
+            "services:\n  api:\n    build: ../api\n",
+        );
+        write(
+            root,
+            "deploy/web.yml",
+            "services:\n  web:\n    build: ../web\n",
+        );
+        let names = |p: &Project| {
+            p.services
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<Vec<_>>()
+        };
+        let files = |p: &Project| {
+            p.files
+                .iter()
+                .map(|f| f.rsplit('/').next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+
+        // No COMPOSE_FILE: compose.yaml and its override.
+        let plain = Project::load_with(root, None, &ComposeOptions::default()).unwrap();
+        assert_eq!(files(&plain), ["compose.yaml", "compose.override.yaml"]);
+
+        // From .env: both files, the override file not read.
+        write(
+            root,
+            ".env",
+            "COMPOSE_FILE=deploy/base.yml:deploy/web.yml\n",
+        );
+        let from_dotenv = Project::load_with(root, None, &ComposeOptions::default()).unwrap();
+        assert_eq!(names(&from_dotenv), ["api", "web"]);
+        assert_eq!(files(&from_dotenv), ["base.yml", "web.yml"]);
+        assert!(from_dotenv.services[0].build_args.is_empty());
+
+        // The environment wins over .env, with its own separator.
+        let env = ComposeOptions {
+            environment: BTreeMap::from([
+                (
+                    "COMPOSE_FILE".to_string(),
+                    "deploy/web.yml;deploy/base.yml".to_string(),
+                ),
+                ("COMPOSE_PATH_SEPARATOR".to_string(), ";".to_string()),
+            ]),
+            ..ComposeOptions::default()
+        };
+        let from_env = Project::load_with(root, None, &env).unwrap();
+        assert_eq!(files(&from_env), ["web.yml", "base.yml"]);
+        assert_eq!(names(&from_env), ["api", "web"]);
+
+        // --compose-file wins over COMPOSE_FILE.
+        let flags = ComposeOptions {
+            files: vec![PathBuf::from("compose.yaml")],
+            ..env.clone()
+        };
+        let from_flags = Project::load_with(root, None, &flags).unwrap();
+        assert_eq!(names(&from_flags), ["api"]);
+
+        // A file that is not there: the variable, where it was set, and what to do.
+        write(
+            root,
+            ".env",
+            "COMPOSE_FILE=deploy/base.yml:deploy/gone.yml\n",
+        );
+        let err = Project::load_with(root, None, &ComposeOptions::default()).unwrap_err();
+        assert!(err.input.ends_with("deploy/gone.yml"), "{err}");
+        assert!(err.reason.contains("COMPOSE_FILE (set in "), "{err}");
+        assert!(
+            err.reason.contains(".env) names \"deploy/gone.yml\""),
+            "{err}"
+        );
+        assert!(err.reason.contains("pass --compose-file"), "{err}");
+
+        // Blank: the default files again.
+        write(root, ".env", "COMPOSE_FILE=\n");
+        let blank = Project::load_with(root, None, &ComposeOptions::default()).unwrap();
+        assert_eq!(files(&blank), ["compose.yaml", "compose.override.yaml"]);
     }
 
     /// Issue 17 item 3: discovery names a Dockerfile it cannot read (a broken link, a

@@ -1,7 +1,9 @@
 //! The compose reader: compose files read as the Compose specification says, for everything
 //! that decides what is built and from which images.
 //!
-//! - Files: the `-f` files given, else the first of `compose.yaml`, `compose.yml`,
+//! - Files: the `-f` files given, else those `COMPOSE_FILE` names (the process environment
+//!   over `.env`, split by `COMPOSE_PATH_SEPARATOR`, default `:`; [`files_from_env`]), else
+//!   the first of `compose.yaml`, `compose.yml`,
 //!   `docker-compose.yaml`, `docker-compose.yml` and its override file
 //!   (`compose.override.yaml`, ...). Later files merge into earlier ones ([`merge`]).
 //!   Relative paths are relative to the project directory (the first file's directory).
@@ -218,6 +220,61 @@ pub fn default_files(dir: &Path) -> Option<Vec<PathBuf>> {
         .map(|ext| dir.join(format!("{stem}.override.{ext}")))
         .find(|p| p.is_file());
     Some(std::iter::once(main).chain(over).collect())
+}
+
+/// The files `COMPOSE_FILE` names, as the Compose CLI reads it when no `-f` is given: from the
+/// process environment, else from the env files (`--env-file`, else the `.env` of `dir`);
+/// several are separated by `COMPOSE_PATH_SEPARATOR` (default `:`), relative ones are relative
+/// to `dir`. `None` when it is not set (or blank). A named file that does not exist is an
+/// error naming the variable and where it was set.
+pub fn files_from_env(dir: &Path, options: &Options) -> Result<Option<Vec<PathBuf>>, ComposeError> {
+    let mut loader = Loader {
+        process: options.environment.clone(),
+        files: Vec::new(),
+        env_files: Vec::new(),
+        unset: BTreeMap::new(),
+    };
+    let env_files: Vec<PathBuf> = if options.env_files.is_empty() {
+        vec![dir.join(".env")]
+    } else {
+        options.env_files.iter().map(|f| dir.join(f)).collect()
+    };
+    let env = loader.environment(&env_files, options.env_files.is_empty())?;
+    let Some(value) = env.get("COMPOSE_FILE").filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let origin = if options.environment.contains_key("COMPOSE_FILE") {
+        "the environment".to_string()
+    } else {
+        loader
+            .env_files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let separator = env
+        .get("COMPOSE_PATH_SEPARATOR")
+        .filter(|s| !s.is_empty())
+        .map_or(":", String::as_str);
+    let mut files = Vec::new();
+    for name in value
+        .split(separator)
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        let file = dir.join(name);
+        if !file.is_file() {
+            return Err(fail(
+                &file,
+                format!(
+                    "COMPOSE_FILE (set in {origin}) names {name:?}, which is not a file; fix COMPOSE_FILE or pass --compose-file"
+                ),
+            ));
+        }
+        files.push(file);
+    }
+    Ok(Some(files).filter(|f: &Vec<PathBuf>| !f.is_empty()))
 }
 
 /// Reads the compose project of `dir` (the default files) or of `options.files`.

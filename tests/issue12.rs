@@ -309,6 +309,27 @@ async fn issue12_wrong_password_and_no_login_say_what_to_do() -> anyhow::Result<
         stats.tokens_rejected >= 1 && stats.tokens_rejected <= 3,
         "{stats:?}"
     );
+    // The terminal's diagnosis says to fix the credentials, not to retry more.
+    let human = tokio::process::Command::new(BIN)
+        .args(["prefetch", "--max-retries", "5"])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .env("DOCKER_CONFIG", config.path())
+        .env_remove("DOCKER_HOST")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&human.stdout),
+        String::from_utf8_lossy(&human.stderr)
+    );
+    assert!(
+        text.contains("rejected the credentials sent for") && !text.contains("--max-retries"),
+        "{text}"
+    );
+    assert!(!text.contains("wrong-pw"), "{text}");
 
     let empty = tempfile::tempdir()?;
     let run = prefetch(dir.path(), empty.path(), None, &[]).await?;

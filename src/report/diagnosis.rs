@@ -595,8 +595,12 @@ fn is_not_found(class: ErrorClass) -> bool {
     )
 }
 
+/// Refused access: no credentials, too few rights, or credentials the registry rejected.
 fn is_denied(class: ErrorClass) -> bool {
-    matches!(class, ErrorClass::Unauthorized | ErrorClass::Denied)
+    matches!(
+        class,
+        ErrorClass::Unauthorized | ErrorClass::Denied | ErrorClass::AuthRejected
+    )
 }
 
 /// Failures of a connection or a server under strain: what retries and mirrors are for.
@@ -750,16 +754,31 @@ fn lost_denied(e: &Evidence) -> Vec<Finding> {
     lost_by_registry(e, is_denied)
         .into_iter()
         .map(|(registry, lost)| {
+            let rejected = lost.iter().any(|l| l.class == ErrorClass::AuthRejected);
             finding(
                 "lost-denied",
-                format!(
-                    "access to {} was refused by {registry} ({})",
-                    image_names(&lost),
-                    lost[0].class
-                ),
-                format!(
-                    "log in before the run (`docker login {registry}`) with an account that may pull it"
-                ),
+                if rejected {
+                    format!(
+                        "{registry} rejected the credentials sent for {} ({}, not retried)",
+                        image_names(&lost),
+                        lost[0].class
+                    )
+                } else {
+                    format!(
+                        "access to {} was refused by {registry} ({})",
+                        image_names(&lost),
+                        lost[0].class
+                    )
+                },
+                if rejected {
+                    format!(
+                        "fix the password or token where the error says it came from (`docker login {registry}` again, or the credential helper), with an account that may pull it"
+                    )
+                } else {
+                    format!(
+                        "log in before the run (`docker login {registry}`) with an account that may pull it"
+                    )
+                },
             )
         })
         .collect()
@@ -1553,6 +1572,33 @@ mod tests {
         assert_eq!(rules_of(&d), ["lost-denied"]);
         assert!(
             d.remediation.contains("docker login ghcr.io"),
+            "{}",
+            d.remediation
+        );
+    }
+
+    /// Issue 12: a wrong password is a refusal to fix, not a network to retry.
+    #[test]
+    fn rule_lost_denied_for_rejected_credentials() {
+        let d = diagnose(&report(
+            vec![lost(
+                "10.1.2.3:5000/team/base:1",
+                &["10.1.2.3:5000"],
+                ErrorClass::AuthRejected,
+            )],
+            vec![],
+        ))
+        .unwrap();
+        assert_eq!(rules_of(&d), ["lost-denied"]);
+        assert!(
+            d.root_cause
+                .contains("10.1.2.3:5000 rejected the credentials sent for"),
+            "{}",
+            d.root_cause
+        );
+        assert!(
+            d.remediation.contains("`docker login 10.1.2.3:5000` again")
+                && !d.remediation.contains("--max-retries"),
             "{}",
             d.remediation
         );

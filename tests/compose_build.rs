@@ -121,3 +121,67 @@ async fn issue_14_build_all_builds_every_service_of_a_corpus_compose_project() {
         assert_ne!(image["status"], "failed", "{image:#}");
     }
 }
+
+/// Compose `dockerfile_inline` is built, not only planned: the inline text is the Dockerfile
+/// and the service's context is its context, on the Engine API and on buildx (as `docker
+/// compose build`); `plan` no longer warns that the key is not applied.
+#[tokio::test]
+async fn compose_dockerfile_inline_is_built_on_both_backends() {
+    let project = support::Project::empty().await;
+    let base = testbed::unique_name("inline-base");
+    let name = testbed::unique_name("inline-api");
+    let _cleanup = RemoveImagesOnDrop(vec![base.clone(), name.clone()]);
+    push_image(
+        &project.registry.host(),
+        &ImageSpec::new(base.as_str(), "1"),
+    )
+    .await
+    .expect("push the base image");
+    project.write("api/hello.txt", "hello from the context\n");
+    // A Dockerfile in the context that must NOT be the one built.
+    project.write("api/Dockerfile", "FROM scratch\nCOPY missing-file /\n");
+    project.write(
+        "compose.yaml",
+        &format!(
+            "services:\n  api:\n    image: {name}:v1\n    build:\n      context: ./api\n      dockerfile_inline: |\n        FROM {registry}/{base}:1\n        COPY hello.txt /hello.txt\n        RUN cat /hello.txt > /copied\n",
+            registry = project.registry.host()
+        ),
+    );
+    let plan = project.command(&["plan"]).output().unwrap();
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    assert!(
+        !text(&plan).contains("dockerfile_inline"),
+        "plan still warns: {}",
+        text(&plan)
+    );
+    for backend in ["engine", "buildx"] {
+        let out = project
+            .command(&["build-all", "--no-cache", "--backend", backend])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
+        let run = Command::new("docker")
+            .args(["run", "--rm", &format!("{name}:v1"), "cat", "/copied"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&run.stdout),
+            "hello from the context\n",
+            "{backend}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let report = project.report();
+        assert_eq!(
+            support::service(&report, "api")["builder"]
+                .as_str()
+                .unwrap_or_default()
+                .split(' ')
+                .next(),
+            Some(backend),
+            "{report:#}"
+        );
+        let _ = Command::new("docker")
+            .args(["image", "rm", "--force", &format!("{name}:v1")])
+            .output();
+    }
+}

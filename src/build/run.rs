@@ -350,12 +350,36 @@ async fn build_one(
         .as_ref()
         .map(|c| c.job(&s.name))
         .unwrap_or_default();
+    // A compose `dockerfile_inline`: written under the output directory and built from there
+    // (as a Dockerfile outside the context: the engine gets it in the context's archive under
+    // a generated name, buildx as `--file`).
+    let dockerfile = match &svc.dockerfile_inline {
+        Some(text) => match write_inline_dockerfile(&options.out_dir, &s.name, text) {
+            Ok(path) => path,
+            Err(err) => {
+                let mut result = skipped(plan, i, String::new(), ServiceStatus::Failed);
+                result.skipped_reason = None;
+                result.builder = backend.label();
+                result.failure = Some(ServiceFailure {
+                    class: BuildFailureClass::Input,
+                    network_class: None,
+                    message: format!(
+                        "cannot write its dockerfile_inline to {}: {err}; make the output directory (--out-dir) writable",
+                        inline_dockerfile_path(&options.out_dir, &s.name).display()
+                    ),
+                    line: None,
+                });
+                return (result, Vec::new());
+            }
+        },
+        None => svc.dockerfile.clone(),
+    };
     let job = BuildJob {
         service: s.name.clone(),
         image: s.image.clone(),
         tags: s.tags.clone(),
         context: svc.context.clone(),
-        dockerfile: svc.dockerfile.clone(),
+        dockerfile: dockerfile.clone(),
         build_args: s.build_args.clone(),
         target: svc.target.clone(),
         labels: svc
@@ -388,7 +412,7 @@ async fn build_one(
         registry_auth: options.registry_auth.clone(),
         push: options.push,
     };
-    let dockerfile_text = std::fs::read_to_string(&svc.dockerfile).unwrap_or_default();
+    let dockerfile_text = std::fs::read_to_string(&dockerfile).unwrap_or_default();
     let policy = RetryPolicy {
         max_retries: options.build_retries,
         base_delay: Duration::from_secs(1),
@@ -668,6 +692,26 @@ async fn build_one(
 /// The failure of a build that needs a base image (`lost`, in plan order) the prefetch had
 /// from no source, unless the build failed for its own reasons (a RUN step, the syntax, a
 /// timeout): class `base-image` with what each source answered, at the image's FROM line.
+/// Where a service's `dockerfile_inline` is written for its build.
+fn inline_dockerfile_path(out_dir: &std::path::Path, service: &str) -> std::path::PathBuf {
+    out_dir
+        .join("dockerfiles")
+        .join(format!("{service}.Dockerfile"))
+}
+
+fn write_inline_dockerfile(
+    out_dir: &std::path::Path,
+    service: &str,
+    text: &str,
+) -> std::io::Result<std::path::PathBuf> {
+    let path = inline_dockerfile_path(out_dir, service);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
 fn lost_base_failure(
     lost: &[ImageResult],
     dockerfile: &str,

@@ -189,8 +189,7 @@ const BUILD_KEYS: [&str; 24] = [
 ];
 
 /// The keys of [`BUILD_KEYS`] whose effect the builds do not get.
-const NOT_APPLIED: [&str; 15] = [
-    "dockerfile_inline",
+const NOT_APPLIED: [&str; 14] = [
     "cache_from",
     "additional_contexts",
     "ssh",

@@ -58,6 +58,10 @@ pub struct Service {
     pub additional_contexts: BTreeMap<String, String>,
     /// The Dockerfile's text when the compose file gives it inline (`dockerfile_inline`).
     pub dockerfile_inline: Option<String>,
+    /// Where the build may import a layer cache from (compose `build.cache_from`): image
+    /// references or buildx cache specs (`type=registry,ref=...`, `type=gha`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cache_from: Vec<String>,
     /// Values as written before interpolation (`image`, `build.context`, ...), by key.
     pub written: BTreeMap<String, String>,
     /// Build secrets of this service (values are read when a build starts).
@@ -267,6 +271,7 @@ impl Project {
                 origin: origin.clone(),
                 additional_contexts: BTreeMap::new(),
                 dockerfile_inline: None,
+                cache_from: Vec::new(),
                 written: BTreeMap::new(),
                 secrets: svc.secrets.into_iter().map(ServiceSecret::Buildx).collect(),
                 problem: None,
@@ -412,6 +417,7 @@ impl Project {
                 origin: file,
                 additional_contexts: build.additional_contexts.clone(),
                 dockerfile_inline: build.dockerfile_inline.clone(),
+                cache_from: build.cache_from.clone(),
                 written: s.written.clone(),
                 secrets,
                 problem: None,
@@ -535,6 +541,7 @@ impl Project {
                         origin: format!("directory discovery ({pattern})"),
                         additional_contexts: BTreeMap::new(),
                         dockerfile_inline: None,
+                        cache_from: Vec::new(),
                         written: BTreeMap::new(),
                         secrets: Vec::new(),
                         problem,

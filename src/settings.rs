@@ -384,7 +384,16 @@ impl BuildSettings {
         );
         let mut options = options;
         options.reuse_cache = reuse.cache;
-        let needs_buildx = options.extras.needs_buildx();
+        let mut needs_buildx = options.extras.needs_buildx();
+        // A compose `cache_from` of another backend than a registry image (`type=gha`, ...).
+        if ws.plan.services.iter().any(|s| {
+            s.service
+                .cache_from
+                .iter()
+                .any(|c| crate::build::backend::engine_cache_image(c).is_none())
+        }) {
+            needs_buildx.push("a cache_from of another cache backend than an image");
+        }
         Ok(BuildSettings {
             prefetch,
             command: if names.is_empty() {

@@ -185,3 +185,58 @@ async fn compose_dockerfile_inline_is_built_on_both_backends() {
             .output();
     }
 }
+
+/// Compose `build.cache_from` reaches BuildKit, not only the plan: an image reference and a
+/// `type=registry,ref=` spec are imported as layer caches, on the Engine API (which takes the
+/// images) and on buildx (`--cache-from`), as `docker compose build` does.
+#[tokio::test]
+async fn compose_cache_from_is_imported_on_both_backends() {
+    let project = support::Project::empty().await;
+    let registry = project.registry.host();
+    let base = testbed::unique_name("cachefrom-base");
+    let name = testbed::unique_name("cachefrom-api");
+    let _cleanup = RemoveImagesOnDrop(vec![base.clone(), name.clone()]);
+    for repo in [base.clone(), format!("{name}-a"), format!("{name}-b")] {
+        push_image(&registry, &ImageSpec::new(repo.as_str(), "1"))
+            .await
+            .expect("push an image");
+    }
+    project.write("api/hello.txt", "hello\n");
+    project.write(
+        "api/Dockerfile",
+        &format!(
+            "FROM {registry}/{base}:1\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt > /copied\n"
+        ),
+    );
+    project.write(
+        "compose.yaml",
+        &format!(
+            "services:\n  api:\n    image: {name}:v1\n    build:\n      context: ./api\n      cache_from:\n        - {registry}/{name}-a:1\n        - type=registry,ref={registry}/{name}-b:1\n"
+        ),
+    );
+    let plan = project.command(&["plan"]).output().unwrap();
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    assert!(
+        !text(&plan).contains("cache_from"),
+        "plan still warns: {}",
+        text(&plan)
+    );
+    for backend in ["engine", "buildx"] {
+        let out = project
+            .command(&["build-all", "--backend", backend])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
+        let log = std::fs::read_to_string(project.path().join(".ai-infra-build/logs/api.log"))
+            .unwrap_or_default();
+        for cache in [format!("{name}-a:1"), format!("{name}-b:1")] {
+            assert!(
+                log.contains(&format!("importing cache manifest from {registry}/{cache}")),
+                "{backend}: {cache} not imported:\n{log}"
+            );
+        }
+        let _ = Command::new("docker")
+            .args(["image", "rm", "--force", &format!("{name}:v1")])
+            .output();
+    }
+}

@@ -397,6 +397,29 @@ impl Backend {
     }
 }
 
+/// The image a `--cache-from` value names, as the Engine API takes it: a plain reference, or
+/// the `ref` of `type=registry,ref=...`; `None` for another cache backend (`type=gha`,
+/// `type=local`, `type=s3`, ...), which only buildx can import.
+pub fn engine_cache_image(spec: &str) -> Option<String> {
+    let spec = spec.trim();
+    if !spec.contains('=') {
+        return Some(spec.to_string()).filter(|s| !s.is_empty());
+    }
+    let fields: Vec<(&str, &str)> = spec
+        .split(',')
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    let kind = fields.iter().find(|(k, _)| *k == "type").map(|(_, v)| *v);
+    match kind {
+        Some("registry") | None => fields
+            .iter()
+            .find(|(k, _)| *k == "ref")
+            .map(|(_, v)| v.to_string()),
+        Some(_) => None,
+    }
+}
+
 fn buildkit_unusable(message: &str) -> bool {
     message.contains("failed to read downloaded context")
         || message.contains("build-context-")
@@ -454,8 +477,15 @@ async fn engine_build(
             });
         }
     }
-    if !job.cache_from.is_empty() {
-        options = options.cachefrom(&job.cache_from);
+    // The Engine API takes images: `type=registry,ref=IMAGE` is IMAGE (other cache backends
+    // route the run to buildx, see `engine_cache_image`).
+    let cache_images: Vec<String> = job
+        .cache_from
+        .iter()
+        .filter_map(|c| engine_cache_image(c))
+        .collect();
+    if !cache_images.is_empty() {
+        options = options.cachefrom(&cache_images);
     }
     if buildkit {
         let session = format!(
@@ -1092,6 +1122,26 @@ async fn buildx_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_from_values_as_the_engine_api_takes_them() {
+        assert_eq!(
+            engine_cache_image("ghcr.io/o/demo:1-ad").as_deref(),
+            Some("ghcr.io/o/demo:1-ad")
+        );
+        assert_eq!(
+            engine_cache_image("type=registry,ref=reg:5000/a:cache").as_deref(),
+            Some("reg:5000/a:cache")
+        );
+        assert_eq!(
+            engine_cache_image("ref=reg:5000/a:cache").as_deref(),
+            Some("reg:5000/a:cache")
+        );
+        assert_eq!(engine_cache_image("type=gha"), None);
+        assert_eq!(engine_cache_image("type=local,src=/tmp/c"), None);
+        assert_eq!(engine_cache_image("type=registry"), None);
+        assert_eq!(engine_cache_image("  "), None);
+    }
 
     #[test]
     fn builders_are_read_from_buildx_inspect() {

@@ -398,12 +398,21 @@ async fn build_one(
         no_cache: options.no_cache,
         cache_from: if options.no_cache {
             Vec::new()
-        } else if !dir_cache.cache_from.is_empty() {
-            dir_cache.cache_from.clone()
-        } else if options.inline_cache {
-            vec![s.image.clone()]
         } else {
-            Vec::new()
+            let mut from = if !dir_cache.cache_from.is_empty() {
+                dir_cache.cache_from.clone()
+            } else if options.inline_cache {
+                vec![s.image.clone()]
+            } else {
+                Vec::new()
+            };
+            // The compose file's own `cache_from`, after ours.
+            for c in &svc.cache_from {
+                if !from.contains(c) {
+                    from.push(c.clone());
+                }
+            }
+            from
         },
         inline_cache: options.inline_cache || dir_cache.inline_cache,
         cache_to: dir_cache.cache_to,

@@ -189,8 +189,7 @@ const BUILD_KEYS: [&str; 24] = [
 ];
 
 /// The keys of [`BUILD_KEYS`] whose effect the builds do not get.
-const NOT_APPLIED: [&str; 14] = [
-    "cache_from",
+const NOT_APPLIED: [&str; 13] = [
     "additional_contexts",
     "ssh",
     "cache_to",

@@ -349,7 +349,7 @@ impl Backend {
             BuilderChoice::EngineClassic => "engine-classic",
         };
         Some(format!(
-            "--backend {asked}: this run builds with buildx, because it uses {} and the Engine API backend cannot pass them to BuildKit (its session has no secrets or SSH provider)",
+            "--backend {asked}: this run builds with buildx, because it uses {} and the Engine API backend cannot pass them to BuildKit (its session has no secrets or SSH provider; its build request takes cache images only)",
             needs_buildx.join(", ")
         ))
     }

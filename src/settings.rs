@@ -394,6 +394,14 @@ impl BuildSettings {
         }) {
             needs_buildx.push("a cache_from of another cache backend than an image");
         }
+        if ws
+            .plan
+            .services
+            .iter()
+            .any(|s| !s.service.additional_contexts.is_empty())
+        {
+            needs_buildx.push("named build contexts (additional_contexts)");
+        }
         Ok(BuildSettings {
             prefetch,
             command: if names.is_empty() {

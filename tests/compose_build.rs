@@ -240,3 +240,110 @@ async fn compose_cache_from_is_imported_on_both_backends() {
             .output();
     }
 }
+
+/// Compose `build.additional_contexts` reach the build (on buildx, which the run routes to):
+/// `service:NAME` is that service's image, built first; a directory (relative to the project
+/// directory, as compose-go resolves it) is a directory; as
+/// `docker compose build` passes them.
+///
+/// Named contexts need the Dockerfile frontend 1.4 (BuildKit 0.10): ignored on the shared 20.10
+/// daemon (whose error then says so, see the next test); scripts/test runs it in the sandboxed
+/// Docker 26 engine.
+#[tokio::test]
+#[ignore = "needs the Docker 26 engine: scripts/engine sandbox 26 -- cargo test --test compose_build -- --ignored"]
+async fn compose_additional_contexts_are_passed_to_the_build() {
+    let version = docker_version();
+    assert!(
+        version.starts_with("26."),
+        "needs the Docker 26 engine, the daemon is {version:?}: scripts/engine sandbox 26 -- cargo test --test compose_build -- --ignored"
+    );
+    let project = support::Project::empty().await;
+    let registry = project.registry.host();
+    let base = testbed::unique_name("ctx-base");
+    let name = testbed::unique_name("ctx");
+    let _cleanup = RemoveImagesOnDrop(vec![base.clone(), name.clone()]);
+    push_image(&registry, &ImageSpec::new(base.as_str(), "1"))
+        .await
+        .expect("push the base image");
+    project.write(
+        "core/Dockerfile",
+        &format!("FROM {registry}/{base}:1\nRUN echo core > /core\n"),
+    );
+    project.write("shared/config.txt", "shared config\n");
+    // `base` and `shared` exist only as named contexts: without them the build fails (no
+    // image `base` to pull, no stage `shared`).
+    project.write(
+        "app/Dockerfile",
+        "FROM base\nCOPY --from=shared config.txt /config.txt\nRUN cat /core /config.txt > /both\n",
+    );
+    project.write(
+        "compose.yaml",
+        &format!(
+            "services:\n  core:\n    image: {name}-core:v1\n    build: ./core\n  app:\n    image: {name}-app:v1\n    build:\n      context: ./app\n      additional_contexts:\n        base: service:core\n        shared: ./shared\n"
+        ),
+    );
+    let out = project.command(&["build-all"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = project.report();
+    assert!(
+        support::service(&report, "app")["builder"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("buildx"),
+        "{report:#}"
+    );
+    let run = Command::new("docker")
+        .args(["run", "--rm", &format!("{name}-app:v1"), "cat", "/both"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "core\nshared config\n",
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+fn docker_version() -> String {
+    let out = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// On the 20.10 engine, whose built-in Dockerfile frontend has no named contexts, the failure
+/// says what to do instead of only BuildKit's "unsupported frontend capability".
+#[tokio::test]
+async fn named_contexts_on_an_old_frontend_say_what_to_do() {
+    if !docker_version().starts_with("20.10") {
+        return; // Docker 26 builds them: the test above.
+    }
+    let project = support::Project::empty().await;
+    let name = testbed::unique_name("ctx-old");
+    let _cleanup = RemoveImagesOnDrop(vec![name.clone()]);
+    project.write("shared/config.txt", "shared config\n");
+    project.write(
+        "app/Dockerfile",
+        "FROM scratch\nCOPY --from=shared config.txt /config.txt\n",
+    );
+    project.write(
+        "compose.yaml",
+        &format!(
+            "services:\n  app:\n    image: {name}:v1\n    build:\n      context: ./app\n      additional_contexts:\n        shared: ./shared\n"
+        ),
+    );
+    let out = project.command(&["build-all"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = project.report();
+    let message = support::service(&report, "app")["failure"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains(
+            "named build contexts (compose additional_contexts) need the Dockerfile frontend 1.4"
+        ) && message.contains("# syntax=docker/dockerfile:1"),
+        "{message}"
+    );
+}

@@ -41,6 +41,9 @@ pub struct BuildJob {
     pub inline_cache: bool,
     /// `--cache-to` values (buildx only): the cache directory's local cache export.
     pub cache_to: Vec<String>,
+    /// Named build contexts, `--build-context NAME=VALUE` (buildx only): a directory, a
+    /// `docker-image://` reference (a service's own image, for compose's `service:NAME`), a URL.
+    pub build_contexts: Vec<(String, String)>,
     pub idle_timeout: Duration,
     /// Secrets, SSH and attestations (buildx only; [`Backend::choose`] takes buildx for them).
     pub extras: super::secrets::BuildxExtras,
@@ -418,6 +421,16 @@ pub fn engine_cache_image(spec: &str) -> Option<String> {
             .map(|(_, v)| v.to_string()),
         Some(_) => None,
     }
+}
+
+/// A builder error that says what the builder lacks, with what to do about it.
+fn with_advice(message: String) -> String {
+    if message.contains("unsupported frontend capability moby.buildkit.frontend.contexts") {
+        return format!(
+            "{message}; named build contexts (compose additional_contexts) need the Dockerfile frontend 1.4 or later, and this engine's built-in one is older (Docker 20.10): use Docker 23 or later, or start the Dockerfile with `# syntax=docker/dockerfile:1` (its frontend image is then pulled)"
+        );
+    }
+    message
 }
 
 fn buildkit_unusable(message: &str) -> bool {
@@ -983,6 +996,9 @@ async fn buildx_once(
     for c in &job.cache_to {
         cmd.arg("--cache-to").arg(c);
     }
+    for (name, value) in &job.build_contexts {
+        cmd.arg("--build-context").arg(format!("{name}={value}"));
+    }
     if job.inline_cache && job.cache_to.is_empty() {
         cmd.args(["--cache-to", "type=inline"]);
     }
@@ -1095,9 +1111,10 @@ async fn buildx_once(
         message: format!("`docker buildx` did not finish: {e}"),
     })?;
     if !status.success() {
+        let message =
+            last_error.unwrap_or_else(|| format!("`docker buildx build` exited with {status}"));
         return Err(BuildFailure {
-            message: last_error
-                .unwrap_or_else(|| format!("`docker buildx build` exited with {status}")),
+            message: with_advice(message),
         });
     }
     let meta: serde_json::Value = std::fs::read(metadata.path())

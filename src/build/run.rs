@@ -415,6 +415,7 @@ async fn build_one(
             from
         },
         inline_cache: options.inline_cache || dir_cache.inline_cache,
+        build_contexts: build_contexts(plan, i),
         cache_to: dir_cache.cache_to,
         // Without an idle cut, the backends wait on output for as long as the build runs.
         idle_timeout: options.idle_timeout.unwrap_or(Duration::MAX),
@@ -701,6 +702,28 @@ async fn build_one(
 /// The failure of a build that needs a base image (`lost`, in plan order) the prefetch had
 /// from no source, unless the build failed for its own reasons (a RUN step, the syntax, a
 /// timeout): class `base-image` with what each source answered, at the image's FROM line.
+/// A service's named build contexts as buildx takes them: compose's `service:NAME` is that
+/// service's image (built before this one: the plan made it a dependency), as `docker
+/// compose build` passes it; directories, `docker-image://` references and URLs as written.
+fn build_contexts(plan: &Plan, i: usize) -> Vec<(String, String)> {
+    plan.services[i]
+        .service
+        .additional_contexts
+        .iter()
+        .map(|(name, value)| {
+            let value = match value.strip_prefix("service:") {
+                Some(other) => plan
+                    .services
+                    .iter()
+                    .find(|s| s.name == other || s.aliases.iter().any(|a| a == other))
+                    .map_or_else(|| value.clone(), |s| format!("docker-image://{}", s.image)),
+                None => value.clone(),
+            };
+            (name.clone(), value)
+        })
+        .collect()
+}
+
 /// Where a service's `dockerfile_inline` is written for its build.
 fn inline_dockerfile_path(out_dir: &std::path::Path, service: &str) -> std::path::PathBuf {
     out_dir

@@ -189,8 +189,7 @@ const BUILD_KEYS: [&str; 24] = [
 ];
 
 /// The keys of [`BUILD_KEYS`] whose effect the builds do not get.
-const NOT_APPLIED: [&str; 13] = [
-    "additional_contexts",
+const NOT_APPLIED: [&str; 12] = [
     "ssh",
     "cache_to",
     "extra_hosts",

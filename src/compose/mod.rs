@@ -225,18 +225,8 @@ pub fn default_files(dir: &Path) -> Option<Vec<PathBuf>> {
 /// to `dir`. `None` when it is not set (or blank). A named file that does not exist is an
 /// error naming the variable and where it was set.
 pub fn files_from_env(dir: &Path, options: &Options) -> Result<Option<Vec<PathBuf>>, ComposeError> {
-    let mut loader = Loader {
-        process: options.environment.clone(),
-        files: Vec::new(),
-        env_files: Vec::new(),
-        unset: BTreeMap::new(),
-    };
-    let env_files: Vec<PathBuf> = if options.env_files.is_empty() {
-        vec![dir.join(".env")]
-    } else {
-        options.env_files.iter().map(|f| dir.join(f)).collect()
-    };
-    let env = loader.environment(&env_files, options.env_files.is_empty())?;
+    let mut loader = Loader::new(options);
+    let env = loader.environment(&env_files(dir, dir, options), options.env_files.is_empty())?;
     let Some(value) = env.get("COMPOSE_FILE").filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
     };
@@ -291,22 +281,8 @@ pub fn load(dir: &Path, options: &Options) -> Result<Compose, ComposeError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(dir)
         .to_path_buf();
-    let mut loader = Loader {
-        process: options.environment.clone(),
-        files: Vec::new(),
-        env_files: Vec::new(),
-        unset: BTreeMap::new(),
-    };
-    let env_files: Vec<PathBuf> = if options.env_files.is_empty() {
-        let default = project_dir.join(".env");
-        if default.is_file() {
-            vec![default]
-        } else {
-            Vec::new()
-        }
-    } else {
-        options.env_files.iter().map(|f| dir.join(f)).collect()
-    };
+    let mut loader = Loader::new(options);
+    let env_files = env_files(dir, &project_dir, options);
     let env = loader.environment(&env_files, options.env_files.is_empty())?;
     let mut project = Project::default();
     for file in &files {
@@ -405,7 +381,31 @@ struct Loader {
     unset: BTreeMap<String, PathBuf>,
 }
 
+/// The env files of a project: the `--env-file`s (relative to `dir`), else the project
+/// directory's `.env` when there is one.
+fn env_files(dir: &Path, project_dir: &Path, options: &Options) -> Vec<PathBuf> {
+    if options.env_files.is_empty() {
+        let default = project_dir.join(".env");
+        if default.is_file() {
+            vec![default]
+        } else {
+            Vec::new()
+        }
+    } else {
+        options.env_files.iter().map(|f| dir.join(f)).collect()
+    }
+}
+
 impl Loader {
+    fn new(options: &Options) -> Loader {
+        Loader {
+            process: options.environment.clone(),
+            files: Vec::new(),
+            env_files: Vec::new(),
+            unset: BTreeMap::new(),
+        }
+    }
+
     /// The interpolation environment: the process environment over the env files.
     fn environment(
         &mut self,

@@ -785,12 +785,12 @@ fn all_error_classes() -> Vec<ErrorClass> {
 fn all_failure_classes() -> Vec<BuildFailureClass> {
     use BuildFailureClass::*;
     let all = vec![
-        Network, Syntax, RunFailed, Input, Stalled, TimedOut, BaseImage, Auth, Other,
+        Network, Syntax, RunFailed, Input, Stalled, TimedOut, BaseImage, Auth, Builder, Other,
     ];
     for c in &all {
         match c {
             Network | Syntax | RunFailed | Input | Stalled | TimedOut | BaseImage | Auth
-            | Other => {}
+            | Builder | Other => {}
         }
     }
     all

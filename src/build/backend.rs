@@ -400,6 +400,10 @@ impl Backend {
     }
 }
 
+/// How long the Engine API client waits for the daemon to answer a build request (bollard
+/// times the wait for the response headers only; the progress stream is not timed by it).
+const BUILD_REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// The image a `--cache-from` value names, as the Engine API takes it: a plain reference, or
 /// the `ref` of `type=registry,ref=...`; `None` for another cache backend (`type=gha`,
 /// `type=local`, `type=s3`, ...), which only buildx can import.
@@ -511,7 +515,12 @@ async fn engine_build(
             .session(&session);
     }
     let credentials = (!job.registry_auth.is_empty()).then(|| job.registry_auth.0.clone());
-    let stream = engine.docker.build_image(
+    // Not the connection's short timeout: the daemon answers a build request only once it has
+    // taken the context and started, which under a hundred concurrent builds takes longer than
+    // 10 s ("Timeout error", every build failed). The build's own limits (--build-timeout,
+    // the idle cut, cancellation) bound it instead.
+    let docker = engine.docker.clone().with_timeout(BUILD_REQUEST_TIMEOUT);
+    let stream = docker.build_image(
         options.build(),
         credentials,
         Some(bollard::body_try_stream(chunks)),

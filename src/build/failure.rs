@@ -27,6 +27,9 @@ pub enum BuildFailureClass {
     /// A registry refused the build's pull (`pull access denied`, `failed to authorize`):
     /// credentials are missing, wrong or lack a scope. Never retried.
     Auth,
+    /// The builder itself failed under load, not the build (the 20.10 engine's BuildKit:
+    /// `flightcontrol: exceeded retry timeout`, `no such job`): retried.
+    Builder,
     Other,
 }
 
@@ -34,7 +37,7 @@ impl BuildFailureClass {
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            BuildFailureClass::Network | BuildFailureClass::Stalled
+            BuildFailureClass::Network | BuildFailureClass::Stalled | BuildFailureClass::Builder
         )
     }
 }
@@ -119,6 +122,11 @@ fn is_run_failure(lower: &str) -> bool {
         || lower.contains("did not complete successfully")
 }
 
+/// Errors of the builder itself, which another attempt does not meet: the 20.10 engine's
+/// BuildKit (v0.8) gives up waiting on its own shared work (`flightcontrol`) and loses track
+/// of jobs when many builds run at once.
+const BUILDER_FRAGMENTS: &[&str] = &["flightcontrol: exceeded retry timeout", "no such job"];
+
 /// Classifies a failed build from the builder's error message and the last lines of its log.
 /// The builder's error decides; a RUN that exited non-zero is a network failure only when a
 /// download tool reported one in the log's last lines ([`DOWNLOAD_TOOL_FRAGMENTS`]), never
@@ -133,6 +141,10 @@ pub fn classify(error: &str, log_tail: &[String]) -> (BuildFailureClass, Option<
     }
     if lower.contains("no progress for") {
         return (BuildFailureClass::Stalled, Some(ErrorClass::Stalled));
+    }
+    // BuildKit's own failures under many concurrent builds, whatever step they hit.
+    if BUILDER_FRAGMENTS.iter().any(|f| lower.contains(f)) {
+        return (BuildFailureClass::Builder, None);
     }
     // "failed to authorize" alone (BuildKit's token step refused) is an auth failure; with a
     // transport fault under it ("failed to authorize: … unexpected EOF") it stays network.
@@ -524,5 +536,18 @@ mod tests {
             &[],
         );
         assert_eq!(class, BuildFailureClass::Network);
+    }
+    /// BuildKit failing under load (seen at 120 concurrent builds on the 20.10 engine) is
+    /// retried, even inside a RUN step's error.
+    #[test]
+    fn builder_failures_under_load_are_retried() {
+        for error in [
+            "executor failed running [/bin/sh -c sleep 1 && cat /src/*.txt | sha256sum > /digest]: flightcontrol: exceeded retry timeout",
+            "failed to receive status: rpc error: code = Unknown desc = no such job sos03jlikbx8p6rbrub45afuu",
+        ] {
+            let (class, _) = classify(error, &[]);
+            assert_eq!(class, BuildFailureClass::Builder, "{error}");
+            assert!(class.is_transient());
+        }
     }
 }

@@ -151,6 +151,7 @@ pub fn failure_label(class: BuildFailureClass) -> (&'static str, &'static str) {
         BuildFailureClass::TimedOut => ("timed-out", "stopped by build-timeout"),
         BuildFailureClass::BaseImage => ("base-image", "a base image no source had"),
         BuildFailureClass::Auth => ("auth", "the registry refused the credentials"),
+        BuildFailureClass::Builder => ("builder", "the builder failed under load"),
         BuildFailureClass::Other => ("other", "build failed"),
     }
 }
@@ -166,6 +167,7 @@ fn failure_rank(class: BuildFailureClass) -> u8 {
         BuildFailureClass::TimedOut => 2,
         BuildFailureClass::BaseImage => 1,
         BuildFailureClass::Auth => 1,
+        BuildFailureClass::Builder => 4,
     }
 }
 

@@ -627,11 +627,16 @@ async fn build_one(
         Err(BuildAttemptFailed(failure))
     };
     let outcome = policy
-        .retry(&cancel, attempt, |_, wait| {
+        .retry(&cancel, attempt, |failed: &BuildAttemptFailed, wait| {
             // The attempt is over (its lock released) when the runner decides to retry.
             if let Ok(mut log) = shared_log.try_lock() {
+                let why = match failed.0.class {
+                    BuildFailureClass::Builder => "the builder failed under load",
+                    BuildFailureClass::Stalled => "no progress",
+                    _ => "network failure",
+                };
                 log.line(&format!(
-                    "=== retrying in {:.1}s (network failure)",
+                    "=== retrying in {:.1}s ({why})",
                     wait.as_secs_f64()
                 ));
             }

@@ -261,7 +261,7 @@ pub fn files_from_env(dir: &Path, options: &Options) -> Result<Option<Vec<PathBu
         }
         files.push(file);
     }
-    Ok(Some(files).filter(|f: &Vec<PathBuf>| !f.is_empty()))
+    Ok((!files.is_empty()).then_some(files))
 }
 
 /// Reads the compose project of `dir` (the default files) or of `options.files`.

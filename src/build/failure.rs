@@ -125,7 +125,13 @@ fn is_run_failure(lower: &str) -> bool {
 /// Errors of the builder itself, which another attempt does not meet: the 20.10 engine's
 /// BuildKit (v0.8) gives up waiting on its own shared work (`flightcontrol`) and loses track
 /// of jobs when many builds run at once.
-const BUILDER_FRAGMENTS: &[&str] = &["flightcontrol: exceeded retry timeout", "no such job"];
+const BUILDER_FRAGMENTS: &[&str] = &[
+    "flightcontrol: exceeded retry timeout",
+    "no such job",
+    // Two builds exporting the same layer into the cache directory's one local cache store at
+    // once (buildx's local cache exporter): the other one's rename won the race.
+    "error writing layer blob: rename tmp file",
+];
 
 /// Classifies a failed build from the builder's error message and the last lines of its log.
 /// The builder's error decides; a RUN that exited non-zero is a network failure only when a
@@ -544,6 +550,7 @@ mod tests {
         for error in [
             "executor failed running [/bin/sh -c sleep 1 && cat /src/*.txt | sha256sum > /digest]: flightcontrol: exceeded retry timeout",
             "failed to receive status: rpc error: code = Unknown desc = no such job sos03jlikbx8p6rbrub45afuu",
+            "failed to solve: error writing layer blob: rename tmp file: rename /c/buildx-new/ingest/77c0/startedat.tmp /c/buildx-new/ingest/77c0/startedat: no such file or directory",
         ] {
             let (class, _) = classify(error, &[]);
             assert_eq!(class, BuildFailureClass::Builder, "{error}");
